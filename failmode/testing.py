@@ -1,0 +1,158 @@
+"""Tiny, randomly initialised but architecturally real models and datasets, built offline in code.
+
+Used by the test suite and by examples that must run without downloads. Nothing here touches the network.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+TINY_CLIP = "failmode-tiny-clip"
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def tiny_clip(seed: int = 0) -> Any:
+    """A 2-layer open_clip CLIP (32 px images, real 49,408-token BPE tokenizer) with random weights."""
+    from failmode.models.clip import create_clip
+
+    torch.manual_seed(seed)
+    return create_clip(TINY_CLIP, pretrained=None)
+
+
+@functools.cache
+def _bpe_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    from open_clip.tokenizer import SimpleTokenizer
+
+    tok = SimpleTokenizer()
+    merges = [tuple(pair) for pair, _ in sorted(tok.bpe_ranks.items(), key=lambda kv: kv[1])]
+    # open_clip spells the special tokens <start_of_text>/<end_of_text>; OpenAI's tokenizer files (and
+    # transformers) spell them <|startoftext|>/<|endoftext|>, with the same ids 49406/49407.
+    rename = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
+    return {rename.get(k, k): v for k, v in tok.encoder.items()}, merges
+
+
+def clip_tokenizer() -> Any:
+    """A transformers CLIPTokenizer rebuilt from open_clip's shipped BPE file (same ids as OpenAI CLIP's)."""
+    from transformers import CLIPTokenizer
+
+    vocab, merges = _bpe_vocab_and_merges()
+    # transformers 5 takes the vocab and merges directly; model_max_length=77 as CLIP (pipelines truncate to it).
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+
+
+def tiny_pipeline(seed: int = 0, sample_size: int = 32) -> Any:
+    """A tiny StableDiffusionPipeline (UNet, VAE, CLIP text encoder, DDIM) that turns a real prompt into an image.
+
+    Configs follow diffusers' own fast tests; images come out at `sample_size * 2` pixels (one VAE downsample).
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        norm_num_groups=32,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        norm_num_groups=32,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+            hidden_size=32,
+            intermediate_size=37,
+            layer_norm_eps=1e-05,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            vocab_size=49408,
+            max_position_embeddings=77,
+        )
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    pipe = StableDiffusionPipeline(
+        unet=unet.eval(),
+        vae=vae.eval(),
+        text_encoder=text_encoder.eval(),
+        tokenizer=clip_tokenizer(),
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def save_tiny_pipeline(path: str | Path, seed: int = 0) -> Path:
+    """Write a tiny pipeline in diffusers' `save_pretrained` layout (a stand-in for a local SD checkout)."""
+    path = Path(path)
+    tiny_pipeline(seed).save_pretrained(path)
+    return path
+
+
+def tiny_classifier(num_classes: int = 10, arch: str = "test_efficientnet", seed: int = 0) -> torch.nn.Module:
+    """A timm test architecture (`pretrained=False`) with `num_classes` outputs, in eval mode."""
+    import timm
+
+    torch.manual_seed(seed)
+    return timm.create_model(arch, pretrained=False, num_classes=num_classes).eval()
+
+
+def synthetic_images(n: int, size: int = 32, seed: int = 0, num_classes: int = 10) -> tuple[list[Image.Image], list[int]]:
+    """`n` RGB images whose dominant colour depends on the label, so a tiny model can learn them."""
+    rng = np.random.default_rng(seed)
+    labels = [int(i % num_classes) for i in range(n)]
+    hues = np.linspace(0, 255, num_classes, endpoint=False)
+    images = []
+    for lab in labels:
+        base = np.array([hues[lab], 255 - hues[lab], (hues[lab] * 3) % 256], dtype=np.float32)
+        arr = np.clip(base + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
+        images.append(Image.fromarray(arr))
+    return images, labels
+
+
+def tiny_image_dataset(
+    schema: str = "cifar10", n: int = 40, size: int = 32, seed: int = 0, class_names: list[str] | None = None
+) -> Any:
+    """A `datasets.Dataset` in the schema of the Hub's `cifar10` (`img`, `label`), `cifar100` (`img`,
+    `fine_label`) or `imagenet-1k` (`image`, `label`), with ClassLabel names."""
+    import datasets
+
+    names = class_names or CIFAR10_CLASSES
+    images, labels = synthetic_images(n, size=size, seed=seed, num_classes=len(names))
+    image_col, label_col = {
+        "cifar10": ("img", "label"),
+        "cifar100": ("img", "fine_label"),
+        "imagenet-1k": ("image", "label"),
+    }[schema]
+    features = datasets.Features({image_col: datasets.Image(), label_col: datasets.ClassLabel(names=names)})
+    return datasets.Dataset.from_dict({image_col: images, label_col: labels}, features=features)
