@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -16,6 +17,7 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._lazy: dict[str, str] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator registering `obj` under `name`; registering a name twice is an error."""
@@ -28,20 +30,28 @@ class Registry(Generic[T]):
 
         return wrap
 
+    def register_lazy(self, name: str, target: str) -> None:
+        """Register `name` as "package.module:attribute", imported on first `get` (keeps heavy imports deferred)."""
+        if name in self._items or name in self._lazy:
+            raise ValueError(f"{self.kind} {name!r} is already registered")
+        self._lazy[name] = target
+
     def get(self, name: str) -> T:
         """Return the object registered as `name`, or raise a one-line error listing the known names."""
+        if name not in self._items and name in self._lazy:
+            module, _, attr = self._lazy.pop(name).partition(":")
+            self._items[name] = getattr(importlib.import_module(module), attr)
         try:
             return self._items[name]
         except KeyError:
-            known = ", ".join(sorted(self._items)) or "none"
-            raise UsageError(f"unknown {self.kind} {name!r} (known: {known})") from None
+            raise UsageError(f"unknown {self.kind} {name!r} (known: {', '.join(self.names()) or 'none'})") from None
 
     def names(self) -> list[str]:
         """Sorted registered names."""
-        return sorted(self._items)
+        return sorted({*self._items, *self._lazy})
 
     def __contains__(self, name: object) -> bool:
-        return name in self._items
+        return name in self._items or name in self._lazy
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())

@@ -1,0 +1,85 @@
+"""The two pluggable backends of the method and their registries.
+
+An `Attributor` scores images against context phrases (CLIP zero-shot in production). An `ImageGenerator` renders
+one image per `GenerationRequest` (Stable Diffusion in production). Offline stand-ins register beside the real
+ones and say so in their `ident`, which every output records.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from failmode.registry import Registry
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from failmode.data.sources import ImageSource
+
+
+class Attributor(ABC):
+    """Embeds images and the contexts of a class in one space; attribution picks the most similar context."""
+
+    #: recorded in every output, e.g. "clip:ViT-B-32/openai" or "exemplar:... (stand-in for CLIP)"
+    ident: str
+
+    @abstractmethod
+    def encode_images(self, source: ImageSource, indices: Sequence[int]) -> np.ndarray:
+        """L2-normalised embeddings [len(indices), D] of the source's images at `indices`."""
+
+    @abstractmethod
+    def encode_contexts(self, class_name: str, contexts: Sequence[str]) -> np.ndarray:
+        """L2-normalised embeddings [len(contexts), D] of `class_name` seen in each context."""
+
+    def scores(self, image_emb: np.ndarray, context_emb: np.ndarray) -> np.ndarray:
+        """Similarity logits [N, K] (cosine similarity; subclasses may scale it)."""
+        return image_emb @ context_emb.T
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One image to render: everything needed to render it again bit for bit (a row of the sample plan)."""
+
+    prompt: str
+    seed: int
+    label: int
+    class_name: str
+    context: str
+    context_kind: str = "background"
+    negative_prompt: str = ""
+    guidance_scale: float = 7.5
+    num_inference_steps: int = 50
+    height: int = 512
+    width: int = 512
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (for the plan table)."""
+        return asdict(self)
+
+
+class ImageGenerator(ABC):
+    """Renders images; the image of a request depends only on the request (its seed), never on its batch."""
+
+    #: recorded in every output, e.g. "diffusers:stable-diffusion-v1-5/stable-diffusion-v1-5@<rev>"
+    ident: str
+
+    @abstractmethod
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Image.Image]:
+        """One RGB image per request, in order."""
+
+
+#: name -> factory(**options) returning an Attributor ("clip", "exemplar", ...)
+ATTRIBUTORS: Registry[Callable[..., Attributor]] = Registry("attributor")
+#: name -> factory(**options) returning an ImageGenerator ("diffusers", "composite", ...)
+GENERATORS: Registry[Callable[..., ImageGenerator]] = Registry("generator")
+
+# Built-in backends, imported on first use.
+ATTRIBUTORS.register_lazy("clip", "failmode.mining.attribution:ClipAttributor")
+ATTRIBUTORS.register_lazy("exemplar", "failmode.world.backends:ExemplarAttributor")
+GENERATORS.register_lazy("diffusers", "failmode.generation.render:DiffusersGenerator")
+GENERATORS.register_lazy("composite", "failmode.world.backends:CompositeGenerator")

@@ -1,0 +1,249 @@
+"""Labelled image collections behind one small interface, picked by prefix like timm's readers.
+
+`open_source(spec, split)` accepts:
+  - a known dataset name: `imagenet-1k`, `cifar10`, `cifar100` (their Hub ids and column schemas are data below),
+  - `hf:ORG/NAME` (any Hub image-classification dataset), optionally `hf:ORG/NAME@REVISION`,
+  - a local folder: a `datasets.save_to_disk` folder, a folder of parquet files (a Hub dataset checkout or a
+    failmode dataset, config chosen with `#config`), or an ImageFolder (one sub-folder per class),
+  - `wds:DIR` (webdataset shards with `_info.json`, as failmode writes them).
+Heavy libraries are imported only when a source is opened.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from failmode.errors import LoadError, UsageError, ValidationError
+from failmode.hub import load_from_hub_or_local
+from failmode.io import read_json, stable_hash
+
+log = logging.getLogger(__name__)
+
+IMAGE_COLUMNS = ("image", "img", "jpg", "png")
+LABEL_COLUMNS = ("label", "fine_label", "labels")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif"}
+
+
+@dataclass(frozen=True)
+class KnownDataset:
+    """A Hub dataset's id and column schema."""
+
+    repo: str
+    image_column: str
+    label_column: str
+    train_split: str
+    eval_split: str
+
+
+#: The datasets of the paper, by short name.
+KNOWN_DATASETS: dict[str, KnownDataset] = {
+    "imagenet-1k": KnownDataset("ILSVRC/imagenet-1k", "image", "label", "train", "validation"),
+    "cifar10": KnownDataset("uoft-cs/cifar10", "img", "label", "train", "test"),
+    "cifar100": KnownDataset("uoft-cs/cifar100", "img", "fine_label", "train", "test"),
+}
+
+
+class ImageSource(ABC):
+    """A labelled image collection: `len`, `labels`, `class_names`, stable `ids`, and images by position."""
+
+    #: stable identity used in cache keys (Hub id + revision + split, or a local path + content hash)
+    ident: str
+    class_names: list[str]
+    labels: np.ndarray
+    ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @abstractmethod
+    def image(self, i: int) -> Image.Image:
+        """The i-th image, decoded, RGB."""
+
+    def encoded(self, i: int) -> bytes | None:
+        """The i-th image's encoded bytes (PNG/JPEG) when the source stores them, else None."""
+        return None
+
+
+class ListSource(ImageSource):
+    """An in-memory source (generated worlds, tests)."""
+
+    def __init__(self, images: Sequence[Image.Image], labels: Sequence[int], class_names: list[str], ident: str,
+                 ids: Sequence[str] | None = None) -> None:
+        if len(images) != len(labels):
+            raise ValueError("images and labels differ in length")
+        self._images = list(images)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.class_names = list(class_names)
+        self.ident = ident
+        self.ids = list(ids) if ids is not None else [f"{i:06d}" for i in range(len(images))]
+
+    def image(self, i: int) -> Image.Image:
+        return self._images[i].convert("RGB")
+
+
+class HFSource(ImageSource):
+    """A `datasets.Dataset` with an image column and a ClassLabel column."""
+
+    def __init__(self, ds: Any, ident: str, image_column: str | None = None, label_column: str | None = None,
+                 id_column: str | None = None) -> None:
+        import datasets
+
+        cols = ds.column_names
+        self.image_column = image_column or _pick(cols, IMAGE_COLUMNS, "image", ident)
+        self.label_column = label_column or _pick(cols, LABEL_COLUMNS, "label", ident)
+        for c in (self.image_column, self.label_column):
+            if c not in cols:
+                raise ValidationError(f"{ident}: no column {c!r} (columns: {', '.join(cols)})")
+        feat = ds.features[self.label_column]
+        if not isinstance(feat, datasets.ClassLabel):
+            raise ValidationError(f"{ident}: column {self.label_column!r} is not a ClassLabel, so class names are unknown")
+        self.class_names = list(feat.names)
+        self.labels = np.asarray(ds[self.label_column], dtype=np.int64)
+        self.ids = [str(x) for x in ds[id_column]] if id_column else [f"{i:06d}" for i in range(len(ds))]
+        self.ident = ident
+        # Undecoded access: encoded bytes come straight from Arrow, decoding happens where it is needed.
+        self._raw = ds.cast_column(self.image_column, datasets.Image(decode=False))
+
+    def encoded(self, i: int) -> bytes | None:
+        rec = self._raw[int(i)][self.image_column]
+        if rec.get("bytes") is not None:
+            return rec["bytes"]
+        return Path(rec["path"]).read_bytes() if rec.get("path") else None
+
+    def image(self, i: int) -> Image.Image:
+        data = self.encoded(i)
+        if data is None:
+            raise LoadError(f"{self.ident}: image {i} has neither bytes nor a path")
+        return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+class FolderSource(ImageSource):
+    """An ImageFolder: one sub-folder per class (sorted names are the classes), images inside."""
+
+    def __init__(self, root: Path) -> None:
+        classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not classes:
+            raise ValidationError(f"{root}: no class sub-folders")
+        self.paths: list[Path] = []
+        labels = []
+        for k, name in enumerate(classes):
+            files = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            self.paths += files
+            labels += [k] * len(files)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.class_names = classes
+        self.ids = [p.relative_to(root).as_posix() for p in self.paths]
+        self.ident = f"folder:{root.resolve()}:{stable_hash([(i, p.stat().st_size) for i, p in zip(self.ids, self.paths)])}"
+
+    def encoded(self, i: int) -> bytes | None:
+        return self.paths[i].read_bytes()
+
+    def image(self, i: int) -> Image.Image:
+        return Image.open(self.paths[i]).convert("RGB")
+
+
+def _pick(cols: Sequence[str], candidates: Sequence[str], what: str, ident: str) -> str:
+    for c in candidates:
+        if c in cols:
+            return c
+    raise ValidationError(f"{ident}: no {what} column (expected one of {', '.join(candidates)}; columns: {', '.join(cols)})")
+
+
+def _offline_datasets() -> Any:
+    """Import `datasets` with Hub calls off for local reads (no download-count request for local parquet)."""
+    import datasets
+
+    datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False
+    return datasets
+
+
+def _open_local(path: Path, split: str | None, config: str | None) -> ImageSource:
+    datasets = _offline_datasets()
+    if (path / "dataset_info.json").exists() or (path / "state.json").exists() or (path / "dataset_dict.json").exists():
+        ds = datasets.load_from_disk(str(path))
+        if isinstance(ds, datasets.DatasetDict):
+            ds = ds[_need_split(split, list(ds), path)]
+        return HFSource(ds, f"disk:{path.resolve()}:{ds._fingerprint}")
+    parquet = sorted(path.rglob("*.parquet"))
+    if parquet:
+        if config is not None:
+            parquet = [p for p in parquet if config in p.relative_to(path).parts]
+            if not parquet:
+                raise ValidationError(f"{path}: no parquet files for config {config!r}")
+        by_split: dict[str, list[str]] = {}
+        for p in parquet:
+            by_split.setdefault(p.name.split("-")[0], []).append(str(p))
+        files = by_split[_need_split(split, sorted(by_split), path)] if len(by_split) > 1 or split else parquet
+        files = [str(f) for f in files]
+        ds = datasets.Dataset.from_parquet(files, keep_in_memory=False)
+        key = stable_hash([(f, os.path.getsize(f)) for f in files])
+        return HFSource(ds, f"parquet:{path.resolve()}#{config or ''}:{split or ''}:{key}")
+    return FolderSource(path)
+
+
+def _need_split(split: str | None, available: Sequence[str], where: object) -> str:
+    if split is None or split not in available:
+        raise UsageError(f"{where}: choose a split with --split (available: {', '.join(available)})")
+    return split
+
+
+def open_source(spec: str, split: str | None = None) -> ImageSource:
+    """Open a labelled image collection; see the module docstring for accepted specs."""
+    if spec.startswith("wds:"):
+        return _open_wds(Path(spec[4:]), split)
+    local, _, config = spec.partition("#")
+    if Path(local).expanduser().exists():
+        return _open_local(Path(local).expanduser(), split, config or None)
+    known = KNOWN_DATASETS.get(spec)
+    repo, revision = (known.repo, None) if known else (spec.removeprefix("hf:").partition("@")[::2])
+    if not known and not spec.startswith("hf:"):
+        raise UsageError(
+            f"unknown dataset {spec!r}: use {', '.join(KNOWN_DATASETS)}, hf:ORG/NAME, wds:DIR or an existing local folder"
+        )
+    split = split or (known.eval_split if known else None)
+    datasets = _offline_datasets()
+
+    def load(ident: str, local_only: bool) -> Any:
+        mode = datasets.DownloadMode.REUSE_DATASET_IF_EXISTS
+        if local_only:
+            datasets.config.HF_HUB_OFFLINE = True
+        return datasets.load_dataset(ident, split=split, revision=revision or None, download_mode=mode)
+
+    ds = load_from_hub_or_local(repo, load, what=f"the dataset {repo!r} (split {split})",
+                                local_hint=f"download it elsewhere and pass the local folder instead of {spec!r}")
+    cols = (known.image_column, known.label_column) if known else (None, None)
+    return HFSource(ds, f"hub:{repo}@{revision or 'main'}:{split}:{ds._fingerprint}", *cols)
+
+
+def _open_wds(root: Path, split: str | None) -> ImageSource:
+    import webdataset as wds
+
+    info_path = root / "_info.json"
+    info = read_json(info_path)
+    splits = info.get("splits", {})
+    split = split or next(iter(splits), None)
+    if split not in splits:
+        raise UsageError(f"{info_path}: no split {split!r} (available: {', '.join(splits)})")
+    names = info.get("class_names") or []
+    shards = sorted(str(p) for p in root.glob(f"{split}-*.tar"))
+    if not shards:
+        raise ValidationError(f"{root}: no {split}-*.tar shards")
+    images, labels, ids = [], [], []
+    for sample in wds.WebDataset(shards, shardshuffle=False, empty_check=False):
+        key = next((k for k in ("png", "jpg", "jpeg", "webp") if k in sample), None)
+        if key is None or "cls" not in sample:
+            raise ValidationError(f"{root}: sample {sample.get('__key__')} has no image or cls field")
+        images.append(Image.open(io.BytesIO(sample[key])).convert("RGB"))
+        labels.append(int(sample["cls"]))
+        ids.append(sample["__key__"])
+    return ListSource(images, labels, names, f"wds:{root.resolve()}:{split}:{stable_hash(ids)}", ids)

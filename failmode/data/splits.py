@@ -1,0 +1,83 @@
+"""Deterministic, stratified splits of the paper: a small train subset for the head, a debug set, a test set.
+
+ImageNet-1k: 30 training images per class train the head; the 50,000 validation images split 30 / 20 per class
+into the debug set (30,000, where failures are mined) and the test set (20,000). CIFAR follows the same shape
+(recipes below). Splits depend only on the labels and the seed, and are recorded as JSON beside the outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from failmode.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+#: per-dataset split recipes (per-class counts; `debug` is taken from the evaluation split, the rest is `test`)
+SPLIT_RECIPES: dict[str, dict[str, float]] = {
+    "imagenet-1k": {"train_per_class": 30, "debug_per_class": 30},   # validation: 50 per class -> 30 debug, 20 test
+    "cifar10": {"train_per_class": 100, "debug_per_class": 600},     # test: 1,000 per class -> 600 debug, 400 test
+    "cifar100": {"train_per_class": 30, "debug_per_class": 60},      # test: 100 per class -> 60 debug, 40 test
+}
+
+
+@dataclass
+class Splits:
+    """Index arrays: `train` into the training source, `debug` and `test` into the evaluation source."""
+
+    train: np.ndarray
+    debug: np.ndarray
+    test: np.ndarray
+    seed: int
+    recipe: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-serialisable form (recorded next to every stage output)."""
+        return {"seed": self.seed, "recipe": self.recipe, "train": self.train.tolist(),
+                "debug": self.debug.tolist(), "test": self.test.tolist()}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Splits:
+        """Inverse of `to_json`."""
+        arr = lambda k: np.asarray(d[k], dtype=np.int64)  # noqa: E731
+        return cls(arr("train"), arr("debug"), arr("test"), int(d["seed"]), dict(d.get("recipe", {})))
+
+
+def stratified_take(labels: np.ndarray, per_class: float, seed: int, salt: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Per class, a seeded random `per_class` images (a count, or a fraction if < 1); returns (taken, rest), sorted."""
+    labels = np.asarray(labels)
+    taken, rest = [], []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        rng = np.random.default_rng([seed, salt, int(c)])  # one stream per class: adding a class changes no other
+        idx = rng.permutation(idx)
+        n = int(round(per_class * len(idx))) if per_class < 1 else int(per_class)
+        if n > len(idx):
+            log.warning("class %d has %d images, fewer than the %d asked for; taking all", c, len(idx), n)
+        taken.append(idx[:n])
+        rest.append(idx[n:])
+    cat = lambda parts: np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)  # noqa: E731
+    return cat(taken), cat(rest)
+
+
+def make_splits(train_labels: np.ndarray, eval_labels: np.ndarray, *, train_per_class: float,
+                debug_per_class: float, seed: int = 0) -> Splits:
+    """Train subset from the training labels; debug/test halves of the evaluation labels; all stratified by class."""
+    if train_per_class <= 0 or debug_per_class <= 0:
+        raise UsageError("train_per_class and debug_per_class must be positive")
+    train, _ = stratified_take(train_labels, train_per_class, seed, salt=1)
+    debug, test = stratified_take(eval_labels, debug_per_class, seed, salt=2)
+    recipe = {"train_per_class": train_per_class, "debug_per_class": debug_per_class}
+    return Splits(train.astype(np.int64), debug.astype(np.int64), test.astype(np.int64), seed, recipe)
+
+
+def recipe_for(dataset: str) -> dict[str, float]:
+    """The documented split recipe of a known dataset."""
+    try:
+        return dict(SPLIT_RECIPES[dataset])
+    except KeyError:
+        raise UsageError(f"no split recipe for {dataset!r}; pass --train-per-class and --debug-per-class") from None
