@@ -84,6 +84,12 @@ def _no_network() -> object:
         pytest.fail(f"test attempted network access: {tried[:3]}")
 
 
+@pytest.fixture
+def network_attempts() -> list[str]:
+    """The list of blocked attempts; a test that makes some on purpose removes them before it ends."""
+    return _attempts
+
+
 @pytest.fixture(scope="session")
 def tiny_clip():
     """A tiny random open_clip model (session-wide; treat as read-only)."""

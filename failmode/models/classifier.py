@@ -108,13 +108,12 @@ def create_classifier(name: str, weights: str | None = "timm", num_classes: int 
         if num_classes is not None:
             model.reset_classifier(num_classes)
     elif os.path.exists(weights):
-        model = timm.create_model(name, pretrained=False)
-        state = _read_state_dict(weights)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise LoadError(f"{weights}: does not match {name} (missing {missing[:3]}, unexpected {unexpected[:3]})")
-        if num_classes is not None:
-            model.reset_classifier(num_classes)
+        model = timm.create_model(name, pretrained=False, **kwargs)
+        try:
+            model.load_state_dict(_read_state_dict(weights))
+        except RuntimeError as e:
+            detail = " ".join(str(e).split("\n", 2)[1:2]).strip()
+            raise LoadError(f"{weights}: does not fit {name} with {num_classes or 'its default'} classes: {detail}") from None
     else:
         raise UsageError(
             f"weights {weights!r} is neither 'timm', 'none', an existing file, nor a provider "

@@ -1,0 +1,95 @@
+"""Core helpers: registry, atomic files, JSONL, splits, feature cache, the network guard itself."""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pytest
+
+from failmode.data.splits import make_splits
+from failmode.errors import UsageError, ValidationError
+from failmode.io import append_jsonl, atomic_path, read_json, read_jsonl, write_json
+from failmode.registry import Registry
+
+
+def test_registry_register_get_and_lazy():
+    reg: Registry[object] = Registry("widget")
+
+    @reg.register("a")
+    def a():
+        return 1
+
+    reg.register_lazy("join", "os.path:join")
+    assert reg.get("a") is a and reg.names() == ["a", "join"] and "join" in reg
+    import os.path
+
+    assert reg.get("join") is os.path.join
+    with pytest.raises(UsageError, match="unknown widget 'b' \\(known: a, join\\)"):
+        reg.get("b")
+    with pytest.raises(ValueError):
+        reg.register("a")(a)
+
+
+def test_atomic_path_leaves_nothing_on_error(tmp_path):
+    target = tmp_path / "x.json"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+    write_json(target, {"b": 1, "a": [1, 2]})
+    assert target.read_text() == '{\n  "a": [\n    1,\n    2\n  ],\n  "b": 1\n}\n'
+    (tmp_path / "bad.json").write_text("{nope")
+    with pytest.raises(ValidationError, match="bad.json: invalid JSON at line 1"):
+        read_json(tmp_path / "bad.json")
+
+
+def test_jsonl_append_and_torn_last_line(tmp_path):
+    p = tmp_path / "r.jsonl"
+    append_jsonl(p, [{"a": 1}])
+    append_jsonl(p, [{"a": 2}])
+    with p.open("a") as f:
+        f.write('{"a": 3')  # an interrupted append
+    assert read_jsonl(p) == [{"a": 1}, {"a": 2}]
+
+
+def test_splits_are_stratified_deterministic_and_disjoint():
+    train_labels = np.repeat(np.arange(5), 40)
+    eval_labels = np.repeat(np.arange(5), 50)
+    a = make_splits(train_labels, eval_labels, train_per_class=30, debug_per_class=30, seed=7)
+    b = make_splits(train_labels, eval_labels, train_per_class=30, debug_per_class=30, seed=7)
+    c = make_splits(train_labels, eval_labels, train_per_class=30, debug_per_class=30, seed=8)
+    assert np.array_equal(a.debug, b.debug) and not np.array_equal(a.debug, c.debug)
+    assert len(a.train) == 150 and len(a.debug) == 150 and len(a.test) == 100
+    assert not set(a.debug) & set(a.test)
+    assert np.bincount(eval_labels[a.debug]).tolist() == [30] * 5
+    assert type(a).from_json(a.to_json()).to_json() == a.to_json()
+
+
+def test_feature_cache_hit_and_invalidation(tmp_path):
+    from failmode.data.sources import HFSource
+    from failmode.features import extract_features
+    from failmode.models.classifier import eval_transform
+    from failmode.testing import tiny_classifier, tiny_image_dataset
+
+    src = HFSource(tiny_image_dataset("cifar10", n=12), "tiny-12")
+    model = tiny_classifier(10)
+    first = extract_features(model, src, model_key="m1", cache_dir=tmp_path)
+    again = extract_features(model, src, model_key="m1", cache_dir=tmp_path)
+    assert not first.cached and again.cached
+    np.testing.assert_array_equal(first.features, again.features)
+    np.testing.assert_array_equal(first.logits, again.logits)
+    assert not extract_features(model, src, model_key="m2", cache_dir=tmp_path).cached
+    other = eval_transform(model, image_size=48)
+    assert not extract_features(model, src, model_key="m1", cache_dir=tmp_path, transform=other).cached
+
+
+def test_guard_blocks_non_loopback_connections(network_attempts):
+    before = len(network_attempts)
+    with pytest.raises(OSError, match="network disabled"):
+        socket.create_connection(("93.184.216.34", 80), timeout=1)
+    with pytest.raises(OSError):
+        socket.getaddrinfo("huggingface.co", 443)
+    assert len(network_attempts) == before + 2
+    del network_attempts[before:]  # this test made them on purpose
