@@ -1,0 +1,156 @@
+"""The dataset card (README.md): YAML header for the Hub plus a body rendered from `cards/dataset_card.md`."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from string import Template
+from typing import Any
+
+import yaml
+
+from failmode.dataset import layout
+from failmode.dataset.manifest import Manifest
+from failmode.dataset.sample import CODECS
+from failmode.dataset.summary import ConfigSummary
+from failmode.errors import ValidationError
+
+BASE_TAGS = ("synthetic", "failmode", "debug-dataset", "failure-modes", "stable-diffusion")
+
+
+def card_template(name: str) -> str:
+    """Text of a template shipped in `failmode.cards` (the top-level `cards/` folder)."""
+    return resources.files("failmode.cards").joinpath(name).read_text(encoding="utf-8")
+
+
+def licenses() -> dict[str, dict[str, str]]:
+    """Known licence ids -> name, url and the sentence the card prints."""
+    return json.loads(card_template("licenses.json"))
+
+
+def render_card(manifest: Manifest, summaries: dict[str, ConfigSummary]) -> str:
+    """The full README.md text; deterministic for equal inputs."""
+    lic = licenses().get(manifest.license)
+    if lic is None:
+        raise ValidationError(f"manifest: unknown license {manifest.license!r} (known: {', '.join(sorted(licenses()))})")
+    default = summaries[manifest.default()]
+    split = "train" if "train" in default.splits else next(iter(default.splits))
+    num_shards = default.spec.splits[split]
+    values = {
+        "yaml_header": yaml_header(manifest, summaries),
+        "title": manifest.pretty_name or manifest.name,
+        "description": manifest.description or f"Debug images for classifiers trained on "
+                                                f"{manifest.source_dataset or 'the source dataset'}.",
+        "version": manifest.version, "tag": manifest.tag, "failmode_version": manifest.failmode_version,
+        "image_format_upper": manifest.image_format.upper(), "image_ext": CODECS.get(manifest.image_format).ext,
+        "configs_table": _configs_table(summaries), "columns_table": _columns_table(summaries),
+        "vocabulary": _describe(manifest.vocabulary, "not recorded"),
+        "attribution": _describe(manifest.attribution, "not recorded"),
+        "generator": _describe(manifest.generator, "not recorded"),
+        "seeds": _describe(manifest.seeds, "each image's seed is the `seed` column"),
+        "generation_json": json.dumps(manifest.generation, indent=2, sort_keys=True, ensure_ascii=False),
+        "plan_sha256": manifest.plan_sha256 or "not recorded",
+        "grids": _grids(summaries), "num_classes": len(manifest.class_names),
+        "counts_table": _counts_table(manifest, summaries),
+        "repo_id": manifest.repo_id or f"ORG/{manifest.name}", "name": manifest.name,
+        "config": default.name, "split": split,
+        "wds_pattern": f"{split}-{{00000..{num_shards - 1:05d}}}-of-{num_shards:05d}.tar",
+        "license_text": f"{lic['text']}" + (f" Licence: [{lic['name']}]({lic['url']})." if lic["url"] else ""),
+        "citation": (manifest.citation or Template(card_template("citation.bib")).substitute(
+            failmode_version=manifest.failmode_version, name=manifest.name, version=manifest.version)).strip(),
+    }
+    return Template(card_template("dataset_card.md")).substitute(values)
+
+
+def yaml_header(manifest: Manifest, summaries: dict[str, ConfigSummary]) -> str:
+    """The card's YAML metadata: licence, task categories, tags, one `configs:` entry per config, `dataset_info`."""
+    total = sum(s.num_samples for c in summaries.values() if c.has_images for s in c.splits.values())
+    default = manifest.default()
+    configs, infos = [], []
+    for name, c in summaries.items():
+        entry: dict[str, Any] = {"config_name": name}
+        if name == default:
+            entry["default"] = True
+        entry["data_files"] = [{"split": s, "path": f"data/{name}/{s}-*.parquet"} for s in c.splits]
+        configs.append(entry)
+        infos.append({
+            "config_name": name, "features": c.features.yaml_features(),
+            "splits": [{"name": s, "num_bytes": v.num_bytes, "num_examples": v.num_samples} for s, v in c.splits.items()],
+            "download_size": sum(v.download_size for v in c.splits.values()),
+            "dataset_size": sum(v.num_bytes for v in c.splits.values()),
+        })
+    header = {
+        "license": manifest.license, "pretty_name": manifest.pretty_name or manifest.name,
+        "version": manifest.version,
+        "task_categories": ["image-classification"], "language": ["en"],
+        "tags": list(dict.fromkeys([*BASE_TAGS, *manifest.tags])),
+        "size_categories": [_size_category(total)],
+        "source_datasets": [manifest.source_dataset] if manifest.source_dataset else [],
+        "configs": configs, "dataset_info": infos,
+    }
+    return yaml.safe_dump(header, sort_keys=False, allow_unicode=True, width=1000, default_flow_style=False)
+
+
+def parse_card_header(text: str, where: str = "README.md") -> dict[str, Any]:
+    """The YAML header of a card as a dict; ValidationError when it is missing or does not parse."""
+    if not text.startswith("---\n"):
+        raise ValidationError(f"{where}: no YAML header (the card must start with '---')")
+    end = text.find("\n---\n", 4)
+    if end < 0:
+        raise ValidationError(f"{where}: the YAML header is not closed by '---'")
+    try:
+        data = yaml.safe_load(text[4:end])
+    except yaml.YAMLError as e:
+        raise ValidationError(f"{where}: YAML header does not parse: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ValidationError(f"{where}: YAML header is not a mapping")
+    return data
+
+
+def _size_category(n: int) -> str:
+    bounds = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")]
+    return next((label for b, label in bounds if n < b), "1M<n<10M")
+
+
+def _describe(info: dict[str, Any], empty: str) -> str:
+    if not info:
+        return empty
+    return "; ".join(f"{k}: {_inline(v)}" for k, v in sorted(info.items()))
+
+
+def _inline(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, ensure_ascii=False)
+    return f"`{text}`" if "\n" not in text and len(text) < 120 else "\n\n  ```\n  " + text.replace("\n", "\n  ") + "\n  ```\n"
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _configs_table(summaries: dict[str, ConfigSummary]) -> str:
+    rows = [[f"`{c.name}`", c.spec.kind, f"`{c.spec.source_model}`" if c.spec.source_model else "",
+             ", ".join(f"{s}: {v.num_samples}" for s, v in c.splits.items()), c.spec.description]
+            for c in summaries.values()]
+    return _table(["config", "kind", "source model", "samples", "description"], rows)
+
+
+def _columns_table(summaries: dict[str, ConfigSummary]) -> str:
+    cols: dict[str, str] = {}
+    for c in summaries.values():
+        for name, dtype in c.features.columns:
+            cols.setdefault(name, dtype)
+    return _table(["column", "type"], [[f"`{n}`", t] for n, t in cols.items()])
+
+
+def _grids(summaries: dict[str, ConfigSummary]) -> str:
+    parts = [f"**{c.name}**\n\n![examples of {c.name}](assets/{layout.grid_path('', c.name).name})"
+             for c in summaries.values() if c.has_images]
+    return "\n\n".join(parts) or "No image configs."
+
+
+def _counts_table(manifest: Manifest, summaries: dict[str, ConfigSummary]) -> str:
+    columns = [(c.name, s, v) for c in summaries.values() if c.has_images for s, v in c.splits.items()]
+    rows = [[i, name, *(v.label_counts.get(i, 0) for _, _, v in columns)] for i, name in enumerate(manifest.class_names)]
+    return _table(["label", "class", *(f"{c}/{s}" for c, s, _ in columns)], rows)

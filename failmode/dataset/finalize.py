@@ -1,0 +1,112 @@
+"""After all shards: `_info.json` per config, example grids, the manifest and the dataset card."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import math
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from PIL import Image, ImageOps
+
+from failmode.dataset import layout
+from failmode.dataset.card import render_card
+from failmode.dataset.manifest import Manifest
+from failmode.dataset.sample import CODECS
+from failmode.dataset.summary import ConfigSummary, collect_configs, discover_tables
+from failmode.io import sha256_file, write_bytes_atomic, write_json
+
+log = logging.getLogger(__name__)
+
+GRID_SIZE = 16  # images per example grid
+THUMB_PX = 128
+PINNED_LIBRARIES = ("diffusers", "numpy", "open_clip_torch", "pillow", "pyarrow", "timm", "torch", "transformers")
+
+
+def finalize(root: str | os.PathLike[str], manifest: Manifest) -> Manifest:
+    """Write `_info.json` per image config, the example grids, `failmode.json` and `README.md`; return the manifest.
+
+    Every shard the manifest lists must be done; table configs written with `write_table_config` are added.
+    The returned manifest has sample counts, library versions and file hashes filled in.
+    """
+    root = Path(root)
+    manifest.check()
+    configs = {**manifest.configs, **discover_tables(root, manifest)}
+    manifest = dataclasses.replace(manifest, configs={k: dataclasses.replace(v) for k, v in configs.items()})
+    summaries = collect_configs(root, manifest)
+    files: dict[str, str] = {}
+    for name, summary in summaries.items():
+        manifest.configs[name].num_samples = {s: v.num_samples for s, v in summary.splits.items()}
+        for split in summary.splits.values():
+            files.update(split.files)
+        if summary.has_images:
+            files.update(_write_info(root, manifest, summary))
+            files.update(_write_grid(root, summary))
+    manifest = dataclasses.replace(manifest, files=dict(sorted(files.items())), environment=environment())
+    manifest.save(root)
+    write_bytes_atomic(root / layout.CARD_NAME, render_card(manifest, summaries).encode("utf-8"))
+    log.info("finalized %s v%s: %d configs", manifest.name, manifest.version, len(summaries))
+    return manifest
+
+
+def environment() -> dict[str, str]:
+    """Versions of the libraries whose behaviour decides the bytes of the images and files."""
+    out = {"python": platform.python_version()}
+    for lib in PINNED_LIBRARIES:
+        try:
+            out[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            out[lib] = "not installed"
+    return out
+
+
+def _write_info(root: Path, manifest: Manifest, summary: ConfigSummary) -> dict[str, str]:
+    """The `_info.json` timm's `wds/` reader uses for split sizes and shard lists."""
+    splits = {}
+    for split, v in summary.splits.items():
+        n = summary.spec.splits[split]
+        names = [layout.tar_path("", summary.name, split, i, n).name for i in range(n)]
+        splits[split] = {"name": split, "num_samples": v.num_samples, "filenames": names,
+                         "shard_lengths": v.shard_lengths}
+    path = layout.wds_dir(root, summary.name) / layout.INFO_NAME
+    write_json(path, {"name": manifest.name, "version": manifest.version, "num_classes": len(manifest.class_names),
+                      "class_names": manifest.class_names, "splits": splits})
+    return {path.relative_to(root).as_posix(): sha256_file(path)}
+
+
+def _write_grid(root: Path, summary: ConfigSummary) -> dict[str, str]:
+    """A PNG grid of up to GRID_SIZE examples (distinct classes first) from the first split's first shards."""
+    images = _grid_images(root, summary)
+    path = layout.grid_path(root, summary.name)
+    if not images:
+        return {}
+    cols = min(4, len(images))
+    grid = Image.new("RGB", (cols * THUMB_PX, math.ceil(len(images) / cols) * THUMB_PX), "white")
+    for i, data in enumerate(images):
+        with Image.open(io.BytesIO(data)) as im:
+            thumb = ImageOps.fit(im.convert("RGB"), (THUMB_PX, THUMB_PX), Image.Resampling.BICUBIC)
+        grid.paste(thumb, ((i % cols) * THUMB_PX, (i // cols) * THUMB_PX))
+    write_bytes_atomic(path, CODECS.get("png").encode(grid))
+    return {path.relative_to(root).as_posix(): sha256_file(path)}
+
+
+def _grid_images(root: Path, summary: ConfigSummary) -> list[bytes]:
+    split, n = next(iter(summary.spec.splits.items()))
+    first: dict[int, bytes] = {}
+    rest: list[bytes] = []
+    for i in range(n):
+        pf = pq.ParquetFile(layout.parquet_path(root, summary.name, split, i, n))
+        for batch in pf.iter_batches(batch_size=64, columns=["image", "label"]):
+            for img, label in zip(batch.column("image").to_pylist(), batch.column("label").to_pylist()):
+                if label not in first and len(first) < GRID_SIZE:
+                    first[label] = img["bytes"]
+                elif len(rest) < GRID_SIZE:
+                    rest.append(img["bytes"])
+        if len(first) + len(rest) >= GRID_SIZE:  # one shard is enough when it has GRID_SIZE samples
+            break
+    return (list(first.values()) + rest)[:GRID_SIZE]

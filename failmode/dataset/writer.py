@@ -1,0 +1,238 @@
+"""Write shards: one parquet file + one webdataset tar + a stats marker per shard, atomically and reproducibly.
+
+A shard is done when its `_stats.json` marker exists; the marker is written after both data files were renamed
+into place, so an interrupted writer leaves no partial shard under a final name (only hidden `.tmp` files, removed
+when the shard is written again). Equal samples give equal bytes: fixed image encoder settings, fixed parquet
+writer settings, tar members with a fixed mtime/owner, and canonical JSON.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import logging
+import math
+import os
+import tarfile
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from failmode import __version__
+from failmode.dataset import layout
+from failmode.dataset.features import ArrowSchemaSpec, feature_spec_from_row
+from failmode.dataset.sample import CODECS, DebugSample, ImageCodec, SampleError, describe, sample_to_row
+from failmode.errors import ValidationError
+from failmode.io import atomic_path, read_json, sha256_file, write_json
+from failmode.progress import progress
+
+log = logging.getLogger(__name__)
+
+TAR_MTIME = 946684800  # 2000-01-01T00:00:00Z: every tar member gets this mtime, so tar bytes are reproducible
+ROW_GROUP_SIZE = 100  # rows per parquet row group (images are large; small groups keep readers' memory low)
+PARQUET_OPTIONS: dict[str, Any] = {"compression": "snappy", "version": "2.6", "use_dictionary": False,
+                                   "write_statistics": False}
+
+
+def shard_done(root: str | os.PathLike[str], config: str, split: str, shard_index: int, num_shards: int) -> bool:
+    """True when the shard's parquet, tar and stats marker all exist (the marker is written last)."""
+    paths = (layout.stats_path, layout.parquet_path, layout.tar_path)
+    return all(p(root, config, split, shard_index, num_shards).exists() for p in paths)
+
+
+def read_shard_stats(root: str | os.PathLike[str], config: str, split: str, shard_index: int,
+                     num_shards: int) -> dict[str, Any]:
+    """The stats dict `write_shard` returned for a done shard (ValidationError if the marker is missing)."""
+    return read_json(layout.stats_path(root, config, split, shard_index, num_shards))
+
+
+def write_shard(
+    root: str | os.PathLike[str],
+    config: str,
+    split: str,
+    shard_index: int,
+    num_shards: int,
+    samples: Iterable[DebugSample | Mapping[str, Any]],
+    *,
+    class_names: list[str],
+    image_format: str = "png",
+) -> dict[str, Any]:
+    """Atomically write one parquet shard + one webdataset tar + a `..._stats.json` marker written last.
+
+    Malformed samples (missing field, unknown class, undecodable image, ...) are skipped with a warning naming
+    them and listed under `rejected` in the returned stats; the other samples are written unchanged.
+    """
+    layout.check_config_name(config)
+    layout.check_split_name(split)
+    layout.check_shard(shard_index, num_shards)
+    codec = CODECS.get(image_format)
+    paths = {p.__name__: p(root, config, split, shard_index, num_shards)
+             for p in (layout.parquet_path, layout.tar_path, layout.stats_path)}
+    _clear_shard(paths.values())
+    prefix = f"{config}_{split}_{shard_index:05d}"
+    where = f"{config}/{layout.shard_stem(split, shard_index, num_shards)}"
+    with atomic_path(paths["parquet_path"]) as ptmp, atomic_path(paths["tar_path"]) as ttmp:
+        sink = _ShardSink(ptmp, ttmp, class_names, codec)
+        try:
+            rejected = _fill(sink, samples, prefix, class_names, codec, where)
+        finally:
+            sink.close()
+    root = Path(root)
+    stats = {
+        "kind": "images", "config": config, "split": split, "shard_index": shard_index, "num_shards": num_shards,
+        "image_format": codec.name, "num_samples": sink.num_rows, "num_bytes": sink.num_bytes,
+        "label_counts": {str(k): v for k, v in sorted(sink.label_counts.items())},
+        "features": sink.spec.to_json(), "rejected": rejected, "failmode_version": __version__,
+        "files": {p.relative_to(root).as_posix(): {"sha256": sha256_file(p), "size": p.stat().st_size}
+                  for p in (paths["parquet_path"], paths["tar_path"])},
+    }
+    write_json(paths["stats_path"], stats)
+    return stats
+
+
+def _fill(sink: _ShardSink, samples: Iterable[Any], prefix: str, class_names: list[str], codec: ImageCodec,
+          where: str) -> list[dict[str, str]]:
+    rejected = []
+    for i, sample in enumerate(samples):
+        try:
+            row = sample_to_row(sample, f"{prefix}_{i:06d}", class_names, codec)
+            sink.add(row)
+        except SampleError as e:
+            name = describe(sample, i)
+            log.warning("%s: rejected %s: %s", where, name, e)
+            rejected.append({"sample": name, "reason": str(e)})
+    return rejected
+
+
+def _clear_shard(paths: Iterable[Path]) -> None:
+    """Remove a shard's marker first (so it reads as not done), then its files and stale temporaries."""
+    paths = sorted(paths, key=lambda p: not p.name.endswith("_stats.json"))
+    for p in paths:
+        p.unlink(missing_ok=True)
+        if p.parent.exists():
+            for tmp in p.parent.glob(f".{p.name}.*.tmp"):
+                tmp.unlink(missing_ok=True)
+
+
+class _ShardSink:
+    """Streams rows into a parquet writer (row groups of ROW_GROUP_SIZE) and a tar file at the same time."""
+
+    def __init__(self, parquet_file: Path, tar_file: Path, class_names: list[str], codec: ImageCodec) -> None:
+        self.parquet_file, self.class_names, self.codec = parquet_file, class_names, codec
+        self.tar = tarfile.open(tar_file, "w", format=tarfile.USTAR_FORMAT)
+        self.spec: ArrowSchemaSpec | None = None
+        self.writer: pq.ParquetWriter | None = None
+        self.pending: list[dict[str, Any]] = []
+        self.num_rows = 0
+        self.num_bytes = 0
+        self.label_counts: Counter[int] = Counter()
+
+    def add(self, row: dict[str, Any]) -> None:
+        """Check the row against the shard's schema (set by the first row) and write it to both files."""
+        spec = feature_spec_from_row(row, self.class_names)
+        if self.spec is None:
+            self.spec = spec
+        elif spec != self.spec:
+            raise SampleError(f"columns {spec.describe()} differ from the shard's first sample ({self.spec.describe()})")
+        self._add_tar(row)
+        self.pending.append(row)
+        self.num_rows += 1
+        self.label_counts[row["label"]] += 1
+        if len(self.pending) >= ROW_GROUP_SIZE:
+            self._flush()
+
+    def _add_tar(self, row: dict[str, Any]) -> None:
+        key = row["key"]
+        meta = {k: v for k, v in row.items() if k != "image"}
+        members = [
+            (f"{key}.{self.codec.ext}", row["image"]),
+            (f"{key}.cls", str(row["label"]).encode()),
+            (f"{key}.json", json.dumps(meta, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()),
+        ]
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), TAR_MTIME, 0o644
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            self.tar.addfile(info, io.BytesIO(data))
+
+    def _flush(self) -> None:
+        if self.spec is None:
+            return
+        if self.pending or self.writer is None:
+            table = self.spec.table(self.pending, self.ext)
+            if self.writer is None:
+                self.writer = pq.ParquetWriter(self.parquet_file, table.schema, **PARQUET_OPTIONS)
+            if self.pending:
+                self.writer.write_table(table, row_group_size=ROW_GROUP_SIZE)
+                self.num_bytes += table.nbytes
+        self.pending = []
+
+    @property
+    def ext(self) -> str:
+        """Extension of the image format (used for the `path` of embedded images)."""
+        return self.codec.ext
+
+    def close(self) -> None:
+        """Flush the last row group and close both files (an empty shard still gets a valid, empty parquet)."""
+        if self.spec is None:
+            self.spec = ArrowSchemaSpec.core(self.class_names)
+        self._flush()
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.parquet_file, self.spec.table([], self.ext).schema, **PARQUET_OPTIONS)
+        self.writer.close()
+        self.tar.close()
+
+
+class DatasetWriter:
+    """Cuts a stream of samples into shards of `shard_size` and writes them; resumable (done shards are skipped).
+
+    `num_samples` fixes the number of shards up front (file names say `-of-0000M`).
+    """
+
+    def __init__(self, root: str | os.PathLike[str], config: str, split: str, *, class_names: list[str],
+                 num_samples: int, shard_size: int = 1000, image_format: str = "png") -> None:
+        if num_samples < 1 or shard_size < 1:
+            raise ValidationError(f"num_samples ({num_samples}) and shard_size ({shard_size}) must be positive")
+        self.root, self.config, self.split = Path(root), config, split
+        self.class_names, self.image_format = list(class_names), image_format
+        self.num_samples, self.shard_size = num_samples, shard_size
+        self.num_shards = math.ceil(num_samples / shard_size)
+
+    def shard_range(self, shard_index: int) -> range:
+        """Positions in the stream of the samples that go into shard `shard_index`."""
+        start = shard_index * self.shard_size
+        return range(start, min(start + self.shard_size, self.num_samples))
+
+    def pending_shards(self) -> list[int]:
+        """Indices of shards not written yet."""
+        return [i for i in range(self.num_shards)
+                if not shard_done(self.root, self.config, self.split, i, self.num_shards)]
+
+    def write(self, samples: Iterable[DebugSample | Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Consume the whole stream (exactly `num_samples` items), writing pending shards; returns their stats."""
+        it = iter(samples)
+        pending, out = set(self.pending_shards()), []
+        for i in progress(range(self.num_shards), desc=f"{self.config}/{self.split} shards", unit="shard"):
+            chunk = list(itertools.islice(it, len(self.shard_range(i))))
+            if len(chunk) < len(self.shard_range(i)):
+                raise ValidationError(f"the sample stream ended early: expected {self.num_samples} samples")
+            if i in pending:
+                out.append(self._write(i, chunk))
+        if next(it, None) is not None:
+            raise ValidationError(f"the sample stream has more than the expected {self.num_samples} samples")
+        return out
+
+    def write_ranges(self, produce: Callable[[range], Iterable[DebugSample]]) -> list[dict[str, Any]]:
+        """Write each pending shard from `produce(positions)`: nothing is generated for shards already done."""
+        return [self._write(i, produce(self.shard_range(i)))
+                for i in progress(self.pending_shards(), desc=f"{self.config}/{self.split} shards", unit="shard")]
+
+    def _write(self, shard_index: int, samples: Iterable[Any]) -> dict[str, Any]:
+        return write_shard(self.root, self.config, self.split, shard_index, self.num_shards, samples,
+                           class_names=self.class_names, image_format=self.image_format)
