@@ -85,9 +85,11 @@ def yaml_header(manifest: Manifest, summaries: dict[str, ConfigSummary]) -> str:
         "task_categories": ["image-classification"], "language": ["en"],
         "tags": list(dict.fromkeys([*BASE_TAGS, *manifest.tags])),
         "size_categories": [_size_category(total)],
-        "source_datasets": [manifest.source_dataset] if manifest.source_dataset else [],
+        "source_datasets": [manifest.source_dataset],
         "configs": configs, "dataset_info": infos,
     }
+    if not manifest.source_dataset:
+        del header["source_datasets"]
     return yaml.safe_dump(header, sort_keys=False, allow_unicode=True, width=1000, default_flow_style=False)
 
 
