@@ -87,7 +87,8 @@ def _collect(root: Path, manifest: Manifest, name: str) -> ConfigSummary:
             shard_lengths=[s["num_samples"] for s in stats],
             num_bytes=sum(s["num_bytes"] for s in stats),
             download_size=sum(f["size"] for s in stats for p, f in s["files"].items() if p.endswith(".parquet")),
-            label_counts=Counter({int(k): v for s in stats for k, v in s.get("label_counts", {}).items()}),
+            label_counts=sum((Counter({int(k): v for k, v in s.get("label_counts", {}).items()}) for s in stats),
+                             Counter()),
             files={p: f["sha256"] for s in stats for p, f in s["files"].items()},
         )
     assert summary is not None
