@@ -1,0 +1,183 @@
+"""`failmode push`: validation before any network call, one clear line when offline/unauthenticated/unreachable,
+and a tag only after every file is on the Hub."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from failmode.dataset.testing import build_tiny_dataset
+from failmode.errors import FailmodeError, UsageError, ValidationError
+
+# The real `failmode` entry point, restricted to the push command (other stages' modules are not needed).
+_CLI = "import sys, failmode.cli as c; c.COMMANDS = ('push',); sys.exit(c.main(sys.argv[1:]))"
+
+
+@pytest.fixture(scope="module")
+def tiny_ds(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("push") / "tiny-debug"
+    build_tiny_dataset(root, n=6, shard_size=6, with_table=False)
+    return root
+
+
+def _push_cli(args: list[str], tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess, float]:
+    base = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE")}
+    base.update({"HF_HOME": str(tmp_path / "hf-home"), "HF_ENDPOINT": "http://127.0.0.1:9"}, **env)
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", _CLI, "push", *args], capture_output=True, text=True, env=base,
+                          timeout=60)
+    return proc, time.monotonic() - start
+
+
+def test_unreachable_hub_fails_fast_with_one_line(tiny_ds: Path, tmp_path: Path) -> None:
+    proc, elapsed = _push_cli([str(tiny_ds), "--repo", "failmode/tiny-debug"], tmp_path, HF_TOKEN="hf_test_token")
+    assert proc.returncode == 1
+    assert elapsed < 30
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("failmode push: error: cannot push: the Hugging Face Hub at http://127.0.0.1:9 "
+                               "is not reachable (ConnectionRefusedError")
+    assert proc.stdout == ""
+
+
+def test_no_token_fails_with_one_line(tiny_ds: Path, tmp_path: Path) -> None:
+    proc, _ = _push_cli([str(tiny_ds), "--repo", "failmode/tiny-debug"], tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "failmode push: error: cannot push: not logged in to the Hugging Face Hub (run 'hf auth login' or set HF_TOKEN)"
+    ]
+
+
+def test_offline_mode_fails_with_one_line(tiny_ds: Path, tmp_path: Path) -> None:
+    proc, _ = _push_cli([str(tiny_ds), "--repo", "failmode/tiny-debug"], tmp_path, HF_TOKEN="x", HF_HUB_OFFLINE="1")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == ["failmode push: error: cannot push: HF_HUB_OFFLINE=1 is set"]
+
+
+def test_folder_is_validated_before_any_network_call(tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    build_tiny_dataset(broken, n=6, shard_size=6, with_table=False)
+    (broken / "data" / "baseline" / "train-00000-of-00001.parquet").unlink()
+    proc, _ = _push_cli([str(broken), "--repo", "failmode/tiny-debug"], tmp_path)  # no token: validation comes first
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "failmode push: error: config 'baseline': data/baseline/train-00000-of-00001.parquet is missing "
+        "(its marker train-00000-of-00001_stats.json exists)"
+    ]
+
+
+def test_tag_must_match_the_manifest_version(tiny_ds: Path, tmp_path: Path) -> None:
+    proc, _ = _push_cli([str(tiny_ds), "--repo", "failmode/tiny-debug", "--tag", "v2.0.0"], tmp_path)
+    assert proc.returncode == 2
+    assert "tag v2.0.0 does not match the dataset's version 1.0.0" in proc.stderr
+
+
+class FakeApi:
+    """Records the calls `push_dataset` makes; `drop` names local files the fake Hub 'loses'."""
+
+    calls: list[str] = []
+    tags: list[str] = []
+    drop: set[str] = set()
+    uploaded: set[str] = set()
+
+    def __init__(self, token: str) -> None:
+        assert token == "hf_test_token"
+
+    def create_repo(self, repo_id: str, **kw) -> None:
+        self.calls.append(f"create_repo private={kw['private']}")
+
+    def list_repo_refs(self, repo_id: str, **kw):
+        self.calls.append("list_repo_refs")
+        return SimpleNamespace(tags=[SimpleNamespace(name=t) for t in self.tags])
+
+    def upload_folder(self, *, folder_path: str, allow_patterns, ignore_patterns, delete_patterns, **kw) -> None:
+        import fnmatch
+
+        self.calls.append("upload_folder")
+        root = Path(folder_path)
+        files = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
+        FakeApi.uploaded = {f for f in files if any(fnmatch.fnmatch(f, p) for p in allow_patterns)
+                            and not any(fnmatch.fnmatch(f, p) for p in ignore_patterns)} - self.drop
+
+    def repo_info(self, repo_id: str, **kw):
+        return SimpleNamespace(sha="c0ffee" * 6 + "abcd")
+
+    def list_repo_files(self, repo_id: str, **kw) -> list[str]:
+        return sorted(self.uploaded)
+
+    def create_tag(self, repo_id: str, *, tag: str, revision: str, **kw) -> None:
+        self.calls.append(f"create_tag {tag} {revision[:6]}")
+
+
+@pytest.fixture
+def fake_hub(monkeypatch: pytest.MonkeyPatch):
+    import huggingface_hub
+
+    import failmode.dataset.publish as publish
+
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(publish, "hub_unreachable_reason", lambda: None)
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    FakeApi.calls, FakeApi.tags, FakeApi.drop = [], [], set()
+    return FakeApi
+
+
+def test_push_uploads_then_tags(tiny_ds: Path, fake_hub, tmp_path: Path) -> None:
+    from failmode.dataset.publish import push_dataset
+
+    (tiny_ds / "data" / "baseline" / ".train-00000-of-00001.parquet.x1y2.tmp").write_bytes(b"torn")
+    (tiny_ds / "notes.txt").write_text("not part of the dataset")
+    url = push_dataset(tiny_ds, "failmode/tiny-debug", private=True)
+    assert url == "http://127.0.0.1:9/datasets/failmode/tiny-debug/tree/v1.0.0"
+    assert fake_hub.calls == ["create_repo private=True", "list_repo_refs", "upload_folder", "create_tag v1.0.0 c0ffee"]
+    assert "README.md" in fake_hub.uploaded and "failmode.json" in fake_hub.uploaded
+    assert not any(f.endswith(".tmp") or f == "notes.txt" for f in fake_hub.uploaded)
+
+
+def test_incomplete_upload_is_never_tagged(tiny_ds: Path, fake_hub) -> None:
+    from failmode.dataset.publish import push_dataset
+
+    fake_hub.drop = {"wds/test_resnet/train-00000-of-00001.tar"}
+    with pytest.raises(FailmodeError, match="incomplete: 1 file.*rerun the same command to resume"):
+        push_dataset(tiny_ds, "failmode/tiny-debug")
+    assert not any(c.startswith("create_tag") for c in fake_hub.calls)
+
+
+def test_existing_tag_is_refused_before_uploading(tiny_ds: Path, fake_hub) -> None:
+    from failmode.dataset.publish import push_dataset
+
+    fake_hub.tags = ["v1.0.0"]
+    with pytest.raises(FailmodeError, match="already has tag v1.0.0"):
+        push_dataset(tiny_ds, "failmode/tiny-debug")
+    assert "upload_folder" not in fake_hub.calls
+
+
+def test_hub_errors_become_one_resumable_line(tiny_ds: Path, fake_hub, monkeypatch: pytest.MonkeyPatch) -> None:
+    import httpx2
+
+    from failmode.dataset.publish import push_dataset
+
+    def fail(self, **kw):
+        raise httpx2.ReadTimeout("timed out\nsecond line")
+
+    monkeypatch.setattr(FakeApi, "upload_folder", fail)
+    with pytest.raises(FailmodeError) as err:
+        push_dataset(tiny_ds, "failmode/tiny-debug")
+    assert str(err.value) == ("push to failmode/tiny-debug did not complete (ReadTimeout: timed out); nothing was "
+                              "tagged, rerun the same command to resume")
+
+
+def test_bad_repo_id_and_invalid_folder(tmp_path: Path) -> None:
+    from failmode.dataset.publish import push_dataset
+
+    with pytest.raises(UsageError, match="expected ORG/NAME"):
+        push_dataset(tmp_path, "just-a-name")
+    with pytest.raises(ValidationError, match="failmode.json: file not found"):
+        push_dataset(tmp_path, "org/name")
