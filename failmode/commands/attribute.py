@@ -1,0 +1,95 @@
+"""`failmode attribute`: CLIP zero-shot attribution of seed failures to vocabulary contexts; top-k modes per class."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+HELP = "attribute seed failures to vocabulary contexts (CLIP zero-shot); write modes.json and a failure report"
+DESCRIPTION = (
+    "Score every seed failure of failures.parquet against its class's contexts (prompt templates are data, "
+    "ensemble-averaged), pick the best context per failure and the k most frequent per class. Writes "
+    "attributions.parquet, modes.json, report.md and failure_dataset/ (the failure records as a metadata-only "
+    "dataset config) beside the failures, or in --out. Several tables share one loaded attributor and its "
+    "embedding cache."
+)
+
+#: --clip-* flags and the ClipAttributor options they set
+CLIP_FLAGS = {"clip_model": "model", "clip_pretrained": "pretrained", "templates": "templates", "device": "device",
+              "batch_size": "batch_size", "workers": "num_workers", "decode": "decode", "precision": "precision"}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of `failmode attribute`."""
+    p.add_argument("failures", nargs="*", help="failures.parquet files (or folders holding one)")
+    p.add_argument("--runs", help="with --models: the folder holding one <model>/failures.parquet per model")
+    p.add_argument("--models", nargs="+", metavar="MODEL", help="models under --runs to attribute")
+    p.add_argument("--vocabulary", required=True, help="a shipped vocabulary's dataset name or a vocabulary JSON")
+    p.add_argument("--kind", default="background", help="vocabulary kind: background, color (default background)")
+    p.add_argument("-k", type=int, default=3, help="failure modes (contexts) kept per class (default 3)")
+    p.add_argument("--out", help="output folder (only with one failures table; default: beside the table)")
+    p.add_argument("--attributor", default="clip", help="registered attributor (default clip)")
+    p.add_argument("--clip-model", default="ViT-B-32", help="open_clip model name or config JSON (default ViT-B-32)")
+    p.add_argument("--clip-pretrained", default="openai", help="open_clip pretrained tag or local checkpoint (default openai)")
+    p.add_argument("--templates", help="prompt templates JSON (default: failmode/mining/templates.json)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra attributor option (VALUE parsed as JSON when it can be); repeatable")
+    p.add_argument("--dataset", help="read images from here instead of the dataset the failures were mined on")
+    p.add_argument("--split", help="split of --dataset")
+    p.add_argument("--include-heldout", action="store_true", help="also attribute heldout failures (not counted in modes)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers decoding images")
+    p.add_argument("--decode", default="cpu", choices=("cpu", "gpu"), help="JPEG decoding: worker CPUs or nvJPEG")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
+    p.add_argument("--cache-dir", help="embedding cache (default: $FAILMODE_CACHE_DIR or ~/.cache/failmode)")
+
+
+def parse_options(items: list[str]) -> dict[str, object]:
+    """KEY=VALUE strings as a dict; values that parse as JSON are decoded."""
+    from failmode.errors import UsageError
+
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--option wants KEY=VALUE, not {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def tables(args: argparse.Namespace) -> list[str]:
+    """The failures tables named on the command line."""
+    from pathlib import Path
+
+    from failmode.commands.mine import folder_name
+    from failmode.errors import UsageError
+
+    if bool(args.runs) != bool(args.models):
+        raise UsageError("--runs and --models go together")
+    paths = list(args.failures) + [str(Path(args.runs) / folder_name(m)) for m in args.models or []]
+    if not paths:
+        raise UsageError("name failures tables, or --runs DIR --models M1 M2 ...")
+    if args.out and len(paths) > 1:
+        raise UsageError("--out takes one failures table; several are written beside their tables")
+    return paths
+
+
+def run(args: argparse.Namespace) -> int:
+    """Attribute each failures table with one shared attributor."""
+    from failmode.mining import attribute_failures, make_attributor
+
+    paths = tables(args)
+    options = {opt: getattr(args, flag) for flag, opt in CLIP_FLAGS.items()} if args.attributor == "clip" else {}
+    options = {k: v for k, v in options.items() if v is not None} | parse_options(args.option)
+    attributor = make_attributor(args.attributor, options, args.kind)
+    halves = ("seed", "heldout") if args.include_heldout else ("seed",)
+    for path in paths:
+        modes = attribute_failures(path, vocabulary=args.vocabulary, kind=args.kind, attributor=attributor, k=args.k,
+                                   out_dir=args.out, cache_dir=args.cache_dir, dataset=args.dataset,
+                                   split=args.split, halves=halves)
+        print(modes)
+    return 0

@@ -1,0 +1,61 @@
+"""`failmode mine`: a classifier's failures on the debug split, split into seed / heldout halves."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+HELP = "mine a classifier's failures on the debug split (seed / heldout halves)"
+DESCRIPTION = (
+    "Predict the debug split of a dataset with a timm model (its own classifier, or a linear head for datasets "
+    "it was not trained on), and write failures.parquet (misclassified images, seed/heldout halves), splits.json, "
+    "predictions.npz and mining.json. Features are cached: reruns and other stages do no forward pass again. "
+    "With --models, each model goes to OUT/<model>/ and all share one cache."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of `failmode mine`."""
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", help="a timm model name, e.g. resnet50")
+    which.add_argument("--models", nargs="+", metavar="MODEL", help="several timm models (OUT/<model>/ each)")
+    p.add_argument("--dataset", required=True, help="imagenet-1k, cifar10, cifar100, hf:ORG/NAME, a local folder or wds:DIR")
+    p.add_argument("--out", required=True, help="output folder (with --models: the parent of one folder per model)")
+    p.add_argument("--weights", default="timm", help="timm (pretrained), none, a state-dict file or an offline provider")
+    p.add_argument("--head", help="a linear head file (.npz/.safetensors/.pt with weight, bias) or 'train' to fit "
+                                  "one on the train split; needed when the model's classes are not the dataset's")
+    p.add_argument("--split", help="split holding the debug images (default: the dataset's evaluation split)")
+    p.add_argument("--train-split", help="split the head is trained on with --head train (default: train)")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the debug/test split and the halves (default 0)")
+    p.add_argument("--train-per-class", type=float, help="override the recipe: train images per class")
+    p.add_argument("--debug-per-class", type=float, help="override the recipe: debug images per class (a count, or a fraction < 1)")
+    p.add_argument("--image-size", type=int, help="override the model's input size")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers decoding images")
+    p.add_argument("--cache-dir", help="feature cache (default: $FAILMODE_CACHE_DIR or ~/.cache/failmode)")
+
+
+def folder_name(model: str) -> str:
+    """A model name as a folder name ('hf-hub:timm/x' -> 'hf-hub-timm-x')."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", model).strip("-")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Mine each model in turn."""
+    from pathlib import Path
+
+    from failmode.mining import mine_failures
+
+    models = [args.model] if args.model else args.models
+    for model in models:
+        out = Path(args.out) if args.model else Path(args.out) / folder_name(model)
+        path = mine_failures(
+            model, args.dataset, out_dir=out, weights=args.weights, split_seed=args.split_seed, device=args.device,
+            batch_size=args.batch_size, cache_dir=args.cache_dir, head=args.head, split=args.split,
+            train_split=args.train_split, train_per_class=args.train_per_class,
+            debug_per_class=args.debug_per_class, image_size=args.image_size, precision=args.precision,
+            num_workers=args.workers)
+        print(path)
+    return 0

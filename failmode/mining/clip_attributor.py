@@ -1,0 +1,122 @@
+"""`ClipAttributor`: open_clip zero-shot scoring of images against a class's contexts (the "clip" attributor)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from failmode.backends import Attributor
+from failmode.data.sources import ImageSource
+from failmode.errors import ValidationError
+from failmode.io import read_json, stable_hash
+from failmode.progress import bar
+
+log = logging.getLogger(__name__)
+
+TEMPLATES_PATH = Path(__file__).with_name("templates.json")
+TEMPLATES_FORMAT = "failmode-templates/1"
+
+
+def load_templates(spec: str | os.PathLike[str] | Sequence[str] | None = None, kind: str = "background") -> list[str]:
+    """Prompt templates for `kind`: from the shipped templates.json (None), another such JSON file, or a list."""
+    if spec is not None and not isinstance(spec, (str, os.PathLike)):
+        templates, where = list(spec), "templates"
+    else:
+        path = Path(spec) if spec is not None else TEMPLATES_PATH
+        doc = read_json(path)
+        if doc.get("format") != TEMPLATES_FORMAT:
+            raise ValidationError(f"{path}: expected format {TEMPLATES_FORMAT!r}, found {doc.get('format')!r}")
+        kinds = doc.get("kinds", {})
+        templates, where = kinds.get(kind, kinds.get("default", [])), f"{path} ({kind})"
+    bad = [t for t in templates if "{class_name}" not in t or "{context}" not in t]
+    if not templates or bad:
+        raise ValidationError(f"{where}: every template needs {{class_name}} and {{context}}"
+                              + (f" (not {bad[0]!r})" if bad else " (none given)"))
+    return templates
+
+
+class ClipAttributor(Attributor):
+    """CLIP zero-shot attribution: images and ensemble-averaged context prompts in CLIP space.
+
+    `model`/`pretrained` name any open_clip model and tag or a local checkpoint (`failmode.models.clip`), or
+    pass a ready `clip` (a `failmode.models.clip.Clip`). Images go through `failmode.mining.images`
+    (`decode="cpu"` workers or `"gpu"` nvJPEG), bf16 autocast and channels_last on CUDA.
+    """
+
+    def __init__(self, model: str = "ViT-B-32", pretrained: str | None = "openai", *, clip: Any | None = None,
+                 templates: str | os.PathLike[str] | Sequence[str] | None = None, kind: str = "background",
+                 device: str | None = None, batch_size: int = 256, precision: str = "auto", num_workers: int = 0,
+                 decode: str = "cpu", draft: bool = True) -> None:
+        from failmode.mining.images import Preprocess
+        from failmode.models.clip import create_clip
+        from failmode.runtime import autocast_dtype, pick_device
+
+        self.device = pick_device(device)
+        self.clip = clip if clip is not None else create_clip(model, pretrained, device=self.device)
+        self.model = self.clip.model.to(self.device).eval()
+        self.templates = load_templates(templates, kind)
+        self.prep = Preprocess.from_open_clip(self.model, draft=draft)
+        self.dtype = autocast_dtype(self.device, precision)
+        self.batch_size, self.num_workers, self.decode = batch_size, num_workers, decode
+        self.ident = f"clip:{self.clip.ident}"
+
+    @property
+    def cache_key(self) -> str | None:
+        """Identity of the image embeddings (None for random weights: those are never cached)."""
+        pretrained = self.clip.pretrained
+        if pretrained is None:
+            return None
+        if os.path.isfile(pretrained):
+            st = os.stat(pretrained)
+            pretrained = f"{os.path.abspath(pretrained)}:{st.st_size}:{st.st_mtime_ns}"
+        return stable_hash({"clip": self.clip.name, "weights": pretrained, "prep": repr(self.prep),
+                            "dtype": str(self.dtype)}, n=24)
+
+    def encode_images(self, source: ImageSource, indices: Sequence[int]) -> np.ndarray:
+        """L2-normalised image embeddings [len(indices), D] (float32)."""
+        import torch
+
+        from failmode.mining.images import iter_crops, normalize
+        from failmode.runtime import autocast
+
+        out = []
+        with torch.inference_mode(), bar("clip images", total=len(indices), unit="img") as b:
+            for x in iter_crops(source, indices, self.prep, device=self.device, batch_size=self.batch_size,
+                                num_workers=self.num_workers, decode=self.decode):
+                with autocast(self.device, self.dtype):
+                    emb = self.model.encode_image(normalize(x, self.prep, self.dtype or torch.float32))
+                out.append(torch.nn.functional.normalize(emb.float(), dim=-1).cpu().numpy())
+                b.update(len(x))
+        return np.concatenate(out) if out else np.zeros((0, self._dim()), np.float32)
+
+    def encode_contexts(self, class_name: str, contexts: Sequence[str]) -> np.ndarray:
+        """L2-normalised mean over templates of each context's prompt embeddings [len(contexts), D]."""
+        import torch
+
+        from failmode.runtime import autocast
+
+        prompts = [t.format(class_name=class_name, context=c) for c in contexts for t in self.templates]
+        chunks = []
+        with torch.inference_mode():
+            for s in range(0, len(prompts), self.batch_size):
+                tokens = self.clip.tokenizer(prompts[s:s + self.batch_size]).to(self.device)
+                with autocast(self.device, self.dtype):
+                    emb = self.model.encode_text(tokens)
+                chunks.append(torch.nn.functional.normalize(emb.float(), dim=-1))
+            if not chunks:
+                return np.zeros((0, self._dim()), np.float32)
+            emb = torch.cat(chunks).view(len(contexts), len(self.templates), -1).mean(1)
+            return torch.nn.functional.normalize(emb, dim=-1).cpu().numpy()
+
+    def scores(self, image_emb: np.ndarray, context_emb: np.ndarray) -> np.ndarray:
+        """Cosine similarity times CLIP's learned logit scale (softmax of these is CLIP's zero-shot probability)."""
+        scale = float(self.model.logit_scale.exp().item()) if hasattr(self.model, "logit_scale") else 100.0
+        return scale * (image_emb @ context_emb.T)
+
+    def _dim(self) -> int:
+        return int(self.model.text_projection.shape[-1])

@@ -1,0 +1,83 @@
+"""Classification heads for mining on datasets the model was not trained for (CIFAR, custom folders).
+
+A head maps frozen features [N, D] to class scores. Accepted forms, in order of preference:
+  - an object with `weight` [C, D] and `bias` [C] (a linear head: the evaluate package's `train_head` result,
+    or `LinearHead` read from a file by `load_head`),
+  - a callable `features -> logits [N, C]`,
+  - an object with `predict(features) -> labels [N]` (then no confidences are recorded).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from failmode.errors import LoadError, ValidationError
+
+
+@dataclass
+class LinearHead:
+    """A linear classifier on frozen features: logits = features @ weight.T + bias."""
+
+    weight: np.ndarray
+    bias: np.ndarray
+
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        """Class scores [N, C]."""
+        return np.asarray(features, np.float32) @ self.weight.T.astype(np.float32) + self.bias.astype(np.float32)
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """Predicted labels [N]."""
+        return self.logits(features).argmax(1)
+
+
+def load_head(path: str | os.PathLike[str]) -> LinearHead:
+    """Read a linear head from .npz, .safetensors or a torch .pt/.pth file holding `weight` [C, D] and `bias` [C]."""
+    path = Path(path)
+    if not path.is_file():
+        raise LoadError(f"head file {path} does not exist")
+    if path.suffix == ".npz":
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in z.files}
+    elif path.suffix == ".safetensors":
+        from safetensors.numpy import load_file
+
+        arrays = load_file(str(path))
+    else:
+        import torch
+
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        arrays = {k: v.float().numpy() for k, v in state.items() if hasattr(v, "numpy")}
+    arrays = {k.split(".")[-1]: v for k, v in arrays.items()}  # accept "fc.weight" / "head.bias" style keys
+    if "weight" not in arrays or "bias" not in arrays:
+        raise ValidationError(f"{path}: a head file needs 'weight' and 'bias' arrays (found {', '.join(arrays) or 'none'})")
+    weight, bias = np.asarray(arrays["weight"], np.float32), np.asarray(arrays["bias"], np.float32)
+    if weight.ndim != 2 or bias.shape != (weight.shape[0],):
+        raise ValidationError(f"{path}: weight {weight.shape} and bias {bias.shape} are not a [C, D] / [C] pair")
+    return LinearHead(weight, bias)
+
+
+def apply_head(head: Any, features: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(predicted labels, logits or None) of `head` on `features`; the head must output `num_classes` classes."""
+    if hasattr(head, "weight") and hasattr(head, "bias"):
+        w, b = (np.asarray(_numpy(t), np.float32) for t in (head.weight, head.bias))
+        head = LinearHead(w, b)
+        if w.shape[1] != features.shape[1]:
+            raise ValidationError(f"the head expects {w.shape[1]}-d features, the model gives {features.shape[1]}-d")
+    if isinstance(head, LinearHead) or (callable(head) and not hasattr(head, "predict")):
+        logits = np.asarray(_numpy(head.logits(features) if isinstance(head, LinearHead) else head(features)))
+        if logits.ndim != 2 or logits.shape[1] != num_classes:
+            raise ValidationError(f"the head outputs {logits.shape[-1]} classes, the dataset has {num_classes}")
+        return logits.argmax(1), logits
+    if hasattr(head, "predict"):
+        return np.asarray(_numpy(head.predict(features)), np.int64), None
+    raise ValidationError(f"a head must be linear (weight, bias), callable, or have predict(); got {type(head).__name__}")
+
+
+def _numpy(x: Any) -> Any:
+    """A torch tensor as a numpy array (detached, on CPU); anything else unchanged."""
+    return x.detach().float().cpu().numpy() if hasattr(x, "detach") else x

@@ -1,0 +1,159 @@
+"""The image fast path of attribution: encoded bytes -> uint8 crops -> normalised batches on the device.
+
+Two decoders, both overlapping decoding with model compute through DataLoader workers:
+  - "cpu": each worker reads the encoded bytes, decodes with PIL (JPEGs are decoded at a reduced DCT scale when
+    the image is at least twice the target size, `draft`), resizes the shortest side and centre-crops, and hands
+    over uint8 crops (4x less to copy than float);
+  - "gpu": workers only read bytes; JPEGs are decoded in batches on the GPU (`torchvision.io.decode_jpeg`,
+    nvJPEG) and resized there; other formats fall back to the CPU decoder.
+Normalisation (mean/std), the dtype cast and channels_last happen on the device.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from failmode.data.sources import ImageSource
+
+log = logging.getLogger(__name__)
+
+_PIL_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
+                 "nearest": Image.Resampling.NEAREST}
+DECODERS = ("cpu", "gpu")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Square crop size, interpolation, normalisation and decoder options (CLIP's resize-shortest + centre crop)."""
+
+    size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+    draft: bool = True
+
+    @classmethod
+    def from_open_clip(cls, model: Any, draft: bool = True) -> Preprocess:
+        """The preprocessing an open_clip model was trained with (`model.visual.preprocess_cfg`)."""
+        cfg = model.visual.preprocess_cfg
+        size = cfg["size"]
+        size = size if isinstance(size, int) else size[0]
+        return cls(int(size), tuple(cfg["mean"]), tuple(cfg["std"]), cfg.get("interpolation", "bicubic"), draft)
+
+
+def resized_size(w: int, h: int, size: int) -> tuple[int, int]:
+    """(width, height) after resizing the shortest side to `size` (torchvision's rounding)."""
+    if w <= h:
+        return size, int(size * h / w)
+    return int(size * w / h), size
+
+
+def crop_pil(img: Image.Image, prep: Preprocess) -> np.ndarray:
+    """Resize the shortest side to `prep.size` and centre-crop: uint8 array [size, size, 3]."""
+    img = img.convert("RGB")
+    w, h = resized_size(*img.size, prep.size)
+    if (w, h) != img.size:
+        img = img.resize((w, h), _PIL_RESAMPLE[prep.interpolation])
+    left, top = int(round((w - prep.size) / 2.0)), int(round((h - prep.size) / 2.0))
+    return np.asarray(img.crop((left, top, left + prep.size, top + prep.size)))
+
+
+def decode_crop(source: ImageSource, i: int, prep: Preprocess) -> torch.Tensor:
+    """The i-th image of `source` as a uint8 crop [3, size, size], decoded from its bytes when it has them."""
+    data = source.encoded(i)
+    if data is None:
+        img = source.image(i)
+    else:
+        img = Image.open(io.BytesIO(data))
+        if prep.draft and img.format == "JPEG":
+            img.draft("RGB", resized_size(*img.size, 2 * prep.size))  # DCT-domain downscale, never below 2x target
+    return torch.from_numpy(crop_pil(img, prep).copy()).permute(2, 0, 1)
+
+
+def is_jpeg(data: bytes | None) -> bool:
+    """True for JPEG bytes (SOI marker)."""
+    return data is not None and data[:2] == b"\xff\xd8"
+
+
+class _Crops(torch.utils.data.Dataset):
+    """CPU decoder: uint8 crops."""
+
+    def __init__(self, source: ImageSource, indices: np.ndarray, prep: Preprocess) -> None:
+        self.source, self.indices, self.prep = source, indices, prep
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, j: int) -> torch.Tensor:
+        return decode_crop(self.source, int(self.indices[j]), self.prep)
+
+
+class _Bytes(_Crops):
+    """GPU decoder: raw JPEG bytes as a 1-D uint8 tensor, or a CPU-decoded crop for other formats."""
+
+    def __getitem__(self, j: int) -> torch.Tensor:
+        i = int(self.indices[j])
+        data = self.source.encoded(i)
+        if is_jpeg(data):
+            return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        return decode_crop(self.source, i, self.prep)
+
+
+def _gpu_crop(img: torch.Tensor, prep: Preprocess) -> torch.Tensor:
+    """Resize (antialiased) and centre-crop one decoded [3, H, W] uint8 image on its device."""
+    h, w = img.shape[-2:]
+    nw, nh = resized_size(w, h, prep.size)
+    x = torch.nn.functional.interpolate(img[None].float(), size=(nh, nw), mode=prep.interpolation,
+                                        antialias=prep.interpolation != "nearest", align_corners=False)
+    top, left = int(round((nh - prep.size) / 2.0)), int(round((nw - prep.size) / 2.0))
+    return x[0, :, top:top + prep.size, left:left + prep.size].round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _decode_on_gpu(items: list[torch.Tensor], prep: Preprocess, device: torch.device) -> torch.Tensor:
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    raw = [j for j, t in enumerate(items) if t.dim() == 1]
+    out: list[torch.Tensor | None] = [t.to(device, non_blocking=True) if t.dim() == 3 else None for t in items]
+    if raw:
+        try:
+            decoded = decode_jpeg([items[j] for j in raw], mode=ImageReadMode.RGB, device=device)
+        except RuntimeError:  # e.g. a CMYK JPEG nvJPEG rejects: decode this batch on the CPU instead
+            decoded = [decode_jpeg(items[j], mode=ImageReadMode.RGB).to(device) for j in raw]
+        for j, img in zip(raw, decoded):
+            out[j] = _gpu_crop(img, prep)
+    return torch.stack(out)  # type: ignore[arg-type]
+
+
+def _stack(items: list[torch.Tensor]) -> Any:
+    return items
+
+
+def iter_crops(source: ImageSource, indices: Sequence[int] | np.ndarray, prep: Preprocess, *, device: torch.device,
+               batch_size: int = 256, num_workers: int = 0, decode: str = "cpu") -> Iterator[torch.Tensor]:
+    """uint8 batches [B, 3, size, size] on `device`, in `indices` order; decoding runs ahead in workers."""
+    if decode not in DECODERS:
+        raise ValueError(f"decode must be one of {DECODERS}, not {decode!r}")
+    idx = np.asarray(indices, dtype=np.int64)
+    gpu = decode == "gpu" and device.type == "cuda"
+    dataset = (_Bytes if gpu else _Crops)(source, idx, prep)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=device.type == "cuda" and not gpu,
+        collate_fn=_stack if gpu else None, prefetch_factor=4 if num_workers else None,
+        persistent_workers=False)
+    for batch in loader:
+        yield _decode_on_gpu(batch, prep, device) if gpu else batch.to(device, non_blocking=True)
+
+
+def normalize(x: torch.Tensor, prep: Preprocess, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 [B, 3, H, W] -> normalised `dtype` tensor in channels_last memory format."""
+    mean = torch.tensor(prep.mean, device=x.device).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(prep.std, device=x.device).view(1, 3, 1, 1) * 255.0
+    return ((x.float() - mean) / std).to(dtype).contiguous(memory_format=torch.channels_last)
