@@ -1,0 +1,39 @@
+"""Debug-image generation: sample plans, diffusers rendering, resumable rank-assigned shards, quality filter,
+presets (`builders/`) and the `build` orchestration.
+
+    rows = build_plan([modes_from_json(doc, config="resnet50", k=3)], GenerationSettings(), generator_id=g.ident)
+    generate_dataset(rows, "out/ds", DiffusersGenerator(), class_names=names)   # plan.parquet + shards
+"""
+
+from failmode.generation.plan import (
+    GenerationSettings,
+    ModeSet,
+    PlanRow,
+    attempt_seed,
+    baseline_modes,
+    build_plan,
+    derive_seed,
+    merge_modes,
+    modes_from_json,
+    plan_path,
+    read_plan,
+    read_plan_of,
+    write_plan,
+)
+from failmode.generation.presets import Preset, list_presets, load_preset
+from failmode.generation.run import (
+    DatasetInfo,
+    all_shards_done,
+    finalize_if_complete,
+    generate_dataset,
+    make_manifest,
+    save_plan,
+)
+from failmode.generation.shards import GenerationRun, RenderState, assign, shard_jobs, worker_slot
+
+__all__ = [
+    "DatasetInfo", "GenerationRun", "GenerationSettings", "ModeSet", "PlanRow", "Preset", "RenderState",
+    "all_shards_done", "assign", "attempt_seed", "baseline_modes", "build_plan", "derive_seed", "finalize_if_complete",
+    "generate_dataset", "list_presets", "load_preset", "make_manifest", "merge_modes", "modes_from_json", "plan_path",
+    "read_plan", "read_plan_of", "save_plan", "shard_jobs", "worker_slot", "write_plan",
+]

@@ -1,0 +1,284 @@
+"""The sample plan: one row per image (prompt, negative prompt, seed, guidance, steps, size, generator), written
+before rendering so any shard can be regenerated bit for bit.
+
+Seeds are derived, not drawn: the seed of an image is a hash of (base seed, config, label, context kind, context,
+replica), so adding a class or a config never changes the seeds of the others. A sample that must be replaced
+(quality filter, safety checker) takes the next seed of its own reserve chain (`attempt_seed`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from failmode.backends import GenerationRequest
+from failmode.dataset import layout
+from failmode.errors import ValidationError
+from failmode.io import atomic_path, read_json, sha256_file
+
+SEED_MASK = (1 << 63) - 1
+SEED_RULE = ("seed = first 8 bytes (big-endian) of sha256('{base_seed}|{config}|{label}|{context_kind}|{context}|"
+             "{replica}') & (2**63-1); reserve attempt a>0 uses sha256('{seed}|reserve|{a}') the same way")
+BASELINE_KIND = "class-only"
+DEFAULT_TEMPLATES = {
+    "background": "a photo of a {class_name} {context}",
+    "color": "a photo of a {context} {class_name}",
+    BASELINE_KIND: "a photo of a {class_name}",
+}
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How images are made: generator, sampler, sizes, counts, seeds and sharding (the `generation` of a preset)."""
+
+    generator: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    revision: str | None = None
+    scheduler: str = "dpmsolver++"
+    steps: int = 25
+    guidance: float = 7.5
+    size: int = 512
+    negative_prompt: str = ""
+    images_per_mode: int = 5
+    k: int = 3
+    base_seed: int = 0
+    shard_size: int = 1000
+    split: str = "train"
+    prompt_templates: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_TEMPLATES))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "generation settings") -> GenerationSettings:
+        """Build from a preset's `generation` section; unknown keys raise ValidationError naming them."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValidationError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(names))})")
+        out = cls(**{**data, "prompt_templates": {**DEFAULT_TEMPLATES, **dict(data.get("prompt_templates", {}))}})
+        return out.check(where)
+
+    def check(self, where: str = "generation settings") -> GenerationSettings:
+        """Raise ValidationError on impossible values; return self."""
+        for name in ("steps", "size", "images_per_mode", "k", "shard_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValidationError(f"{where}: {name} must be >= 1, got {getattr(self, name)!r}")
+        if self.size % 8:
+            raise ValidationError(f"{where}: size must be a multiple of 8 (the VAE's downsampling), got {self.size}")
+        layout.check_split_name(self.split)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (recorded in the manifest)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ModeSet:
+    """The classes and contexts one config renders: a model's failure modes, a family's, or the baseline."""
+
+    config: str
+    kind: str  # "model" | "collective" | "baseline" (the manifest's config kinds)
+    source_model: str  # classifier id, "collective:<family>" or "baseline"
+    context_kind: str  # "background", "color", ... or "class-only"
+    classes: tuple[ClassModes, ...]
+
+
+@dataclass(frozen=True)
+class ClassModes:
+    """One class and its contexts in rank order (empty for the class-only baseline)."""
+
+    label: int
+    class_name: str
+    prompt_name: str
+    contexts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    """One image of the plan: where it goes (config/split/shard/position) and everything needed to render it."""
+
+    config: str
+    split: str
+    shard_index: int
+    num_shards: int
+    position: int
+    source_model: str
+    label: int
+    class_name: str
+    context: str
+    context_kind: str
+    replica: int
+    prompt: str
+    negative_prompt: str
+    seed: int
+    guidance_scale: float
+    num_inference_steps: int
+    height: int
+    width: int
+    generator: str
+
+    def request(self, attempt: int = 0) -> GenerationRequest:
+        """The render request for this row at reserve `attempt` (0 = the planned seed)."""
+        return GenerationRequest(
+            prompt=self.prompt, seed=attempt_seed(self.seed, attempt), label=self.label, class_name=self.class_name,
+            context=self.context, context_kind=self.context_kind, negative_prompt=self.negative_prompt,
+            guidance_scale=self.guidance_scale, num_inference_steps=self.num_inference_steps,
+            height=self.height, width=self.width,
+        )
+
+
+PLAN_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(PlanRow))
+
+
+def _hash_seed(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") & SEED_MASK
+
+
+def derive_seed(base_seed: int, config: str, label: int, context_kind: str, context: str, replica: int) -> int:
+    """The planned seed of one image (see SEED_RULE)."""
+    return _hash_seed(f"{base_seed}|{config}|{label}|{context_kind}|{context}|{replica}")
+
+
+def attempt_seed(seed: int, attempt: int) -> int:
+    """Seed of reserve `attempt` of a planned seed; attempt 0 is the planned seed itself."""
+    if attempt < 0:
+        raise ValueError(f"attempt must be >= 0, got {attempt}")
+    return seed if attempt == 0 else _hash_seed(f"{seed}|reserve|{attempt}")
+
+
+def modes_from_json(data: Mapping[str, Any], *, config: str, k: int, kind: str = "model",
+                    source_model: str | None = None, where: str = "modes.json") -> ModeSet:
+    """A ModeSet from a `failmode-modes/1` document, keeping the top `k` contexts of each class."""
+    if data.get("format") != "failmode-modes/1":
+        raise ValidationError(f"{where}: not a failmode-modes/1 file (format {data.get('format')!r})")
+    try:
+        classes = tuple(
+            ClassModes(int(c["label"]), str(c["class_name"]), str(c.get("prompt_name") or c["class_name"]),
+                       tuple(str(m["context"]) for m in c.get("modes", [])[:k]))
+            for c in data["classes"]
+        )
+        context_kind = str(data.get("vocabulary", {}).get("kind") or "background")
+        return ModeSet(config, kind, source_model or str(data["source_model"]), context_kind, classes)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValidationError(f"{where}: malformed modes file ({type(e).__name__}: {e})") from None
+
+
+def merge_modes(sets: Sequence[Mapping[str, Any]], *, config: str, family: str, k: int) -> ModeSet:
+    """A family's collective modes: per class, the top `k` contexts by failure count summed over its models."""
+    if not sets:
+        raise ValidationError(f"family {family!r} has no modes files")
+    counts: dict[int, dict[str, int]] = {}
+    names: dict[int, tuple[str, str]] = {}
+    for data in sets:
+        for c in data["classes"]:
+            names[int(c["label"])] = (str(c["class_name"]), str(c.get("prompt_name") or c["class_name"]))
+            per = counts.setdefault(int(c["label"]), {})
+            for m in c.get("modes", []):
+                per[str(m["context"])] = per.get(str(m["context"]), 0) + int(m.get("count", 1))
+    classes = tuple(
+        ClassModes(label, *names[label], tuple(ctx for ctx, _ in sorted(per.items(), key=lambda kv: (-kv[1], kv[0]))[:k]))
+        for label, per in sorted(counts.items())
+    )
+    context_kind = str(sets[0].get("vocabulary", {}).get("kind") or "background")
+    return ModeSet(config, "collective", f"collective:{family}", context_kind, classes)
+
+
+def baseline_modes(class_names: Sequence[str], prompt_names: Sequence[str] | None = None,
+                   config: str = "baseline") -> ModeSet:
+    """The class-only baseline ("a photo of a {class}") over every class."""
+    prompt_names = prompt_names or class_names
+    classes = tuple(ClassModes(i, n, p) for i, (n, p) in enumerate(zip(class_names, prompt_names, strict=True)))
+    return ModeSet(config, "baseline", "baseline", BASELINE_KIND, classes)
+
+
+def build_plan(mode_sets: Iterable[ModeSet], settings: GenerationSettings, *, generator_id: str,
+               baseline_images_per_class: int | None = None) -> list[PlanRow]:
+    """Rows of every config in order (config, label, context rank, replica), cut into shards of `shard_size`."""
+    rows: list[PlanRow] = []
+    for ms in mode_sets:
+        layout.check_config_name(ms.config)
+        template = settings.prompt_templates.get(ms.context_kind)
+        if template is None:
+            raise ValidationError(f"no prompt template for context kind {ms.context_kind!r} "
+                                  f"(known: {', '.join(sorted(settings.prompt_templates))})")
+        items = _config_items(ms, settings, baseline_images_per_class)
+        num_shards = max(1, math.ceil(len(items) / settings.shard_size))
+        for pos, (cm, context, replica) in enumerate(items):
+            rows.append(PlanRow(
+                config=ms.config, split=settings.split, shard_index=pos // settings.shard_size, num_shards=num_shards,
+                position=pos % settings.shard_size, source_model=ms.source_model, label=cm.label,
+                class_name=cm.class_name, context=context, context_kind=ms.context_kind, replica=replica,
+                prompt=render_prompt(template, cm.prompt_name, "" if ms.context_kind == BASELINE_KIND else context),
+                negative_prompt=settings.negative_prompt,
+                seed=derive_seed(settings.base_seed, ms.config, cm.label, ms.context_kind, context, replica),
+                guidance_scale=float(settings.guidance), num_inference_steps=int(settings.steps),
+                height=int(settings.size), width=int(settings.size), generator=generator_id,
+            ))
+    return rows
+
+
+def render_prompt(template: str, prompt_name: str, context: str) -> str:
+    """Fill a template ('{class_name}' is the class's prompt name, as in vocabularies), collapsing whitespace."""
+    return re.sub(r"\s+", " ", template.format(class_name=prompt_name, context=context)).strip()
+
+
+def _config_items(ms: ModeSet, settings: GenerationSettings,
+                  baseline_images_per_class: int | None) -> list[tuple[ClassModes, str, int]]:
+    if ms.context_kind == BASELINE_KIND:
+        n = baseline_images_per_class or settings.images_per_mode * settings.k
+        # The baseline's "context" column names the kind: the writer needs a non-empty string.
+        return [(cm, "none", r) for cm in sorted(ms.classes, key=lambda c: c.label) for r in range(n)]
+    return [(cm, ctx, r) for cm in sorted(ms.classes, key=lambda c: c.label)
+            for ctx in cm.contexts[:settings.k] for r in range(settings.images_per_mode)]
+
+
+def write_plan(rows: Sequence[PlanRow], path: str | os.PathLike[str]) -> str:
+    """Write the plan as parquet (fixed writer settings: equal plans give equal bytes); return its sha256."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pylist([asdict(r) for r in rows], schema=_plan_schema())
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd", use_dictionary=False, write_statistics=False, version="2.6")
+    return sha256_file(path)
+
+
+def read_plan(path: str | os.PathLike[str]) -> list[PlanRow]:
+    """Read a plan written by `write_plan`; a missing file or wrong columns raise ValidationError."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.exists():
+        raise ValidationError(f"{path}: plan not found")
+    table = pq.read_table(path)
+    if tuple(table.column_names) != PLAN_COLUMNS:
+        raise ValidationError(f"{path}: not a failmode plan (columns {', '.join(table.column_names)})")
+    return [PlanRow(**r) for r in table.to_pylist()]
+
+
+def _plan_schema() -> Any:
+    import pyarrow as pa
+
+    types = {int: pa.int64(), str: pa.string(), float: pa.float64()}
+    hints = {"int": int, "str": str, "float": float}
+    return pa.schema([(f.name, types[hints[str(f.type)]]) for f in fields(PlanRow)])
+
+
+def plan_path(root: str | os.PathLike[str]) -> Path:
+    """Where a dataset folder keeps its plan."""
+    return Path(root) / "generation" / "plan.parquet"
+
+
+def read_plan_of(root: str | os.PathLike[str]) -> list[PlanRow]:
+    """The plan of a dataset folder, checked against the manifest's `plan_sha256` when a manifest exists."""
+    path = plan_path(root)
+    manifest = Path(root) / layout.MANIFEST_NAME
+    if manifest.exists() and path.exists():
+        expected = read_json(manifest).get("plan_sha256")
+        if expected and sha256_file(path) != expected:
+            raise ValidationError(f"{path}: sha256 differs from the manifest's plan_sha256 (the plan was changed)")
+    return read_plan(path)

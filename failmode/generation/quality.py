@@ -1,0 +1,79 @@
+"""Quality filter: CLIP similarity of each generated image to "a photo of a {class}" and to its context phrase.
+
+Both scores are stored per sample (`clip_class`, `clip_context`); an image whose class score is below the
+threshold is a failure of the generator (wrong object, no object) and is replaced from its seed reserve.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from PIL import Image
+
+from failmode.backends import GenerationRequest
+
+CLASS_TEMPLATE = "a photo of a {class_name}"
+
+
+class QualityScorer(Protocol):
+    """Scores images against their requests; `keep` decides from the scores."""
+
+    ident: str
+
+    def score(self, images: Sequence[Image.Image], requests: Sequence[GenerationRequest]) -> list[dict[str, float]]:
+        """Per image: a dict of named scores (column names of the dataset)."""
+
+    def keep(self, scores: dict[str, float]) -> bool:
+        """True if the image passes the filter."""
+
+
+@dataclass
+class ClipQuality:
+    """CLIP cosine similarity of image to class prompt and to context phrase; drops images below `min_class_score`."""
+
+    clip: Any  # failmode.models.clip.Clip
+    min_class_score: float | None = None  # None: score only, never drop
+    min_context_score: float | None = None
+    device: str | torch.device = "cpu"
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        self.ident = f"clip:{self.clip.ident}"
+        self._text: dict[str, torch.Tensor] = {}
+
+    def _encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        new = sorted({t for t in texts if t not in self._text})
+        if new:
+            with torch.inference_mode():
+                emb = self.clip.model.encode_text(self.clip.tokenizer(new).to(self.device)).float()
+            for t, e in zip(new, torch.nn.functional.normalize(emb, dim=-1), strict=True):
+                self._text[t] = e
+        return torch.stack([self._text[t] for t in texts])
+
+    def _encode_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        out = []
+        for i in range(0, len(images), self.batch_size):
+            x = torch.stack([self.clip.preprocess(im) for im in images[i:i + self.batch_size]]).to(self.device)
+            with torch.inference_mode():
+                out.append(torch.nn.functional.normalize(self.clip.model.encode_image(x).float(), dim=-1))
+        return torch.cat(out)
+
+    def score(self, images: Sequence[Image.Image], requests: Sequence[GenerationRequest]) -> list[dict[str, float]]:
+        """`clip_class` (vs "a photo of a {class}") and `clip_context` (vs the context phrase) per image."""
+        if not images:
+            return []
+        img = self._encode_images(images)
+        cls = self._encode_texts([CLASS_TEMPLATE.format(class_name=r.class_name) for r in requests])
+        ctx = self._encode_texts([r.context for r in requests])
+        s_cls = (img * cls).sum(-1).tolist()
+        s_ctx = (img * ctx).sum(-1).tolist()
+        return [{"clip_class": round(a, 6), "clip_context": round(b, 6)} for a, b in zip(s_cls, s_ctx, strict=True)]
+
+    def keep(self, scores: dict[str, float]) -> bool:
+        """False when a score is below its threshold."""
+        if self.min_class_score is not None and scores["clip_class"] < self.min_class_score:
+            return False
+        return self.min_context_score is None or scores["clip_context"] >= self.min_context_score

@@ -1,0 +1,213 @@
+"""Render plan rows through a diffusers text-to-image pipeline, fast and batch-invariant.
+
+Batch invariance: every latent comes from its own CPU `torch.Generator` seeded with the sample's seed, and every
+denoising pass runs at one fixed shape (`batch_size` samples; a short batch is padded by repeating its last
+sample). Kernels chosen for a shape do not depend on the other rows or on a row's position, so a sample's pixels
+depend only on its request and the recorded batch size: alone, in a batch, or on any rank of any machine. (Running
+an unpadded batch of 1 and a batch of 4 through the same UNet differs in the last float bits on CPU: oneDNN picks
+other kernels for other batch shapes, and a few pixels then round differently.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from failmode.backends import GenerationRequest, ImageGenerator
+from failmode.errors import LoadError
+from failmode.models.diffusion import DEFAULT_GENERATOR, load_pipeline
+from failmode.registry import Registry
+from failmode.runtime import autocast_dtype, pick_device
+
+log = logging.getLogger(__name__)
+
+#: scheduler name -> (diffusers class name, config overrides applied on top of the pipeline's scheduler config)
+SCHEDULERS: Registry[tuple[str, dict[str, Any]]] = Registry("scheduler")
+SCHEDULERS.register("dpmsolver++")(("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}))
+SCHEDULERS.register("dpmsolver++-karras")(
+    ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True}))
+SCHEDULERS.register("ddim")(("DDIMScheduler", {}))
+SCHEDULERS.register("pndm")(("PNDMScheduler", {"skip_prk_steps": True}))
+SCHEDULERS.register("euler")(("EulerDiscreteScheduler", {}))
+SCHEDULERS.register("unipc")(("UniPCMultistepScheduler", {}))
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def oom_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that mean "out of accelerator memory"."""
+    found = {getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)}
+    return tuple(e for e in found if e is not None)
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """Speed knobs: none of them changes which image a seed gives, only how fast (within float rounding)."""
+
+    device: str | None = None  # default: CUDA when available
+    precision: str = "auto"  # fp32 | fp16 | bf16 | auto (fp16 on CUDA, fp32 on CPU)
+    batch_size: int = 16  # fixed kernel batch (samples per denoising pass; CFG doubles it)
+    scheduler: str | None = "dpmsolver++"  # None: the pipeline's own scheduler
+    channels_last: bool = True
+    compile: str | None = None  # None | "default" | "reduce-overhead" | "max-autotune"
+    fuse_qkv: bool = False
+    safety_checker: bool = False
+
+
+def pipeline_ident(model: str, revision: str | None = None) -> str:
+    """`diffusers:<id>@<revision>` for a Hub id; `diffusers:<dir name>@cfg-<hash of configs and weight sizes>` locally."""
+    local = Path(model).expanduser()
+    if not local.is_dir():
+        return f"diffusers:{model}@{revision or 'main'}"
+    h = hashlib.sha256()
+    for p in sorted(q for q in local.rglob("*") if q.is_file()):
+        h.update(p.relative_to(local).as_posix().encode())
+        h.update(p.read_bytes() if p.suffix == ".json" else str(p.stat().st_size).encode())
+    return f"diffusers:{local.name}@cfg-{h.hexdigest()[:12]}"
+
+
+def set_scheduler(pipe: Any, name: str) -> None:
+    """Replace the pipeline's scheduler by the registered scheduler `name`, keeping its noise schedule."""
+    import diffusers
+
+    cls_name, overrides = SCHEDULERS.get(name)
+    pipe.scheduler = getattr(diffusers, cls_name).from_config(pipe.scheduler.config, **overrides)
+
+
+def prepare_pipeline(pipe: Any, options: RenderOptions) -> Any:
+    """Move to device/dtype, set the scheduler, SDPA attention, channels_last, fused QKV and torch.compile."""
+    device = pick_device(options.device)
+    dtype = PRECISIONS.get(options.precision) or autocast_dtype(device, "auto") or torch.float32
+    if device.type == "cpu" and dtype is torch.float16:
+        raise LoadError("fp16 is not supported on CPU; use --precision fp32 or bf16")
+    pipe.to(device, dtype)
+    if options.scheduler:
+        set_scheduler(pipe, options.scheduler)
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    pipe.unet.set_attn_processor(AttnProcessor2_0())  # torch SDPA (flash / memory-efficient kernels on GPU)
+    if options.fuse_qkv:
+        pipe.fuse_qkv_projections()
+    if options.channels_last:
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+    if options.compile:
+        pipe.unet = torch.compile(pipe.unet, mode=None if options.compile == "default" else options.compile,
+                                  fullgraph=True)
+        pipe.vae.decode = torch.compile(pipe.vae.decode, mode=None if options.compile == "default" else options.compile)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+class DiffusersGenerator(ImageGenerator):
+    """SD 1.5 (default) or any diffusers text-to-image model: one seed per image, fixed-shape batches."""
+
+    def __init__(self, model: str = DEFAULT_GENERATOR, *, revision: str | None = None, pipeline: Any = None,
+                 options: RenderOptions | None = None, ident: str | None = None) -> None:
+        self.options = options or RenderOptions()
+        if pipeline is None:
+            pipeline = load_pipeline(model, revision=revision)
+            self._check_pipeline(pipeline, model)
+        self.pipe = prepare_pipeline(pipeline, self.options)
+        self.ident = ident or pipeline_ident(model, revision)
+        self.batch_size = self.options.batch_size
+        self.device = self.pipe.unet.device
+        self.dtype = self.pipe.unet.dtype
+        self._embeds: dict[str, torch.Tensor] = {}
+        self._safety: tuple[Any, Any] | None = self._load_safety(model, revision) if self.options.safety_checker else None
+
+    @staticmethod
+    def _check_pipeline(pipe: Any, model: str) -> None:
+        for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+            if getattr(pipe, part, None) is None:
+                raise LoadError(f"the diffusion pipeline {model!r} has no {part}; a text-to-image pipeline is needed")
+
+    def encode_prompt(self, prompt: str) -> torch.Tensor:
+        """Text-encoder output [1, 77, D] for `prompt`, computed once per unique prompt, alone (shape-invariant)."""
+        if prompt not in self._embeds:
+            tok = self.pipe.tokenizer(prompt, padding="max_length", max_length=self.pipe.tokenizer.model_max_length,
+                                      truncation=True, return_tensors="pt")
+            with torch.inference_mode():
+                emb = self.pipe.text_encoder(tok.input_ids.to(self.device))[0]
+            self._embeds[prompt] = emb.to(self.dtype)
+        return self._embeds[prompt]
+
+    def latents(self, req: GenerationRequest) -> torch.Tensor:
+        """Initial noise of one request from its own CPU generator (the same on every device and rank)."""
+        f = self.pipe.vae_scale_factor
+        g = torch.Generator("cpu").manual_seed(req.seed)
+        shape = (1, self.pipe.unet.config.in_channels, req.height // f, req.width // f)
+        return torch.randn(shape, generator=g, dtype=torch.float32)
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Image.Image]:
+        """One RGB image per request, in order; requests are grouped by (steps, guidance, size) internally."""
+        out: dict[int, Image.Image] = {}
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault((r.num_inference_steps, r.guidance_scale, r.height, r.width), []).append(i)
+        for idx in groups.values():
+            for start in range(0, len(idx), self.batch_size):
+                chunk = idx[start:start + self.batch_size]
+                for i, img in zip(chunk, self._render([requests[i] for i in chunk]), strict=True):
+                    out[i] = img
+        return [out[i] for i in range(len(requests))]
+
+    def _render(self, reqs: Sequence[GenerationRequest]) -> list[Image.Image]:
+        padded = list(reqs) + [reqs[-1]] * (self.batch_size - len(reqs))
+        r0 = reqs[0]
+        latents = torch.cat([self.latents(r) for r in padded]).to(self.device, self.dtype)
+        pos = torch.cat([self.encode_prompt(r.prompt) for r in padded])
+        neg = torch.cat([self.encode_prompt(r.negative_prompt) for r in padded])
+        if self.options.channels_last:
+            latents = latents.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            images = self.pipe(prompt_embeds=pos, negative_prompt_embeds=neg, latents=latents,
+                               num_inference_steps=r0.num_inference_steps, guidance_scale=r0.guidance_scale,
+                               height=r0.height, width=r0.width, output_type="pil").images
+        return [im.convert("RGB") for im in images[: len(reqs)]]
+
+    def _load_safety(self, model: str, revision: str | None) -> tuple[Any, Any]:
+        from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+        from transformers import CLIPImageProcessor
+
+        from failmode.hub import load_from_hub_or_local
+
+        def load(ident: str, local_only: bool) -> tuple[Any, Any]:
+            kw = {"revision": revision, "local_files_only": local_only}
+            checker = StableDiffusionSafetyChecker.from_pretrained(ident, subfolder="safety_checker", **kw)
+            return checker.to(self.device).eval(), CLIPImageProcessor.from_pretrained(ident, subfolder="feature_extractor", **kw)
+
+        return load_from_hub_or_local(model, load, what=f"the safety checker of {model!r}",
+                                      local_hint="use a pipeline folder with safety_checker/ and feature_extractor/")
+
+    def flag_unsafe(self, images: Sequence[Image.Image]) -> list[bool]:
+        """The pipeline's safety checker verdict per image (all False when the checker is off)."""
+        if self._safety is None:
+            return [False] * len(images)
+        import numpy as np
+
+        checker, processor = self._safety
+        clip_input = processor(list(images), return_tensors="pt").pixel_values.to(self.device)
+        arrays = np.stack([np.asarray(im, dtype=np.float32) / 255.0 for im in images])
+        with torch.inference_mode():
+            _, flags = checker(images=arrays, clip_input=clip_input)
+        return [bool(f) for f in flags]
+
+
+def safety_function(generator: ImageGenerator) -> Callable[[Sequence[Image.Image]], list[bool]] | None:
+    """The generator's safety checker as a function, or None when it has none or it is off."""
+    fn = getattr(generator, "flag_unsafe", None)
+    return fn if fn is not None and getattr(generator, "_safety", None) is not None else None
+
+
+def describe_options(options: RenderOptions) -> dict[str, Any]:
+    """The render options as a JSON-ready dict (recorded in stats and the manifest)."""
+    return json.loads(json.dumps(options.__dict__))

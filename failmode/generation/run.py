@@ -1,0 +1,119 @@
+"""The generation stage as one call: plan -> plan.parquet -> rendered shards -> (when complete) manifest and card."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from failmode.backends import ImageGenerator
+from failmode.dataset import ConfigSpec, Manifest, finalize, shard_done
+from failmode.errors import ValidationError
+from failmode.generation.plan import SEED_RULE, GenerationSettings, PlanRow, plan_path, read_plan, write_plan
+from failmode.generation.quality import QualityScorer
+from failmode.generation.shards import GenerationRun, SafetyFn, gen_stats_path, shard_jobs
+from failmode.io import read_json, sha256_file
+
+log = logging.getLogger(__name__)
+
+
+def save_plan(rows: Sequence[PlanRow], root: str | os.PathLike[str], mode: str = "incremental") -> str:
+    """Write `generation/plan.parquet` (before any rendering); an existing different plan is an error unless
+    `mode` is "overwrite". Returns the plan's sha256."""
+    path = plan_path(root)
+    if path.exists() and mode != "overwrite":
+        if read_plan(path) != list(rows):
+            raise ValidationError(f"{path} holds a different plan (settings or modes changed); rerun with "
+                                  "--mode overwrite or use another output folder")
+        return sha256_file(path)
+    return write_plan(rows, path)
+
+
+def generate_dataset(rows: Sequence[PlanRow], root: str | os.PathLike[str], generator: ImageGenerator, *,
+                     class_names: list[str], mode: str = "incremental", worker: tuple[int, int] = (0, 1),
+                     batch_size: int = 16, image_format: str = "png", quality: QualityScorer | None = None,
+                     safety: SafetyFn | None = None, reserve: int = 3, encode_workers: int = 4) -> list[dict[str, Any]]:
+    """Save the plan, then render and write this worker's pending shards; returns their generation stats."""
+    save_plan(rows, root, mode)
+    run = GenerationRun(Path(root), generator, list(class_names), image_format=image_format, mode=mode,
+                        batch_size=batch_size, quality=quality, safety=safety, reserve=reserve,
+                        encode_workers=encode_workers, worker=worker)
+    return run.run(rows)
+
+
+def all_shards_done(rows: Sequence[PlanRow], root: str | os.PathLike[str]) -> bool:
+    """True when every shard of the plan is written."""
+    return all(shard_done(root, j.config, j.split, j.shard_index, j.num_shards) for j in shard_jobs(rows))
+
+
+def quality_summary(rows: Sequence[PlanRow], root: str | os.PathLike[str]) -> dict[str, Any]:
+    """Totals over the shards' generation stats: planned, written, dropped by the quality filter, flagged, unfilled."""
+    total = {"planned": 0, "count": 0, "substituted": 0, "quality_dropped": 0, "unsafe_flagged": 0, "unfilled": 0}
+    for j in shard_jobs(rows):
+        path = gen_stats_path(root, j.config, j.split, j.shard_index, j.num_shards)
+        if not path.exists():
+            continue
+        s = read_json(path)
+        for key in ("planned", "count", "substituted"):
+            total[key] += int(s[key])
+        for key, v in s["failures"].items():
+            total[key] += int(v)
+    return total
+
+
+@dataclass
+class DatasetInfo:
+    """What the manifest says about the dataset besides its configs (name, version, provenance)."""
+
+    name: str
+    version: str
+    class_names: list[str]
+    image_format: str = "png"
+    repo_id: str = ""
+    pretty_name: str = ""
+    description: str = ""
+    source_dataset: str = ""
+    vocabulary: dict[str, Any] = field(default_factory=dict)
+    attribution: dict[str, Any] = field(default_factory=dict)
+    tags: list[str] = field(default_factory=list)
+
+
+def make_manifest(rows: Sequence[PlanRow], root: str | os.PathLike[str], info: DatasetInfo,
+                  settings: GenerationSettings, *, generator_ident: str, render: dict[str, Any],
+                  kinds: dict[str, str] | None = None) -> Manifest:
+    """The manifest of a generated dataset: configs and shard counts from the plan, pinned generation settings."""
+    kinds = kinds or {}
+    configs: dict[str, ConfigSpec] = {}
+    for r in rows:
+        spec = configs.setdefault(r.config, ConfigSpec(kind=kinds.get(r.config, _kind_of(r.source_model)),
+                                                       splits={}, source_model=r.source_model))
+        spec.splits[r.split] = r.num_shards
+    generation = {**settings.to_dict(), **render, "quality": quality_summary(rows, root),
+                  "plan": plan_path("").as_posix()}
+    return Manifest(
+        name=info.name, version=info.version, class_names=list(info.class_names), configs=configs,
+        repo_id=info.repo_id, pretty_name=info.pretty_name, description=info.description,
+        image_format=info.image_format, source_dataset=info.source_dataset,
+        generator={"id": settings.generator, "revision": settings.revision or "", "ident": generator_ident},
+        vocabulary=dict(info.vocabulary), attribution=dict(info.attribution), generation=generation,
+        seeds={"base_seed": settings.base_seed, "rule": SEED_RULE}, plan_sha256=sha256_file(plan_path(root)),
+        tags=list(info.tags),
+    )
+
+
+def _kind_of(source_model: str) -> str:
+    if source_model == "baseline":
+        return "baseline"
+    return "collective" if source_model.startswith("collective:") else "model"
+
+
+def finalize_if_complete(rows: Sequence[PlanRow], root: str | os.PathLike[str], manifest: Manifest) -> bool:
+    """Write card, manifest and `_info.json` when every shard is done (any worker may; the result is the same)."""
+    if not all_shards_done(rows, root):
+        log.info("not all shards are written yet; the last worker to finish writes the card and manifest")
+        return False
+    finalize(root, manifest)
+    return True

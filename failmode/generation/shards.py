@@ -1,0 +1,261 @@
+"""Render a plan into dataset shards: resumable, rank-assigned, with encoding and writing overlapped with the GPU.
+
+A shard is the unit of work. Worker `i` of `n` (from RANK/WORLD_SIZE, set by `accelerate launch` / torchrun, and
+`--shard-index/--num-shards` for job arrays) takes every n-th shard of the plan. Within a shard, images are rendered
+in fixed-shape batches on the main thread; each accepted image is handed to a thread pool that encodes it, and a
+finished shard is written by a writer thread while the next shard renders. A shard's generation stats are written
+first and the writer's `_stats.json` marker last, so a shard is either done or redone from scratch on restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from failmode.backends import GenerationRequest, ImageGenerator
+from failmode.dataset import layout
+from failmode.dataset.sample import CODECS, DebugSample
+from failmode.dataset.writer import shard_done, write_shard
+from failmode.errors import UsageError
+from failmode.generation.plan import PlanRow
+from failmode.generation.quality import QualityScorer
+from failmode.generation.render import oom_errors
+from failmode.io import write_json
+from failmode.progress import bar
+
+log = logging.getLogger(__name__)
+
+MODES = ("incremental", "overwrite")
+SafetyFn = Callable[[Sequence[Image.Image]], list[bool]]
+
+
+@dataclass
+class ShardJob:
+    """The plan rows of one shard (positions 0..n-1, in order)."""
+
+    config: str
+    split: str
+    shard_index: int
+    num_shards: int
+    rows: list[PlanRow]
+
+    @property
+    def name(self) -> str:
+        """`<config>/<split>-0000i-of-0000n`."""
+        return f"{self.config}/{layout.shard_stem(self.split, self.shard_index, self.num_shards)}"
+
+
+def shard_jobs(rows: Sequence[PlanRow]) -> list[ShardJob]:
+    """Group plan rows into shards, in plan order."""
+    jobs: dict[tuple[str, str, int, int], ShardJob] = {}
+    for r in rows:
+        key = (r.config, r.split, r.shard_index, r.num_shards)
+        jobs.setdefault(key, ShardJob(*key, rows=[])).rows.append(r)
+    for job in jobs.values():
+        job.rows.sort(key=lambda r: r.position)
+    return list(jobs.values())
+
+
+def worker_slot(shard_index: int | None = None, num_shards: int | None = None,
+                env: dict[str, str] | None = None) -> tuple[int, int]:
+    """(worker index, worker count) from RANK/WORLD_SIZE combined with a job-array slot `shard_index` of `num_shards`."""
+    env = dict(os.environ) if env is None else env
+    rank, world = int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1))
+    part, parts = (shard_index or 0), (num_shards or 1)
+    if not (0 <= rank < world) or not (0 <= part < parts):
+        raise UsageError(f"invalid worker slot: rank {rank} of {world}, job-array part {part} of {parts}")
+    return part * world + rank, parts * world
+
+
+def assign(jobs: Sequence[ShardJob], worker: int, workers: int) -> list[ShardJob]:
+    """The shards of worker `worker` of `workers`: every `workers`-th shard of the plan, starting at `worker`."""
+    return [j for i, j in enumerate(jobs) if i % workers == worker]
+
+
+@dataclass
+class RenderState:
+    """The batch size in use; halves on out-of-memory."""
+
+    batch_size: int
+
+    def render(self, generator: ImageGenerator, requests: Sequence[GenerationRequest]) -> list[Image.Image]:
+        """Render `requests` in batches of `batch_size`, retrying a batch at half the size when memory runs out."""
+        out: list[Image.Image] = []
+        i = 0
+        while i < len(requests):
+            n = self.batch_size
+            try:
+                out.extend(generator.generate(requests[i:i + n]))
+            except oom_errors():
+                if n == 1:
+                    raise
+                self.shrink(generator)
+                continue
+            i += n
+        return out
+
+    def shrink(self, generator: ImageGenerator) -> None:
+        """Halve the batch size (and the generator's kernel batch) after an out-of-memory error."""
+        import torch
+
+        self.batch_size = max(1, self.batch_size // 2)
+        if hasattr(generator, "batch_size"):
+            generator.batch_size = self.batch_size  # type: ignore[attr-defined]
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        log.warning("out of memory: batch size lowered to %d (recorded in the shard stats; pixels may differ in "
+                    "the last bits from a run at the planned batch size)", self.batch_size)
+
+
+@dataclass
+class GenerationRun:
+    """Everything a run needs besides the plan: where, what renders, filters, and how fast."""
+
+    root: Path
+    generator: ImageGenerator
+    class_names: list[str]
+    image_format: str = "png"
+    mode: str = "incremental"
+    batch_size: int = 16
+    quality: QualityScorer | None = None
+    safety: SafetyFn | None = None
+    reserve: int = 3  # replacement seeds per planned image
+    encode_workers: int = 4
+    worker: tuple[int, int] = (0, 1)
+    stats: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise UsageError(f"unknown mode {self.mode!r} (known: {', '.join(MODES)})")
+        self.root = Path(self.root)
+        self.codec = CODECS.get(self.image_format)
+        self.state = RenderState(self.batch_size)
+
+    def pending(self, rows: Sequence[PlanRow]) -> list[ShardJob]:
+        """This worker's shards still to write (all of them in overwrite mode)."""
+        mine = assign(shard_jobs(rows), *self.worker)
+        if self.mode == "overwrite":
+            return mine
+        return [j for j in mine if not shard_done(self.root, j.config, j.split, j.shard_index, j.num_shards)]
+
+    def run(self, rows: Sequence[PlanRow]) -> list[dict[str, Any]]:
+        """Render and write this worker's pending shards; returns their generation stats."""
+        jobs = self.pending(rows)
+        log.info("worker %d of %d: %d shard(s) to write", *self.worker, len(jobs))
+        with ThreadPoolExecutor(self.encode_workers, thread_name_prefix="encode") as enc, \
+                ThreadPoolExecutor(1, thread_name_prefix="write") as writer, \
+                bar("images", total=sum(len(j.rows) for j in jobs), unit="img") as b:
+            in_flight: Future[dict[str, Any]] | None = None
+            try:
+                for job in jobs:
+                    t0 = time.perf_counter()
+                    samples, gen = self._render_shard(job, enc, b)
+                    gen["timings"] = {"render_s": round(time.perf_counter() - t0, 3)}
+                    if in_flight is not None:  # at most one shard waits for the writer
+                        self.stats.append(in_flight.result())
+                    in_flight = writer.submit(self._write, job, samples, gen)
+            finally:
+                if in_flight is not None:
+                    self.stats.append(in_flight.result())
+        return self.stats
+
+    def _render_shard(self, job: ShardJob, enc: ThreadPoolExecutor, b: Any) -> tuple[list[Future[tuple[DebugSample, float]]], dict[str, Any]]:
+        done: dict[int, Future[tuple[DebugSample, float]]] = {}
+        failures = {"quality_dropped": 0, "unsafe_flagged": 0, "unfilled": 0}
+        history: dict[int, list[str]] = {}
+        pending: list[tuple[PlanRow, int]] = [(r, 0) for r in job.rows]
+        while pending:
+            retry: list[tuple[PlanRow, int]] = []
+            for chunk in _chunks(pending, self.state.batch_size):
+                reqs = [row.request(a) for row, a in chunk]
+                images = self.state.render(self.generator, reqs)
+                for (row, attempt), req, image, verdict in zip(chunk, reqs, images, self._verdicts(images, reqs), strict=True):
+                    reason, scores = verdict
+                    if reason is None:
+                        done[row.position] = enc.submit(_timed, self._sample, row, attempt, image, scores,
+                                                        ",".join(history.get(row.position, [])))
+                        b.update(1)
+                        continue
+                    failures["quality_dropped" if reason == "quality" else "unsafe_flagged"] += 1
+                    history.setdefault(row.position, []).append(f"{reason}@{attempt}")
+                    if attempt < self.reserve:
+                        retry.append((row, attempt + 1))
+                    else:
+                        failures["unfilled"] += 1
+                        b.update(1)
+            pending = retry
+        gen = {
+            "config": job.config, "split": job.split, "shard_index": job.shard_index, "num_shards": job.num_shards,
+            "planned": len(job.rows), "count": len(done), "failures": failures,
+            "substituted": sum(1 for p in history if p in done), "batch_size": self.state.batch_size,
+            "generator": self.generator.ident, "quality": getattr(self.quality, "ident", None),
+            "safety_checker": self.safety is not None, "reserve": self.reserve,
+        }
+        return [done[p] for p in sorted(done)], gen
+
+    def _verdicts(self, images: Sequence[Image.Image],
+                  reqs: Sequence[GenerationRequest]) -> Iterator[tuple[str | None, dict[str, float]]]:
+        unsafe = self.safety(images) if self.safety else [False] * len(images)
+        scores = self.quality.score(images, reqs) if self.quality else [{} for _ in images]
+        for flag, s in zip(unsafe, scores, strict=True):
+            if flag:
+                yield "unsafe", s
+            elif self.quality is not None and not self.quality.keep(s):
+                yield "quality", s
+            else:
+                yield None, s
+
+    def _sample(self, row: PlanRow, attempt: int, image: Image.Image, scores: dict[str, float],
+                substitution: str) -> DebugSample:
+        data = self.codec.encode(image.convert("RGB"))
+        req = row.request(attempt)
+        extra = {"planned_seed": row.seed, "attempt": attempt, "substitution": substitution,
+                 "negative_prompt": row.negative_prompt, "guidance_scale": row.guidance_scale,
+                 "num_inference_steps": row.num_inference_steps, "height": row.height, "width": row.width}
+        return DebugSample(image=data, label=row.label, class_name=row.class_name, context=row.context,
+                           context_kind=row.context_kind, prompt=row.prompt, seed=req.seed, generator=row.generator,
+                           source_model=row.source_model, scores=dict(scores), extra=extra)
+
+    def _write(self, job: ShardJob, futures: list[Future[tuple[DebugSample, float]]],
+               gen: dict[str, Any]) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        results = [f.result() for f in futures]
+        samples = [s for s, _ in results]
+        encode_s = sum(dt for _, dt in results)
+        t1 = time.perf_counter()
+        gen["timings"].update(encode_s=round(encode_s, 3), encode_wait_s=round(t1 - t0, 3))
+        # The marker written by write_shard comes last; the generation stats go first so a done shard has both.
+        path = gen_stats_path(self.root, job.config, job.split, job.shard_index, job.num_shards)
+        gen["timings"]["write_s"] = None
+        write_json(path, gen)
+        written = write_shard(self.root, job.config, job.split, job.shard_index, job.num_shards, samples,
+                              class_names=self.class_names, image_format=self.image_format)
+        gen["timings"]["write_s"] = round(time.perf_counter() - t1, 3)
+        gen["rejected"] = len(written.get("rejected", []))
+        write_json(path, gen)
+        log.info("%s: %d/%d images (%s)", job.name, gen["count"], gen["planned"], gen["failures"])
+        return gen
+
+
+def _timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - t0
+
+
+def _chunks(items: list[Any], n: int) -> Iterator[list[Any]]:
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+def gen_stats_path(root: str | os.PathLike[str], config: str, split: str, shard_index: int, num_shards: int) -> Path:
+    """Where a shard's generation stats (counts, failures, substitutions, timings) are kept."""
+    return Path(root) / "generation" / "stats" / config / f"{layout.shard_stem(split, shard_index, num_shards)}.json"

@@ -1,0 +1,245 @@
+"""Generation stage: plan determinism, batch/rank invariance, kill-and-resume, OOM fallback, filters, load errors."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from failmode.backends import GenerationRequest, ImageGenerator
+from failmode.errors import LoadError, ValidationError
+from failmode.generation import (
+    GenerationRun,
+    GenerationSettings,
+    attempt_seed,
+    baseline_modes,
+    build_plan,
+    generate_dataset,
+    modes_from_json,
+    read_plan,
+    worker_slot,
+    write_plan,
+)
+from failmode.generation.render import DiffusersGenerator, RenderOptions
+from failmode.io import read_json, sha256_file
+
+CLASSES = ["cat", "dog", "ship"]
+MODES = {
+    "format": "failmode-modes/1", "source_model": "resnet50", "dataset": "tiny",
+    "vocabulary": {"dataset": "tiny", "kind": "background", "version": "1"}, "attributor": "clip:tiny", "k": 2,
+    "classes": [
+        {"label": 0, "class_name": "cat", "prompt_name": "cat", "n_seed_failures": 3,
+         "modes": [{"context": "in a desert", "count": 2}, {"context": "on snow", "count": 1},
+                   {"context": "in a cave", "count": 1}]},
+        {"label": 2, "class_name": "ship", "prompt_name": "ship", "n_seed_failures": 1,
+         "modes": [{"context": "in a city", "count": 1}]},
+    ],
+}
+SETTINGS = GenerationSettings(steps=2, size=64, images_per_mode=2, k=2, shard_size=3, scheduler="dpmsolver++")
+
+
+def plan(settings: GenerationSettings = SETTINGS, ident: str = "diffusers:tiny") -> list:
+    sets = [modes_from_json(MODES, config="resnet50", k=settings.k), baseline_modes(CLASSES)]
+    return build_plan(sets, settings, generator_id=ident, baseline_images_per_class=1)
+
+
+class SolidGenerator(ImageGenerator):
+    """Colour from the seed; raises after `fail_after` images or OOM above `max_batch`."""
+
+    ident = "fake:solid"
+
+    def __init__(self, fail_after: int | None = None, max_batch: int | None = None) -> None:
+        self.fail_after, self.max_batch, self.calls, self.n = fail_after, max_batch, [], 0
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Image.Image]:
+        if self.max_batch is not None and len(requests) > self.max_batch:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        self.calls.append(len(requests))
+        out = []
+        for r in requests:
+            if self.fail_after is not None and self.n >= self.fail_after:
+                raise RuntimeError("killed (simulated)")
+            self.n += 1
+            out.append(Image.new("RGB", (16, 16), tuple(int(b) for b in r.seed.to_bytes(8, "big")[:3])))
+        return out
+
+
+@pytest.fixture(scope="module")
+def tiny_gen(tiny_pipeline):
+    opts = RenderOptions(device="cpu", precision="fp32", batch_size=4, scheduler="dpmsolver++")
+    return DiffusersGenerator(pipeline=tiny_pipeline, options=opts, ident="diffusers:tiny")
+
+
+def tree(root: Path) -> dict[str, str]:
+    """sha256 of every dataset file (data/ and wds/)."""
+    return {p.relative_to(root).as_posix(): sha256_file(p)
+            for base in ("data", "wds") for p in sorted((root / base).rglob("*")) if p.is_file()}
+
+
+def test_plan_is_deterministic_and_seeds_are_independent_of_other_configs(tmp_path):
+    rows = plan()
+    assert rows == plan()
+    assert [(r.config, r.shard_index, r.position) for r in rows][:7] == [
+        ("resnet50", 0, 0), ("resnet50", 0, 1), ("resnet50", 0, 2), ("resnet50", 1, 0), ("resnet50", 1, 1),
+        ("resnet50", 1, 2), ("baseline", 0, 0)]
+    assert rows[0].prompt == "a photo of a cat in a desert" and rows[-1].prompt == "a photo of a ship"
+    assert len({r.seed for r in rows}) == len(rows)
+    alone = build_plan([modes_from_json(MODES, config="resnet50", k=2)], SETTINGS, generator_id="diffusers:tiny")
+    assert [r.seed for r in alone] == [r.seed for r in rows if r.config == "resnet50"]
+    h1, h2 = write_plan(rows, tmp_path / "a.parquet"), write_plan(plan(), tmp_path / "b.parquet")
+    assert h1 == h2 and read_plan(tmp_path / "a.parquet") == rows
+    assert attempt_seed(rows[0].seed, 0) == rows[0].seed != attempt_seed(rows[0].seed, 1)
+    other = plan(GenerationSettings(**{**SETTINGS.to_dict(), "base_seed": 1}))
+    assert all(a.seed != b.seed for a, b in zip(rows, other))
+
+
+def test_same_pixels_alone_in_a_batch_of_4_and_on_rank_1_of_2(tiny_gen, tmp_path):
+    rows = plan()[:4]
+    reqs = [r.request() for r in rows]
+    batch = tiny_gen.generate(reqs)
+    for i, r in enumerate(reqs):
+        assert np.array_equal(np.asarray(tiny_gen.generate([r])[0]), np.asarray(batch[i]))
+    # Across ranks: shard 1 of the plan is rendered by worker 1 of 2 (alone) and by a single worker (after shard 0).
+    one, two = tmp_path / "one", tmp_path / "two"
+    generate_dataset(plan(), one, tiny_gen, class_names=CLASSES, batch_size=4)
+    assert worker_slot(env={"RANK": "1", "WORLD_SIZE": "2"}) == (1, 2)
+    stats = generate_dataset(plan(), two, tiny_gen, class_names=CLASSES, batch_size=4, worker=(1, 2))
+    assert [(s["config"], s["shard_index"]) for s in stats] == [("resnet50", 1)]
+    rel = "data/resnet50/train-00001-of-00002.parquet"
+    assert sha256_file(one / rel) == sha256_file(two / rel)
+    generate_dataset(plan(), two, tiny_gen, class_names=CLASSES, batch_size=4, worker=(0, 2))
+    assert tree(one) == tree(two)
+
+
+def test_kill_during_a_shard_then_resume_gives_the_same_bytes(tiny_gen, tmp_path):
+    class Killing(ImageGenerator):
+        ident = tiny_gen.ident
+
+        def __init__(self, after: int) -> None:
+            self.left = after
+
+        def generate(self, requests):
+            if self.left < len(requests):
+                raise RuntimeError("killed (simulated)")
+            self.left -= len(requests)
+            return tiny_gen.generate(requests)
+
+    ref, resumed = tmp_path / "ref", tmp_path / "resumed"
+    generate_dataset(plan(), ref, tiny_gen, class_names=CLASSES, batch_size=2)
+    with pytest.raises(RuntimeError, match="killed"):
+        generate_dataset(plan(), resumed, Killing(after=4), class_names=CLASSES, batch_size=2)
+    partial = tree(resumed)
+    assert "data/resnet50/train-00000-of-00002_stats.json" in partial
+    assert "data/resnet50/train-00001-of-00002_stats.json" not in partial
+    stats = generate_dataset(plan(), resumed, tiny_gen, class_names=CLASSES, batch_size=2)
+    assert [(s["config"], s["shard_index"]) for s in stats] == [("resnet50", 1), ("baseline", 0)]
+    assert tree(resumed) == tree(ref)
+    assert not list(resumed.rglob("*.tmp"))
+
+
+def test_out_of_memory_halves_the_batch_instead_of_dying(tmp_path):
+    gen = SolidGenerator(max_batch=2)
+    stats = generate_dataset(plan(), tmp_path, gen, class_names=CLASSES, batch_size=8)
+    assert all(s["batch_size"] == 2 for s in stats) and max(gen.calls) == 2
+    assert sum(s["count"] for s in stats) == len(plan())
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        GenerationRun(tmp_path / "x", SolidGenerator(max_batch=0), CLASSES, batch_size=4).run(plan())
+
+
+def test_overwrite_mode_redoes_done_shards_and_a_changed_plan_needs_it(tmp_path):
+    generate_dataset(plan(), tmp_path, SolidGenerator(), class_names=CLASSES)
+    assert generate_dataset(plan(), tmp_path, SolidGenerator(), class_names=CLASSES) == []
+    redone = generate_dataset(plan(), tmp_path, SolidGenerator(), class_names=CLASSES, mode="overwrite")
+    assert len(redone) == 3
+    changed = plan(GenerationSettings(**{**SETTINGS.to_dict(), "guidance": 5.0}))
+    with pytest.raises(ValidationError, match="different plan"):
+        generate_dataset(changed, tmp_path, SolidGenerator(), class_names=CLASSES)
+
+
+class SeedScorer:
+    """Drops the images of chosen seeds (a stand-in for CLIP saying 'no object')."""
+
+    ident = "fake:seed-scorer"
+
+    def __init__(self, bad: set[int]) -> None:
+        self.bad = bad
+
+    def score(self, images, requests):
+        return [{"clip_class": 0.0 if r.seed in self.bad else 0.3, "clip_context": 0.1} for r in requests]
+
+    def keep(self, scores):
+        return scores["clip_class"] >= 0.2
+
+
+def test_quality_filter_replaces_drops_from_the_seed_reserve(tmp_path):
+    import pyarrow.parquet as pq
+
+    rows = plan()
+    first, second = rows[0], rows[1]
+    bad = {first.seed, attempt_seed(first.seed, 1), second.seed, *(attempt_seed(second.seed, a) for a in (1, 2, 3))}
+    stats = generate_dataset(rows, tmp_path, SolidGenerator(), class_names=CLASSES, quality=SeedScorer(bad))
+    s0 = stats[0]
+    assert s0["failures"] == {"quality_dropped": 6, "unsafe_flagged": 0, "unfilled": 1}
+    assert s0["count"] == 2 and s0["substituted"] == 1
+    t = pq.read_table(tmp_path / "data/resnet50/train-00000-of-00002.parquet").to_pylist()
+    assert [r["seed"] for r in t] == [attempt_seed(first.seed, 2), rows[2].seed]
+    assert t[0]["planned_seed"] == first.seed and t[0]["attempt"] == 2
+    assert t[0]["substitution"] == "quality@0,quality@1" and t[1]["substitution"] == ""
+    assert t[0]["clip_class"] == pytest.approx(0.3) and t[0]["clip_context"] == pytest.approx(0.1)
+    on_disk = read_json(tmp_path / "generation/stats/resnet50/train-00000-of-00002.json")
+    assert on_disk["failures"]["quality_dropped"] == 6 and set(on_disk["timings"]) >= {"render_s", "write_s"}
+
+
+def test_safety_checker_flags_are_regenerated_with_the_next_seed(tmp_path):
+    import pyarrow.parquet as pq
+
+    rows = plan()
+    flagged = {rows[1].seed}
+
+    class Gen(SolidGenerator):
+        def generate(self, requests):
+            self.last = list(requests)
+            return super().generate(requests)
+
+    gen = Gen()
+    stats = generate_dataset(rows, tmp_path, gen, class_names=CLASSES,
+                             safety=lambda imgs: [r.seed in flagged for r in gen.last])
+    assert stats[0]["failures"]["unsafe_flagged"] == 1 and stats[0]["count"] == 3
+    t = pq.read_table(tmp_path / "data/resnet50/train-00000-of-00002.parquet").to_pylist()
+    assert t[1]["seed"] == attempt_seed(rows[1].seed, 1) and t[1]["substitution"] == "unsafe@0"
+
+
+def test_clip_quality_scores_are_cosine_similarities(tiny_clip):
+    from failmode.generation.quality import ClipQuality
+
+    q = ClipQuality(tiny_clip, min_class_score=0.5, batch_size=4)
+    imgs = [Image.new("RGB", (32, 32), c) for c in ("red", "blue", "green")]
+    reqs = [r.request() for r in plan()[:3]]
+    scores = q.score(imgs, reqs)
+    with torch.no_grad():
+        x = torch.stack([tiny_clip.preprocess(imgs[0])])
+        i = torch.nn.functional.normalize(tiny_clip.model.encode_image(x), dim=-1)
+        t = torch.nn.functional.normalize(tiny_clip.model.encode_text(tiny_clip.tokenizer(["a photo of a cat"])), dim=-1)
+    assert scores[0]["clip_class"] == pytest.approx(float(i @ t.T), abs=1e-5)
+    assert q.keep({"clip_class": 0.6, "clip_context": 0.0}) and not q.keep({"clip_class": 0.4, "clip_context": 0.9})
+
+
+def test_missing_or_corrupt_model_directory_fails_with_one_line(tiny_pipeline_dir, tmp_path):
+    with pytest.raises(LoadError) as e:
+        DiffusersGenerator(str(tmp_path / "nope"), options=RenderOptions(device="cpu", precision="fp32"))
+    assert "does not exist" in str(e.value) and "\n" not in str(e.value)
+    broken = shutil.copytree(tiny_pipeline_dir, tmp_path / "broken")
+    weights = next((broken / "unet").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(LoadError) as e:
+        DiffusersGenerator(str(broken), options=RenderOptions(device="cpu", precision="fp32"))
+    assert "broken" in str(e.value) and "\n" not in str(e.value)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(LoadError, match="no model_index.json"):
+        DiffusersGenerator(str(empty), options=RenderOptions(device="cpu", precision="fp32"))
