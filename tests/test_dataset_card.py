@@ -148,3 +148,12 @@ def test_config_slug() -> None:
     assert config_slug("timm/vit_base_patch16_224.augreg_in21k") == "timm-vit_base_patch16_224-augreg_in21k"
     assert config_slug("collective:resnet") == "collective-resnet"
     assert layout.check_config_name(config_slug("baseline")) == "baseline"
+
+
+def test_validate_checks_the_plan_hash(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    build_tiny_dataset(root, with_table=False)
+    (root / layout.PLAN_PATH).parent.mkdir()
+    (root / layout.PLAN_PATH).write_bytes(b"another plan")
+    with pytest.raises(ValidationError, match="plan.parquet: content differs from the manifest's plan_sha256"):
+        validate_dataset_folder(root, check_hashes=True)

@@ -175,18 +175,22 @@ def test_malformed_samples_are_rejected_by_name_and_the_rest_is_written(tmp_path
     jpeg = io.BytesIO()
     good[0].image.save(jpeg, format="JPEG")
     wrong_format = DebugSample(**{**vars(good[3]), "image": jpeg.getvalue()})
-    stream = [good[0], missing, good[1], unknown, good[2], out_of_range, corrupt, wrong_format, good[3]]
+    flipped = bytearray(png.getvalue())
+    flipped[len(flipped) // 2] ^= 0xFF  # a corrupted byte inside the image data (CRC mismatch)
+    bitflip = DebugSample(**{**vars(good[3]), "image": bytes(flipped)})
+    stream = [good[0], missing, good[1], unknown, good[2], out_of_range, corrupt, wrong_format, good[3], bitflip]
     with caplog.at_level(logging.WARNING, logger="failmode.dataset.writer"):
         stats = write_shard(tmp_path, "m", "train", 0, 1, stream, class_names=TINY_CLASSES)
     reasons = {r["sample"]: r["reason"] for r in stats["rejected"]}
     assert list(reasons) == ["sample #1 class 'goldfish' seed 1", "sample #3 class 'zebra' seed 2",
                              "sample #5 class 'great white shark' seed 2", "sample #6 class 'tiger shark' seed 3",
-                             "sample #7 class 'tiger shark' seed 3"]
+                             "sample #7 class 'tiger shark' seed 3", "sample #9 class 'tiger shark' seed 3"]
     assert "missing field(s) prompt" in reasons["sample #1 class 'goldfish' seed 1"]
     assert "unknown class" in reasons["sample #3 class 'zebra' seed 2"]
     assert "outside 0..3" in reasons["sample #5 class 'great white shark' seed 2"]
     assert "undecodable image" in reasons["sample #6 class 'tiger shark' seed 3"]
     assert "not PNG" in reasons["sample #7 class 'tiger shark' seed 3"]
+    assert "undecodable image" in reasons["sample #9 class 'tiger shark' seed 3"]
     assert "sample #3 class 'zebra' seed 2" in caplog.text
     table = pq.read_table(layout.parquet_path(tmp_path, "m", "train", 0, 1))
     assert table.column("key").to_pylist() == [f"m_train_00000_{i:06d}" for i in (0, 2, 4, 8)]

@@ -9,6 +9,7 @@
   data/<config>/<split>-00000-of-00004_stats.json       per-shard marker, written last (the shard is done)
   wds/<config>/<split>-00000-of-00004.tar               webdataset shards of the same samples
   wds/<config>/_info.json                               split info for timm's `wds/` reader
+  generation/plan.parquet                     the generation plan (one row per image, seed recorded)
 ```
 """
 
@@ -23,6 +24,7 @@ from failmode.errors import ValidationError
 MANIFEST_NAME = "failmode.json"
 CARD_NAME = "README.md"
 INFO_NAME = "_info.json"
+PLAN_PATH = "generation/plan.parquet"  # written by the generation stage; its hash is the manifest's plan_sha256
 
 # Config names become folder names, parts of webdataset keys (no dots allowed there) and Hub config names.
 _CONFIG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,95}$")

@@ -25,10 +25,11 @@ log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT_S = 60.0  # per HTTP request (huggingface_hub's own client has no timeout at all)
 CONNECT_TIMEOUT_S = 10.0
-UPLOAD_PATTERNS = [layout.CARD_NAME, layout.MANIFEST_NAME, "data/*", "wds/*", "assets/*"]
+# generation/ holds the plan (pinned by the manifest's plan_sha256) and per-shard generation stats.
+UPLOAD_PATTERNS = [layout.CARD_NAME, layout.MANIFEST_NAME, "data/*", "wds/*", "assets/*", "generation/*"]
 # Remote files under these folders that the new version does not have are deleted (stale shards would
 # otherwise be picked up by the card's `data/<config>/<split>-*.parquet` patterns).
-MANAGED_PATTERNS = ["data/*", "wds/*", "assets/*"]
+MANAGED_PATTERNS = ["data/*", "wds/*", "assets/*", "generation/*"]
 _REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 

@@ -64,6 +64,7 @@ class ImageCodec:
     ext: str
     encode: Callable[[Image.Image], bytes]
     magic: tuple[bytes, ...]
+    full_decode: bool = True  # False: PIL's verify() (structure and checksums, ~40x cheaper than decoding)
 
 
 CODECS: Registry[ImageCodec] = Registry("image format")
@@ -82,7 +83,8 @@ def _encode_jpeg(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-CODECS.register("png")(ImageCodec("png", "png", _encode_png, (b"\x89PNG\r\n\x1a\n",)))
+# PNG chunks carry CRCs, so verify() catches truncated or corrupted files without inflating the pixels.
+CODECS.register("png")(ImageCodec("png", "png", _encode_png, (b"\x89PNG\r\n\x1a\n",), full_decode=False))
 CODECS.register("jpeg")(ImageCodec("jpeg", "jpg", _encode_jpeg, (b"\xff\xd8\xff",)))
 
 
@@ -99,7 +101,7 @@ def encode_image(image: Image.Image | bytes, codec: ImageCodec) -> bytes:
         raise SampleError(f"image bytes are not {codec.name.upper()} (this dataset stores {codec.name})")
     try:
         with Image.open(io.BytesIO(data)) as im:
-            im.load()
+            im.load() if codec.full_decode else im.verify()
     except Exception as e:  # PIL raises many types for corrupt data
         raise SampleError(f"undecodable image ({type(e).__name__}: {e})") from None
     return data

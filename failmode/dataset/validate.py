@@ -58,6 +58,9 @@ def _check_card(root: Path, manifest: Manifest) -> None:
 
 
 def _check_hashes(root: Path, manifest: Manifest) -> None:
+    plan = root / layout.PLAN_PATH
+    if manifest.plan_sha256 and plan.exists() and sha256_file(plan) != manifest.plan_sha256:
+        raise ValidationError(f"{layout.PLAN_PATH}: content differs from the manifest's plan_sha256")
     for rel, digest in progress(sorted(manifest.files.items()), desc="checking files", unit="file"):
         if sha256_file(root / rel) != digest:
             raise ValidationError(f"{rel}: content differs from the manifest (SHA-256 mismatch)")
