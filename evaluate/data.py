@@ -1,0 +1,121 @@
+"""Debug datasets as the evaluation reads them: from the Hub (a tagged revision), a local folder, or webdataset shards.
+
+A failmode debug dataset folder holds `data/<config>/<split>-NNNNN-of-MMMMM.parquet` (columns image, label,
+class_name, context, ...), `wds/<config>/` shards and a `failmode.json` manifest. A Hub id is fetched (only the
+chosen config) into the Hugging Face cache and read as such a folder.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from failmode.data.sources import ImageSource, open_source
+from failmode.errors import ValidationError
+from failmode.hub import is_local, load_from_hub_or_local
+from failmode.io import read_json
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "failmode.json"
+
+
+@dataclass
+class DebugSet:
+    """Debug images of one config, their labels in the model's class indices, and their contexts (if known)."""
+
+    source: ImageSource
+    labels: np.ndarray
+    contexts: list[str] | None
+    config: str
+    revision: str | None
+
+
+def _fetch_hub(repo: str, config: str, revision: str | None) -> Path:
+    """Download one config (and the manifest) of a Hub dataset into the HF cache; return the snapshot folder."""
+
+    def load(ident: str, local_only: bool) -> Path:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(ident, repo_type="dataset", revision=revision, local_files_only=local_only,
+                                      allow_patterns=[f"data/{config}/*", MANIFEST]))
+
+    return load_from_hub_or_local(repo, load, what=f"the debug dataset {repo!r} (config {config}, revision "
+                                  f"{revision or 'main'})", local_hint="pass a local copy as --debug-data /path/to/folder")
+
+
+def _source_spec(spec: str, config: str, revision: str | None) -> tuple[str, Path | None]:
+    """(open_source spec, dataset root folder or None) for a debug-data argument."""
+    if spec.startswith("wds:"):
+        root = Path(spec[4:]).expanduser()
+        per_config = root / "wds" / config
+        return (f"wds:{per_config}" if (per_config / "_info.json").exists() else spec), None
+    root = Path(spec).expanduser() if is_local(spec) else _fetch_hub(spec.removeprefix("hf:"), config, revision)
+    if not (root / "data" / config).is_dir():
+        configs = sorted(p.name for p in (root / "data").iterdir()) if (root / "data").is_dir() else []
+        raise ValidationError(f"{spec}: no config {config!r} (configs: {', '.join(configs) or 'none'})")
+    return f"{root}#{config}", root
+
+
+def _contexts(root: Path, config: str, split: str, n: int) -> list[str] | None:
+    """The `context` column of a config's parquet shards, in the order `open_source` reads them."""
+    import pyarrow.parquet as pq
+
+    files = sorted((root / "data" / config).glob(f"{split}-*.parquet"))
+    if not files or "context" not in pq.read_schema(files[0]).names:
+        return None
+    values = [v for f in files for v in pq.read_table(f, columns=["context"]).column("context").to_pylist()]
+    return [str(v or "") for v in values] if len(values) == n else None
+
+
+def manifest_revision(root: Path | None) -> str | None:
+    """The dataset version recorded in the folder's manifest (`version` or `revision`), if any."""
+    if root is None or not (root / MANIFEST).exists():
+        return None
+    m = read_json(root / MANIFEST)
+    return m.get("version") or m.get("revision") if isinstance(m, dict) else None
+
+
+def align_labels(debug_names: list[str], model_names: list[str], where: str) -> np.ndarray:
+    """Map debug-dataset class indices onto the model dataset's; names missing there fail in one line."""
+    pos = {n: i for i, n in enumerate(model_names)}
+    unknown = [n for n in debug_names if n not in pos]
+    if unknown or not debug_names:
+        listed = ", ".join(repr(n) for n in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise ValidationError(f"{where}: class names do not match the model's dataset ({len(unknown)} of "
+                              f"{len(debug_names)} unknown: {listed or 'no class names'}; expected e.g. "
+                              f"{', '.join(repr(n) for n in model_names[:3])})")
+    return np.asarray([pos[n] for n in debug_names], dtype=np.int64)
+
+
+def open_debug_set(spec: str, config: str, model_names: list[str], *, revision: str | None = None,
+                   split: str = "train") -> DebugSet:
+    """Open config `config` of a debug dataset and map its labels onto `model_names`."""
+    source_spec, root = _source_spec(spec, config, revision)
+    source = open_source(source_spec, split=split)
+    mapping = align_labels(source.class_names, model_names, f"debug dataset {spec} ({config})")
+    contexts = _contexts(root, config, split, len(source)) if root is not None else None
+    log.info("debug set %s#%s: %d images", spec, config, len(source))
+    return DebugSet(source, mapping[source.labels], contexts, config, revision or manifest_revision(root))
+
+
+def top_k_mask(labels: np.ndarray, contexts: list[str], k: int, ranking: dict[str, list[str]] | None = None,
+               class_names: list[str] | None = None) -> np.ndarray:
+    """Rows whose context is among the first `k` failure modes of their class.
+
+    The order of modes is `ranking[class_name]` (e.g. the attribute stage's modes.json) when given, else the order in
+    which each class's contexts first appear in the dataset (plans are written in rank order).
+    """
+    keep = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels):
+        rows = np.flatnonzero(labels == c)
+        order = list(dict.fromkeys(contexts[i] for i in rows))
+        if ranking is not None and class_names is not None:
+            ranked = ranking.get(class_names[c], [])
+            order = [m for m in ranked if m in order] + [m for m in order if m not in ranked]
+        chosen = set(order[:k])
+        keep[rows] = [contexts[i] in chosen for i in rows]
+    return keep

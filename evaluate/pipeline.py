@@ -1,0 +1,307 @@
+"""Evaluate a debug dataset on one model: frozen features once, then linear heads for each setting, results as JSONL.
+
+Settings of one evaluation (one results line each):
+  original  the model's own head, untouched (the "before" of every comparison)
+  retrain   the head retrained on the original train subset only (lambda = 0): what retraining alone changes
+  debug     the head retrained with L(original) + lambda * L(debug) on a config: the model's own config and the
+            dataset's class-only baseline config
+Accuracy is reported on the test split, and on the model's seed and heldout failures of the debug split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from failmode.data.sources import KNOWN_DATASETS, ImageSource, open_source
+from failmode.data.splits import Splits, make_splits, recipe_for
+from failmode.dataset.layout import config_slug
+from failmode.errors import UsageError, ValidationError
+from failmode.evaluate.data import DebugSet, open_debug_set, top_k_mask
+from failmode.evaluate.head import LinearHead, accuracy, train_head
+from failmode.evaluate.results import METRICS, ResultsLog, clean_metric, result_key
+from failmode.io import write_json
+from failmode.mining.failures import HALVES, Predictions, failures_from_predictions, read_failures
+from failmode.mining.mine import default_cache_dir, model_key
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HeadParams:
+    """Head-training hyper-parameters (defaults from the paper) and the head's starting point."""
+
+    lam: float = 0.5
+    lr: float = 0.2
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    epochs: int = 1000
+    seed: int = 0
+    init: str = "model"  # "model": start from the model's own head; "random": nn.Linear's init from `seed`
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.init not in ("model", "random"):
+            raise UsageError(f"head init must be 'model' or 'random', got {self.init!r}")
+
+
+@dataclass
+class EvalSpec:
+    """What to evaluate: model and weights, the model's dataset and its splits, the debug dataset and configs."""
+
+    model: str
+    debug_data: str
+    dataset: str = "imagenet-1k"
+    weights: str | None = "timm"
+    config: str | None = None  # default: the model's config, config_slug(model)
+    baseline_config: str | None = "baseline"  # the class-only config; None to skip
+    revision: str | None = None
+    debug_split: str = "train"
+    failures: str | None = None  # a failures.parquet from `failmode mine`; None: recompute from predictions
+    train_split: str | None = None
+    eval_split: str | None = None
+    train_per_class: float | None = None
+    debug_per_class: float | None = None
+    split_seed: int = 0
+    image_size: int | None = None
+    batch_size: int = 256
+    device: str | None = None
+    precision: str = "auto"
+    cache_dir: str | None = None
+    num_workers: int = 0
+
+    @property
+    def model_config(self) -> str:
+        """The debug config made from this model's failures."""
+        return self.config or config_slug(self.model)
+
+    def split_params(self) -> dict[str, Any]:
+        """The split and failure parameters recorded in every result's `params`."""
+        return {"split_seed": self.split_seed, **self.recipe(), "failures": self.failures or "computed",
+                "image_size": self.image_size, "debug_split": self.debug_split}
+
+    def recipe(self) -> dict[str, float]:
+        """Per-class counts of the train subset and debug split (the dataset's recipe unless overridden)."""
+        given = {"train_per_class": self.train_per_class, "debug_per_class": self.debug_per_class}
+        recipe = recipe_for(self.dataset) if None in given.values() else {}
+        return recipe | {k: v for k, v in given.items() if v is not None}
+
+
+@dataclass
+class Labeled:
+    """Features [N, D] and labels [N] of one evaluation set."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+    def subset(self, mask: np.ndarray) -> Labeled:
+        """The rows where `mask` is true."""
+        return Labeled(self.x[mask], self.y[mask])
+
+
+@dataclass
+class DebugFeatures:
+    """Features of one debug config with labels in the model's classes, contexts and the dataset version."""
+
+    config: str
+    data: Labeled
+    contexts: list[str] | None
+    version: str | None
+
+
+@dataclass
+class ModelFeatures:
+    """Everything a head needs for one model: train subset, test split, seed/heldout failures, its own head."""
+
+    spec: EvalSpec
+    class_names: list[str]
+    original: LinearHead
+    train: Labeled
+    test: Labeled
+    seed: Labeled
+    heldout: Labeled
+    debug: dict[str, DebugFeatures] = field(default_factory=dict)
+    debug_sets: dict[str, DebugSet] = field(default_factory=dict)
+    net: Any = None
+    features_kw: dict[str, Any] = field(default_factory=dict)
+
+    def evals(self) -> dict[str, Labeled]:
+        """The evaluation sets by metric name."""
+        return {"test": self.test, "seed": self.seed, "heldout": self.heldout}
+
+    def debug_set(self, config: str) -> DebugFeatures:
+        """Features of a debug config (extracted on first use, cached on disk)."""
+        if config not in self.debug:
+            self.debug[config] = _debug_features(self, config)
+        return self.debug[config]
+
+
+def _sources(spec: EvalSpec) -> tuple[ImageSource, ImageSource]:
+    known = KNOWN_DATASETS.get(spec.dataset)
+    train_split = spec.train_split or (known.train_split if known else "train")
+    eval_split = spec.eval_split or (known.eval_split if known else "validation")
+    return open_source(spec.dataset, train_split), open_source(spec.dataset, eval_split)
+
+
+def _failure_halves(spec: EvalSpec, eval_src: ImageSource, splits: Splits, logits: np.ndarray) -> dict[str, np.ndarray]:
+    """Eval-source indices of the seed and heldout failures: from --failures, else from the model's predictions."""
+    if spec.failures:
+        rows, meta = read_failures(spec.failures)
+        if meta.get("split_seed", spec.split_seed) != spec.split_seed:
+            raise ValidationError(f"{spec.failures}: mined with split seed {meta['split_seed']}, not {spec.split_seed}")
+    else:
+        preds = Predictions(splits.debug, eval_src.labels[splits.debug], logits.argmax(1))
+        rows = failures_from_predictions(eval_src, preds, seed=spec.split_seed)
+    index = {h: np.asarray([r["index"] for r in rows if r["half"] == h], dtype=np.int64) for h in HALVES}
+    outside = np.setdiff1d(np.concatenate(list(index.values())), splits.debug)
+    if len(outside):
+        raise ValidationError(f"{spec.failures}: {len(outside)} failure indices are not in the debug split "
+                              f"(e.g. {outside[:3].tolist()}); mined on another dataset or split?")
+    return index
+
+
+def load_model_features(spec: EvalSpec, configs: Sequence[str] = ()) -> ModelFeatures:
+    """Load the model, split the dataset, extract (or read cached) features of train, debug split and test.
+
+    The debug `configs` are opened (and their class names checked) first, before any forward pass.
+    """
+    from failmode.features import extract_features
+    from failmode.models.classifier import create_classifier, eval_transform
+
+    train_src, eval_src = _sources(spec)
+    names = eval_src.class_names
+    debug_sets = {c: open_debug_set(spec.debug_data, c, names, revision=spec.revision, split=spec.debug_split)
+                  for c in configs}
+    net = create_classifier(spec.model, spec.weights)
+    if getattr(net, "num_classes", None) != len(names):
+        raise UsageError(f"{spec.model} has {getattr(net, 'num_classes', '?')} classes but {spec.dataset} has "
+                         f"{len(names)}; evaluate it on the dataset it was trained for")
+    splits = make_splits(train_src.labels, eval_src.labels, seed=spec.split_seed, **spec.recipe())
+    kw = {"model_key": model_key(spec.model, spec.weights), "transform": eval_transform(net, spec.image_size),
+          "batch_size": spec.batch_size, "device": spec.device, "precision": spec.precision,
+          "num_workers": spec.num_workers,
+          "cache_dir": Path(spec.cache_dir) if spec.cache_dir else default_cache_dir() / "features"}
+    feats = {name: extract_features(net, src, idx, desc=f"{name} features", **kw)
+             for name, src, idx in (("train", train_src, splits.train), ("debug", eval_src, splits.debug),
+                                    ("test", eval_src, splits.test))}
+    debug = feats["debug"]
+    halves = _failure_halves(spec, eval_src, splits, debug.logits)
+    pos = {int(i): j for j, i in enumerate(splits.debug)}
+    half = {h: Labeled(debug.features[[pos[int(i)] for i in idx]], eval_src.labels[idx]) for h, idx in halves.items()}
+    log.info("%s: %d train, %d test, %d seed and %d heldout failures", spec.model, len(splits.train),
+             len(splits.test), len(half["seed"].y), len(half["heldout"].y))
+    return ModelFeatures(spec, names, LinearHead.from_module(net.get_classifier()),
+                         Labeled(feats["train"].features, feats["train"].labels),
+                         Labeled(feats["test"].features, feats["test"].labels), half["seed"], half["heldout"],
+                         debug_sets=debug_sets, net=net, features_kw=kw)
+
+
+def _debug_features(mf: ModelFeatures, config: str) -> DebugFeatures:
+    from failmode.features import extract_features
+
+    spec = mf.spec
+    if config not in mf.debug_sets:
+        mf.debug_sets[config] = open_debug_set(spec.debug_data, config, mf.class_names, revision=spec.revision,
+                                               split=spec.debug_split)
+    ds = mf.debug_sets[config]
+    f = extract_features(mf.net, ds.source, None, desc=f"debug features ({config})", with_logits=False,
+                         **mf.features_kw)
+    return DebugFeatures(config, Labeled(f.features, ds.labels), ds.contexts, ds.revision)
+
+
+def evaluate_head(head: LinearHead, mf: ModelFeatures) -> dict[str, float | None]:
+    """Accuracy of `head` on test, seed failures and heldout failures (None for an empty set)."""
+    return {m: clean_metric(accuracy(head, s.x, s.y)) for m, s in mf.evals().items()}
+
+
+def fit_head(mf: ModelFeatures, params: HeadParams, debug: Labeled | None = None) -> LinearHead:
+    """Retrain the head on the train subset (+ lambda * the debug set when given)."""
+    init = mf.original if params.init == "model" else None
+    return train_head(mf.train.x, mf.train.y, debug_x=None if debug is None else debug.x,
+                      debug_y=None if debug is None else debug.y, lam=params.lam if debug is not None else 0.0,
+                      lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay, epochs=params.epochs,
+                      num_classes=len(mf.class_names), init=init, device=mf.spec.device, seed=params.seed,
+                      precision=params.precision)
+
+
+def head_params_json(params: HeadParams, with_debug: bool) -> dict[str, Any]:
+    """The recorded head parameters (lambda only where a debug set was used)."""
+    d = dataclasses.asdict(params)
+    if not with_debug:
+        d["lam"] = None
+    return d
+
+
+def base_record(spec: EvalSpec, setting: str, config: str | None, params: dict[str, Any]) -> dict[str, Any]:
+    """The identifying fields of one result (see failmode.evaluate.results.KEY_FIELDS)."""
+    return {"model": spec.model, "weights": spec.weights, "dataset": spec.dataset, "debug_data": spec.debug_data,
+            "revision": spec.revision, "config": config, "setting": setting,
+            "params": {**spec.split_params(), **params}}
+
+
+def standard_runs(spec: EvalSpec, params: HeadParams) -> list[dict[str, Any]]:
+    """The identifying fields of the standard settings: original, retrain, debug (model config, baseline)."""
+    runs = [base_record(spec, "original", None, {}), base_record(spec, "retrain", None, head_params_json(params, False))]
+    for config in dict.fromkeys(c for c in (spec.model_config, spec.baseline_config) if c):
+        runs.append(base_record(spec, "debug", config, head_params_json(params, True)))
+    return runs
+
+
+def run_one(mf: ModelFeatures, run: dict[str, Any], params: HeadParams) -> tuple[dict[str, Any], LinearHead]:
+    """Train (unless `original`) and evaluate one planned run; returns the full record and the head."""
+    debug = mf.debug_set(run["config"]) if run["config"] else None
+    k = run["params"].get("k")
+    data = debug.data if debug else None
+    if debug is not None and k is not None:
+        if debug.contexts is None:
+            raise UsageError(f"config {debug.config} has no context column: a k sweep needs the parquet folder")
+        data = data.subset(top_k_mask(data.y, debug.contexts, k))
+    lam = run["params"].get("lam")
+    head = mf.original if run["setting"] == "original" else fit_head(
+        mf, dataclasses.replace(params, lam=lam if lam is not None else params.lam), data)
+    rec = {**run, **evaluate_head(head, mf), "n_train": len(mf.train.y), "n_test": len(mf.test.y),
+           "n_seed": len(mf.seed.y), "n_heldout": len(mf.heldout.y), "n_debug": 0 if data is None else len(data.y),
+           "dataset_version": debug.version if debug else None}
+    return rec, head
+
+
+def per_class_gains(before: LinearHead, after: LinearHead, mf: ModelFeatures) -> dict[str, dict[str, Any]]:
+    """Per class: accuracy before/after on test and heldout failures, and how many images each has."""
+    out: dict[str, dict[str, Any]] = {}
+    for metric in ("test", "heldout"):
+        s = mf.evals()[metric]
+        right_b, right_a = before.predict(s.x) == s.y, after.predict(s.x) == s.y
+        for c in np.unique(s.y):
+            m = s.y == c
+            row = out.setdefault(mf.class_names[c], {})
+            row |= {f"{metric}_n": int(m.sum()), f"{metric}_before": float(right_b[m].mean()),
+                    f"{metric}_after": float(right_a[m].mean()),
+                    f"{metric}_gain": float(right_a[m].mean() - right_b[m].mean())}
+    return out
+
+
+def execute(runs: list[dict[str, Any]], spec: EvalSpec, params: HeadParams, log_: ResultsLog, skip_existing: bool,
+            mf: ModelFeatures | None = None, out_dir: Path | None = None) -> tuple[list[dict[str, Any]], ModelFeatures | None]:
+    """Run the planned `runs` not already in the log (with `skip_existing`), appending each record as it finishes."""
+    done = log_.done() if skip_existing else set()
+    pending = [r for r in runs if result_key(r) not in done]
+    log.info("%s: %d of %d runs to do (%d already in %s)", spec.model, len(pending), len(runs),
+             len(runs) - len(pending), log_.path)
+    written = []
+    configs = list(dict.fromkeys(r["config"] for r in pending if r["config"]))
+    for run in pending:
+        mf = mf or load_model_features(spec, configs)
+        rec, head = run_one(mf, run, params)
+        written += log_.append([rec])
+        if out_dir is not None and run["setting"] == "debug" and run["params"].get("k") is None:
+            name = f"{config_slug(spec.model)}__{run['config']}__lam{run['params']['lam']}"
+            write_json(out_dir / "per_class" / f"{name}.json", per_class_gains(mf.original, head, mf))
+        log.info("%s %s %s: %s", spec.model, run["setting"], run["config"] or "",
+                 ", ".join(f"{m} {rec[m] if rec[m] is None else round(100 * rec[m], 2)}" for m in METRICS))
+    return written, mf

@@ -1,0 +1,88 @@
+"""Evaluation results: one append-only JSONL line per model x config x setting, a markdown table, resume keys.
+
+A record is a flat JSON object: the identifying fields in `KEY_FIELDS` (model, weights, dataset, debug data and its
+revision, config, setting, and every head/split parameter in `params`), the metrics, and provenance. Its `key` is a
+hash of the identifying fields only, so `--skip-existing` can tell, before loading anything, which runs are done.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from failmode.io import append_jsonl, read_jsonl, stable_hash, write_bytes_atomic
+
+#: fields that identify a run; equal fields -> same key -> skipped by --skip-existing
+KEY_FIELDS: tuple[str, ...] = ("model", "weights", "dataset", "debug_data", "revision", "config", "setting", "params")
+
+#: the accuracies every record carries (fractions in [0, 1]; NaN-free: an empty set is recorded as null)
+METRICS: tuple[str, ...] = ("test", "seed", "heldout")
+
+
+def result_key(fields: dict[str, Any]) -> str:
+    """Hash of a record's identifying fields (`KEY_FIELDS`)."""
+    missing = [k for k in KEY_FIELDS if k not in fields]
+    if missing:
+        raise ValueError(f"result fields lack {missing}")
+    return stable_hash({k: fields[k] for k in KEY_FIELDS}, n=20)
+
+
+def clean_metric(v: float | None) -> float | None:
+    """A JSON-safe accuracy: None for NaN (an empty evaluation set)."""
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+class ResultsLog:
+    """The append-only results file: `append` adds records (with their `key`), `done` lists the keys present."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def read(self) -> list[dict[str, Any]]:
+        """All records, in file order."""
+        return read_jsonl(self.path)
+
+    def done(self) -> set[str]:
+        """Keys of the records already written."""
+        return {r["key"] for r in self.read() if "key" in r}
+
+    def append(self, records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Append records, adding each one's `key`; returns them as written."""
+        out = [{**r, "key": result_key(r)} for r in records]
+        append_jsonl(self.path, out)
+        return out
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.1f}"
+
+
+def _delta(v: float | None, base: float | None) -> str:
+    return "" if v is None or base is None else f" ({100 * (v - base):+.1f})"
+
+
+def markdown_table(records: Sequence[dict[str, Any]]) -> str:
+    """Accuracy table in the style of the paper's Tables 2-3: per model, one row per config x setting.
+
+    Columns are test / seed / heldout accuracy (%); in brackets the change from the model's original head.
+    """
+    lines = ["| model | config | setting | λ | test | seed | heldout |", "|---|---|---|---|---|---|---|"]
+    by_model: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        by_model.setdefault(r["model"], []).append(r)
+    for model, recs in by_model.items():
+        base = next((r for r in recs if r["setting"] == "original"), None)
+        for r in recs:
+            cells = [_pct(r.get(m)) + ("" if r is base else _delta(r.get(m), base and base.get(m))) for m in METRICS]
+            lam = r["params"].get("lam")
+            lines.append(f"| {model} | {r['config'] or '–'} | {r['setting']} | {'' if lam is None else lam} | "
+                         + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_table(path: str | os.PathLike[str], records: Sequence[dict[str, Any]]) -> None:
+    """Write `markdown_table(records)` atomically."""
+    write_bytes_atomic(path, markdown_table(records).encode("utf-8"))

@@ -1,0 +1,60 @@
+"""One call for everything `failmode evaluate` does: standard settings, sweeps and collective debugging per model.
+
+Outputs under `out_dir`: results.jsonl (append-only, one line per model x config x setting), tables.md,
+per_class/*.json, sweeps/<model>__{lambda,k}.{json,png}, collective.{json,png}. With `skip_existing`, runs whose
+key is already in results.jsonl are skipped before any model or feature is loaded; the tables and plots are then
+redrawn from the log.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from failmode.errors import UsageError
+from failmode.evaluate.pipeline import EvalSpec, HeadParams, base_record, execute, standard_runs
+from failmode.evaluate.results import ResultsLog, write_table
+from failmode.evaluate.sweeps import (collective_runs, k_runs, lambda_runs, plot_collective, relative_accuracy,
+                                      select, write_sweep)
+from failmode.io import write_json
+
+
+def run_suite(specs: Sequence[EvalSpec], params: HeadParams, out_dir: str | os.PathLike[str], *,
+              lambdas: Sequence[float] = (), ks: Sequence[int] = (), collective: str | None = None,
+              type2_model: str | None = None, skip_existing: bool = False) -> list[dict[str, Any]]:
+    """Evaluate every spec (standard settings + requested sweeps), then collective debugging if `collective` is set.
+
+    Returns the records this call appended to out_dir/results.jsonl.
+    """
+    if collective and len(specs) < 2:
+        raise UsageError("collective debugging needs a family: pass --model at least twice")
+    out = Path(out_dir)
+    results = ResultsLog(out / "results.jsonl")
+    type2_model = type2_model or specs[0].model
+    coll = collective_runs(specs, params, collective, type2_model) if collective else []
+    written: list[dict[str, Any]] = []
+    for spec in specs:
+        runs = standard_runs(spec, params) + lambda_runs(spec, params, lambdas) + k_runs(spec, params, ks)
+        runs += [run for s, run in coll if s is spec]
+        new, _ = execute(runs, spec, params, results, skip_existing, out_dir=out)
+        written += new
+    _write_reports(out, results.read(), specs, params, lambdas, ks, [run for _, run in coll])
+    return written
+
+
+def _write_reports(out: Path, records: list[dict[str, Any]], specs: Sequence[EvalSpec], params: HeadParams,
+                   lambdas: Sequence[float], ks: Sequence[int], coll: list[dict[str, Any]]) -> None:
+    for spec in specs:
+        original = next(iter(select(records, [base_record(spec, "original", None, {})])), None)
+        if lambdas:
+            write_sweep(out, spec, "lambda", select(records, lambda_runs(spec, params, lambdas)), original)
+        if ks:
+            write_sweep(out, spec, "k", select(records, k_runs(spec, params, ks)), original)
+    if coll:
+        rows = relative_accuracy(select(records, coll))
+        write_json(out / "collective.json", rows)
+        plot_collective(rows, out / "collective.png")
+    write_table(out / "tables.md", records)
+

@@ -1,0 +1,139 @@
+"""Lambda and k sweeps of the debug head (the paper's Figure 5) and collective debugging (Figure 6), with plots.
+
+lambda sweep: the model's config at each lambda (heldout accuracy rises and test accuracy falls as lambda grows).
+k sweep: only each class's top-k failure modes (contexts) of the config, at the chosen lambda.
+collective: a family of models, each debugged (individual) with its own config, (type 1) with the family's pooled
+config, and (type 2) with one model's config; relative accuracy = accuracy / individual accuracy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from failmode.dataset.layout import config_slug
+from failmode.evaluate.pipeline import EvalSpec, HeadParams, base_record, head_params_json
+from failmode.evaluate.results import METRICS, result_key
+from failmode.io import write_bytes_atomic, write_json
+
+SWEEPS = {"lambda": "lam", "k": "k"}
+COLLECTIVE_SETTINGS = ("collective-individual", "collective-type1", "collective-type2")
+
+
+def lambda_runs(spec: EvalSpec, params: HeadParams, lambdas: Sequence[float]) -> list[dict[str, Any]]:
+    """Planned runs of a lambda sweep on the model's config."""
+    return [base_record(spec, "lambda-sweep", spec.model_config,
+                        head_params_json(dataclasses.replace(params, lam=float(lam)), True)) for lam in lambdas]
+
+
+def k_runs(spec: EvalSpec, params: HeadParams, ks: Sequence[int]) -> list[dict[str, Any]]:
+    """Planned runs of a k sweep (top-k failure modes per class) on the model's config."""
+    return [base_record(spec, "k-sweep", spec.model_config, {**head_params_json(params, True), "k": int(k)})
+            for k in ks]
+
+
+def collective_runs(specs: Sequence[EvalSpec], params: HeadParams, collective_config: str,
+                    type2_model: str) -> list[tuple[EvalSpec, dict[str, Any]]]:
+    """Planned runs of collective debugging: per model, individual, type 1 (pooled) and type 2 (one model's) config."""
+    hp = head_params_json(params, True)
+    configs = (None, collective_config, config_slug(type2_model))
+    return [(s, base_record(s, setting, config or s.model_config, hp))
+            for s in specs for setting, config in zip(COLLECTIVE_SETTINGS, configs)]
+
+
+def select(records: Sequence[dict[str, Any]], runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The latest record of each planned run, in plan order (runs not in `records` are left out)."""
+    by_key = {r["key"]: r for r in records if "key" in r}
+    return [by_key[k] for k in (result_key(run) for run in runs) if k in by_key]
+
+
+def sweep_points(records: Sequence[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    """(x, test, seed, heldout) points of a sweep, sorted by x."""
+    x = SWEEPS[kind]
+    return sorted(({x: r["params"][x], **{m: r.get(m) for m in METRICS}} for r in records), key=lambda p: p[x])
+
+
+def plot_sweep(points: Sequence[dict[str, Any]], kind: str, path: str | os.PathLike[str], title: str,
+               baseline: dict[str, Any] | None = None) -> None:
+    """Accuracy (test / seed / heldout) against lambda or k as a PNG; dashed lines: the original head."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = SWEEPS[kind]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for m, colour in zip(METRICS, ("tab:blue", "tab:orange", "tab:green")):
+        xs = [p[x] for p in points if p[m] is not None]
+        ax.plot(xs, [100 * p[m] for p in points if p[m] is not None], marker="o", color=colour, label=m)
+        if baseline is not None and baseline.get(m) is not None:
+            ax.axhline(100 * baseline[m], color=colour, linestyle="--", linewidth=0.8)
+    if kind == "lambda" and all(p[x] >= 0 for p in points):
+        ax.set_xscale("symlog", linthresh=0.1)
+    ax.set(xlabel="λ" if kind == "lambda" else "k (failure modes per class)", ylabel="accuracy (%)", title=title)
+    ax.legend()
+    fig.tight_layout()
+    _save_png(fig, path)
+
+
+def _save_png(fig: Any, path: str | os.PathLike[str]) -> None:
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    write_bytes_atomic(path, buf.getvalue())
+
+
+def relative_accuracy(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per model and collective setting: accuracies and their ratio to the model's individual debugging."""
+    individual = {r["model"]: r for r in records if r["setting"] == "collective-individual"}
+    out = []
+    for r in records:
+        base = individual.get(r["model"])
+        if base is None:
+            continue
+        row = {"model": r["model"], "setting": r["setting"], "config": r["config"]}
+        for m in METRICS:
+            row[m] = r.get(m)
+            row[f"{m}_relative"] = None if not base.get(m) or r.get(m) is None else r[m] / base[m]
+        out.append(row)
+    return out
+
+
+def plot_collective(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], metric: str = "heldout") -> None:
+    """Grouped bars: per model, relative `metric` accuracy of type 1 and type 2 collective debugging."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(models) + 2), 3.5))
+    for j, setting in enumerate(COLLECTIVE_SETTINGS[1:]):
+        vals = [next((r[f"{metric}_relative"] or 0.0 for r in rows if r["model"] == m and r["setting"] == setting), 0.0)
+                for m in models]
+        ax.bar(np.arange(len(models)) + 0.4 * j - 0.2, vals, width=0.4, label=setting.removeprefix("collective-"))
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks(np.arange(len(models)), models, rotation=20, ha="right")
+    ax.set(ylabel=f"relative {metric} accuracy", title="collective vs individual debugging")
+    ax.legend()
+    fig.tight_layout()
+    _save_png(fig, path)
+
+
+def write_sweep(out_dir: Path, spec: EvalSpec, kind: str, records: Sequence[dict[str, Any]],
+                original: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Write sweeps/<model>__<kind>.json (the numbers) and .png (the plot); return the points."""
+    points = sweep_points(records, kind)
+    stem = out_dir / "sweeps" / f"{config_slug(spec.model)}__{kind}"
+    write_json(stem.with_suffix(".json"), {"model": spec.model, "config": spec.model_config, "points": points,
+                                           "original": {m: (original or {}).get(m) for m in METRICS}})
+    plot_sweep(points, kind, stem.with_suffix(".png"), f"{spec.model}: {kind} sweep ({spec.model_config})", original)
+    return points

@@ -1,0 +1,173 @@
+"""The evaluate package end to end on a tiny offline world: CLI, results log, resume, sweeps, collective, errors."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from failmode.cli import main
+from failmode.evaluate.results import KEY_FIELDS, ResultsLog, markdown_table, result_key
+from failmode.testing import synthetic_images
+
+NAMES = [f"c{i:03d}" for i in range(1000)]  # a 1000-class dataset, as the tiny timm models have 1000 outputs
+USED = 4  # classes that have images
+
+
+def _ds(n: int, seed: int, names: list[str] = NAMES):
+    import datasets
+
+    images, labels = synthetic_images(n, size=32, seed=seed, num_classes=USED)
+    feats = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
+    return datasets.Dataset.from_dict({"image": images, "label": labels}, features=feats)
+
+
+def _write_config(root: Path, config: str, n: int, seed: int, names: list[str] = NAMES) -> None:
+    ds = _ds(n, seed, names)
+    contexts = [f"ctx{(i // USED) % 2}" for i in range(n)]  # two contexts per class, ctx0 first
+    ds = ds.add_column("context", contexts).add_column("class_name", [names[y] for y in ds["label"]])
+    path = root / "data" / config / "train-00000-of-00001.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.to_parquet(str(path))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A tiny ImageNet-shaped dataset (train/validation) and a debug dataset folder with several configs."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    root = tmp_path_factory.mktemp("world")
+    datasets.DatasetDict({"train": _ds(16, 1), "validation": _ds(32, 2)}).save_to_disk(str(root / "dataset"))
+    debug = root / "debug"
+    for k, config in enumerate(["test_convnext", "test_resnet", "baseline", "collective-fam"]):
+        _write_config(debug, config, 16, 10 + k)
+    (debug / "failmode.json").write_text(json.dumps({"name": "tiny-debug", "version": "1.2.3"}))
+    _write_config(root / "cifar-debug", "test_convnext", 8, 20, names=["airplane", "automobile", "bird", "c001"])
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _only_evaluate_command(monkeypatch):
+    """The CLI with only this command (other stages' command modules may not exist in this checkout yet)."""
+    from failmode import cli
+
+    monkeypatch.setattr(cli, "COMMANDS", ("evaluate",))
+
+
+def _args(world: Path, out: Path, *extra: str) -> list[str]:
+    return ["evaluate", "--model", "test_convnext", "--weights", "none", "--dataset", str(world / "dataset"),
+            "--debug-data", str(world / "debug"), "--train-per-class", "4", "--debug-per-class", "4",
+            "--image-size", "32", "--epochs", "60", "--device", "cpu", "--batch-size", "64",
+            "--cache-dir", str(out / "cache"), "--out", str(out), *extra]
+
+
+def test_results_jsonl_round_trips(tmp_path):
+    log = ResultsLog(tmp_path / "results.jsonl")
+    rec = {"model": "m", "weights": "timm", "dataset": "d", "debug_data": "x", "revision": "v1.0.0", "config": "m",
+           "setting": "debug", "params": {"lam": 0.5, "epochs": 1000}, "test": 0.75, "seed": 0.5, "heldout": None}
+    written = log.append([rec, {**rec, "setting": "original", "config": None, "test": 0.7, "seed": 0.0}])
+    assert log.read() == written
+    assert written[0] == {**rec, "key": result_key(rec)}
+    assert result_key({**rec, "test": 0.1}) == result_key(rec)  # metrics are not part of the key
+    assert result_key({**rec, "params": {"lam": 1.0, "epochs": 1000}}) != result_key(rec)
+    assert log.done() == {r["key"] for r in written} and set(KEY_FIELDS) <= set(written[0])
+    table = markdown_table(log.read())
+    assert "| m | m | debug | 0.5 | 75.0 (+5.0) | 50.0 (+50.0) | – |" in table
+
+
+def test_evaluate_end_to_end_and_skip_existing(world, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    assert main(_args(world, out, "--lambda-sweep", "0,1", "--k-sweep", "1,2")) == 0
+    recs = ResultsLog(out / "results.jsonl").read()
+    by = {(r["setting"], r["config"], r["params"].get("lam"), r["params"].get("k")): r for r in recs}
+    assert set(by) == {("original", None, None, None), ("retrain", None, None, None),
+                       ("debug", "test_convnext", 0.5, None), ("debug", "baseline", 0.5, None),
+                       ("lambda-sweep", "test_convnext", 0.0, None), ("lambda-sweep", "test_convnext", 1.0, None),
+                       ("k-sweep", "test_convnext", 0.5, 1), ("k-sweep", "test_convnext", 0.5, 2)}
+    orig = by[("original", None, None, None)]
+    # failures are recomputed from the model's own predictions: its own head gets every one of them wrong
+    assert orig["n_seed"] + orig["n_heldout"] > 0 and orig["seed"] in (0.0, None) and orig["heldout"] in (0.0, None)
+    assert (orig["n_train"], orig["n_test"]) == (16, 16)
+    debug = by[("debug", "test_convnext", 0.5, None)]
+    assert debug["n_debug"] == 16 and debug["dataset_version"] == "1.2.3" and debug["params"]["epochs"] == 60
+    # lambda = 0 is plain retraining, exactly; k = 2 keeps both contexts, so it equals the full config
+    lam0 = by[("lambda-sweep", "test_convnext", 0.0, None)]
+    assert [lam0[m] for m in ("test", "seed", "heldout")] == [by[("retrain", None, None, None)][m]
+                                                               for m in ("test", "seed", "heldout")]
+    assert by[("k-sweep", "test_convnext", 0.5, 1)]["n_debug"] == 8
+    k2 = by[("k-sweep", "test_convnext", 0.5, 2)]
+    assert k2["n_debug"] == 16 and [k2[m] for m in ("test", "heldout")] == [debug[m] for m in ("test", "heldout")]
+    sweep = json.loads((out / "sweeps" / "test_convnext__lambda.json").read_text())
+    assert [p["lam"] for p in sweep["points"]] == [0.0, 1.0]
+    for png in ("test_convnext__lambda.png", "test_convnext__k.png"):
+        assert (out / "sweeps" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    gains = json.loads(next((out / "per_class").glob("test_convnext__test_convnext__*.json")).read_text())
+    assert set(gains) <= set(NAMES[:USED]) and all(-1 <= g["test_gain"] <= 1 for g in gains.values())
+    assert "| test_convnext | baseline | debug | 0.5 |" in (out / "tables.md").read_text()
+
+    # a second run with --skip-existing loads nothing and writes nothing new
+    before = (out / "results.jsonl").read_bytes()
+
+    def boom(*a, **k):
+        raise AssertionError("--skip-existing should not load the model or any features")
+
+    monkeypatch.setattr("failmode.evaluate.pipeline.load_model_features", boom)
+    assert main(_args(world, out, "--lambda-sweep", "0,1", "--k-sweep", "1,2", "--skip-existing")) == 0
+    assert (out / "results.jsonl").read_bytes() == before
+
+
+def test_collective_relative_accuracy(world, tmp_path):
+    out = tmp_path / "coll"
+    args = _args(world, out, "--model", "test_resnet", "--collective", "collective-fam", "--baseline-config", "none")
+    assert main(args) == 0
+    rows = json.loads((out / "collective.json").read_text())
+    assert {(r["model"], r["setting"]) for r in rows} == {
+        (m, s) for m in ("test_convnext", "test_resnet")
+        for s in ("collective-individual", "collective-type1", "collective-type2")}
+    for r in rows:
+        if r["setting"] == "collective-individual" or (r["setting"], r["model"]) == ("collective-type2", "test_convnext"):
+            # type 2 with the first model's own config is that model's individual debugging, exactly
+            assert r["test_relative"] == 1.0 and r["config"] == "test_convnext" or r["model"] == "test_resnet"
+    type2 = {r["model"]: r for r in rows if r["setting"] == "collective-type2"}
+    assert type2["test_resnet"]["config"] == "test_convnext"
+    assert (out / "collective.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _no_model(*a, **k):
+    raise AssertionError("the class names must be checked before the model is loaded")
+
+
+def test_class_name_mismatch_is_one_line(world, tmp_path, capsys, monkeypatch):
+    args = _args(world, tmp_path, "--epochs", "1")
+    args[args.index("--debug-data") + 1] = str(world / "cifar-debug")
+    monkeypatch.setattr("failmode.models.classifier.create_classifier", _no_model)
+    assert main([*args, "--baseline-config", "none"]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("failmode evaluate:")]
+    assert len(err) == 1
+    err = err[0]
+    assert "class names do not match" in err and "'airplane'" in err and "'bird'" in err and "3 of 4 unknown" in err
+
+
+def test_webdataset_debug_data(world, tmp_path):
+    from failmode.evaluate.data import open_debug_set
+
+    shard_dir = tmp_path / "wdsroot" / "wds" / "test_convnext"
+    shard_dir.mkdir(parents=True)
+    images, labels = synthetic_images(3, size=32, seed=5, num_classes=3)
+    with tarfile.open(shard_dir / "train-00000-of-00001.tar", "w") as tar:
+        for i, (im, y) in enumerate(zip(images, labels)):
+            buf = io.BytesIO()
+            im.save(buf, format="PNG")
+            for ext, data in (("png", buf.getvalue()), ("cls", str(y).encode())):
+                info = tarfile.TarInfo(f"{i:06d}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    names = ["c002", "c000", "c001"]  # a different order than the model's: labels are mapped by name
+    (shard_dir / "_info.json").write_text(json.dumps({"splits": {"train": {"num_samples": 3}}, "class_names": names}))
+    ds = open_debug_set(f"wds:{tmp_path / 'wdsroot'}", "test_convnext", NAMES)
+    assert np.array_equal(ds.labels, [NAMES.index(names[y]) for y in labels]) and ds.contexts is None
