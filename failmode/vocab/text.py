@@ -77,11 +77,11 @@ def norm_key(text: str) -> str:
 
 
 def near_duplicate(a: str, b: str, ratio: float = 0.9) -> bool:
-    """True when `a` and `b` name the same context.
+    """True when `a` and `b` name the same or a redundant context.
 
     Same token set; the same letters once spaces are dropped ("rain forest" / "rainforest"); a character
-    similarity of at least `ratio` (typos); or one token set inside the other with the same head noun
-    ("in a forest" / "in a dense forest").
+    similarity of at least `ratio` (typos); or one token set inside the other ("in a forest" / "in a dense
+    forest", "on a mountain" / "on a mountain peak").
     """
     ta, tb = content_tokens(a), content_tokens(b)
     if not ta or not tb:
@@ -91,7 +91,7 @@ def near_duplicate(a: str, b: str, ratio: float = 0.9) -> bool:
         return True
     if difflib.SequenceMatcher(None, " ".join(ta), " ".join(tb)).ratio() >= ratio:
         return True
-    return (sa <= sb or sb <= sa) and ta[-1] == tb[-1]
+    return sa <= sb or sb <= sa
 
 
 def article_for(word: str) -> str:

@@ -207,17 +207,18 @@ def _check_known_names(dataset: str, classes: list[VocabClass], source: str) -> 
 
 
 def validate(vocab: Vocabulary, class_names: list[str] | None = None, *, min_contexts: int = MIN_CONTEXTS,
-             max_contexts: int | None = MAX_CONTEXTS) -> None:
+             max_contexts: int | None = MAX_CONTEXTS, complete: bool = True) -> None:
     """Check coverage, per-class count bounds, phrasing, duplicates after normalisation and provenance.
 
     `class_names` (index order) defaults to the dataset's known class list when the dataset is registered;
-    then every class must be present with the matching name. Raises one ValidationError summarising the problems.
+    then every class must be present (unless `complete=False`, for a vocabulary of a few classes) with the
+    matching name. Raises one ValidationError summarising the problems.
     """
     if class_names is None and vocab.dataset in CLASS_LISTS:
         class_names = dataset_class_names(vocab.dataset)
     problems = _provenance_problems(vocab.provenance)
     if class_names is not None:
-        problems += _coverage_problems(vocab, class_names)
+        problems += _coverage_problems(vocab, class_names, complete)
     for c in vocab.classes:
         problems += [f"class {c.index} {c.name!r}: {p}" for p in _class_problems(vocab.kind, c, min_contexts,
                                                                                     max_contexts)]
@@ -239,9 +240,9 @@ def _provenance_problems(prov: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _coverage_problems(vocab: Vocabulary, class_names: list[str]) -> list[str]:
+def _coverage_problems(vocab: Vocabulary, class_names: list[str], complete: bool) -> list[str]:
     have = {c.index: c.name for c in vocab.classes}
-    problems = [f"class {i} {n!r} is missing" for i, n in enumerate(class_names) if i not in have]
+    problems = [f"class {i} {n!r} is missing" for i, n in enumerate(class_names) if complete and i not in have]
     problems += [f"class {i} {have[i]!r} does not match the dataset's name {class_names[i]!r}"
                  for i in have if i < len(class_names) and have[i] != class_names[i]]
     problems += [f"class {i} {have[i]!r} is beyond the dataset's {len(class_names)} classes"

@@ -1,0 +1,150 @@
+"""A chat client for any OpenAI-compatible endpoint, with an on-disk response cache and retries with backoff.
+
+Responses are cached under a key of (endpoint, model, full request): a rerun of the same build sends no
+request, and an interrupted build resumes where it stopped (each response is written, atomically, as it
+arrives). `ChatClient.stats` counts requests actually sent and cache hits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from failmode.errors import FailmodeError, UsageError
+from failmode.io import read_json, stable_hash, write_json
+
+log = logging.getLogger(__name__)
+
+
+def default_cache_dir() -> Path:
+    """$FAILMODE_CACHE/llm, else $XDG_CACHE_HOME/failmode/llm, else ~/.cache/failmode/llm."""
+    if os.environ.get("FAILMODE_CACHE"):
+        return Path(os.environ["FAILMODE_CACHE"]) / "llm"
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "failmode" / "llm"
+
+
+@dataclass
+class Completion:
+    """The text of one chat completion and why generation stopped ("stop", "length", ...)."""
+
+    text: str
+    finish_reason: str | None = None
+    cached: bool = False
+
+
+@dataclass
+class ClientStats:
+    """Requests sent to the endpoint, answers served from the cache, and retried failures."""
+
+    requests: int = 0
+    cache_hits: int = 0
+    retries: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, **counts: int) -> None:
+        """Increment counters atomically (the client is used from several threads)."""
+        with self._lock:
+            for name, n in counts.items():
+                setattr(self, name, getattr(self, name) + n)
+
+
+class StructuredOutputUnsupported(FailmodeError):
+    """The endpoint rejected `response_format`; the caller may fall back to free text."""
+
+
+class ChatClient:
+    """Chat completions through the `openai` client against `endpoint`, cached on disk and retried with backoff."""
+
+    def __init__(self, endpoint: str, model: str, *, api_key: str | None = None, cache_dir: str | Path | None = None,
+                 timeout: float = 120.0, max_retries: int = 4, backoff: float = 1.0) -> None:
+        if not endpoint.startswith(("http://", "https://")):
+            raise UsageError(f"--endpoint must be an http(s) URL, got {endpoint!r}")
+        import openai
+
+        self.endpoint = endpoint.rstrip("/")
+        self.model = model
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.stats = ClientStats()
+        # Retries are ours (with logging and a clear final error), so the openai client's own are off.
+        self._client = openai.OpenAI(base_url=self.endpoint, api_key=api_key or "not-needed", timeout=timeout,
+                                     max_retries=0)
+
+    def cache_path(self, request: dict[str, Any]) -> Path:
+        """Where the response to `request` is cached."""
+        key = stable_hash({"endpoint": self.endpoint, "model": self.model, "request": request}, n=32)
+        return self.cache_dir / key[:2] / f"{key}.json"
+
+    def complete(self, request: dict[str, Any]) -> Completion:
+        """The completion for `request` (messages, temperature, seed, ...): from the cache, else from the endpoint."""
+        path = self.cache_path(request)
+        if path.exists():
+            entry = read_json(path)
+            self.stats.add(cache_hits=1)
+            return Completion(entry["text"], entry.get("finish_reason"), cached=True)
+        result = self._send_with_retries(request)
+        write_json(path, {"endpoint": self.endpoint, "model": self.model, "request": request,
+                          "text": result.text, "finish_reason": result.finish_reason})
+        return result
+
+    def _send_with_retries(self, request: dict[str, Any]) -> Completion:
+        import openai
+
+        transient = (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError)
+        for attempt in range(self.max_retries + 1):
+            try:
+                return self._send(request)
+            except openai.BadRequestError as e:
+                if "response_format" in request:
+                    raise StructuredOutputUnsupported(f"{self.endpoint}: response_format rejected: {e}") from None
+                raise FailmodeError(f"{self.endpoint}: request rejected: {_short(e)}") from None
+            except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
+                raise FailmodeError(f"{self.endpoint}: {_short(e)} (check --endpoint, --model and the API key)") from None
+            except transient as e:
+                if attempt == self.max_retries:
+                    raise FailmodeError(f"{self.endpoint}: {_short(e)} after {attempt + 1} attempts") from None
+                delay = self.backoff * (2 ** attempt) * (1 + random.random() / 2)
+                log.warning("%s: %s; retrying in %.1fs", self.endpoint, _short(e), delay)
+                self.stats.add(retries=1)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _send(self, request: dict[str, Any]) -> Completion:
+        self.stats.add(requests=1)
+        extra = {k: v for k, v in request.items() if k not in _STANDARD_ARGS}
+        args = {k: v for k, v in request.items() if k in _STANDARD_ARGS}
+        resp = self._client.chat.completions.create(model=self.model, extra_body=extra or None, **args)
+        if not resp.choices:
+            raise FailmodeError(f"{self.endpoint}: response without choices")
+        choice = resp.choices[0]
+        return Completion(choice.message.content or "", choice.finish_reason)
+
+    def embed(self, texts: list[str], model: str) -> list[list[float]]:
+        """Embeddings of `texts` from the endpoint's /embeddings route (cached like completions)."""
+        request = {"embeddings": texts, "embedding_model": model}
+        path = self.cache_path(request)
+        if path.exists():
+            self.stats.add(cache_hits=1)
+            return read_json(path)["vectors"]
+        self.stats.add(requests=1)
+        resp = self._client.embeddings.create(model=model, input=texts)
+        vectors = [d.embedding for d in sorted(resp.data, key=lambda d: d.index)]
+        write_json(path, {"endpoint": self.endpoint, "request": request, "vectors": vectors})
+        return vectors
+
+
+_STANDARD_ARGS = frozenset({"messages", "temperature", "seed", "max_tokens", "stop", "top_p", "response_format",
+                            "frequency_penalty", "presence_penalty", "n"})
+
+
+def _short(e: Exception) -> str:
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return msg[:200]
