@@ -10,7 +10,6 @@ the figure is the writer's own cost (decode check + files); without it the write
 from __future__ import annotations
 
 import argparse
-import io
 import tempfile
 import time
 

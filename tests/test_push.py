@@ -78,6 +78,23 @@ def test_tag_must_match_the_manifest_version(tiny_ds: Path, tmp_path: Path) -> N
     assert "tag v2.0.0 does not match the dataset's version 1.0.0" in proc.stderr
 
 
+def _real_signature(method):
+    """Fail if a fake method is called with arguments the real `HfApi` method would not accept."""
+    import functools
+    import inspect
+
+    from huggingface_hub import HfApi as RealApi
+
+    sig = inspect.signature(getattr(RealApi, method.__name__))
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        sig.bind(self, *args, **kwargs)
+        return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 class FakeApi:
     """Records the calls `push_dataset` makes; `drop` names local files the fake Hub 'loses'."""
 
@@ -89,13 +106,16 @@ class FakeApi:
     def __init__(self, token: str) -> None:
         assert token == "hf_test_token"
 
+    @_real_signature
     def create_repo(self, repo_id: str, **kw) -> None:
         self.calls.append(f"create_repo private={kw['private']}")
 
+    @_real_signature
     def list_repo_refs(self, repo_id: str, **kw):
         self.calls.append("list_repo_refs")
         return SimpleNamespace(tags=[SimpleNamespace(name=t) for t in self.tags])
 
+    @_real_signature
     def upload_folder(self, *, folder_path: str, allow_patterns, ignore_patterns, delete_patterns, **kw) -> None:
         import fnmatch
 
@@ -105,12 +125,15 @@ class FakeApi:
         FakeApi.uploaded = {f for f in files if any(fnmatch.fnmatch(f, p) for p in allow_patterns)
                             and not any(fnmatch.fnmatch(f, p) for p in ignore_patterns)} - self.drop
 
+    @_real_signature
     def repo_info(self, repo_id: str, **kw):
         return SimpleNamespace(sha="c0ffee" * 6 + "abcd")
 
+    @_real_signature
     def list_repo_files(self, repo_id: str, **kw) -> list[str]:
         return sorted(self.uploaded)
 
+    @_real_signature
     def create_tag(self, repo_id: str, *, tag: str, revision: str, **kw) -> None:
         self.calls.append(f"create_tag {tag} {revision[:6]}")
 

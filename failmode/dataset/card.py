@@ -32,7 +32,8 @@ def render_card(manifest: Manifest, summaries: dict[str, ConfigSummary]) -> str:
     """The full README.md text; deterministic for equal inputs."""
     lic = licenses().get(manifest.license)
     if lic is None:
-        raise ValidationError(f"manifest: unknown license {manifest.license!r} (known: {', '.join(sorted(licenses()))})")
+        known = ", ".join(sorted(licenses()))
+        raise ValidationError(f"manifest: unknown license {manifest.license!r} (known: {known})")
     default = summaries[manifest.default()]
     split = "train" if "train" in default.splits else next(iter(default.splits))
     num_shards = default.spec.splits[split]
@@ -75,7 +76,8 @@ def yaml_header(manifest: Manifest, summaries: dict[str, ConfigSummary]) -> str:
         configs.append(entry)
         infos.append({
             "config_name": name, "features": c.features.yaml_features(),
-            "splits": [{"name": s, "num_bytes": v.num_bytes, "num_examples": v.num_samples} for s, v in c.splits.items()],
+            "splits": [{"name": s, "num_bytes": v.num_bytes, "num_examples": v.num_samples}
+                       for s, v in c.splits.items()],
             "download_size": sum(v.download_size for v in c.splits.values()),
             "dataset_size": sum(v.num_bytes for v in c.splits.values()),
         })
@@ -122,7 +124,9 @@ def _describe(info: dict[str, Any], empty: str) -> str:
 
 def _inline(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, ensure_ascii=False)
-    return f"`{text}`" if "\n" not in text and len(text) < 120 else "\n\n  ```\n  " + text.replace("\n", "\n  ") + "\n  ```\n"
+    if "\n" not in text and len(text) < 120:
+        return f"`{text}`"
+    return "\n\n  ```\n  " + text.replace("\n", "\n  ") + "\n  ```\n"
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
@@ -154,5 +158,6 @@ def _grids(summaries: dict[str, ConfigSummary]) -> str:
 
 def _counts_table(manifest: Manifest, summaries: dict[str, ConfigSummary]) -> str:
     columns = [(c.name, s, v) for c in summaries.values() if c.has_images for s, v in c.splits.items()]
-    rows = [[i, name, *(v.label_counts.get(i, 0) for _, _, v in columns)] for i, name in enumerate(manifest.class_names)]
+    rows = [[i, name, *(v.label_counts.get(i, 0) for _, _, v in columns)]
+            for i, name in enumerate(manifest.class_names)]
     return _table(["label", "class", *(f"{c}/{s}" for c, s, _ in columns)], rows)

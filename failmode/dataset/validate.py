@@ -51,10 +51,10 @@ def _check_card(root: Path, manifest: Manifest) -> None:
     names = [c.get("config_name") for c in header.get("configs") or [] if isinstance(c, dict)]
     if sorted(names) != sorted(manifest.configs):
         raise ValidationError(f"{card}: configs {sorted(names)} do not match the manifest's {sorted(manifest.configs)}")
-    if str(header.get("version")) != manifest.version:
-        raise ValidationError(f"{card}: version {header.get('version')!r} differs from the manifest's {manifest.version!r}")
-    if header.get("license") != manifest.license:
-        raise ValidationError(f"{card}: license {header.get('license')!r} differs from the manifest's {manifest.license!r}")
+    for key in ("version", "license"):
+        value, expected = header.get(key), getattr(manifest, key)
+        if str(value) != expected:
+            raise ValidationError(f"{card}: {key} {value!r} differs from the manifest's {expected!r}")
 
 
 def _check_hashes(root: Path, manifest: Manifest) -> None:

@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from failmode import __version__
@@ -138,7 +137,8 @@ class _ShardSink:
         if self.spec is None:
             self.spec = spec
         elif spec != self.spec:
-            raise SampleError(f"columns {spec.describe()} differ from the shard's first sample ({self.spec.describe()})")
+            raise SampleError(f"columns {spec.describe()} differ from the shard's first sample "
+                              f"({self.spec.describe()})")
         self._add_tar(row)
         self.pending.append(row)
         self.num_rows += 1
