@@ -28,7 +28,7 @@ SEED_RULE = ("seed = first 8 bytes (big-endian) of sha256('{base_seed}|{config}|
 BASELINE_KIND = "class-only"
 DEFAULT_TEMPLATES = {
     "background": "a photo of a {class_name} {context}",
-    "color": "a photo of a {context} {class_name}",
+    "color": "a photo of a {class_name} {context}",
     BASELINE_KIND: "a photo of a {class_name}",
 }
 
