@@ -187,7 +187,8 @@ class VocabularyBuilder:
         try:
             completion = self.client.complete(self._request(info, round_, common))
         except StructuredOutputUnsupported as e:
-            log.warning("%s; falling back to free-text answers", e)
+            if self._structured:
+                log.warning("%s; falling back to free-text answers", e)
             self._structured = False
             completion = self.client.complete(self._request(info, round_, common))
         items = parse_list(completion.text)

@@ -89,8 +89,14 @@ class ChatClient:
         if path.exists():
             entry = read_json(path)
             self.stats.add(cache_hits=1)
+            if entry.get("rejected"):
+                raise StructuredOutputUnsupported(f"{self.endpoint}: {entry['rejected']} (cached)")
             return Completion(entry["text"], entry.get("finish_reason"), cached=True)
-        result = self._send_with_retries(request)
+        try:
+            result = self._send_with_retries(request)
+        except StructuredOutputUnsupported as e:  # remembered, so a rerun does not ask again
+            write_json(path, {"endpoint": self.endpoint, "model": self.model, "request": request, "rejected": str(e)})
+            raise
         write_json(path, {"endpoint": self.endpoint, "model": self.model, "request": request,
                           "text": result.text, "finish_reason": result.finish_reason})
         return result
@@ -104,7 +110,7 @@ class ChatClient:
                 return self._send(request)
             except openai.BadRequestError as e:
                 if "response_format" in request:
-                    raise StructuredOutputUnsupported(f"{self.endpoint}: response_format rejected: {e}") from None
+                    raise StructuredOutputUnsupported(f"response_format rejected: {_short(e)}") from None
                 raise FailmodeError(f"{self.endpoint}: request rejected: {_short(e)}") from None
             except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
                 raise FailmodeError(f"{self.endpoint}: {_short(e)} (check --endpoint, --model and the API key)") from None
