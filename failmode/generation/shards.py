@@ -138,6 +138,7 @@ class GenerationRun:
         self.root = Path(self.root)
         self.codec = CODECS.get(self.image_format)
         self.state = RenderState(self.batch_size)
+        self.wait_s = 0.0  # time the renderer waited for the writer (encoding/writing not hidden behind rendering)
 
     def pending(self, rows: Sequence[PlanRow]) -> list[ShardJob]:
         """This worker's shards still to write (all of them in overwrite mode)."""
@@ -160,12 +161,17 @@ class GenerationRun:
                     samples, gen = self._render_shard(job, enc, b)
                     gen["timings"] = {"render_s": round(time.perf_counter() - t0, 3)}
                     if in_flight is not None:  # at most one shard waits for the writer
-                        self.stats.append(in_flight.result())
+                        self._collect(in_flight)
                     in_flight = writer.submit(self._write, job, samples, gen)
             finally:
                 if in_flight is not None:
-                    self.stats.append(in_flight.result())
+                    self._collect(in_flight)
         return self.stats
+
+    def _collect(self, future: Future[dict[str, Any]]) -> None:
+        t0 = time.perf_counter()
+        self.stats.append(future.result())
+        self.wait_s += time.perf_counter() - t0
 
     def _render_shard(self, job: ShardJob, enc: ThreadPoolExecutor, b: Any) -> tuple[list[Future[tuple[DebugSample, float]]], dict[str, Any]]:
         done: dict[int, Future[tuple[DebugSample, float]]] = {}

@@ -1,0 +1,153 @@
+#!/usr/bin/env python
+"""Images/s of debug-image generation: the naive diffusers call vs failmode's path, in one run, encoding and
+writing included.
+
+The full-size SD 1.5 architecture is built from the configs in failmode/models/configs/sd15 with random weights
+(throughput does not depend on weight values; nothing is downloaded).
+
+    python scripts/bench_generate.py                       # GPU: naive fp16 b1 50 PNDM steps vs fp16 b16 compiled DPM++ 25
+    python scripts/bench_generate.py --tiny --device cpu --precision fp32 --size 64 --steps 2 --naive-steps 2 \
+        --images 16 --naive-images 2 --batch-size 4 --compile none            # CPU smoke run (tiny pipeline)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from failmode.generation import GenerationRun, GenerationSettings, baseline_modes, build_plan
+from failmode.generation.render import PRECISIONS, DiffusersGenerator, RenderOptions
+from failmode.runtime import pick_device
+
+CONFIGS = Path(__file__).resolve().parents[1] / "failmode" / "models" / "configs" / "sd15"
+CLASSES = [f"class {i}" for i in range(1000)]
+log = logging.getLogger("bench_generate")
+
+
+def sd15_random() -> Any:
+    """The SD 1.5 pipeline architecture with random weights, from the configs kept in the repository."""
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from failmode.testing import clip_tokenizer
+
+    def cfg(name: str) -> dict[str, Any]:
+        return json.loads((CONFIGS / f"{name}.json").read_text())
+
+    pipe = StableDiffusionPipeline(
+        unet=UNet2DConditionModel.from_config(cfg("unet")).eval(), vae=AutoencoderKL.from_config(cfg("vae")).eval(),
+        text_encoder=CLIPTextModel(CLIPTextConfig(**cfg("text_encoder"))).eval(), tokenizer=clip_tokenizer(),
+        scheduler=PNDMScheduler.from_config(cfg("scheduler")), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_naive(pipe: Any, args: argparse.Namespace, device: torch.device, out: Path) -> float:
+    """The naive call: one prompt per call (batch 1), the pipeline's own scheduler, PNG written per image."""
+    pipe.to(device, PRECISIONS[args.precision])
+    kw = {"num_inference_steps": args.naive_steps, "height": args.size, "width": args.size, "guidance_scale": 7.5}
+    with torch.inference_mode():
+        pipe("a photo of a cat", num_inference_steps=2, height=args.size, width=args.size)  # warm-up
+        sync(device)
+        t0 = time.perf_counter()
+        for i in range(args.naive_images):
+            image = pipe(f"a photo of a {CLASSES[i]} in a desert", **kw).images[0]
+            image.save(out / f"naive_{i}.png")
+        sync(device)
+    return args.naive_images / (time.perf_counter() - t0)
+
+
+def bench_toolkit(pipe: Any, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """failmode's path: plan -> fixed-shape batches -> thread-pool PNG encoding -> shards written by a writer thread."""
+    options = RenderOptions(device=args.device, precision=args.precision, batch_size=args.batch_size,
+                            scheduler=args.scheduler, channels_last=True, fuse_qkv=args.fuse_qkv,
+                            compile=None if args.compile == "none" else args.compile)
+    gen = DiffusersGenerator(pipeline=pipe, options=options, ident="diffusers:sd15-random")
+    settings = GenerationSettings(generator="sd15-random", scheduler=args.scheduler, steps=args.steps,
+                                  size=args.size, images_per_mode=1, shard_size=args.shard_size)
+
+    def rows(n: int, config: str) -> list[Any]:
+        per_class = max(1, n // 100)
+        plan = build_plan([baseline_modes(CLASSES, config=config)], settings, generator_id=gen.ident,
+                          baseline_images_per_class=per_class)
+        return plan[:n]
+
+    warm = GenerationRun(out / "warmup", gen, CLASSES, batch_size=args.batch_size, encode_workers=args.encode_workers)
+    t0 = time.perf_counter()
+    warm.run(rows(args.batch_size, "warmup"))  # compile + autotune happen here
+    warmup_s = time.perf_counter() - t0
+    run = GenerationRun(out / "ds", gen, CLASSES, batch_size=args.batch_size, encode_workers=args.encode_workers)
+    plan = rows(args.images, "bench")
+    sync(gen.device)
+    t0 = time.perf_counter()
+    stats = run.run(plan)
+    sync(gen.device)
+    wall = time.perf_counter() - t0
+    render = sum(s["timings"]["render_s"] for s in stats)
+    encode = sum(s["timings"]["encode_s"] for s in stats)
+    write = sum(s["timings"]["write_s"] for s in stats)
+    return {"images": len(plan), "wall_s": round(wall, 3), "images_per_s": round(len(plan) / wall, 3),
+            "render_s": round(render, 3), "encode_cpu_s": round(encode, 3), "write_s": round(write, 3),
+            "writer_wait_s": round(run.wait_s, 3),
+            "shard_writing_overhead_pct_of_gpu": round(100 * (wall - render) / render, 2),
+            "warmup_s": round(warmup_s, 2), "batch_size_used": stats[-1]["batch_size"]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default=None)
+    p.add_argument("--precision", default="fp16", choices=sorted(PRECISIONS))
+    p.add_argument("--tiny", action="store_true", help="the tiny test pipeline instead of SD 1.5 (CPU smoke)")
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--scheduler", default="dpmsolver++")
+    p.add_argument("--naive-steps", type=int, default=50)
+    p.add_argument("--images", type=int, default=256)
+    p.add_argument("--naive-images", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--shard-size", type=int, default=64)
+    p.add_argument("--encode-workers", type=int, default=8)
+    p.add_argument("--compile", default="max-autotune", choices=["none", "default", "reduce-overhead", "max-autotune"])
+    p.add_argument("--fuse-qkv", action="store_true")
+    p.add_argument("--skip-naive", action="store_true")
+    p.add_argument("--json", help="also write the results here")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    device = pick_device(args.device)
+    if args.tiny:
+        from failmode.testing import tiny_pipeline
+
+        make = tiny_pipeline
+    else:
+        make = sd15_random
+    res: dict[str, Any] = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+                           or "cpu", "torch": torch.__version__, "args": vars(args)}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        if not args.skip_naive:
+            res["naive_images_per_s"] = round(bench_naive(make(), args, device, out), 4)
+        res["toolkit"] = bench_toolkit(make(), args, out)
+    text = json.dumps(res, indent=1)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
