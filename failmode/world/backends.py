@@ -1,0 +1,133 @@
+"""Offline stand-ins for the method's two heavy backends, registered as "composite" and "exemplar".
+
+`CompositeGenerator` stands in for Stable Diffusion: the image for "a photo of a {class} {context}" is a
+Fashion-MNIST object of that class from the world's generator pool (never in train / debug / test), chosen by the
+request's seed, pasted on a seeded crop of the named context's scene. `ExemplarAttributor` stands in for CLIP: a
+context is embedded as the mean frozen feature of exemplar crops of its scene, images by their frozen feature,
+both after subtracting the mean training feature. Both say "stand-in" in their `ident`, which outputs record.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from failmode.backends import Attributor, GenerationRequest, ImageGenerator
+from failmode.data.sources import ImageSource, ListSource
+from failmode.errors import ValidationError
+from failmode.world.composite import composite
+from failmode.world.fashion import FASHION_CLASSES, load_fashion_mnist
+from failmode.world.scenes import scene_pixels
+from failmode.world.world import OBJECT_RANGES, WORLD_NAME, World, build_world
+
+log = logging.getLogger(__name__)
+
+#: Seed-stream tag of exemplar crops (kept apart from the world's split streams 1-4).
+EXEMPLAR_STREAM = 5
+
+
+def _world(world: World | None, preset: str, seed: int) -> World:
+    return world if world is not None else build_world(preset, seed)
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+class CompositeGenerator(ImageGenerator):
+    """Stand-in for Stable Diffusion: pastes a pool object of the request's class on its context's scene."""
+
+    def __init__(self, world: World | None = None, *, preset: str = "concentrated", seed: int = 0) -> None:
+        self.world = _world(world, preset, seed)
+        self.ident = (f"composite:{WORLD_NAME}/{self.world.preset.name} "
+                      "(stand-in for Stable Diffusion: Fashion-MNIST pool object pasted on the named scene)")
+
+    def _object(self, label: int, rng: np.random.Generator) -> np.ndarray:
+        if label not in self.world.pool:
+            raise ValidationError(f"label {label} is not a {WORLD_NAME} class (0..{len(FASHION_CLASSES) - 1})")
+        images, _ = load_fashion_mnist(OBJECT_RANGES["pool"][0])
+        pool = self.world.pool[label]
+        return images[pool[int(rng.integers(len(pool)))]]
+
+    def render(self, request: GenerationRequest) -> Image.Image:
+        """The image of one request; it depends on the request only (its seed, label, context and size)."""
+        scene = self.world.scenes[self.world.scene_index(request.context)]
+        rng = np.random.default_rng(int(request.seed))
+        obj = self._object(int(request.label), rng)
+        return composite(obj, scene_pixels(scene), rng, int(request.width), int(request.height),
+                         self.world.preset.layout)
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Image.Image]:
+        """One RGB image per request, in order."""
+        return [self.render(r) for r in requests]
+
+
+class ExemplarAttributor(Attributor):
+    """Stand-in for CLIP: nearest context prototype in the frozen feature space, after centring.
+
+    A context's prototype is the mean feature of `n_exemplars` seeded crops of its scene, each with a pool object of
+    a random class pasted on (so the object's share of the feature averages out); the class name is not used.
+    """
+
+    def __init__(self, world: World | None = None, *, model: torch.nn.Module | None = None,
+                 center: np.ndarray | None = None, n_exemplars: int = 16, cache_dir: str | Path | None = None,
+                 preset: str = "concentrated", seed: int = 0) -> None:
+        from failmode.world.backbone import load_backbone
+
+        self.world = _world(world, preset, seed)
+        self.model = model if model is not None else load_backbone()
+        self.center = None if center is None else np.asarray(center, dtype=np.float32)
+        self.n_exemplars = int(n_exemplars)
+        self.cache_dir = cache_dir
+        self._prototypes: np.ndarray | None = None
+        centred = "centred on the mean training feature" if self.center is not None else "uncentred"
+        self.ident = (f"exemplar:tf_efficientnet_lite0@efficientnet-lite0-pypi/{n_exemplars} crops per scene, "
+                      f"{centred} (stand-in for CLIP)")
+
+    def _embed(self, source: ImageSource, indices: Sequence[int] | None, desc: str) -> np.ndarray:
+        from failmode.world.backbone import encode
+
+        feats = encode(self.model, source, self.world.preset.image_size, indices, cache_dir=self.cache_dir,
+                       desc=desc).features
+        if self.center is not None:
+            feats = feats - self.center
+        return _normalise(feats.astype(np.float32))
+
+    def exemplars(self) -> ListSource:
+        """The exemplar images: `n_exemplars` per scene, scene-major; label = scene index."""
+        images, labels = [], []
+        fm_images, _ = load_fashion_mnist(OBJECT_RANGES["pool"][0])
+        size = self.world.preset.image_size
+        for s, scene in enumerate(self.world.scenes):
+            for j in range(self.n_exemplars):
+                rng = np.random.default_rng([self.world.seed, EXEMPLAR_STREAM, s, j])
+                pool = self.world.pool[int(rng.integers(len(self.world.pool)))]
+                obj = fm_images[pool[int(rng.integers(len(pool)))]]
+                images.append(composite(obj, scene_pixels(scene), rng, size, size, self.world.preset.layout))
+                labels.append(s)
+        names = [s.name for s in self.world.scenes]
+        return ListSource(images, labels, names, f"world-exemplars:{self.world.key}:{self.n_exemplars}")
+
+    def prototypes(self) -> np.ndarray:
+        """L2-normalised context prototypes [n_scenes, D] (computed once)."""
+        if self._prototypes is None:
+            emb = self._embed(self.exemplars(), None, "exemplars")
+            groups = emb.reshape(len(self.world.scenes), self.n_exemplars, -1).mean(axis=1)
+            self._prototypes = _normalise(groups)
+        return self._prototypes
+
+    def encode_images(self, source: ImageSource, indices: Sequence[int]) -> np.ndarray:
+        """Centred, L2-normalised frozen features of `source[indices]`."""
+        return self._embed(source, indices, "attribution features")
+
+    def encode_contexts(self, class_name: str, contexts: Sequence[str]) -> np.ndarray:
+        """The prototypes of `contexts` (class-agnostic: `class_name` only has to be a world class)."""
+        if class_name not in FASHION_CLASSES:
+            raise ValidationError(f"{class_name!r} is not a {WORLD_NAME} class ({', '.join(FASHION_CLASSES)})")
+        protos = self.prototypes()
+        return protos[[self.world.scene_index(c) for c in contexts]]
