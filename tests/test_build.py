@@ -139,3 +139,10 @@ def test_generate_command_renders_a_finalized_dataset(tiny_pipeline_dir, tmp_pat
                         str(tmp_path / "missing"), "--device", "cpu", "--precision", "fp32")
     with pytest.raises(LoadError, match="does not exist"):
         generate.run(bad)
+    # The published folder regenerates shard by shard, bit for bit (scripts/regenerate_shards.py).
+    from failmode.generation.regenerate import regenerate_shards
+
+    again = regenerate_shards(out, ["resnet50/train-00000"], tmp_path / "regen", device="cpu")
+    assert again == {"resnet50/train-00000-of-00001": True}
+    with pytest.raises(UsageError, match="no shard"):
+        regenerate_shards(out, ["resnet50/test-00009"], tmp_path / "regen", device="cpu")

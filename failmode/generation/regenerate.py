@@ -1,0 +1,77 @@
+"""Regenerate named shards of a dataset folder from its manifest and plan, and check them against the manifest."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from failmode.dataset import Manifest, layout
+from failmode.errors import UsageError
+from failmode.generation.plan import PlanRow, read_plan_of
+from failmode.generation.render import RenderOptions, safety_function
+from failmode.generation.shards import GenerationRun, gen_stats_path, shard_jobs
+from failmode.io import read_json, sha256_file
+
+log = logging.getLogger(__name__)
+
+
+def select_shards(rows: Sequence[PlanRow], names: Sequence[str]) -> list[PlanRow]:
+    """The plan rows of shards named `<config>/<split>-0000i-of-0000n` (or `<config>/<split>-0000i`)."""
+    jobs = {j.name: j for j in shard_jobs(rows)}
+    short = {n.rsplit("-of-", 1)[0]: n for n in jobs}
+    out: list[PlanRow] = []
+    for name in names:
+        full = name if name in jobs else short.get(name)
+        if full is None:
+            raise UsageError(f"no shard {name!r} in the plan (e.g. {next(iter(jobs), 'none')})")
+        out.extend(jobs[full].rows)
+    return out
+
+
+def _quality(manifest: Manifest, device: str | None) -> Any:
+    ident = manifest.generation.get("quality_filter")
+    if not ident:
+        return None
+    from failmode.generation.build import make_quality
+
+    name, _, pretrained = ident.removeprefix("clip:").partition("/")
+    return make_quality({"enabled": True, "clip_model": name, "pretrained": pretrained,
+                         **manifest.generation.get("quality_thresholds", {})}, device=device)
+
+
+def regenerate_shards(root: str | os.PathLike[str], shards: Sequence[str], out: str | os.PathLike[str], *,
+                      generator: str | None = None, device: str | None = None) -> dict[str, bool]:
+    """Render the named shards of dataset `root` again into `out`; per shard, True if its parquet and tar bytes
+    equal the manifest's hashes. `generator` points at a local copy of the manifest's generator."""
+    from failmode.generation.render import DiffusersGenerator
+
+    root, out = Path(root), Path(out)
+    manifest = Manifest.load(root)
+    rows = select_shards(read_plan_of(root), shards)
+    g = manifest.generation
+    fields = {f.name for f in dataclasses.fields(RenderOptions)} - {"device"}
+    options = RenderOptions(device=device, **{k: v for k, v in g.items() if k in fields})
+    results: dict[str, bool] = {}
+    for job in shard_jobs(rows):
+        stats_file = gen_stats_path(root, job.config, job.split, job.shard_index, job.num_shards)
+        batch = read_json(stats_file)["batch_size"] if stats_file.exists() else options.batch_size
+        opts = dataclasses.replace(options, batch_size=batch)
+        gen = DiffusersGenerator(generator or manifest.generator["id"], revision=manifest.generator.get("revision")
+                                 or None, options=opts, ident=manifest.generator.get("ident"))
+        run = GenerationRun(out, gen, manifest.class_names, image_format=manifest.image_format, mode="overwrite",
+                            batch_size=batch, quality=_quality(manifest, device), reserve=g.get("reserve", 3))
+        run.safety = safety_function(gen)
+        run.run(job.rows)
+        results[job.name] = _matches(root, out, job, manifest)
+        log.info("%s: %s", job.name, "identical to the manifest" if results[job.name] else "DIFFERS from the manifest")
+    return results
+
+
+def _matches(root: Path, out: Path, job: Any, manifest: Manifest) -> bool:
+    rels = [p("", job.config, job.split, job.shard_index, job.num_shards).as_posix()
+            for p in (layout.parquet_path, layout.tar_path)]
+    return all(manifest.files.get(r) == sha256_file(out / r) for r in rels)
