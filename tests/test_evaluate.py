@@ -63,7 +63,7 @@ def _args(world: Path, out: Path, *extra: str) -> list[str]:
     return ["evaluate", "--model", "test_convnext", "--weights", "none", "--dataset", str(world / "dataset"),
             "--debug-data", str(world / "debug"), "--train-per-class", "4", "--debug-per-class", "4",
             "--image-size", "32", "--epochs", "60", "--device", "cpu", "--batch-size", "64",
-            "--cache-dir", str(out / "cache"), "--out", str(out), *extra]
+            "--cache-dir", str(world / "cache"), "--out", str(out), *extra]
 
 
 def test_results_jsonl_round_trips(tmp_path):
@@ -111,14 +111,14 @@ def test_evaluate_end_to_end_and_skip_existing(world, tmp_path, monkeypatch):
     assert "| test_convnext | baseline | debug | 0.5 |" in (out / "tables.md").read_text()
 
     # a second run with --skip-existing loads nothing and writes nothing new
-    before = (out / "results.jsonl").read_bytes()
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
 
     def boom(*a, **k):
         raise AssertionError("--skip-existing should not load the model or any features")
 
     monkeypatch.setattr("failmode.evaluate.pipeline.load_model_features", boom)
     assert main(_args(world, out, "--lambda-sweep", "0,1", "--k-sweep", "1,2", "--skip-existing")) == 0
-    assert (out / "results.jsonl").read_bytes() == before
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
 def test_collective_relative_accuracy(world, tmp_path):
@@ -171,3 +171,27 @@ def test_webdataset_debug_data(world, tmp_path):
     (shard_dir / "_info.json").write_text(json.dumps({"splits": {"train": {"num_samples": 3}}, "class_names": names}))
     ds = open_debug_set(f"wds:{tmp_path / 'wdsroot'}", "test_convnext", NAMES)
     assert np.array_equal(ds.labels, [NAMES.index(names[y]) for y in labels]) and ds.contexts is None
+
+
+def test_failures_from_the_mining_stage(world, tmp_path, capsys):
+    from failmode.data.splits import make_splits
+    from failmode.mining.failures import write_failures
+
+    labels = np.arange(32) % USED
+    debug = make_splits(np.arange(16) % USED, labels, train_per_class=4, debug_per_class=4).debug
+    rows = [{"index": int(i), "image_id": f"{i:06d}", "label": int(labels[i]), "class_name": NAMES[labels[i]],
+             "prediction": 999, "predicted_class": "c999", "confidence": 0.5, "half": half}
+            for i, half in zip(debug[:3], ("seed", "heldout", "heldout"))]
+    write_failures(tmp_path / "mined", rows, {"model": "test_convnext", "split_seed": 0})
+    out = tmp_path / "run"
+    args = _args(world, out, "--epochs", "5", "--baseline-config", "none", "--failures",
+                 str(tmp_path / "mined" / "failures.parquet"))
+    assert main(args) == 0
+    orig = next(r for r in ResultsLog(out / "results.jsonl").read() if r["setting"] == "original")
+    assert (orig["n_seed"], orig["n_heldout"]) == (1, 2) and orig["params"]["failures"].endswith("failures.parquet")
+
+    write_failures(tmp_path / "other", rows, {"model": "resnet50", "split_seed": 0})
+    args[args.index("--failures") + 1] = str(tmp_path / "other" / "failures.parquet")
+    assert main(args) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("failmode evaluate:")]
+    assert len(err) == 1 and "mined with model 'resnet50', not 'test_convnext'" in err[0]

@@ -40,7 +40,7 @@ MODES = {
          "modes": [{"context": "in a city", "count": 1}]},
     ],
 }
-SETTINGS = GenerationSettings(steps=2, size=64, images_per_mode=2, k=2, shard_size=3, scheduler="dpmsolver++")
+SETTINGS = GenerationSettings(steps=2, size=32, images_per_mode=2, k=2, shard_size=3, scheduler="dpmsolver++")
 
 
 def plan(settings: GenerationSettings = SETTINGS, ident: str = "diffusers:tiny") -> list:

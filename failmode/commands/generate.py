@@ -49,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--compile", choices=["default", "reduce-overhead", "max-autotune"])
     r.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=None)
     r.add_argument("--fuse-qkv", action="store_true", default=None)
-    r.add_argument("--encode-workers", type=int, default=4)
+    r.add_argument("--encode-workers", type=int, help="PNG encoding threads (default: CPUs - 2, 2..8)")
     q = p.add_argument_group("filters")
     q.add_argument("--quality-threshold", type=float, help="drop images whose CLIP class score is below this")
     q.add_argument("--no-quality", action="store_true", help="no CLIP scores at all")

@@ -58,9 +58,9 @@ def make_quality(cfg: dict[str, Any], *, device: str | None = None) -> QualitySc
     if not cfg.get("enabled", False):
         return None
     from failmode.models.clip import create_clip
-    from failmode.runtime import pick_device
+    from failmode.generation.render import worker_device
 
-    dev = pick_device(device)
+    dev = worker_device(device)
     clip = create_clip(cfg.get("clip_model", "ViT-B-32"), cfg.get("pretrained", "openai"), device=dev)
     return ClipQuality(clip, cfg.get("min_class_score"), cfg.get("min_context_score"), device=dev)
 

@@ -180,7 +180,7 @@ def merge_modes(sets: Sequence[Mapping[str, Any]], *, config: str, family: str, 
             for m in c.get("modes", []):
                 per[str(m["context"])] = per.get(str(m["context"]), 0) + int(m.get("count", 1))
     classes = tuple(
-        ClassModes(label, *names[label], tuple(ctx for ctx, _ in sorted(per.items(), key=lambda kv: (-kv[1], kv[0]))[:k]))
+        ClassModes(label, *names[label], tuple(c for c, _ in sorted(per.items(), key=lambda kv: (-kv[1], kv[0]))[:k]))
         for label, per in sorted(counts.items())
     )
     context_kind = str(sets[0].get("vocabulary", {}).get("kind") or "background")

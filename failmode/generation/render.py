@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,14 @@ class RenderOptions:
     safety_checker: bool = False
 
 
+def worker_device(device: str | None = None) -> torch.device:
+    """`device` if given; else this process's GPU under accelerate/torchrun (cuda:$LOCAL_RANK), else the default."""
+    local_rank = os.environ.get("LOCAL_RANK")
+    if not device and local_rank is not None and torch.cuda.is_available():
+        return torch.device(f"cuda:{int(local_rank) % torch.cuda.device_count()}")
+    return pick_device(device)
+
+
 def pipeline_ident(model: str, revision: str | None = None) -> str:
     """`diffusers:<id>@<revision>` for a Hub id; `diffusers:<dir name>@cfg-<hash of configs and weight sizes>` locally."""
     local = Path(model).expanduser()
@@ -84,7 +93,7 @@ def set_scheduler(pipe: Any, name: str) -> None:
 
 def prepare_pipeline(pipe: Any, options: RenderOptions) -> Any:
     """Move to device/dtype, set the scheduler, SDPA attention, channels_last, fused QKV and torch.compile."""
-    device = pick_device(options.device)
+    device = worker_device(options.device)
     dtype = PRECISIONS.get(options.precision) or autocast_dtype(device, "auto") or torch.float32
     if device.type == "cpu" and dtype is torch.float16:
         raise LoadError("fp16 is not supported on CPU; use --precision fp32 or bf16")
@@ -122,7 +131,9 @@ class DiffusersGenerator(ImageGenerator):
         self.device = self.pipe.unet.device
         self.dtype = self.pipe.unet.dtype
         self._embeds: dict[str, torch.Tensor] = {}
-        self._safety: tuple[Any, Any] | None = self._load_safety(model, revision) if self.options.safety_checker else None
+        self._safety: tuple[Any, Any] | None = None
+        if self.options.safety_checker:
+            self._safety = self._load_safety(model, revision)
 
     @staticmethod
     def _check_pipeline(pipe: Any, model: str) -> None:
@@ -183,7 +194,8 @@ class DiffusersGenerator(ImageGenerator):
         def load(ident: str, local_only: bool) -> tuple[Any, Any]:
             kw = {"revision": revision, "local_files_only": local_only}
             checker = StableDiffusionSafetyChecker.from_pretrained(ident, subfolder="safety_checker", **kw)
-            return checker.to(self.device).eval(), CLIPImageProcessor.from_pretrained(ident, subfolder="feature_extractor", **kw)
+            processor = CLIPImageProcessor.from_pretrained(ident, subfolder="feature_extractor", **kw)
+            return checker.to(self.device).eval(), processor
 
         return load_from_hub_or_local(model, load, what=f"the safety checker of {model!r}",
                                       local_hint="use a pipeline folder with safety_checker/ and feature_extractor/")

@@ -35,7 +35,8 @@ def save_plan(rows: Sequence[PlanRow], root: str | os.PathLike[str], mode: str =
 def generate_dataset(rows: Sequence[PlanRow], root: str | os.PathLike[str], generator: ImageGenerator, *,
                      class_names: list[str], mode: str = "incremental", worker: tuple[int, int] = (0, 1),
                      batch_size: int = 16, image_format: str = "png", quality: QualityScorer | None = None,
-                     safety: SafetyFn | None = None, reserve: int = 3, encode_workers: int = 4) -> list[dict[str, Any]]:
+                     safety: SafetyFn | None = None, reserve: int = 3,
+                     encode_workers: int | None = None) -> list[dict[str, Any]]:
     """Save the plan, then render and write this worker's pending shards; returns their generation stats."""
     save_plan(rows, root, mode)
     run = GenerationRun(Path(root), generator, list(class_names), image_format=image_format, mode=mode,

@@ -128,7 +128,7 @@ class GenerationRun:
     quality: QualityScorer | None = None
     safety: SafetyFn | None = None
     reserve: int = 3  # replacement seeds per planned image
-    encode_workers: int = 4
+    encode_workers: int | None = None  # PNG encoding threads (default: the CPU count minus 2, 2..8)
     worker: tuple[int, int] = (0, 1)
     stats: list[dict[str, Any]] = field(default_factory=list)
 
@@ -136,6 +136,7 @@ class GenerationRun:
         if self.mode not in MODES:
             raise UsageError(f"unknown mode {self.mode!r} (known: {', '.join(MODES)})")
         self.root = Path(self.root)
+        self.encode_workers = self.encode_workers or max(2, min(8, (os.cpu_count() or 4) - 2))
         self.codec = CODECS.get(self.image_format)
         self.state = RenderState(self.batch_size)
         self.wait_s = 0.0  # time the renderer waited for the writer (encoding/writing not hidden behind rendering)
@@ -173,7 +174,8 @@ class GenerationRun:
         self.stats.append(future.result())
         self.wait_s += time.perf_counter() - t0
 
-    def _render_shard(self, job: ShardJob, enc: ThreadPoolExecutor, b: Any) -> tuple[list[Future[tuple[DebugSample, float]]], dict[str, Any]]:
+    def _render_shard(self, job: ShardJob, enc: ThreadPoolExecutor,
+                      b: Any) -> tuple[list[Future[tuple[DebugSample, float]]], dict[str, Any]]:
         done: dict[int, Future[tuple[DebugSample, float]]] = {}
         failures = {"quality_dropped": 0, "unsafe_flagged": 0, "unfilled": 0}
         history: dict[int, list[str]] = {}
@@ -183,8 +185,8 @@ class GenerationRun:
             for chunk in _chunks(pending, self.state.batch_size):
                 reqs = [row.request(a) for row, a in chunk]
                 images = self.state.render(self.generator, reqs)
-                for (row, attempt), req, image, verdict in zip(chunk, reqs, images, self._verdicts(images, reqs), strict=True):
-                    reason, scores = verdict
+                verdicts = self._verdicts(images, reqs)
+                for (row, attempt), image, (reason, scores) in zip(chunk, images, verdicts, strict=True):
                     if reason is None:
                         done[row.position] = enc.submit(_timed, self._sample, row, attempt, image, scores,
                                                         ",".join(history.get(row.position, [])))

@@ -1,0 +1,159 @@
+#!/usr/bin/env python
+"""Attribution throughput from encoded JPEG files: decode -> CLIP image tower -> scores against contexts.
+
+Writes N JPEG files (a few distinct smooth random images, ImageNet-like size, cycled under distinct names) into
+an ImageFolder, then times `failmode.mining.attribute` with `ClipAttributor` (open_clip, random weights by
+default: `create_clip(MODEL, pretrained=None)`) over all of them, after one warm-up batch.
+
+  # the H100 target (>= 5,000 images/s): nvJPEG decode, bf16, large batches
+  python scripts/bench_attribute.py --device cuda --n 20000 --batch-size 1024 --workers 12 --decode gpu
+  python scripts/bench_attribute.py --device cuda --n 20000 --batch-size 1024 --workers 14 --decode cpu
+  # CPU smoke run (seconds)
+  python scripts/bench_attribute.py --device cpu --model failmode-tiny-clip --n 64 --jpeg-size 64x48 --batch-size 32
+  # decoding alone (no model): the per-worker decode rate that bounds the CPU decoder
+  python scripts/bench_attribute.py --device cpu --decode-only --n 512 --workers 1
+
+Prints one JSON line (configuration and images/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--model", default="ViT-B-32", help="open_clip model (random weights)")
+    p.add_argument("--n", type=int, default=2048, help="images to attribute")
+    p.add_argument("--unique", type=int, default=64, help="distinct images among the N files")
+    p.add_argument("--jpeg-size", default="500x375", help="WxH of the JPEG files (ImageNet's typical size)")
+    p.add_argument("--quality", type=int, default=90)
+    p.add_argument("--classes", type=int, default=10, help="classes (folders); each has --contexts contexts")
+    p.add_argument("--contexts", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
+    p.add_argument("--decode", default="cpu", choices=("cpu", "gpu"))
+    p.add_argument("--no-draft", action="store_true", help="decode JPEGs at full scale (no DCT downscale)")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
+    p.add_argument("--decode-only", action="store_true", help="time decoding to uint8 crops only (no model)")
+    p.add_argument("--images", help="use this existing ImageFolder instead of writing JPEGs")
+    return p.parse_args(argv)
+
+
+def write_jpegs(root: Path, n: int, unique: int, size: tuple[int, int], quality: int, classes: int) -> None:
+    """N JPEG files in `classes` folders; smooth random content (low-frequency noise plus grain)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    w, h = size
+    blobs = []
+    for _ in range(unique):
+        low = rng.uniform(0, 255, (max(2, h // 32), max(2, w // 32), 3)).astype(np.uint8)
+        img = Image.fromarray(low).resize((w, h), Image.Resampling.BICUBIC)
+        arr = np.clip(np.asarray(img, np.float32) + rng.normal(0, 8, (h, w, 3)), 0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="JPEG", quality=quality)
+        blobs.append(buf.getvalue())
+    for c in range(classes):
+        (root / f"class{c:03d}").mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        (root / f"class{i % classes:03d}" / f"{i:07d}.jpg").write_bytes(blobs[i % unique])
+
+
+def vocabulary(class_names: list[str], contexts: int):
+    from failmode.vocab import from_dict
+
+    return from_dict({
+        "format": "failmode-vocabulary/1", "dataset": "bench", "kind": "background", "version": "0",
+        "template": "a photo of a {class_name} {context}", "provenance": {"generator": "bench_attribute.py"},
+        "classes": [{"index": i, "name": n, "prompt_name": n, "contexts": [f"in place {j}" for j in range(contexts)]}
+                    for i, n in enumerate(class_names)]})
+
+
+def time_calls(obj: object, method: str) -> list[float]:
+    """Wrap `obj.method` so that each call's wall time is appended to the returned list."""
+    seconds: list[float] = []
+    inner = getattr(obj, method)
+
+    def timed(*a: object, **k: object) -> object:
+        t = time.perf_counter()
+        try:
+            return inner(*a, **k)
+        finally:
+            seconds.append(time.perf_counter() - t)
+
+    setattr(obj, method, timed)
+    return seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    from failmode.data.sources import open_source
+    from failmode.mining import ClipAttributor, attribute
+    from failmode.mining.images import Preprocess, iter_crops
+    from failmode.models.clip import create_clip
+    from failmode.runtime import configure_cpu_threads, pick_device
+
+    configure_cpu_threads()
+    device = pick_device(args.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(args.images) if args.images else Path(tmp) / "jpegs"
+        if not args.images:
+            w, h = (int(v) for v in args.jpeg_size.split("x"))
+            write_jpegs(root, args.n, args.unique, (w, h), args.quality, args.classes)
+        source = open_source(str(root))
+        n = min(args.n, len(source))
+        clip = create_clip(args.model, pretrained=None, device=device)
+        att = ClipAttributor(clip=clip, device=str(device), batch_size=args.batch_size, num_workers=args.workers,
+                             decode=args.decode, precision=args.precision, draft=not args.no_draft)
+        if device.type == "cuda":
+            att.model.to(memory_format=torch.channels_last)
+        rows = [{"index": i, "image_id": source.ids[i], "label": int(source.labels[i]), "prediction": 0,
+                 "class_name": source.class_names[int(source.labels[i])], "half": "seed"} for i in range(n)]
+        vocab = vocabulary(source.class_names, args.contexts)
+        warm = rows[: min(n, args.batch_size)]
+        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        if args.decode_only:
+            prep = Preprocess.from_open_clip(att.model, draft=not args.no_draft)
+            run = lambda rs: sum(len(x) for x in iter_crops(  # noqa: E731
+                source, [r["index"] for r in rs], prep, device=device, batch_size=args.batch_size,
+                num_workers=args.workers, decode=args.decode))
+        else:
+            run = lambda rs: attribute(rs, source, vocab, att, k=3)  # noqa: E731
+        image_seconds = time_calls(att, "encode_images")
+        run(warm)
+        sync()
+        image_seconds.clear()
+        t0 = time.perf_counter()
+        run(rows)
+        sync()
+        dt = time.perf_counter() - t0
+    result = {
+        "bench": "attribute" + ("-decode-only" if args.decode_only else ""), "model": args.model,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
+        "n": n, "jpeg_size": args.jpeg_size, "batch_size": args.batch_size, "workers": args.workers,
+        "decode": args.decode, "draft": not args.no_draft, "precision": args.precision,
+        "torch_threads": torch.get_num_threads(), "seconds": round(dt, 3), "images_per_s": round(n / dt, 1),
+    }
+    if image_seconds:  # the image side alone (decode + image tower), without the per-class text prompts
+        result["image_seconds"] = round(sum(image_seconds), 3)
+        result["image_images_per_s"] = round(n / sum(image_seconds), 1)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
