@@ -102,20 +102,15 @@ def open_debug_set(spec: str, config: str, model_names: list[str], *, revision: 
     return DebugSet(source, mapping[source.labels], contexts, config, revision or manifest_revision(root))
 
 
-def top_k_mask(labels: np.ndarray, contexts: list[str], k: int, ranking: dict[str, list[str]] | None = None,
-               class_names: list[str] | None = None) -> np.ndarray:
+def top_k_mask(labels: np.ndarray, contexts: list[str], k: int) -> np.ndarray:
     """Rows whose context is among the first `k` failure modes of their class.
 
-    The order of modes is `ranking[class_name]` (e.g. the attribute stage's modes.json) when given, else the order in
-    which each class's contexts first appear in the dataset (plans are written in rank order).
+    A class's modes are ranked by the order in which its contexts first appear in the dataset: sample plans list
+    each class's contexts in rank order and the writer keeps plan order.
     """
     keep = np.zeros(len(labels), dtype=bool)
     for c in np.unique(labels):
         rows = np.flatnonzero(labels == c)
-        order = list(dict.fromkeys(contexts[i] for i in rows))
-        if ranking is not None and class_names is not None:
-            ranked = ranking.get(class_names[c], [])
-            order = [m for m in ranked if m in order] + [m for m in order if m not in ranked]
-        chosen = set(order[:k])
+        chosen = set(list(dict.fromkeys(contexts[i] for i in rows))[:k])
         keep[rows] = [contexts[i] in chosen for i in rows]
     return keep

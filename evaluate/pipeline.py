@@ -149,27 +149,37 @@ def _sources(spec: EvalSpec) -> tuple[ImageSource, ImageSource]:
     return open_source(spec.dataset, train_split), open_source(spec.dataset, eval_split)
 
 
-def _failure_halves(spec: EvalSpec, eval_src: ImageSource, splits: Splits, logits: np.ndarray) -> dict[str, np.ndarray]:
-    """Eval-source indices of the seed and heldout failures: from --failures, else from the model's predictions."""
-    if spec.failures:
-        rows, meta = read_failures(spec.failures)
-        if meta.get("split_seed", spec.split_seed) != spec.split_seed:
-            raise ValidationError(f"{spec.failures}: mined with split seed {meta['split_seed']}, not {spec.split_seed}")
-    else:
-        preds = Predictions(splits.debug, eval_src.labels[splits.debug], logits.argmax(1))
-        rows = failures_from_predictions(eval_src, preds, seed=spec.split_seed)
+def _halves(rows: Sequence[dict[str, Any]], splits: Splits, where: str) -> dict[str, np.ndarray]:
+    """Eval-source indices of the seed and heldout failures in `rows`; all must lie in the debug split."""
     index = {h: np.asarray([r["index"] for r in rows if r["half"] == h], dtype=np.int64) for h in HALVES}
     outside = np.setdiff1d(np.concatenate(list(index.values())), splits.debug)
     if len(outside):
-        raise ValidationError(f"{spec.failures}: {len(outside)} failure indices are not in the debug split "
+        raise ValidationError(f"{where}: {len(outside)} failure indices are not in the debug split "
                               f"(e.g. {outside[:3].tolist()}); mined on another dataset or split?")
     return index
+
+
+def _read_halves(spec: EvalSpec, splits: Splits) -> dict[str, np.ndarray] | None:
+    """Seed/heldout failures from the mining stage's failures.parquet (--failures), or None to recompute them."""
+    if not spec.failures:
+        return None
+    rows, meta = read_failures(spec.failures)
+    for name, want in (("model", spec.model), ("split_seed", spec.split_seed)):
+        if meta.get(name, want) != want:
+            raise ValidationError(f"{spec.failures}: mined with {name} {meta[name]!r}, not {want!r}")
+    return _halves(rows, splits, spec.failures)
+
+
+def _predicted_halves(spec: EvalSpec, eval_src: ImageSource, splits: Splits, logits: np.ndarray) -> dict[str, np.ndarray]:
+    """Seed/heldout failures recomputed from the model's own logits on the debug split (the mining stage's rule)."""
+    preds = Predictions(splits.debug, eval_src.labels[splits.debug], logits.argmax(1))
+    return _halves(failures_from_predictions(eval_src, preds, seed=spec.split_seed), splits, "predicted failures")
 
 
 def load_model_features(spec: EvalSpec, configs: Sequence[str] = ()) -> ModelFeatures:
     """Load the model, split the dataset, extract (or read cached) features of train, debug split and test.
 
-    The debug `configs` are opened (and their class names checked) first, before any forward pass.
+    The debug `configs` (class names checked) and a --failures file are read first, before the model is loaded.
     """
     from failmode.features import extract_features
     from failmode.models.classifier import create_classifier, eval_transform
@@ -178,11 +188,12 @@ def load_model_features(spec: EvalSpec, configs: Sequence[str] = ()) -> ModelFea
     names = eval_src.class_names
     debug_sets = {c: open_debug_set(spec.debug_data, c, names, revision=spec.revision, split=spec.debug_split)
                   for c in configs}
+    splits = make_splits(train_src.labels, eval_src.labels, seed=spec.split_seed, **spec.recipe())
+    halves = _read_halves(spec, splits)
     net = create_classifier(spec.model, spec.weights)
     if getattr(net, "num_classes", None) != len(names):
         raise UsageError(f"{spec.model} has {getattr(net, 'num_classes', '?')} classes but {spec.dataset} has "
                          f"{len(names)}; evaluate it on the dataset it was trained for")
-    splits = make_splits(train_src.labels, eval_src.labels, seed=spec.split_seed, **spec.recipe())
     kw = {"model_key": model_key(spec.model, spec.weights), "transform": eval_transform(net, spec.image_size),
           "batch_size": spec.batch_size, "device": spec.device, "precision": spec.precision,
           "num_workers": spec.num_workers,
@@ -191,7 +202,7 @@ def load_model_features(spec: EvalSpec, configs: Sequence[str] = ()) -> ModelFea
              for name, src, idx in (("train", train_src, splits.train), ("debug", eval_src, splits.debug),
                                     ("test", eval_src, splits.test))}
     debug = feats["debug"]
-    halves = _failure_halves(spec, eval_src, splits, debug.logits)
+    halves = halves if halves is not None else _predicted_halves(spec, eval_src, splits, debug.logits)
     pos = {int(i): j for j, i in enumerate(splits.debug)}
     half = {h: Labeled(debug.features[[pos[int(i)] for i in idx]], eval_src.labels[idx]) for h, idx in halves.items()}
     log.info("%s: %d train, %d test, %d seed and %d heldout failures", spec.model, len(splits.train),

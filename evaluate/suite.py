@@ -2,8 +2,8 @@
 
 Outputs under `out_dir`: results.jsonl (append-only, one line per model x config x setting), tables.md,
 per_class/*.json, sweeps/<model>__{lambda,k}.{json,png}, collective.{json,png}. With `skip_existing`, runs whose
-key is already in results.jsonl are skipped before any model or feature is loaded; the tables and plots are then
-redrawn from the log.
+key is already in results.jsonl are skipped before any model or feature is loaded; when nothing new was run, the
+tables and plots are left as they are (delete tables.md to redraw them from the log).
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ def run_suite(specs: Sequence[EvalSpec], params: HeadParams, out_dir: str | os.P
         runs += [run for s, run in coll if s is spec]
         new, _ = execute(runs, spec, params, results, skip_existing, out_dir=out)
         written += new
-    _write_reports(out, results.read(), specs, params, lambdas, ks, [run for _, run in coll])
+    if written or not (out / "tables.md").exists():
+        _write_reports(out, results.read(), specs, params, lambdas, ks, [run for _, run in coll])
     return written
 
 
