@@ -43,8 +43,8 @@ def _fetch_hub(repo: str, config: str, revision: str | None) -> Path:
         return Path(snapshot_download(ident, repo_type="dataset", revision=revision, local_files_only=local_only,
                                       allow_patterns=[f"data/{config}/*", MANIFEST]))
 
-    return load_from_hub_or_local(repo, load, what=f"the debug dataset {repo!r} (config {config}, revision "
-                                  f"{revision or 'main'})", local_hint="pass a local copy as --debug-data /path/to/folder")
+    what = f"the debug dataset {repo!r} (config {config}, revision {revision or 'main'})"
+    return load_from_hub_or_local(repo, load, what=what, local_hint="pass a local copy as --debug-data /path/to/folder")
 
 
 def _source_spec(spec: str, config: str, revision: str | None) -> tuple[str, Path | None]:

@@ -57,7 +57,8 @@ class LinearHead:
         self.weight = _as_tensor(self.weight, torch.float32).cpu().contiguous()
         self.bias = _as_tensor(self.bias, torch.float32).cpu().contiguous()
         if self.weight.ndim != 2 or self.bias.shape != (self.weight.shape[0],):
-            raise ValueError(f"weight must be [C, D] and bias [C]; got {tuple(self.weight.shape)}, {tuple(self.bias.shape)}")
+            raise ValueError(f"weight must be [C, D] and bias [C]; got {tuple(self.weight.shape)}, "
+                             f"{tuple(self.bias.shape)}")
 
     @property
     def num_classes(self) -> int:
@@ -119,7 +120,8 @@ def _stack(train_x: ArrayLike, train_y: ArrayLike, debug_x: ArrayLike | None, de
     """Concatenated features, labels and per-sample loss weights (1/N_o original, lam/N_d debug)."""
     x, y = _as_tensor(train_x, torch.float32), _as_tensor(train_y, torch.int64)
     if x.ndim != 2 or y.shape != (x.shape[0],) or len(y) == 0:
-        raise UsageError(f"train features must be [N, D] with N labels, N > 0; got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise UsageError(f"train features must be [N, D] with N labels, N > 0; got {tuple(x.shape)} and "
+                         f"{tuple(y.shape)}")
     if lam < 0 or not math.isfinite(lam):
         raise UsageError(f"lambda must be a finite number >= 0, got {lam}")
     if (debug_x is None) != (debug_y is None):
@@ -129,7 +131,8 @@ def _stack(train_x: ArrayLike, train_y: ArrayLike, debug_x: ArrayLike | None, de
         return x, y, w
     dx, dy = _as_tensor(debug_x, torch.float32), _as_tensor(debug_y, torch.int64)
     if dx.ndim != 2 or dx.shape[1] != x.shape[1] or dy.shape != (dx.shape[0],):
-        raise UsageError(f"debug features must be [M, {x.shape[1]}] with M labels; got {tuple(dx.shape)} and {tuple(dy.shape)}")
+        raise UsageError(f"debug features must be [M, {x.shape[1]}] with M labels; got {tuple(dx.shape)} and "
+                         f"{tuple(dy.shape)}")
     if len(dy) == 0:
         raise UsageError("the debug set is empty but lambda > 0")
     dw = torch.full((len(dy),), lam / len(dy))

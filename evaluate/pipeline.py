@@ -13,12 +13,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from failmode import __version__
 from failmode.data.sources import KNOWN_DATASETS, ImageSource, open_source
 from failmode.data.splits import Splits, make_splits, recipe_for
 from failmode.dataset.layout import config_slug
@@ -170,7 +172,8 @@ def _read_halves(spec: EvalSpec, splits: Splits) -> dict[str, np.ndarray] | None
     return _halves(rows, splits, spec.failures)
 
 
-def _predicted_halves(spec: EvalSpec, eval_src: ImageSource, splits: Splits, logits: np.ndarray) -> dict[str, np.ndarray]:
+def _predicted_halves(spec: EvalSpec, eval_src: ImageSource, splits: Splits,
+                      logits: np.ndarray) -> dict[str, np.ndarray]:
     """Seed/heldout failures recomputed from the model's own logits on the debug split (the mining stage's rule)."""
     preds = Predictions(splits.debug, eval_src.labels[splits.debug], logits.argmax(1))
     return _halves(failures_from_predictions(eval_src, preds, seed=spec.split_seed), splits, "predicted failures")
@@ -258,7 +261,8 @@ def base_record(spec: EvalSpec, setting: str, config: str | None, params: dict[s
 
 def standard_runs(spec: EvalSpec, params: HeadParams) -> list[dict[str, Any]]:
     """The identifying fields of the standard settings: original, retrain, debug (model config, baseline)."""
-    runs = [base_record(spec, "original", None, {}), base_record(spec, "retrain", None, head_params_json(params, False))]
+    runs = [base_record(spec, "original", None, {}),
+            base_record(spec, "retrain", None, head_params_json(params, False))]
     for config in dict.fromkeys(c for c in (spec.model_config, spec.baseline_config) if c):
         runs.append(base_record(spec, "debug", config, head_params_json(params, True)))
     return runs
@@ -278,7 +282,8 @@ def run_one(mf: ModelFeatures, run: dict[str, Any], params: HeadParams) -> tuple
         mf, dataclasses.replace(params, lam=lam if lam is not None else params.lam), data)
     rec = {**run, **evaluate_head(head, mf), "n_train": len(mf.train.y), "n_test": len(mf.test.y),
            "n_seed": len(mf.seed.y), "n_heldout": len(mf.heldout.y), "n_debug": 0 if data is None else len(data.y),
-           "dataset_version": debug.version if debug else None}
+           "dataset_version": debug.version if debug else None, "model_key": mf.features_kw.get("model_key"),
+           "failmode_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     return rec, head
 
 
@@ -297,22 +302,27 @@ def per_class_gains(before: LinearHead, after: LinearHead, mf: ModelFeatures) ->
     return out
 
 
-def execute(runs: list[dict[str, Any]], spec: EvalSpec, params: HeadParams, log_: ResultsLog, skip_existing: bool,
-            mf: ModelFeatures | None = None, out_dir: Path | None = None) -> tuple[list[dict[str, Any]], ModelFeatures | None]:
-    """Run the planned `runs` not already in the log (with `skip_existing`), appending each record as it finishes."""
-    done = log_.done() if skip_existing else set()
+def execute(runs: list[dict[str, Any]], spec: EvalSpec, params: HeadParams, results: ResultsLog, skip_existing: bool,
+            out_dir: Path | None = None) -> list[dict[str, Any]]:
+    """Run the planned `runs` not already in the log (with `skip_existing`), appending each record as it finishes.
+
+    The model and features are loaded only if some run is pending. Per-class gains of each `debug` run go to
+    out_dir/per_class/. Returns the records written.
+    """
+    done = results.done() if skip_existing else set()
     pending = [r for r in runs if result_key(r) not in done]
     log.info("%s: %d of %d runs to do (%d already in %s)", spec.model, len(pending), len(runs),
-             len(runs) - len(pending), log_.path)
-    written = []
+             len(runs) - len(pending), results.path)
+    written: list[dict[str, Any]] = []
+    mf = None
     configs = list(dict.fromkeys(r["config"] for r in pending if r["config"]))
     for run in pending:
         mf = mf or load_model_features(spec, configs)
         rec, head = run_one(mf, run, params)
-        written += log_.append([rec])
-        if out_dir is not None and run["setting"] == "debug" and run["params"].get("k") is None:
+        written += results.append([rec])
+        if out_dir is not None and run["setting"] == "debug":
             name = f"{config_slug(spec.model)}__{run['config']}__lam{run['params']['lam']}"
             write_json(out_dir / "per_class" / f"{name}.json", per_class_gains(mf.original, head, mf))
         log.info("%s %s %s: %s", spec.model, run["setting"], run["config"] or "",
                  ", ".join(f"{m} {rec[m] if rec[m] is None else round(100 * rec[m], 2)}" for m in METRICS))
-    return written, mf
+    return written

@@ -38,8 +38,7 @@ def run_suite(specs: Sequence[EvalSpec], params: HeadParams, out_dir: str | os.P
     for spec in specs:
         runs = standard_runs(spec, params) + lambda_runs(spec, params, lambdas) + k_runs(spec, params, ks)
         runs += [run for s, run in coll if s is spec]
-        new, _ = execute(runs, spec, params, results, skip_existing, out_dir=out)
-        written += new
+        written += execute(runs, spec, params, results, skip_existing, out_dir=out)
     if written or not (out / "tables.md").exists():
         _write_reports(out, results.read(), specs, params, lambdas, ks, [run for _, run in coll])
     return written

@@ -129,12 +129,15 @@ def test_collective_relative_accuracy(world, tmp_path):
     assert {(r["model"], r["setting"]) for r in rows} == {
         (m, s) for m in ("test_convnext", "test_resnet")
         for s in ("collective-individual", "collective-type1", "collective-type2")}
-    for r in rows:
-        if r["setting"] == "collective-individual" or (r["setting"], r["model"]) == ("collective-type2", "test_convnext"):
-            # type 2 with the first model's own config is that model's individual debugging, exactly
-            assert r["test_relative"] == 1.0 and r["config"] == "test_convnext" or r["model"] == "test_resnet"
-    type2 = {r["model"]: r for r in rows if r["setting"] == "collective-type2"}
-    assert type2["test_resnet"]["config"] == "test_convnext"
+    rel = {(r["model"], r["setting"].removeprefix("collective-")): r for r in rows}
+    assert [rel[m, "individual"]["test_relative"] for m in ("test_convnext", "test_resnet")] == [1.0, 1.0]
+    assert {rel[m, s]["config"] for m in ("test_convnext", "test_resnet") for s in ("type1", "type2")} == {
+        "collective-fam", "test_convnext"}
+    assert rel["test_resnet", "individual"]["config"] == "test_resnet"
+    # type 2 with the first model's own config is that model's individual debugging, exactly
+    ind, same = rel["test_convnext", "individual"], rel["test_convnext", "type2"]
+    assert [same[m] for m in ("test", "seed", "heldout")] == [ind[m] for m in ("test", "seed", "heldout")]
+    assert same["test_relative"] == 1.0
     assert (out / "collective.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -195,3 +198,15 @@ def test_failures_from_the_mining_stage(world, tmp_path, capsys):
     assert main(args) == 1
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("failmode evaluate:")]
     assert len(err) == 1 and "mined with model 'resnet50', not 'test_convnext'" in err[0]
+
+
+def test_hub_debug_data_offline_is_one_clear_line(tmp_path, monkeypatch):
+    from failmode.errors import LoadError
+    from failmode.evaluate.data import open_debug_set
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))  # an empty cache: nothing to fall back on
+    with pytest.raises(LoadError) as e:
+        open_debug_set("failmode/imagenet-bg-debug", "resnet50", NAMES, revision="v1.0.0")
+    msg = str(e.value)
+    assert "\n" not in msg and "'failmode/imagenet-bg-debug' (config resnet50, revision v1.0.0)" in msg
+    assert "not reachable" in msg and "--debug-data /path/to/folder" in msg
