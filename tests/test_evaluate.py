@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +25,15 @@ def _ds(n: int, seed: int, names: list[str] = NAMES):
 
 
 def _write_config(root: Path, config: str, n: int, seed: int, names: list[str] = NAMES) -> None:
-    ds = _ds(n, seed, names)
-    contexts = [f"ctx{(i // USED) % 2}" for i in range(n)]  # two contexts per class, ctx0 first
-    ds = ds.add_column("context", contexts).add_column("class_name", [names[y] for y in ds["label"]])
-    path = root / "data" / config / "train-00000-of-00001.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.to_parquet(str(path))
+    """One config of a debug dataset, written by the project's dataset writer (parquet + webdataset shard)."""
+    from failmode.dataset.writer import write_shard
+
+    images, labels = synthetic_images(n, size=32, seed=seed, num_classes=USED)
+    samples = [{"image": im, "label": y, "class_name": names[y], "context": f"ctx{(i // USED) % 2}",  # ctx0 first
+                "context_kind": "background", "prompt": f"a photo of a {names[y]}", "seed": i, "generator": "test",
+                "source_model": config} for i, (im, y) in enumerate(zip(images, labels))]
+    stats = write_shard(root, config, "train", 0, 1, samples, class_names=names)
+    assert not stats.get("rejected")
 
 
 @pytest.fixture(scope="module")
@@ -159,21 +160,15 @@ def test_class_name_mismatch_is_one_line(world, tmp_path, capsys, monkeypatch):
 def test_webdataset_debug_data(world, tmp_path):
     from failmode.evaluate.data import open_debug_set
 
-    shard_dir = tmp_path / "wdsroot" / "wds" / "test_convnext"
-    shard_dir.mkdir(parents=True)
-    images, labels = synthetic_images(3, size=32, seed=5, num_classes=3)
-    with tarfile.open(shard_dir / "train-00000-of-00001.tar", "w") as tar:
-        for i, (im, y) in enumerate(zip(images, labels)):
-            buf = io.BytesIO()
-            im.save(buf, format="PNG")
-            for ext, data in (("png", buf.getvalue()), ("cls", str(y).encode())):
-                info = tarfile.TarInfo(f"{i:06d}.{ext}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-    names = ["c002", "c000", "c001"]  # a different order than the model's: labels are mapped by name
-    (shard_dir / "_info.json").write_text(json.dumps({"splits": {"train": {"num_samples": 3}}, "class_names": names}))
-    ds = open_debug_set(f"wds:{tmp_path / 'wdsroot'}", "test_convnext", NAMES)
+    names = ["c002", "c000", "c001", "c003"]  # a different order than the model's: labels are mapped by name
+    _write_config(tmp_path / "ds", "test_convnext", 6, 5, names)
+    shard_dir = tmp_path / "ds" / "wds" / "test_convnext"
+    (shard_dir / "_info.json").write_text(json.dumps({"splits": {"train": {"num_samples": 6}}, "class_names": names}))
+    ds = open_debug_set(f"wds:{tmp_path / 'ds'}", "test_convnext", NAMES)
+    labels = np.arange(6) % USED
     assert np.array_equal(ds.labels, [NAMES.index(names[y]) for y in labels]) and ds.contexts is None
+    from_parquet = open_debug_set(str(tmp_path / "ds"), "test_convnext", NAMES)
+    assert np.array_equal(from_parquet.labels, ds.labels) and from_parquet.contexts == ["ctx0"] * 4 + ["ctx1"] * 2
 
 
 def test_failures_from_the_mining_stage(world, tmp_path, capsys):
