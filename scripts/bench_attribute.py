@@ -7,6 +7,7 @@ default: `create_clip(MODEL, pretrained=None)`) over all of them, after one warm
 
   # the H100 target (>= 5,000 images/s): nvJPEG decode, bf16, large batches
   python scripts/bench_attribute.py --device cuda --n 20000 --batch-size 1024 --workers 12 --decode gpu
+  python scripts/bench_attribute.py --device cuda --n 20000 --batch-size 1024 --workers 14 --decode hybrid
   python scripts/bench_attribute.py --device cuda --n 20000 --batch-size 1024 --workers 14 --decode cpu
   # CPU smoke run (seconds)
   python scripts/bench_attribute.py --device cpu --model failmode-tiny-clip --n 64 --jpeg-size 64x48 --batch-size 32
@@ -43,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--contexts", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
-    p.add_argument("--decode", default="cpu", choices=("cpu", "gpu"))
+    p.add_argument("--decode", default="cpu", choices=("cpu", "hybrid", "gpu"))
     p.add_argument("--no-draft", action="store_true", help="decode JPEGs at full scale (no DCT downscale)")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
     p.add_argument("--decode-only", action="store_true", help="time decoding to uint8 crops only (no model)")
@@ -119,8 +120,6 @@ def main(argv: list[str] | None = None) -> int:
         clip = create_clip(args.model, pretrained=None, device=device)
         att = ClipAttributor(clip=clip, device=str(device), batch_size=args.batch_size, num_workers=args.workers,
                              decode=args.decode, precision=args.precision, draft=not args.no_draft)
-        if device.type == "cuda":
-            att.model.to(memory_format=torch.channels_last)
         rows = [{"index": i, "image_id": source.ids[i], "label": int(source.labels[i]), "prediction": 0,
                  "class_name": source.class_names[int(source.labels[i])], "half": "seed"} for i in range(n)]
         vocab = vocabulary(source.class_names, args.contexts)

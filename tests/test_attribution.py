@@ -133,7 +133,7 @@ def mined(tmp_path_factory):
     from failmode.testing import tiny_image_dataset
 
     root = tmp_path_factory.mktemp("attr")
-    ds = tiny_image_dataset("cifar10", n=30)
+    ds = tiny_image_dataset("cifar10", n=30, size=48)  # larger than the tiny CLIP input: resizing is exercised
     jpegs = []
     for im in ds["img"]:
         buf = io.BytesIO()
@@ -254,3 +254,20 @@ def test_cli_attribute_and_missing_class(cli, capsys, mined, clip_checkpoint, tm
     rc = cli([*base, "--vocabulary", str(tmp_path / "v.json"), "--out", str(tmp_path / "o2")])
     err = capsys.readouterr().err.strip()
     assert rc == 1 and len(err.splitlines()) == 1 and "no contexts for class 4 ('deer')" in err, err
+
+
+def test_hybrid_and_gpu_decoders_match_cpu_decoder(mined, tiny_clip):
+    """Device-side resizing (hybrid; gpu falls back to it off CUDA) stays within a few grey levels of PIL's."""
+    import torch
+
+    from failmode.data.sources import open_source
+    from failmode.mining.images import Preprocess, iter_crops
+
+    src = open_source(str(mined / "data"))
+    prep = Preprocess.from_open_clip(tiny_clip.model, draft=False)
+    cpu = torch.device("cpu")
+    ref = torch.cat(list(iter_crops(src, range(10), prep, device=cpu, batch_size=4))).int()
+    for decode in ("hybrid", "gpu"):
+        got = torch.cat(list(iter_crops(src, range(10), prep, device=cpu, batch_size=4, decode=decode))).int()
+        assert got.shape == ref.shape == (10, 3, 32, 32)
+        assert (got - ref).abs().float().mean() < 0.5 and (got - ref).abs().max() <= 4

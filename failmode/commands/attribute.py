@@ -40,7 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers decoding images")
-    p.add_argument("--decode", default="cpu", choices=("cpu", "gpu"), help="JPEG decoding: worker CPUs or nvJPEG")
+    p.add_argument("--decode", default="cpu", choices=("cpu", "hybrid", "gpu"),
+                   help="cpu: workers decode and resize (open_clip's exact preprocessing); hybrid: workers decode, "
+                        "the device resizes; gpu: nvJPEG decode on the GPU")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
     p.add_argument("--cache-dir", help="embedding cache (default: $FAILMODE_CACHE_DIR or ~/.cache/failmode)")
 

@@ -45,13 +45,16 @@ class ClipAttributor(Attributor):
 
     `model`/`pretrained` name any open_clip model and tag or a local checkpoint (`failmode.models.clip`), or
     pass a ready `clip` (a `failmode.models.clip.Clip`). Images go through `failmode.mining.images`
-    (`decode="cpu"` workers or `"gpu"` nvJPEG), bf16 autocast and channels_last on CUDA.
+    (`decode`: "cpu" workers, "hybrid" worker decode + device resize, or "gpu" nvJPEG), with bf16 autocast and
+    channels_last on CUDA.
     """
 
     def __init__(self, model: str = "ViT-B-32", pretrained: str | None = "openai", *, clip: Any | None = None,
                  templates: str | os.PathLike[str] | Sequence[str] | None = None, kind: str = "background",
                  device: str | None = None, batch_size: int = 256, precision: str = "auto", num_workers: int = 0,
                  decode: str = "cpu", draft: bool = True) -> None:
+        import torch
+
         from failmode.mining.images import Preprocess
         from failmode.models.clip import create_clip
         from failmode.runtime import autocast_dtype, pick_device
@@ -59,6 +62,8 @@ class ClipAttributor(Attributor):
         self.device = pick_device(device)
         self.clip = clip if clip is not None else create_clip(model, pretrained, device=self.device)
         self.model = self.clip.model.to(self.device).eval()
+        if self.device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.templates = load_templates(templates, kind)
         self.prep = Preprocess.from_open_clip(self.model, draft=draft)
         self.dtype = autocast_dtype(self.device, precision)

@@ -1,11 +1,13 @@
 """The image fast path of attribution: encoded bytes -> uint8 crops -> normalised batches on the device.
 
-Two decoders, both overlapping decoding with model compute through DataLoader workers:
+Three decoders, all overlapping decoding with model compute through DataLoader workers:
   - "cpu": each worker reads the encoded bytes, decodes with PIL (JPEGs are decoded at a reduced DCT scale when
     the image is at least twice the target size, `draft`), resizes the shortest side and centre-crops, and hands
-    over uint8 crops (4x less to copy than float);
+    over uint8 crops (4x less to copy than float). Pixel-identical to open_clip's preprocessing without `draft`;
+  - "hybrid": workers only decode (libjpeg-turbo through torchvision); the antialiased resize and crop run on
+    the device, one call per distinct image size in a batch (resizing costs twice the decode on a CPU core);
   - "gpu": workers only read bytes; JPEGs are decoded in batches on the GPU (`torchvision.io.decode_jpeg`,
-    nvJPEG) and resized there; other formats fall back to the CPU decoder.
+    nvJPEG) and resized there; other formats are decoded by the workers.
 Normalisation (mean/std), the dtype cast and channels_last happen on the device.
 """
 
@@ -27,7 +29,7 @@ log = logging.getLogger(__name__)
 
 _PIL_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
                  "nearest": Image.Resampling.NEAREST}
-DECODERS = ("cpu", "gpu")
+DECODERS = ("cpu", "hybrid", "gpu")
 
 
 @dataclass(frozen=True)
@@ -96,60 +98,106 @@ class _Crops(torch.utils.data.Dataset):
         return decode_crop(self.source, int(self.indices[j]), self.prep)
 
 
+def decode_full(source: ImageSource, i: int) -> torch.Tensor:
+    """The i-th image decoded at full size, uint8 [3, H, W] (JPEGs with libjpeg-turbo via torchvision)."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    data = source.encoded(i)
+    if is_jpeg(data):
+        try:
+            return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        except RuntimeError:  # unusual JPEGs (CMYK, truncated): PIL below
+            pass
+    img = source.image(i) if data is None else Image.open(io.BytesIO(data)).convert("RGB")
+    return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+
+
+class _Decoded(_Crops):
+    """Hybrid decoder: full-size uint8 images; resizing happens on the device."""
+
+    def __getitem__(self, j: int) -> torch.Tensor:
+        return decode_full(self.source, int(self.indices[j]))
+
+
 class _Bytes(_Crops):
-    """GPU decoder: raw JPEG bytes as a 1-D uint8 tensor, or a CPU-decoded crop for other formats."""
+    """GPU decoder: raw JPEG bytes as a 1-D uint8 tensor; other formats decoded here at full size."""
 
     def __getitem__(self, j: int) -> torch.Tensor:
         i = int(self.indices[j])
         data = self.source.encoded(i)
         if is_jpeg(data):
             return torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        return decode_crop(self.source, i, self.prep)
+        return decode_full(self.source, i)
 
 
-def _gpu_crop(img: torch.Tensor, prep: Preprocess) -> torch.Tensor:
-    """Resize (antialiased) and centre-crop one decoded [3, H, W] uint8 image on its device."""
-    h, w = img.shape[-2:]
-    nw, nh = resized_size(w, h, prep.size)
-    x = torch.nn.functional.interpolate(img[None].float(), size=(nh, nw), mode=prep.interpolation,
-                                        antialias=prep.interpolation != "nearest", align_corners=False)
-    top, left = int(round((nh - prep.size) / 2.0)), int(round((nw - prep.size) / 2.0))
-    return x[0, :, top:top + prep.size, left:left + prep.size].round_().clamp_(0, 255).to(torch.uint8)
+def device_crops(images: list[torch.Tensor], prep: Preprocess, device: torch.device) -> torch.Tensor:
+    """Resize (antialiased) and centre-crop full-size uint8 images [3, H, W] on `device`: uint8 [B, 3, S, S].
+
+    Images of equal size are resized together (one interpolate call per size in the batch).
+    """
+    out = torch.empty((len(images), 3, prep.size, prep.size), dtype=torch.uint8, device=device)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for j, img in enumerate(images):
+        groups.setdefault(tuple(img.shape[-2:]), []).append(j)
+    for (h, w), members in groups.items():
+        x = torch.stack([images[j] for j in members]).to(device, non_blocking=True).float()
+        nw, nh = resized_size(w, h, prep.size)
+        if (nh, nw) != (h, w):
+            smooth = prep.interpolation != "nearest"
+            x = torch.nn.functional.interpolate(x, size=(nh, nw), mode=prep.interpolation, antialias=smooth,
+                                                align_corners=False if smooth else None)
+        top, left = int(round((nh - prep.size) / 2.0)), int(round((nw - prep.size) / 2.0))
+        crop = x[:, :, top:top + prep.size, left:left + prep.size].round_().clamp_(0, 255)
+        out[torch.tensor(members, device=device)] = crop.to(torch.uint8)
+    return out
 
 
 def _decode_on_gpu(items: list[torch.Tensor], prep: Preprocess, device: torch.device) -> torch.Tensor:
     from torchvision.io import ImageReadMode, decode_jpeg
 
     raw = [j for j, t in enumerate(items) if t.dim() == 1]
-    out: list[torch.Tensor | None] = [t.to(device, non_blocking=True) if t.dim() == 3 else None for t in items]
+    images = list(items)
     if raw:
         try:
             decoded = decode_jpeg([items[j] for j in raw], mode=ImageReadMode.RGB, device=device)
         except RuntimeError:  # e.g. a CMYK JPEG nvJPEG rejects: decode this batch on the CPU instead
-            decoded = [decode_jpeg(items[j], mode=ImageReadMode.RGB).to(device) for j in raw]
+            decoded = [decode_jpeg(items[j], mode=ImageReadMode.RGB) for j in raw]
         for j, img in zip(raw, decoded):
-            out[j] = _gpu_crop(img, prep)
-    return torch.stack(out)  # type: ignore[arg-type]
+            images[j] = img
+    return device_crops(images, prep, device)
 
 
-def _stack(items: list[torch.Tensor]) -> Any:
+def _as_list(items: list[torch.Tensor]) -> list[torch.Tensor]:
     return items
+
+
+#: decoder name -> the per-image dataset its workers run
+_DATASETS: dict[str, type[_Crops]] = {"cpu": _Crops, "hybrid": _Decoded, "gpu": _Bytes}
 
 
 def iter_crops(source: ImageSource, indices: Sequence[int] | np.ndarray, prep: Preprocess, *, device: torch.device,
                batch_size: int = 256, num_workers: int = 0, decode: str = "cpu") -> Iterator[torch.Tensor]:
-    """uint8 batches [B, 3, size, size] on `device`, in `indices` order; decoding runs ahead in workers."""
+    """uint8 batches [B, 3, size, size] on `device`, in `indices` order; decoding runs ahead in workers.
+
+    `decode`: "cpu" (decode + resize in workers, PIL: the exact open_clip preprocessing), "hybrid" (workers
+    decode, the device resizes), "gpu" (nvJPEG decode and resize on a CUDA device; elsewhere as "hybrid").
+    """
     if decode not in DECODERS:
-        raise ValueError(f"decode must be one of {DECODERS}, not {decode!r}")
+        raise ValueError(f"decode must be one of {', '.join(DECODERS)}, not {decode!r}")
+    if decode == "gpu" and device.type != "cuda":
+        decode = "hybrid"
     idx = np.asarray(indices, dtype=np.int64)
-    gpu = decode == "gpu" and device.type == "cuda"
-    dataset = (_Bytes if gpu else _Crops)(source, idx, prep)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=device.type == "cuda" and not gpu,
-        collate_fn=_stack if gpu else None, prefetch_factor=4 if num_workers else None,
-        persistent_workers=False)
+        _DATASETS[decode](source, idx, prep), batch_size=batch_size, num_workers=num_workers,
+        pin_memory=device.type == "cuda" and decode != "gpu", collate_fn=None if decode == "cpu" else _as_list,
+        prefetch_factor=4 if num_workers else None)
     for batch in loader:
-        yield _decode_on_gpu(batch, prep, device) if gpu else batch.to(device, non_blocking=True)
+        if decode == "cpu":
+            yield batch.to(device, non_blocking=True)
+        elif decode == "hybrid":
+            yield device_crops(batch, prep, device)
+        else:
+            yield _decode_on_gpu(batch, prep, device)
 
 
 def normalize(x: torch.Tensor, prep: Preprocess, dtype: torch.dtype = torch.float32) -> torch.Tensor:
