@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         dt = time.perf_counter() - t0
     result = {
         "bench": "attribute" + ("-decode-only" if args.decode_only else ""), "model": args.model,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda"
+        else f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
         "n": n, "jpeg_size": args.jpeg_size, "batch_size": args.batch_size, "workers": args.workers,
         "decode": args.decode, "draft": not args.no_draft, "precision": args.precision,
         "torch_threads": torch.get_num_threads(), "seconds": round(dt, 3), "images_per_s": round(n / dt, 1),

@@ -182,3 +182,22 @@ def test_cli_models_form_shares_cache(cli, capsys, world, tmp_path):
     assert rc == 0 and out == [str(tmp_path / "runs" / m / "failures.parquet") for m in ("test_vit", "test_convnext")]
     assert [read_failures(p)[1]["model"] for p in out] == ["test_vit", "test_convnext"]
     assert len(list((tmp_path / "c" / "features").glob("*.npz"))) == 2
+
+
+def test_head_trained_on_the_train_split(world, tmp_path):
+    """--head train: features of the recorded train subset fit a linear head (the evaluate package's trainer)."""
+    import datasets
+
+    from failmode.testing import tiny_image_dataset
+
+    dd = datasets.DatasetDict({"train": tiny_image_dataset("cifar10", n=30, seed=1),
+                               "test": tiny_image_dataset("cifar10", n=20, seed=2)})
+    dd.save_to_disk(str(tmp_path / "dd"))
+    p = mine_failures(ARCH, str(tmp_path / "dd"), out_dir=tmp_path / "o", weights=str(world / "w.pth"), head="train",
+                      split="test", train_split="train", train_per_class=2, debug_per_class=1, device="cpu",
+                      cache_dir=tmp_path / "c")
+    rows, meta = read_failures(p)
+    splits = json.loads((p.parent / "splits.json").read_text())
+    assert len(splits["train"]) == 20 and len(splits["debug"]) == 10 and meta["n_debug"] == 10
+    assert meta["head"] == "linear head trained on 20 train images"
+    assert meta["accuracy"] == pytest.approx(1 - len(rows) / 10)

@@ -30,13 +30,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="output folder (only with one failures table; default: beside the table)")
     p.add_argument("--attributor", default="clip", help="registered attributor (default clip)")
     p.add_argument("--clip-model", default="ViT-B-32", help="open_clip model name or config JSON (default ViT-B-32)")
-    p.add_argument("--clip-pretrained", default="openai", help="open_clip pretrained tag or local checkpoint (default openai)")
+    p.add_argument("--clip-pretrained", default="openai",
+                   help="open_clip pretrained tag or local checkpoint (default openai)")
     p.add_argument("--templates", help="prompt templates JSON (default: failmode/mining/templates.json)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="extra attributor option (VALUE parsed as JSON when it can be); repeatable")
     p.add_argument("--dataset", help="read images from here instead of the dataset the failures were mined on")
     p.add_argument("--split", help="split of --dataset")
-    p.add_argument("--include-heldout", action="store_true", help="also attribute heldout failures (not counted in modes)")
+    p.add_argument("--include-heldout", action="store_true",
+                   help="also attribute heldout failures (not counted in modes)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers decoding images")

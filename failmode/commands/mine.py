@@ -19,16 +19,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--model", help="a timm model name, e.g. resnet50")
     which.add_argument("--models", nargs="+", metavar="MODEL", help="several timm models (OUT/<model>/ each)")
-    p.add_argument("--dataset", required=True, help="imagenet-1k, cifar10, cifar100, hf:ORG/NAME, a local folder or wds:DIR")
+    p.add_argument("--dataset", required=True,
+                   help="imagenet-1k, cifar10, cifar100, hf:ORG/NAME, a local folder or wds:DIR")
     p.add_argument("--out", required=True, help="output folder (with --models: the parent of one folder per model)")
-    p.add_argument("--weights", default="timm", help="timm (pretrained), none, a state-dict file or an offline provider")
+    p.add_argument("--weights", default="timm",
+                   help="timm (pretrained), none, a state-dict file or an offline weight provider")
     p.add_argument("--head", help="a linear head file (.npz/.safetensors/.pt with weight, bias) or 'train' to fit "
                                   "one on the train split; needed when the model's classes are not the dataset's")
     p.add_argument("--split", help="split holding the debug images (default: the dataset's evaluation split)")
     p.add_argument("--train-split", help="split the head is trained on with --head train (default: train)")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the debug/test split and the halves (default 0)")
     p.add_argument("--train-per-class", type=float, help="override the recipe: train images per class")
-    p.add_argument("--debug-per-class", type=float, help="override the recipe: debug images per class (a count, or a fraction < 1)")
+    p.add_argument("--debug-per-class", type=float,
+                   help="override the recipe: debug images per class (a count, or a fraction < 1)")
     p.add_argument("--image-size", type=int, help="override the model's input size")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--batch-size", type=int, default=256)

@@ -182,7 +182,8 @@ def attribute_failures(
     att = attributor if isinstance(attributor, Attributor) else make_attributor(attributor, attributor_options, kind)
     result = attribute(rows, source, vocab, att, k=k, cache_dir=Path(cache_dir or default_cache_dir()),
                        halves=halves, vocabulary_name=str(vocabulary))
-    out = Path(out_dir) if out_dir is not None else Path(failures).parent if Path(failures).is_file() else Path(failures)
+    table = Path(failures)
+    out = Path(out_dir) if out_dir is not None else table.parent if table.is_file() else table
     return write_attribution(out, result, meta, rows, vocab)
 
 

@@ -54,7 +54,8 @@ def load_head(path: str | os.PathLike[str]) -> LinearHead:
         arrays = {k: v.float().numpy() for k, v in state.items() if hasattr(v, "numpy")}
     arrays = {k.split(".")[-1]: v for k, v in arrays.items()}  # accept "fc.weight" / "head.bias" style keys
     if "weight" not in arrays or "bias" not in arrays:
-        raise ValidationError(f"{path}: a head file needs 'weight' and 'bias' arrays (found {', '.join(arrays) or 'none'})")
+        found = ", ".join(arrays) or "none"
+        raise ValidationError(f"{path}: a head file needs 'weight' and 'bias' arrays (found {found})")
     weight, bias = np.asarray(arrays["weight"], np.float32), np.asarray(arrays["bias"], np.float32)
     if weight.ndim != 2 or bias.shape != (weight.shape[0],):
         raise ValidationError(f"{path}: weight {weight.shape} and bias {bias.shape} are not a [C, D] / [C] pair")
@@ -75,7 +76,8 @@ def apply_head(head: Any, features: np.ndarray, num_classes: int) -> tuple[np.nd
         return logits.argmax(1), logits
     if hasattr(head, "predict"):
         return np.asarray(_numpy(head.predict(features)), np.int64), None
-    raise ValidationError(f"a head must be linear (weight, bias), callable, or have predict(); got {type(head).__name__}")
+    raise ValidationError(f"a head must be linear (weight, bias), callable, or have predict(); "
+                          f"got {type(head).__name__}")
 
 
 def _numpy(x: Any) -> Any:

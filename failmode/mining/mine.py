@@ -66,7 +66,9 @@ def _resolve_head(head: Any, net: Any, train: ImageSource | None, train_idx: np.
             raise LoadError(f"--head train needs failmode.evaluate.head.train_head ({e})") from None
         assert train is not None
         feats = extract_features(net, train, train_idx, desc="train features", **features_kw)
-        return train_head(feats.features, feats.labels), f"trained on {len(train_idx)} train images"
+        fitted = train_head(feats.features, feats.labels, num_classes=len(train.class_names),
+                            device=features_kw["device"])
+        return fitted, f"linear head trained on {len(train_idx)} train images"
     if isinstance(head, (str, os.PathLike)):
         return load_head(head), f"file:{os.path.abspath(head)}"
     return head, f"object:{type(head).__name__}"

@@ -66,7 +66,8 @@ def failure_report(result: Attribution, meta: dict[str, Any], rows: Sequence[dic
         seed = [r for r in items if r["half"] == "seed"]
         ctx = ", ".join(f"{m['context']} ({m['count']})" for m in modes.get(label, [])) or "-"
         ids = ", ".join(f"`{r['image_id']}`" for r in seed[:EXAMPLES_PER_CLASS])
-        lines.append(f"| {label} | {_cell(items[0]['class_name'])} | {len(items)} | {len(seed)} | {_cell(ctx)} | {ids} |")
+        name = _cell(items[0]["class_name"])
+        lines.append(f"| {label} | {name} | {len(items)} | {len(seed)} | {_cell(ctx)} | {ids} |")
     return "\n".join(lines) + "\n"
 
 

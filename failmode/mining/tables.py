@@ -29,7 +29,8 @@ def write_table(path: str | os.PathLike[str], rows: Sequence[dict[str, Any]], me
     return path
 
 
-def read_table(path: str | os.PathLike[str], required: Sequence[str] = ()) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def read_table(path: str | os.PathLike[str], required: Sequence[str] = ()
+               ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Rows and metadata of a table written by `write_table`; a missing file or column is one clear line."""
     import pyarrow.parquet as pq
 
