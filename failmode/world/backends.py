@@ -2,7 +2,8 @@
 
 `CompositeGenerator` stands in for Stable Diffusion: the image for "a photo of a {class} {context}" is a
 Fashion-MNIST object of that class from the world's generator pool (never in train / debug / test), chosen by the
-request's seed, pasted on a seeded crop of the named context's scene. `ExemplarAttributor` stands in for CLIP: a
+request's seed, pasted on a seeded crop of the named context's scene; a plain class prompt (the class-only baseline,
+no context) shows the class where this world's photos of it usually are: on its common scene. `ExemplarAttributor` stands in for CLIP: a
 context is embedded as the mean frozen feature of exemplar crops of its scene, images by their frozen feature,
 both after subtracting the mean training feature. Both say "stand-in" in their `ident`, which outputs record.
 """
@@ -20,6 +21,7 @@ from PIL import Image
 from failmode.backends import Attributor, GenerationRequest, ImageGenerator
 from failmode.data.sources import ImageSource, ListSource
 from failmode.errors import ValidationError
+from failmode.generation.plan import BASELINE_KIND
 from failmode.world.composite import composite
 from failmode.world.fashion import FASHION_CLASSES, load_fashion_mnist
 from failmode.world.scenes import scene_pixels
@@ -29,6 +31,8 @@ log = logging.getLogger(__name__)
 
 #: Seed-stream tag of exemplar crops (kept apart from the world's split streams 1-4).
 EXEMPLAR_STREAM = 5
+#: Request contexts that mean "no context" (the generation stage's class-only baseline writes "none").
+NO_CONTEXT = ("", "none")
 
 
 def _world(world: World | None, preset: str, seed: int) -> World:
@@ -55,8 +59,13 @@ class CompositeGenerator(ImageGenerator):
         return images[pool[int(rng.integers(len(pool)))]]
 
     def render(self, request: GenerationRequest) -> Image.Image:
-        """The image of one request; it depends on the request only (its seed, label, context and size)."""
-        scene = self.world.scenes[self.world.scene_index(request.context)]
+        """The image of one request; it depends on the request only (its seed, label, context and size).
+
+        A request without a context (class-only baseline) renders on the class's common scene."""
+        if request.context_kind == BASELINE_KIND or request.context in NO_CONTEXT:
+            scene = self.world.scenes[int(self.world.common_scene[int(request.label)])]
+        else:
+            scene = self.world.scenes[self.world.scene_index(request.context)]
         rng = np.random.default_rng(int(request.seed))
         obj = self._object(int(request.label), rng)
         return composite(obj, scene_pixels(scene), rng, int(request.width), int(request.height),
@@ -75,7 +84,7 @@ class ExemplarAttributor(Attributor):
     """
 
     def __init__(self, world: World | None = None, *, model: torch.nn.Module | None = None,
-                 center: np.ndarray | None = None, n_exemplars: int = 16, cache_dir: str | Path | None = None,
+                 center: np.ndarray | None = None, n_exemplars: int = 48, cache_dir: str | Path | None = None,
                  preset: str = "concentrated", seed: int = 0) -> None:
         from failmode.world.backbone import load_backbone
 

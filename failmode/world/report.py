@@ -1,0 +1,175 @@
+"""The demo's report.md and its plots (lambda sweep, images-per-mode sweep, example grids)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from failmode.io import atomic_path, write_bytes_atomic
+
+METHOD_LABELS = {"before": "before (no debug data)", "ours": "ours (mined failure modes)",
+                 "class-only": "class-only baseline", "random-context": "random-context baseline"}
+METRICS = ("test_acc", "test_common_acc", "test_uncommon_acc", "seed_acc", "heldout_acc")
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}"
+
+
+def _save(fig: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _figure(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(*args, **kwargs)
+
+
+def plot_sweep(points: Sequence[dict[str, Any]], x: str, path: Path, title: str, log_x: bool = False,
+               baselines: dict[str, float | None] | None = None) -> None:
+    """Accuracy (heldout, test, test common) against `x`; optional horizontal baseline lines (heldout)."""
+    fig, ax = _figure(figsize=(5.5, 3.6))
+    xs = [p[x] for p in points]
+    for metric, style in (("heldout_acc", "o-"), ("test_acc", "s-"), ("test_common_acc", "^--")):
+        ax.plot(xs, [100 * (p[metric] or 0) for p in points], style, label=metric.replace("_acc", ""))
+    for name, value in (baselines or {}).items():
+        if value is not None:
+            ax.axhline(100 * value, linestyle=":", color="grey")
+            ax.text(xs[0], 100 * value + 1, f"heldout, {name}", fontsize=7, color="grey")
+    if log_x:
+        ax.set_xscale("symlog", linthresh=0.1)
+    ax.set_xlabel(x)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def plot_grid(images: Sequence[Any], captions: Sequence[str], path: Path, cols: int, title: str) -> None:
+    """Images in a grid with a small caption under each."""
+    rows = max(1, int(np.ceil(len(images) / cols)))
+    fig, axes = _figure(rows, cols, figsize=(1.6 * cols, 1.85 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, im, cap in zip(axes.ravel(), images, captions):
+        ax.imshow(im)
+        ax.set_title(cap, fontsize=6)
+    fig.suptitle(title, fontsize=9)
+    _save(fig, path)
+
+
+def failure_grid(records: Sequence[dict[str, Any]], source: Any, path: Path, per_class: int) -> None:
+    """Seed failures, `per_class` per class: true class -> prediction, attributed and true context."""
+    truth, names = source.contexts(), source.class_names
+    picked: list[dict[str, Any]] = []
+    for y in range(len(names)):
+        picked += [r for r in records if r["label"] == y and r["half"] == "seed"][:per_class]
+    captions = [f"{names[r['label']]} -> {names[r['prediction']]}\nattr: {r['context']}\ntrue: {truth[r['index']]}"
+                for r in picked]
+    plot_grid([source.image(r["index"]) for r in picked], captions, path, per_class * 2,
+              "seed failures (true -> predicted; attributed / true context)")
+
+
+def debug_grid(ds: Any, path: Path, per_class: int) -> None:
+    """The first debug images of config `ours`: one per failure mode, `per_class` per class at most."""
+    seen: dict[int, list[int]] = {}
+    contexts = ds.contexts or [""] * len(ds.labels)
+    for i, y in enumerate(ds.labels):
+        rows = seen.setdefault(int(y), [])
+        if len(rows) < per_class and contexts[i] not in {contexts[j] for j in rows}:
+            rows.append(i)
+    picked = [i for y in sorted(seen) for i in seen[y]]
+    names = ds.source.class_names
+    plot_grid([ds.source.image(i) for i in picked], [f"{names[ds.source.labels[i]]}\n{contexts[i]}" for i in picked],
+              path, per_class * 2, "debug images of config `ours` (composite stand-in)")
+
+
+def _table(results: dict[str, Any]) -> list[str]:
+    lines = ["| method | debug images | test | test, common ctx | test, uncommon ctx | seed failures | heldout failures |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, m in results["methods"].items():
+        lines.append(f"| {METHOD_LABELS.get(name, name)} | {m['n_images']} | "
+                     + " | ".join(_pct(m.get(k)) for k in METRICS) + " |")
+    return lines
+
+
+def _sweep_table(points: Sequence[dict[str, Any]], x: str) -> list[str]:
+    lines = [f"| {x} | test | test, common ctx | heldout failures |", "|---:|---:|---:|---:|"]
+    lines += [f"| {p[x]} | {_pct(p['test_acc'])} | {_pct(p['test_common_acc'])} | {_pct(p['heldout_acc'])} |"
+              for p in points]
+    return lines
+
+
+def _modes_table(results: dict[str, Any]) -> list[str]:
+    k = results["parameters"]["demo"]["k"]
+    lines = [f"| class | seed failures | top-{k} attributed contexts (count) | true uncommon contexts | common context |",
+             "|---|---:|---|---|---|"]
+    for c in results["per_class_modes"]:
+        modes = ", ".join(f"{m['context']} ({m['count']})" for m in c["modes"])
+        lines.append(f"| {c['class_name']} | {c['n_seed_failures']} | {modes} | "
+                     f"{', '.join(c['true_uncommon_contexts'])} | {c['common_context']} |")
+    return lines
+
+
+def report_markdown(results: dict[str, Any]) -> str:
+    """The report text (plots are referenced from plots/)."""
+    p, s = results["parameters"], results["stand_ins"]
+    lines = [
+        f"# failmode demo: fashion-scenes world `{results['world']}`, seed {results['seed']}", "",
+        "The whole method on an offline world of real Fashion-MNIST objects on real scene photos, through the "
+        "toolkit's production stages. Two stages use **stand-ins** (registered backends beside the real ones):",
+        f"- image generation: `{s['generator']}`",
+        f"- attribution: `{s['attributor']}`", "",
+        f"Backbone `{p['backbone']}` (frozen) + linear head; failures mined on the debug split: "
+        f"{results['n_failures_seed']} seed, {results['n_failures_heldout']} heldout. Attribution top-1 (seed "
+        f"failures in an uncommon context, n = {results['n_attribution_top1']}): "
+        f"**{_pct(results['attribution_top1'])} %**.", "",
+        "## Accuracy (%) after retraining the head with lambda = "
+        f"{p['demo']['lam']}, {p['demo']['images_per_mode']} images per mode", "",
+        *_table(results), "",
+        "Baselines have, per class, as many debug images as `ours`: "
+        "`class-only` renders the plain class prompt (in this world: the class on its common scene), "
+        "`random-context` spreads the images over the class's vocabulary contexts in equal shares.", "",
+        "## Failure modes per class (seed failures)", "", *_modes_table(results), "",
+        "## Lambda sweep (ours)", "", "![lambda sweep](plots/lambda_sweep.png)", "",
+        *_sweep_table(results["lambda_sweep"], "lam"), "",
+        "## Images-per-mode sweep (ours)", "", "![images per mode sweep](plots/images_per_mode_sweep.png)", "",
+        *_sweep_table(results["images_per_mode_sweep"], "images_per_mode"), "",
+        "## Examples", "", "![seed failures](plots/failures.png)", "", "![debug images](plots/debug_images.png)", "",
+        "## Timings (s)", "", "| stage | seconds |", "|---|---:|",
+        *[f"| {k} | {v} |" for k, v in results["timings_s"].items()], "",
+        "All parameters are in `results.json`; the debug dataset is in `dataset/` "
+        "(`datasets.load_dataset(\"dataset\", \"ours\")`), mining outputs in `mining/`.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out: Path, results: dict[str, Any], world: Any, debug_source: Any,
+                 records: Sequence[dict[str, Any]], debug_sets: dict[str, Any]) -> Path:
+    """Write out/report.md and out/plots/*.png; return the report path."""
+    plots = out / "plots"
+    per = int(results["parameters"]["demo"]["grid_examples"])
+    main = results["methods"]
+    plot_sweep(results["lambda_sweep"], "lam", plots / "lambda_sweep.png", "ours: accuracy vs lambda", log_x=True,
+               baselines={"random-context": main["random-context"]["heldout_acc"]})
+    plot_sweep(results["images_per_mode_sweep"], "images_per_mode", plots / "images_per_mode_sweep.png",
+               "ours: accuracy vs images per mode",
+               baselines={"random-context": main["random-context"]["heldout_acc"],
+                          "class-only": main["class-only"]["heldout_acc"]})
+    failure_grid(records, debug_source, plots / "failures.png", max(1, per // 2))
+    debug_grid(debug_sets["ours"]["set"], plots / "debug_images.png", max(1, min(per, results["parameters"]["demo"]["k"])))
+    path = out / "report.md"
+    write_bytes_atomic(path, report_markdown(results).encode("utf-8"))
+    return path
