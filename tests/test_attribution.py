@@ -11,7 +11,7 @@ import pytest
 
 from failmode.backends import Attributor
 from failmode.data.sources import ListSource
-from failmode.errors import ValidationError
+from failmode.errors import UsageError, ValidationError
 from failmode.mining import attribute, attribute_failures, top_k_modes, write_failures
 from failmode.testing import CIFAR10_CLASSES, synthetic_images
 from failmode.vocab import from_dict
@@ -19,10 +19,13 @@ from failmode.vocab import from_dict
 CONTEXTS = ["in a desert", "on a beach", "in the snow", "underwater"]
 
 
-def vocab_doc(classes=CIFAR10_CLASSES, drop=()):
-    return {"format": "failmode-vocabulary/1", "dataset": "cifar10", "kind": "background", "version": "0.1",
+COLORS = ["that is bright pink", "that is neon green", "that is painted gold", "that is striped purple"]
+
+
+def vocab_doc(classes=CIFAR10_CLASSES, drop=(), kind="background", contexts=CONTEXTS):
+    return {"format": "failmode-vocabulary/1", "dataset": "cifar10", "kind": kind, "version": "0.1",
             "template": "a photo of a {class_name} {context}", "provenance": {"generator": "test"},
-            "classes": [{"index": i, "name": n, "prompt_name": f"pn-{n}", "contexts": CONTEXTS}
+            "classes": [{"index": i, "name": n, "prompt_name": f"pn-{n}", "contexts": contexts}
                         for i, n in enumerate(classes) if i not in drop]}
 
 
@@ -31,8 +34,8 @@ class KnownAttributor(Attributor):
 
     ident = "known:test"
 
-    def __init__(self, emb, cache_key=None):
-        self.emb, self.cache_key, self.calls = emb, cache_key, []
+    def __init__(self, emb, cache_key=None, contexts=CONTEXTS):
+        self.emb, self.cache_key, self.calls, self.all = emb, cache_key, [], contexts
 
     def encode_images(self, source, indices):
         self.calls.append(list(indices))
@@ -40,7 +43,7 @@ class KnownAttributor(Attributor):
 
     def encode_contexts(self, class_name, contexts):
         assert class_name.startswith("pn-")  # the vocabulary's prompt name is what gets encoded
-        return np.eye(len(CONTEXTS))[[CONTEXTS.index(c) for c in contexts]]
+        return np.eye(len(self.all))[[self.all.index(c) for c in contexts]]
 
     def scores(self, image_emb, context_emb):
         return 10.0 * super().scores(image_emb, context_emb)
@@ -76,6 +79,25 @@ def test_known_contexts_are_recovered_and_counted():
     r0 = res.records[0]
     assert r0["contexts"] == CONTEXTS and sum(r0["probabilities"]) == pytest.approx(1.0)
     assert r0["probability"] == pytest.approx(np.exp(10) / (np.exp(10) + 3))
+
+
+def test_color_vocabulary(mined, tmp_path):
+    """Any vocabulary kind: colour contexts are attributed the same way, and the kind is recorded."""
+    from failmode.mining import read_failures
+
+    (tmp_path / "color.json").write_text(json.dumps(vocab_doc(kind="color", contexts=COLORS)))
+    rows, _ = read_failures(mined / "run")
+    truth = {r["index"]: r["index"] % 4 for r in rows}
+    att = KnownAttributor({i: onehot(t) for i, t in truth.items()}, contexts=COLORS)
+    modes = json.loads(attribute_failures(mined / "run", vocabulary=str(tmp_path / "color.json"), kind="color",
+                                          attributor=att, out_dir=tmp_path / "o").read_text())
+    assert modes["vocabulary"]["kind"] == "color" and modes["attributor"] == "known:test"
+    import pyarrow.parquet as pq
+
+    recs = pq.read_table(tmp_path / "o" / "attributions.parquet").to_pylist()
+    assert recs and all(r["context"] == COLORS[truth[r["index"]]] for r in recs)
+    with pytest.raises(UsageError, match="of kind 'color', not 'background'"):
+        attribute_failures(mined / "run", vocabulary=str(tmp_path / "color.json"), attributor=att, out_dir=tmp_path)
 
 
 def test_heldout_failures_are_not_attributed_or_counted():

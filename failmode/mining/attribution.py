@@ -177,6 +177,8 @@ def attribute_failures(
 
     rows, meta = read_failures(failures)
     vocab = load_vocabulary(vocabulary, kind)
+    if vocab.kind != kind:
+        raise UsageError(f"vocabulary {vocabulary} is of kind {vocab.kind!r}, not {kind!r} (pass --kind {vocab.kind})")
     source = open_source(dataset or meta["dataset"], split if split is not None else meta.get("split"))
     check_same_images(rows, source, failures)
     att = attributor if isinstance(attributor, Attributor) else make_attributor(attributor, attributor_options, kind)
