@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attributor", default="clip", help="registered attributor (default clip)")
     p.add_argument("--clip-model", default="ViT-B-32", help="open_clip model name or config JSON (default ViT-B-32)")
     p.add_argument("--clip-pretrained", default="openai",
-                   help="open_clip pretrained tag or local checkpoint (default openai)")
+                   help="open_clip pretrained tag, local checkpoint, or none for random weights (default openai)")
     p.add_argument("--templates", help="prompt templates JSON (default: failmode/mining/templates.json)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="extra attributor option (VALUE parsed as JSON when it can be); repeatable")
@@ -89,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
     paths = tables(args)
     options = {opt: getattr(args, flag) for flag, opt in CLIP_FLAGS.items()} if args.attributor == "clip" else {}
     options = {k: v for k, v in options.items() if v is not None} | parse_options(args.option)
+    if options.get("pretrained") == "none":  # random weights (smoke tests, benchmarks)
+        options["pretrained"] = None
     attributor = make_attributor(args.attributor, options, args.kind)
     halves = ("seed", "heldout") if args.include_heldout else ("seed",)
     for path in paths:
