@@ -70,9 +70,12 @@ class SolidGenerator(ImageGenerator):
 
 
 @pytest.fixture(scope="module")
-def tiny_gen(tiny_pipeline):
+def tiny_gen():
+    from failmode.testing import tiny_pipeline
+
+    # A pipeline of its own: DiffusersGenerator takes ownership and changes its scheduler and attention in place.
     opts = RenderOptions(device="cpu", precision="fp32", batch_size=4, scheduler="dpmsolver++")
-    return DiffusersGenerator(pipeline=tiny_pipeline, options=opts, ident="diffusers:tiny")
+    return DiffusersGenerator(pipeline=tiny_pipeline(), options=opts, ident="diffusers:tiny")
 
 
 def tree(root: Path) -> dict[str, str]:

@@ -117,7 +117,10 @@ def prepare_pipeline(pipe: Any, options: RenderOptions) -> Any:
 
 
 class DiffusersGenerator(ImageGenerator):
-    """SD 1.5 (default) or any diffusers text-to-image model: one seed per image, fixed-shape batches."""
+    """SD 1.5 (default) or any diffusers text-to-image model: one seed per image, fixed-shape batches.
+
+    A `pipeline` passed in is taken over: its device, dtype, scheduler and attention are changed in place.
+    """
 
     def __init__(self, model: str = DEFAULT_GENERATOR, *, revision: str | None = None, pipeline: Any = None,
                  options: RenderOptions | None = None, ident: str | None = None) -> None:
