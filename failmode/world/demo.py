@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import math
+import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -27,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from failmode.errors import UsageError, ValidationError
-from failmode.io import read_json, write_json
+from failmode.io import dumps_json, read_json, write_json
 from failmode.progress import bar
 
 log = logging.getLogger(__name__)
@@ -140,6 +142,7 @@ def run_demo(out: str | Path, config: DemoConfig | None = None) -> dict[str, Any
     config = config or DemoConfig.defaults()
     run = Run(Path(out), config)
     run.out.mkdir(parents=True, exist_ok=True)
+    machine = _machine()
     t0 = time.perf_counter()
     with bar("demo", total=len(STAGES), unit="stage") as progress:
         with _stage(run, "world", progress):
@@ -159,12 +162,25 @@ def run_demo(out: str | Path, config: DemoConfig | None = None) -> dict[str, Any
         with _stage(run, "report", progress):
             results = _results(run, rows, records, read_json(modes_path), evaluation)
             results["timings_s"] = {**run.timings, "total": round(time.perf_counter() - t0, 2)}
+            results["machine"] = {**machine, "loadavg_end": _loadavg()}
+            results = json.loads(dumps_json(results))  # plain JSON types: what results.json holds
             from failmode.world.report import write_report
 
             write_report(run.out, results, run.world, run.info["debug_source"], records, run.info["debug_sets"])
             write_json(run.out / "results.json", results)
     log.info("demo done in %.1f s: %s", time.perf_counter() - t0, run.out / "report.md")
     return results
+
+
+def _loadavg() -> list[float] | None:
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
+def _machine() -> dict[str, Any]:
+    """CPU count, torch threads and load average at the start (timings on a shared machine are noisy)."""
+    import torch
+
+    return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "loadavg_start": _loadavg()}
 
 
 # --- stages -------------------------------------------------------------------------------------------------
@@ -199,7 +215,7 @@ def _fit(run: Run, name: str, debug: Split | None, lam: float) -> Any:
     """The head trained on train (+ lam * debug), from the cache when the same inputs were seen before."""
     from failmode.evaluate.head import LinearHead, train_head
 
-    hp = {"lr": 0.2, "momentum": 0.9, "weight_decay": 5e-4, "epochs": 300, "retrain_epochs": 300, **run.config.head}
+    hp = {"lr": 0.2, "momentum": 0.9, "weight_decay": 5e-4, "epochs": 300, "retrain_epochs": 100, **run.config.head}
     train = run.feats["train"]
     init = run.heads.get("before")
     epochs = int(hp["epochs"] if init is None else hp["retrain_epochs"])
