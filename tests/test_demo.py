@@ -45,7 +45,8 @@ def test_demo_writes_results_report_plots_mining_and_a_loadable_dataset(demo):
                 "heldout_acc_class_only", "heldout_acc_random_context", "attribution_top1", "n_failures_seed",
                 "n_failures_heldout", "parameters", "timings_s"):
         assert saved[key] == r[key]
-    assert saved["parameters"]["demo"]["images_per_mode"] == 5 and saved["parameters"]["world_preset"]["image_size"] == 64
+    assert saved["parameters"]["demo"]["images_per_mode"] == 5
+    assert saved["parameters"]["world_preset"]["image_size"] == 64
     assert "stand-in" in saved["stand_ins"]["generator"] and "stand-in" in saved["stand_ins"]["attributor"]
     report = (out / "report.md").read_text()
     assert "stand-in for Stable Diffusion" in report and "| ours (mined failure modes) | " in report

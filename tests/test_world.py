@@ -83,7 +83,7 @@ def test_presets_load_and_bad_presets_fail_in_one_line(tmp_path):
     assert all(2 <= len(v) <= 3 for v in conc.uncommon.values())
     with pytest.raises(UsageError, match="known: concentrated, diffuse"):
         load_preset("uniform")
-    doc = json.loads(json.dumps(conc.to_dict()) )
+    doc = json.loads(json.dumps(conc.to_dict()))
     doc.update(format="failmode-world/1", description="")
     doc["uncommon"]["bag"] = ["gravel"]  # the bag's common scene
     (tmp_path / "bad.json").write_text(json.dumps(doc))
@@ -150,7 +150,8 @@ def _request(world, label, context, seed, kind="background"):
 def test_composite_generator_is_registered_seeded_and_batch_invariant(world):
     gen = GENERATORS.get("composite")(world)
     assert "stand-in for Stable Diffusion" in gen.ident
-    reqs = [_request(world, 2, "in a forest", 11), _request(world, 2, "in a forest", 12), _request(world, 5, "on gravel", 11)]
+    reqs = [_request(world, 2, "in a forest", 11), _request(world, 2, "in a forest", 12),
+            _request(world, 5, "on gravel", 11)]
     batch = gen.generate(reqs)
     alone = gen.generate(reqs[1:2])[0]
     assert batch[1].tobytes() == alone.tobytes() and batch[0].tobytes() != batch[1].tobytes()

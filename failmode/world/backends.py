@@ -2,10 +2,11 @@
 
 `CompositeGenerator` stands in for Stable Diffusion: the image for "a photo of a {class} {context}" is a
 Fashion-MNIST object of that class from the world's generator pool (never in train / debug / test), chosen by the
-request's seed, pasted on a seeded crop of the named context's scene; a plain class prompt (the class-only baseline,
-no context) shows the class where this world's photos of it usually are: on its common scene. `ExemplarAttributor` stands in for CLIP: a
-context is embedded as the mean frozen feature of exemplar crops of its scene, images by their frozen feature,
-both after subtracting the mean training feature. Both say "stand-in" in their `ident`, which outputs record.
+request's seed, pasted on a seeded crop of the named context's scene; a plain class prompt (the class-only
+baseline, no context) shows the class where this world's photos of it usually are: on its common scene.
+`ExemplarAttributor` stands in for CLIP: a context is embedded as the mean frozen feature of exemplar crops of its
+scene, images by their frozen feature, both after subtracting the mean training feature. Both say "stand-in" in
+their `ident`, which every output records.
 """
 
 from __future__ import annotations

@@ -395,13 +395,13 @@ def _evaluate(run: Run, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             data = data.take(debug[config]["replica"] < c.images_per_mode)
         main[config] = {**_scores(_fit(run, config, data, c.lam), sets), "n_images": int(len(data.y))}
     ours = debug["ours"]
-    lam_sweep = [{"lam": lam, **_scores(_fit(run, f"ours-lam{lam}", ours["data"].take(ours["replica"] < c.images_per_mode),
-                                             lam), sets)} for lam in c.lambdas]
+    main_data = ours["data"].take(ours["replica"] < c.images_per_mode)
+    lam_sweep = [{"lam": lam, **_scores(_fit(run, f"ours-lam{lam}", main_data, lam), sets)} for lam in c.lambdas]
     n_sweep = []
     for n in sorted(set(c.images_per_mode_sweep)):
         data = ours["data"].take(ours["replica"] < n)
-        n_sweep.append({"images_per_mode": n, "n_images": int(len(data.y)), **_scores(_fit(run, f"ours-n{n}", data, c.lam),
-                                                                                       sets)})
+        scores = _scores(_fit(run, f"ours-n{n}", data, c.lam), sets)
+        n_sweep.append({"images_per_mode": n, "n_images": int(len(data.y)), **scores})
     return {"main": main, "lambda_sweep": lam_sweep, "images_per_mode_sweep": n_sweep,
             "n_eval": {k: int(len(v.y)) for k, v in sets.items()}}
 

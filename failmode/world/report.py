@@ -97,8 +97,8 @@ def debug_grid(ds: Any, path: Path, per_class: int) -> None:
 
 
 def _table(results: dict[str, Any]) -> list[str]:
-    lines = ["| method | debug images | test | test, common ctx | test, uncommon ctx | seed failures | heldout failures |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| method | debug images | test | test, common ctx | test, uncommon ctx | seed failures "
+             "| heldout failures |", "|---|---:|---:|---:|---:|---:|---:|"]
     for name, m in results["methods"].items():
         lines.append(f"| {METHOD_LABELS.get(name, name)} | {m['n_images']} | "
                      + " | ".join(_pct(m.get(k)) for k in METRICS) + " |")
@@ -114,8 +114,8 @@ def _sweep_table(points: Sequence[dict[str, Any]], x: str) -> list[str]:
 
 def _modes_table(results: dict[str, Any]) -> list[str]:
     k = results["parameters"]["demo"]["k"]
-    lines = [f"| class | seed failures | top-{k} attributed contexts (count) | true uncommon contexts | common context |",
-             "|---|---:|---|---|---|"]
+    lines = [f"| class | seed failures | top-{k} attributed contexts (count) | true uncommon contexts "
+             "| common context |", "|---|---:|---|---|---|"]
     for c in results["per_class_modes"]:
         modes = ", ".join(f"{m['context']} ({m['count']})" for m in c["modes"])
         lines.append(f"| {c['class_name']} | {c['n_seed_failures']} | {modes} | "
@@ -169,7 +169,8 @@ def write_report(out: Path, results: dict[str, Any], world: Any, debug_source: A
                baselines={"random-context": main["random-context"]["heldout_acc"],
                           "class-only": main["class-only"]["heldout_acc"]})
     failure_grid(records, debug_source, plots / "failures.png", max(1, per // 2))
-    debug_grid(debug_sets["ours"]["set"], plots / "debug_images.png", max(1, min(per, results["parameters"]["demo"]["k"])))
+    k = int(results["parameters"]["demo"]["k"])
+    debug_grid(debug_sets["ours"]["set"], plots / "debug_images.png", max(1, min(per, k)))
     path = out / "report.md"
     write_bytes_atomic(path, report_markdown(results).encode("utf-8"))
     return path
