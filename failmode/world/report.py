@@ -174,3 +174,20 @@ def write_report(out: Path, results: dict[str, Any], world: Any, debug_source: A
     path = out / "report.md"
     write_bytes_atomic(path, report_markdown(results).encode("utf-8"))
     return path
+
+
+def seeds_table(runs: Sequence[dict[str, Any]]) -> str:
+    """Markdown table of several demo results (one row per run, then the mean per world), accuracies in %."""
+    cols = ("heldout_acc_ours", "heldout_acc_random_context", "heldout_acc_class_only", "test_acc_before",
+            "test_acc_after", "test_common_acc_before", "test_common_acc_after", "attribution_top1")
+    head = ("| world | seed | heldout: ours | random-context | class-only | test before | test after "
+            "| test common before | after | attribution top-1 | seed / heldout failures | time (s) |")
+    lines = [head, "|---|---:|" + "---:|" * (len(cols) + 2)]
+    for r in runs:
+        lines.append(f"| {r['world']} | {r['seed']} | " + " | ".join(_pct(r[c]) for c in cols)
+                     + f" | {r['n_failures_seed']} / {r['n_failures_heldout']} | {r['timings_s']['total']:.0f} |")
+    for world in dict.fromkeys(r["world"] for r in runs):
+        group = [r for r in runs if r["world"] == world]
+        means = [float(np.mean([r[c] for r in group])) for c in cols]
+        lines.append(f"| **{world} mean** | {len(group)} seeds | " + " | ".join(_pct(m) for m in means) + " | | |")
+    return "\n".join(lines) + "\n"
