@@ -7,7 +7,8 @@
 
 Baselines rendered beside "ours" in the same dataset: `class-only` (the generation stage's class-only prompts; in
 this world a plain class photo shows the class on its common scene) and `random-context` (each class's vocabulary
-contexts in equal shares). Every stage's output is cached under the output folder, so a rerun is fast.
+contexts in equal shares, +-1 image), both with as many images per class as `ours`. Every stage's output is cached
+under the output folder, so a rerun is fast.
 """
 
 from __future__ import annotations

@@ -141,7 +141,7 @@ def report_markdown(results: dict[str, Any]) -> str:
         *_table(results), "",
         "Baselines have, per class, as many debug images as `ours`: "
         "`class-only` renders the plain class prompt (in this world: the class on its common scene), "
-        "`random-context` spreads the images over the class's vocabulary contexts in equal shares.", "",
+        "`random-context` spreads them over the class's vocabulary contexts in equal shares (+-1 image, seeded).", "",
         "## Failure modes per class (seed failures)", "", *_modes_table(results), "",
         "## Lambda sweep (ours)", "", "![lambda sweep](plots/lambda_sweep.png)", "",
         *_sweep_table(results["lambda_sweep"], "lam"), "",
