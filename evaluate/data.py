@@ -80,8 +80,18 @@ def manifest_revision(root: Path | None) -> str | None:
 
 
 def align_labels(debug_names: list[str], model_names: list[str], where: str) -> np.ndarray:
-    """Map debug-dataset class indices onto the model dataset's; names missing there fail in one line."""
+    """Map debug-dataset class indices onto the model dataset's; names missing there fail in one line.
+
+    Identical lists map one to one (ImageNet-1k names the bird and the machine both "crane"); otherwise every
+    debug name must occur exactly once among the model's names.
+    """
+    if list(debug_names) == list(model_names):
+        return np.arange(len(model_names), dtype=np.int64)
     pos = {n: i for i, n in enumerate(model_names)}
+    ambiguous = sorted({n for n in debug_names if model_names.count(n) > 1})
+    if ambiguous:
+        raise ValidationError(f"{where}: class names {', '.join(map(repr, ambiguous[:5]))} occur more than once in "
+                              "the model's dataset, so labels cannot be matched by name; use the same class list")
     unknown = [n for n in debug_names if n not in pos]
     if unknown or not debug_names:
         listed = ", ".join(repr(n) for n in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")

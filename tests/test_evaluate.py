@@ -205,3 +205,14 @@ def test_hub_debug_data_offline_is_one_clear_line(tmp_path, monkeypatch):
     msg = str(e.value)
     assert "\n" not in msg and "'failmode/imagenet-bg-debug' (config resnet50, revision v1.0.0)" in msg
     assert "not reachable" in msg and "--debug-data /path/to/folder" in msg
+
+
+def test_align_labels_identity_with_duplicate_names_and_ambiguity_error():
+    from failmode.errors import ValidationError
+    from failmode.evaluate.data import align_labels
+
+    names = ["crane", "tench", "crane"]  # ImageNet-1k spells two classes "crane"
+    assert align_labels(names, names, "x").tolist() == [0, 1, 2]
+    assert align_labels(["tench"], ["goldfish", "tench"], "x").tolist() == [1]
+    with pytest.raises(ValidationError, match="'crane' occur more than once"):
+        align_labels(["crane", "tench"], names, "x")

@@ -414,3 +414,12 @@ def test_vocabulary_is_a_dataclass_with_the_documented_api():
     assert isinstance(vocab, Vocabulary)
     assert vocab.class_names[:2] == ["airplane", "automobile"]
     assert {"dataset", "kind", "version", "template", "provenance", "classes"} <= set(vars(vocab))
+
+
+def test_label_names_follow_each_datasets_classlabel():
+    from failmode.vocab.classnames import label_names
+
+    imagenet = label_names("imagenet-1k")
+    assert len(imagenet) == 1000 and imagenet[0] == "tench, Tinca tinca"
+    assert load_vocabulary("imagenet-1k").class_names[0] == "tench"
+    assert label_names("cifar10") == CIFAR10_CLASSES

@@ -103,8 +103,15 @@ def mode_sets(preset: Preset, modes_files: dict[str, Path], vocab: Any) -> list[
     for fam, members in sorted(preset.families.items()):
         sets.append(merge_modes([docs[m] for m in members], config=config_slug(f"collective-{fam}"), family=fam, k=k))
     if preset.baseline.get("enabled", True):
-        sets.append(baseline_modes(vocab.class_names, [c.prompt_name for c in vocab.classes]))
+        sets.append(baseline_modes(dataset_class_names(vocab), [c.prompt_name for c in vocab.classes]))
     return sets
+
+
+def dataset_class_names(vocab: Any) -> list[str]:
+    """The ClassLabel names of the vocabulary's dataset as the dataset spells them, else the vocabulary's names."""
+    from failmode.vocab.classnames import known_datasets, label_names
+
+    return label_names(vocab.dataset) if vocab.dataset in known_datasets() else list(vocab.class_names)
 
 
 def build(preset: Preset, out: str | os.PathLike[str], *, work: str | os.PathLike[str] | None = None,
@@ -125,11 +132,12 @@ def build(preset: Preset, out: str | os.PathLike[str], *, work: str | os.PathLik
     rows = build_plan(sets, settings, generator_id=gen.ident,
                       baseline_images_per_class=preset.baseline.get("images_per_class"))
     render = {**preset.render, **(render_overrides or {})}
-    generate_dataset(rows, out, gen, class_names=vocab.class_names, mode=mode, worker=worker,
+    names = dataset_class_names(vocab)
+    generate_dataset(rows, out, gen, class_names=names, mode=mode, worker=worker,
                      batch_size=render.get("batch_size", 16), image_format=preset.image_format,
                      quality=quality or None, safety=safety_function(gen),
                      reserve=preset.quality.get("reserve", 3))
-    info = DatasetInfo(name=preset.name, version=preset.version, class_names=vocab.class_names,
+    info = DatasetInfo(name=preset.name, version=preset.version, class_names=names,
                        image_format=preset.image_format, repo_id=preset.repo_id, pretty_name=preset.pretty_name,
                        description=preset.description, source_dataset=preset.dataset["id"],
                        vocabulary={**preset.vocabulary, "version": getattr(vocab, "version", ""),

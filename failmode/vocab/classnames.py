@@ -28,6 +28,7 @@ class ClassInfo:
     id: str | None = None
     gloss: str | None = None
     synonyms: tuple[str, ...] = ()
+    label_name: str | None = None  # the dataset's own ClassLabel spelling, when it differs from `name`
 
 
 CLASS_LISTS: Registry[Callable[[], list[ClassInfo]]] = Registry("dataset")
@@ -58,6 +59,13 @@ def _cifar100() -> list[ClassInfo]:
     return _from_json("cifar100")
 
 
+@CLASS_LISTS.register("fashion-scenes")
+def _fashion_scenes() -> list[ClassInfo]:
+    from failmode.world.fashion import FASHION_CLASSES
+
+    return [ClassInfo(i, n, n) for i, n in enumerate(FASHION_CLASSES)]
+
+
 @CLASS_LISTS.register("imagenet-1k")
 def _imagenet() -> list[ClassInfo]:
     from timm.data import ImageNetInfo
@@ -67,7 +75,8 @@ def _imagenet() -> list[ClassInfo]:
     for i, (synset, detailed) in enumerate(zip(info.label_names(), info.label_descriptions(detailed=True))):
         names, _, gloss = detailed.partition(": ")
         synonyms = tuple(s.strip() for s in names.split(","))
-        out.append(ClassInfo(i, synonyms[0], _prompt_name("imagenet-1k", i, synonyms[0]), synset, gloss, synonyms))
+        out.append(ClassInfo(i, synonyms[0], _prompt_name("imagenet-1k", i, synonyms[0]), synset, gloss, synonyms,
+                             label_name=", ".join(synonyms)))
     return out
 
 
@@ -80,6 +89,14 @@ def class_infos(dataset: str) -> tuple[ClassInfo, ...]:
 def class_names(dataset: str) -> list[str]:
     """Canonical class names of a registered dataset, in index order."""
     return [c.name for c in class_infos(dataset)]
+
+
+def label_names(dataset: str) -> list[str]:
+    """Class names as the dataset's own ClassLabel spells them (ImageNet-1k on the Hub: "tench, Tinca tinca").
+
+    Debug datasets use these, so their labels line up by name with the dataset a model is evaluated on.
+    """
+    return [c.label_name or c.name for c in class_infos(dataset)]
 
 
 def known_datasets() -> list[str]:
