@@ -100,7 +100,7 @@ def test_build_runs_mine_attribute_generate_finalize_and_resumes(tmp_path):
     assert [r.context for r in cnn] == ["on snow", "in a desert"]  # counts summed over resnet18 and convnext
     assert rows[0].prompt.startswith("a photo of a cat ")
     table = pq.read_table(out / "data/baseline/train-00000-of-00002.parquet", columns=["prompt", "context_kind"])
-    assert table.column("prompt").to_pylist()[0] == "a photo of a airplane"
+    assert table.column("prompt").to_pylist()[0] == "a photo of an airplane"
     # Rerun: nothing is mined, attributed or rendered again.
     calls.clear()
     gen = SolidGenerator()

@@ -106,7 +106,7 @@ def test_contexts_and_prompts():
     assert vocab.prompt(3, "in a desert") == "a photo of a cat in a desert"
     assert vocab.prompt(3, None) == "a photo of a cat"
     fish = load_vocabulary("cifar100", "color")
-    assert fish.prompt(1, "that is hot pink") == "a photo of a aquarium fish that is hot pink"
+    assert fish.prompt(1, "that is hot pink") == "a photo of an aquarium fish that is hot pink"
     with pytest.raises(ValidationError, match="no class with index 10"):
         vocab.contexts(10)
 

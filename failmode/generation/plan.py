@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -21,6 +20,7 @@ from failmode.backends import GenerationRequest
 from failmode.dataset import layout
 from failmode.errors import ValidationError
 from failmode.io import atomic_path, read_json, sha256_file
+from failmode.prompts import fill_template
 
 SEED_MASK = (1 << 63) - 1
 SEED_RULE = ("seed = first 8 bytes (big-endian) of sha256('{base_seed}|{config}|{label}|{context_kind}|{context}|"
@@ -222,8 +222,8 @@ def build_plan(mode_sets: Iterable[ModeSet], settings: GenerationSettings, *, ge
 
 
 def render_prompt(template: str, prompt_name: str, context: str) -> str:
-    """Fill a template ('{class_name}' is the class's prompt name, as in vocabularies), collapsing whitespace."""
-    return re.sub(r"\s+", " ", template.format(class_name=prompt_name, context=context)).strip()
+    """Fill a template ('{class_name}' is the class's prompt name, as in vocabularies); see failmode.prompts."""
+    return fill_template(template, prompt_name, context)
 
 
 def _config_items(ms: ModeSet, settings: GenerationSettings,

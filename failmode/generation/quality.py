@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from failmode.backends import GenerationRequest
+from failmode.prompts import fill_template
 
 CLASS_TEMPLATE = "a photo of a {class_name}"
 
@@ -66,7 +67,7 @@ class ClipQuality:
         if not images:
             return []
         img = self._encode_images(images)
-        cls = self._encode_texts([CLASS_TEMPLATE.format(class_name=r.class_name) for r in requests])
+        cls = self._encode_texts([fill_template(CLASS_TEMPLATE, r.class_name) for r in requests])
         ctx = self._encode_texts([r.context for r in requests])
         s_cls = (img * cls).sum(-1).tolist()
         s_ctx = (img * ctx).sum(-1).tolist()

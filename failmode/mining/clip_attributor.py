@@ -15,6 +15,7 @@ from failmode.data.sources import ImageSource
 from failmode.errors import ValidationError
 from failmode.io import read_json, stable_hash
 from failmode.progress import bar
+from failmode.prompts import fill_template
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ class ClipAttributor(Attributor):
 
         from failmode.runtime import autocast
 
-        prompts = [t.format(class_name=class_name, context=c) for c in contexts for t in self.templates]
+        prompts = [fill_template(t, class_name, c) for c in contexts for t in self.templates]
         chunks = []
         with torch.inference_mode():
             for s in range(0, len(prompts), self.batch_size):

@@ -10,13 +10,13 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from failmode.errors import UsageError, ValidationError
 from failmode.io import read_json, write_json
+from failmode.prompts import fill_template
 from failmode.vocab import text
 from failmode.vocab.classnames import CLASS_LISTS, class_names as dataset_class_names
 from failmode.vocab.kinds import KINDS
@@ -83,9 +83,7 @@ class Vocabulary:
 
     def prompt(self, label: int, context: str | None) -> str:
         """'a photo of a {prompt_name} {context}' for class `label`; without a context, 'a photo of a {prompt_name}'."""
-        name = self.get(label).prompt_name
-        rendered = self.template.format(class_name=name, context=context or "")
-        return re.sub(r"\s+", " ", rendered).strip()
+        return fill_template(self.template, self.get(label).prompt_name, context)
 
     @property
     def class_names(self) -> list[str]:
