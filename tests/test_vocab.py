@@ -26,17 +26,10 @@ CIFAR100_FIRST = ["apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "be
 
 
 def run_vocab(argv: list[str]) -> int:
-    """Run `failmode vocab ARGV` as the CLI does (parse, run, FailmodeError -> exit code)."""
+    """Run `failmode vocab ARGV` through the real command line entry point; returns the exit code."""
     from failmode import cli
-    from failmode.commands import vocab
 
-    parser = cli._Parser(prog="failmode vocab")
-    vocab.add_arguments(parser)
-    try:
-        return vocab.run(parser.parse_args(argv))
-    except FailmodeError as e:
-        print(f"failmode vocab: error: {e}")
-        return e.exit_code
+    return cli.main(["vocab", *argv])
 
 
 # -- shipped vocabularies ---------------------------------------------------------------------------------------
@@ -405,7 +398,8 @@ def test_cli_validate(tmp_path, capsys):
     p = tmp_path / "part.json"
     p.write_text(json.dumps(doc))
     assert run_vocab(["validate", str(p)]) == 1
-    assert "class 2 'bird' is missing" in capsys.readouterr().out
+    err = capsys.readouterr().err.strip()
+    assert "class 2 'bird' is missing" in err and len(err.splitlines()) == 1
     assert run_vocab(["validate", str(p), "--partial"]) == 0
 
 

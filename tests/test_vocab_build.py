@@ -14,17 +14,10 @@ from failmode.vocab.local_llm import LocalLLMServer, smollm2_gguf
 
 
 def run_vocab(argv: list[str]) -> int:
-    """Run `failmode vocab ARGV` as the CLI does (parse, run, FailmodeError -> exit code)."""
+    """Run `failmode vocab ARGV` through the real command line entry point; returns the exit code."""
     from failmode import cli
-    from failmode.commands import vocab
 
-    parser = cli._Parser(prog="failmode vocab")
-    vocab.add_arguments(parser)
-    try:
-        return vocab.run(parser.parse_args(argv))
-    except FailmodeError as e:
-        print(f"failmode vocab: error: {e}")
-        return e.exit_code
+    return cli.main(["vocab", *argv])
 
 
 @pytest.fixture(scope="module")
