@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run 'failmode demo --out runs/demo' for the whole method on the offline fashion-scenes world.",
     )
     parser.add_argument("--version", action="version", version=f"failmode {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output: -v debug from failmode, -vv also from libraries")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMANDS:
         mod = command_module(name)
@@ -69,12 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def setup_logging(verbosity: int) -> None:
-    """INFO by default, DEBUG with -vv; library loggers stay at WARNING unless -vv."""
-    level = logging.DEBUG if verbosity >= 2 else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    if verbosity < 2:
-        for noisy in ("httpx", "httpcore", "urllib3", "huggingface_hub", "datasets", "diffusers", "PIL", "matplotlib"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+    """failmode logs at INFO (DEBUG with -v); other libraries only warn, unless -vv."""
+    logging.basicConfig(level=logging.DEBUG if verbosity >= 2 else logging.WARNING,
+                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    log.setLevel(logging.DEBUG if verbosity >= 1 else logging.INFO)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
