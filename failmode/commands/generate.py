@@ -90,11 +90,13 @@ def run(args: argparse.Namespace) -> int:
     """Plan, render this worker's shards, and finalize when every shard is done."""
     from pathlib import Path
 
+    from failmode.backends import GENERATORS
+    from failmode.dataset import config_slug
     from failmode.errors import UsageError
     from failmode.generation import build as B
     from failmode.generation.plan import GenerationSettings, baseline_modes, build_plan, merge_modes, modes_from_json
-    from failmode.generation.render import RenderOptions, describe_options, safety_function
-    from failmode.generation.run import DatasetInfo, finalize_if_complete, generate_dataset, make_manifest, save_plan
+    from failmode.generation.render import RenderOptions, pipeline_ident
+    from failmode.generation.run import DatasetInfo, save_plan
     from failmode.generation.shards import worker_slot
     from failmode.io import read_json
     from failmode.runtime import configure_cpu_threads
@@ -115,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--vocab is required with --baseline alone (it names the classes)")
     kind = args.kind or first_vocab.get("kind") or "background"
     vocab = load_vocabulary(vocab_name, kind)
-    from failmode.dataset import config_slug
+    names = B.dataset_class_names(vocab)
 
     sets = [modes_from_json(d, config=name or config_slug(str(d.get("source_model"))), k=settings.k, where=f)
             for d, name, f in loaded]
@@ -123,42 +125,33 @@ def run(args: argparse.Namespace) -> int:
         sets.append(merge_modes([d for d, _, _ in loaded], config=config_slug(f"collective-{args.collective}"),
                                 family=args.collective, k=settings.k))
     if args.baseline:
-        sets.append(baseline_modes(vocab.class_names, [c.prompt_name for c in vocab.classes]))
-    settings = GenerationSettings.from_dict({**settings.to_dict(), "prompt_templates": {
-        **settings.prompt_templates, kind: vocab.template}})
-    worker = worker_slot(args.shard_index, args.num_shards)
+        sets.append(baseline_modes(names, [c.prompt_name for c in vocab.classes]))
+    settings = B.with_vocabulary_template(settings, kind, vocab)
     render = {k: v for k, v in cfg["render"].items() if k != "batch_size"}
     options = RenderOptions(device=args.device, scheduler=settings.scheduler,
                             batch_size=cfg["render"].get("batch_size", 16), **render)
-    from failmode.generation.render import pipeline_ident
-
     ident = pipeline_ident(settings.generator, settings.revision)
     rows = build_plan(sets, settings, generator_id=ident, baseline_images_per_class=args.baseline_images)
     out = Path(args.out)
     if args.plan_only:
         save_plan(rows, out, args.mode)
         return 0
-    from failmode.backends import GENERATORS
 
     gen = GENERATORS.get("diffusers")(settings.generator, revision=settings.revision, options=options, ident=ident)
     qcfg = dict(cfg["quality"])
     if args.quality_threshold is not None:
         qcfg.update(enabled=True, min_class_score=args.quality_threshold)
     qcfg.update({k: v for k, v in (("clip_model", args.clip_model), ("pretrained", args.clip_pretrained)) if v})
+    if args.reserve is not None:
+        qcfg["reserve"] = args.reserve
     quality = None if args.no_quality else B.make_quality(qcfg, device=args.device)
-    reserve = args.reserve if args.reserve is not None else qcfg.get("reserve", 3)
-    image_format = args.image_format or cfg["image_format"]
-    generate_dataset(rows, out, gen, class_names=vocab.class_names, mode=args.mode, worker=worker,
-                     batch_size=options.batch_size, image_format=image_format, quality=quality,
-                     safety=safety_function(gen), reserve=reserve, encode_workers=args.encode_workers)
-    info = DatasetInfo(name=args.name or out.name, version=args.version, class_names=vocab.class_names,
-                       image_format=image_format, source_dataset=vocab.dataset,
+    info = DatasetInfo(name=args.name or out.name, version=args.version, class_names=names,
+                       image_format=args.image_format or cfg["image_format"], source_dataset=vocab.dataset,
                        vocabulary={"dataset": vocab.dataset, "kind": kind, "version": vocab.version,
                                    "template": vocab.template},
                        attribution={"k": settings.k, "modes": [str(f) for _, _, f in loaded]})
-    render_info = {**describe_options(options), "quality_filter": getattr(quality, "ident", None),
-                   "quality_thresholds": {k: qcfg.get(k) for k in ("min_class_score", "min_context_score")}}
-    manifest = make_manifest(rows, out, info, settings, generator_ident=gen.ident, render=render_info,
-                             kinds={s.config: s.kind for s in sets})
-    finalize_if_complete(rows, out, manifest)
+    B.render_dataset(rows, out, gen, info, settings, kinds={s.config: s.kind for s in sets}, quality=quality,
+                     quality_cfg=qcfg, mode=args.mode, worker=worker_slot(args.shard_index, args.num_shards),
+                     batch_size=options.batch_size, encode_workers=args.encode_workers,
+                     safety_checker=bool(cfg["render"].get("safety_checker", False)))
     return 0

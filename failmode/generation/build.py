@@ -14,7 +14,15 @@ from typing import Any
 from failmode.backends import GENERATORS, ImageGenerator
 from failmode.dataset import config_slug
 from failmode.errors import FailmodeError
-from failmode.generation.plan import BASELINE_KIND, ModeSet, baseline_modes, build_plan, merge_modes, modes_from_json
+from failmode.generation.plan import (
+    BASELINE_KIND,
+    GenerationSettings,
+    ModeSet,
+    baseline_modes,
+    build_plan,
+    merge_modes,
+    modes_from_json,
+)
 from failmode.generation.presets import Preset
 from failmode.generation.quality import ClipQuality, QualityScorer
 from failmode.generation.render import RenderOptions, describe_options, safety_function
@@ -123,8 +131,7 @@ def build(preset: Preset, out: str | os.PathLike[str], *, work: str | os.PathLik
     work_dir = Path(work) if work else out.parent / f"{out.name}.work"
     stages = stages or Stages.default()
     vocab = stages.vocabulary(preset.vocabulary["dataset"], preset.vocabulary["kind"])
-    settings = dataclasses.replace(preset.generation, prompt_templates={
-        **preset.generation.prompt_templates, preset.vocabulary["kind"]: vocab.template})
+    settings = with_vocabulary_template(preset.generation, preset.vocabulary["kind"], vocab)
     sets = mode_sets(preset, analyse(preset, work_dir, stages, device=device, worker=worker), vocab)
     gen = generator or make_generator(preset, device=device, overrides=render_overrides)
     if quality is True:
@@ -133,24 +140,39 @@ def build(preset: Preset, out: str | os.PathLike[str], *, work: str | os.PathLik
                       baseline_images_per_class=preset.baseline.get("images_per_class"))
     render = {**preset.render, **(render_overrides or {})}
     names = dataset_class_names(vocab)
-    generate_dataset(rows, out, gen, class_names=names, mode=mode, worker=worker,
-                     batch_size=render.get("batch_size", 16), image_format=preset.image_format,
-                     quality=quality or None, safety=safety_function(gen),
-                     reserve=preset.quality.get("reserve", 3))
     info = DatasetInfo(name=preset.name, version=preset.version, class_names=names,
                        image_format=preset.image_format, repo_id=preset.repo_id, pretty_name=preset.pretty_name,
                        description=preset.description, source_dataset=preset.dataset["id"],
                        vocabulary={**preset.vocabulary, "version": getattr(vocab, "version", ""),
                                    "template": vocab.template},
                        attribution={**preset.attribution, "k": preset.generation.k}, tags=preset.tags)
+    return render_dataset(rows, out, gen, info, settings, kinds={s.config: s.kind for s in sets}, quality=quality,
+                          quality_cfg=preset.quality, mode=mode, worker=worker,
+                          batch_size=render.get("batch_size", 16), safety_checker=render.get("safety_checker", False))
+
+
+def with_vocabulary_template(settings: GenerationSettings, kind: str, vocab: Any) -> GenerationSettings:
+    """`settings` whose prompt template for `kind` is the vocabulary's own."""
+    return dataclasses.replace(settings, prompt_templates={**settings.prompt_templates, kind: vocab.template})
+
+
+def render_dataset(rows: list[Any], out: str | os.PathLike[str], gen: ImageGenerator, info: DatasetInfo,
+                   settings: GenerationSettings, *, kinds: dict[str, str], quality: QualityScorer | None | bool,
+                   quality_cfg: dict[str, Any], mode: str = "incremental", worker: tuple[int, int] = (0, 1),
+                   batch_size: int = 16, encode_workers: int | None = None, safety_checker: bool = False) -> bool:
+    """Render this worker's shards of a plan through `gen`, then finalize if every shard is done (True if so)."""
+    out = Path(out)
+    generate_dataset(rows, out, gen, class_names=info.class_names, mode=mode, worker=worker, batch_size=batch_size,
+                     image_format=info.image_format, quality=quality or None, safety=safety_function(gen),
+                     reserve=quality_cfg.get("reserve", 3), encode_workers=encode_workers)
     opts = getattr(gen, "options", None)
     render_info = describe_options(opts) if isinstance(opts, RenderOptions) else {}
     render_info["quality_filter"] = getattr(quality, "ident", None) if quality else None
-    render_info["quality_thresholds"] = {k: preset.quality.get(k) for k in ("min_class_score", "min_context_score")}
-    render_info["safety_checker"] = bool(render.get("safety_checker", False))
-    kinds = {s.config: s.kind for s in sets}
+    render_info["quality_thresholds"] = {k: quality_cfg.get(k) for k in ("min_class_score", "min_context_score")}
+    render_info["safety_checker"] = bool(safety_checker)
     manifest = make_manifest(rows, out, info, settings, generator_ident=gen.ident, render=render_info, kinds=kinds)
     return finalize_if_complete(rows, out, manifest)
 
 
-__all__ = ["BASELINE_KIND", "Stages", "analyse", "build", "make_generator", "make_quality", "mode_sets"]
+__all__ = ["BASELINE_KIND", "Stages", "analyse", "build", "dataset_class_names", "make_generator", "make_quality",
+           "mode_sets", "render_dataset", "with_vocabulary_template"]
