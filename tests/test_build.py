@@ -95,6 +95,10 @@ def test_build_runs_mine_attribute_generate_finalize_and_resumes(tmp_path):
     assert manifest.configs["baseline"].num_samples == {"train": 10}
     assert manifest.generation["safety_checker"] is False and manifest.generation["quality"]["unfilled"] == 0
     assert manifest.plan_sha256 == sha256_file(out / "generation/plan.parquet")
+    n = manifest.generation["quality"]["planned"]
+    assert (f"Quality filter: off; {n} of {n} planned images written, 0 dropped by the filter"
+            in (out / "README.md").read_text())
+    assert "Safety checker: off (debug data" in (out / "README.md").read_text()
     rows = read_plan_of(out)
     cnn = [r for r in rows if r.config == "collective-cnn" and r.label == 3]
     assert [r.context for r in cnn] == ["on snow", "in a desert"]  # counts summed over resnet18 and convnext

@@ -49,6 +49,7 @@ def render_card(manifest: Manifest, summaries: dict[str, ConfigSummary]) -> str:
         "attribution": _describe(manifest.attribution, "not recorded"),
         "generator": _describe(manifest.generator, "not recorded"),
         "seeds": _describe(manifest.seeds, "each image's seed is the `seed` column"),
+        "filters": _filters(manifest.generation),
         "generation_json": json.dumps(manifest.generation, indent=2, sort_keys=True, ensure_ascii=False),
         "plan_sha256": manifest.plan_sha256 or "not recorded",
         "grids": _grids(summaries), "num_classes": len(manifest.class_names),
@@ -109,6 +110,24 @@ def parse_card_header(text: str, where: str = "README.md") -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValidationError(f"{where}: YAML header is not a mapping")
     return data
+
+
+def _filters(generation: dict[str, Any]) -> str:
+    """The quality filter and safety checker in words, with their counts (from the generation stats)."""
+    q = generation.get("quality") or {}
+    if generation.get("safety_checker"):
+        checker = f"on, {q.get('unsafe_flagged', 0)} images flagged and re-rendered with the next seed"
+    else:
+        checker = "off (debug data; no images were screened)"
+    if not q:
+        return f"Quality filter: not recorded. Safety checker: {checker}."
+    scorer = generation.get("quality_filter")
+    thresholds = generation.get("quality_thresholds") or {}
+    limits = ", ".join(f"{k} >= {v}" for k, v in sorted(thresholds.items()) if v is not None) or "no threshold"
+    described = f"{scorer} ({limits})" if scorer else "off"
+    return (f"Quality filter: {described}; {q.get('count', 0)} of {q.get('planned', 0)} planned images "
+            f"written, {q.get('quality_dropped', 0)} dropped by the filter, {q.get('substituted', 0)} replaced from "
+            f"the seed reserve, {q.get('unfilled', 0)} left unfilled. Safety checker: {checker}.")
 
 
 def _size_category(n: int) -> str:
