@@ -1,23 +1,80 @@
-"""Options and set-up shared by `failmode slices` and `failmode discover` (not a subcommand itself)."""
+"""Options and set-up shared by `failmode slices` and `failmode discover` (not a subcommand itself).
+
+Both commands run in one of two modes: on the offline fashion-scenes world (--world PRESET: classifier, stand-in
+attributor and generator, vocabulary all come from the world) or on real data (a mined run for slices, a timm
+model for discover; a vocabulary, the CLIP attributor and a diffusers generator named on the command line).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
 
 from failmode.errors import UsageError
 
+#: --clip-* flags and the ClipAttributor options they set (as `failmode attribute`)
+CLIP_FLAGS = {"clip_model": "model", "clip_pretrained": "pretrained", "templates": "templates", "device": "device"}
+
 
 def add_world_arguments(p: argparse.ArgumentParser) -> None:
     """--world and the options that size it."""
-    p.add_argument("--world", required=True, metavar="PRESET",
+    w = p.add_argument_group("offline world mode")
+    w.add_argument("--world", metavar="PRESET",
                    help="run on the offline fashion-scenes world with this preset (concentrated, diffuse, or a JSON)")
-    p.add_argument("--seed", type=int, default=0, help="world and generation seed (default 0)")
-    p.add_argument("--per-class", default="", metavar="SPLIT=N,...",
+    w.add_argument("--per-class", default="", metavar="SPLIT=N,...",
                    help="override images per class, e.g. train=100,debug=80,test=80")
-    p.add_argument("--image-size", type=int, help="override the world's image size")
-    p.add_argument("--exemplars", type=int, default=16, help="exemplar crops per context for the attributor")
-    p.add_argument("--cache-dir", help="feature cache folder (default: none)")
+    w.add_argument("--exemplars", type=int, default=16, help="exemplar crops per context for the attributor")
+    p.add_argument("--seed", type=int, default=0, help="world, split and generation seed (default 0)")
+    p.add_argument("--image-size", type=int,
+                   help="world: override its image size; real data: the classifier's input size (default: its own)")
+    p.add_argument("--cache-dir", help="feature / embedding cache (world: none by default; real data: "
+                                       "$FAILMODE_CACHE_DIR or ~/.cache/failmode)")
+
+
+def add_real_arguments(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """Vocabulary and attributor options of the real-data mode; returns the group for more options."""
+    g = p.add_argument_group("real-data mode")
+    g.add_argument("--vocabulary", nargs="+", metavar="NAME_OR_JSON",
+                   help="shipped vocabularies by dataset name (one per --kinds) and/or vocabulary JSON files")
+    g.add_argument("--kinds", nargs="+", default=["background"], metavar="KIND",
+                   help="vocabulary kinds of the shipped names: background, color (default background)")
+    g.add_argument("--attributor", default="clip", help="registered attributor (default clip)")
+    g.add_argument("--clip-model", default="ViT-B-32", help="open_clip model name or config JSON (default ViT-B-32)")
+    g.add_argument("--clip-pretrained", default="openai",
+                   help="open_clip pretrained tag, local checkpoint, or none for random weights (default openai)")
+    g.add_argument("--templates", help="CLIP prompt templates JSON (default: failmode/mining/templates.json)")
+    g.add_argument("--attributor-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra attributor option (VALUE parsed as JSON when it can be); repeatable")
+    g.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    return g
+
+
+def add_render_arguments(g: argparse._ArgumentGroup, batch_help: str, precision_flag: str = "--precision") -> None:
+    """The diffusers generator and its render options (DiffusersGenerator, RenderOptions)."""
+    g.add_argument("--generator", help="diffusers model id or local pipeline folder (default SD 1.5)")
+    g.add_argument("--revision", help="generator revision on the Hub")
+    g.add_argument("--scheduler", default="dpmsolver++",
+                   help="dpmsolver++ (default), dpmsolver++-karras, ddim, pndm, euler, unipc, or 'pipeline'")
+    g.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
+    g.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
+    g.add_argument("--size", type=int, default=512, help="generated image size in pixels (default 512)")
+    g.add_argument(precision_flag, dest="render_precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
+                   help="generator precision (auto: fp16 on CUDA, fp32 on CPU)")
+    g.add_argument("--batch-size", type=int, default=16, help=batch_help)
+
+
+def check_mode(args: argparse.Namespace, real_flag: str) -> bool:
+    """True for the world mode; one of --world / the real-data flag is required, not both."""
+    real = getattr(args, real_flag.lstrip("-").replace("-", "_"))
+    if bool(args.world) == bool(real):
+        raise UsageError(f"give either --world PRESET (offline world) or {real_flag} (real data), not "
+                         f"{'both' if real else 'neither'}")
+    if real and not args.vocabulary:
+        raise UsageError(f"{real_flag} needs --vocabulary NAME_OR_JSON")
+    if args.world and args.vocabulary:
+        raise UsageError("--vocabulary is for real data; the world brings its own vocabulary")
+    return bool(args.world)
 
 
 def parse_per_class(text: str) -> dict[str, int]:
@@ -28,6 +85,20 @@ def parse_per_class(text: str) -> dict[str, int]:
         if not sep or not value.strip().isdigit():
             raise UsageError(f"--per-class wants SPLIT=N[,SPLIT=N...], not {item!r}")
         out[key.strip()] = int(value)
+    return out
+
+
+def parse_options(items: list[str]) -> dict[str, Any]:
+    """KEY=VALUE strings as a dict; values that parse as JSON are decoded."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--attributor-option wants KEY=VALUE, not {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
     return out
 
 
@@ -44,3 +115,34 @@ def split_of(ws: Any, name: str) -> Any:
     if name not in ws.world.splits:
         raise UsageError(f"unknown split {name!r} (known: {', '.join(ws.world.splits)})")
     return ws.world.splits[name]
+
+
+def cache_dir(args: argparse.Namespace) -> Any:
+    """--cache-dir, else the toolkit's default cache (real-data mode)."""
+    from pathlib import Path
+
+    from failmode.mining.mine import default_cache_dir
+
+    return Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+
+
+def attributor_from_args(args: argparse.Namespace, kind: str) -> Any:
+    """The attributor the options name (CLIP by default), its image embeddings cached under `cache_dir(args)`."""
+    from failmode.discovery.mined import CachedAttributor
+    from failmode.mining.attribution import make_attributor
+
+    options = {opt: getattr(args, flag) for flag, opt in CLIP_FLAGS.items()} if args.attributor == "clip" else {}
+    options = {k: v for k, v in options.items() if v is not None} | parse_options(args.attributor_option)
+    if options.get("pretrained") == "none":  # random weights (smoke tests, benchmarks)
+        options["pretrained"] = None
+    return CachedAttributor(make_attributor(args.attributor, options, kind), cache_dir(args))
+
+
+def generator_from_args(args: argparse.Namespace) -> Any:
+    """A DiffusersGenerator from --generator and the render options."""
+    from failmode.generation.render import DiffusersGenerator, RenderOptions
+    from failmode.models.diffusion import DEFAULT_GENERATOR
+
+    options = RenderOptions(device=args.device, precision=args.render_precision, batch_size=args.batch_size,
+                            scheduler=None if args.scheduler == "pipeline" else args.scheduler)
+    return DiffusersGenerator(args.generator or DEFAULT_GENERATOR, revision=args.revision, options=options)

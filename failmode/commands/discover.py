@@ -3,24 +3,38 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 HELP = "generate, then discover: cluster failures on generated images, describe and confirm them as bugs"
 DESCRIPTION = (
     "For each class, generate images over the plain class prompt and every vocabulary context, classify them, "
     "cluster the misclassified ones in the attributor's embedding space, describe each cluster by its best-matching "
-    "vocabulary phrase, regenerate from each description and confirm it as a bug when the lower 95 %% Wilson bound "
+    "vocabulary phrase, regenerate from each description and confirm it as a bug when the lower 95 % Wilson bound "
     "of its failure rate exceeds the upper bound of the class's base rate. Writes bugs.json, bugs.parquet, "
-    "report.md and grids/*.png; with --debug-images, also a debug config from the confirmed bugs. Runs on the "
-    "offline fashion-scenes world (--world)."
+    "report.md and grids/*.png; with --debug-images, also a debug config from the confirmed bugs. Two modes. "
+    "Real models: --model TIMM_NAME [--weights timm|FILE|PROVIDER] [--head FILE] --dataset-classes "
+    "imagenet-1k|cifar10|cifar100|FILE --vocabulary NAME_OR_JSON --generator ID_OR_DIR: the timm model's own "
+    "logits classify Stable Diffusion images (or another diffusers pipeline), the CLIP attributor clusters and "
+    "describes them. Offline world: --world PRESET."
 )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `failmode discover`."""
-    from failmode.commands._discovery import add_world_arguments
+    from failmode.commands._discovery import add_real_arguments, add_render_arguments, add_world_arguments
 
     add_world_arguments(p)
-    p.add_argument("--classes", nargs="+", metavar="CLASS", help="only these classes (default: all)")
+    g = add_real_arguments(p)
+    g.add_argument("--model", help="timm model name: the classifier under test")
+    g.add_argument("--weights", default="timm",
+                   help="timm (pretrained), none, a state-dict file or an offline weight provider (default timm)")
+    g.add_argument("--head", help="a linear head file on the model's features, when its own classes are not these")
+    g.add_argument("--dataset-classes", metavar="NAME_OR_FILE",
+                   help="the classes the model predicts: imagenet-1k, cifar10, cifar100, or a JSON list / text file "
+                        "(default: the vocabulary's dataset)")
+    add_render_arguments(g, "fixed generator batch (default 16)")
+    p.add_argument("--classes", nargs="+", metavar="CLASS",
+                   help="only these classes, by name or label number (default: all the vocabulary covers)")
     p.add_argument("--images-per-prompt", type=int, default=8, help="broad-set images per prompt (default 8)")
     p.add_argument("--confirm-images", type=int, default=32, help="fresh images per description (default 32)")
     p.add_argument("--max-clusters", type=int, default=6, help="clusters per class at most (default 6)")
@@ -32,33 +46,73 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder")
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run generate-then-discover and write its outputs."""
-    import logging
+def _params(args: argparse.Namespace, **kw: Any) -> Any:
+    from failmode.discovery.discover import DiscoverParams
 
+    return DiscoverParams(images_per_prompt=args.images_per_prompt, max_clusters=args.max_clusters,
+                          min_cluster_size=args.min_cluster_size, confirm_images=args.confirm_images,
+                          base=args.base, seed=args.seed, **kw).check()
+
+
+def _world_setup(args: argparse.Namespace) -> dict[str, Any]:
+    """Backends, classes and parameters of a world run."""
     from failmode.commands._discovery import setup_from_args
-    from failmode.discovery.discover import DiscoverParams, bug_requests, discover, write_bug_report
-    from failmode.discovery.outputs import write_debug_config
-    from failmode.errors import FailmodeError, UsageError
+    from failmode.errors import UsageError
 
-    log = logging.getLogger("failmode.discover")
     ws = setup_from_args(args)
     names = ws.world.class_names
     unknown = sorted(set(args.classes or []) - set(names))
     if unknown:
         raise UsageError(f"unknown class(es) {', '.join(unknown)} (known: {', '.join(names)})")
-    labels = [names.index(c) for c in args.classes] if args.classes else None
-    params = DiscoverParams(images_per_prompt=args.images_per_prompt, max_clusters=args.max_clusters,
-                            min_cluster_size=args.min_cluster_size, confirm_images=args.confirm_images,
-                            base=args.base, size=ws.world.preset.image_size, seed=args.seed)
-    report = discover(ws.generator, ws.classifier, ws.attributor, [ws.vocabulary], names, labels=labels, params=params)
+    return {"generator": ws.generator, "classifier": ws.classifier, "attributor": ws.attributor,
+            "vocabularies": [ws.vocabulary], "class_names": names, "label_names": names,
+            "labels": [names.index(c) for c in args.classes] if args.classes else None,
+            "params": _params(args, size=ws.world.preset.image_size), "name": "fashion-scenes-discovered"}
+
+
+def _real_setup(args: argparse.Namespace) -> dict[str, Any]:
+    """Backends, classes and parameters of a run on a timm model with a diffusers generator and CLIP."""
+    from pathlib import Path
+
+    from failmode.commands._discovery import attributor_from_args, cache_dir, generator_from_args
+    from failmode.discovery.classify import TimmClassifier
+    from failmode.discovery.inputs import check_class_names, dataset_classes, load_vocabularies, pick_labels
+
+    params = _params(args, size=args.size, steps=args.steps, guidance=args.guidance)
+    vocabularies = load_vocabularies(args.vocabulary, args.kinds)
+    spec = args.dataset_classes or vocabularies[0].dataset
+    names, label_names = dataset_classes(spec)
+    check_class_names(vocabularies, names)
+    labels = pick_labels(args.classes, names, vocabularies)
+    classifier = TimmClassifier(args.model, None if args.weights == "none" else args.weights, head=args.head,
+                                image_size=args.image_size, device=args.device,
+                                cache_dir=cache_dir(args) / "features", num_classes=len(names))
+    attributor = attributor_from_args(args, vocabularies[0].kind)
+    return {"generator": generator_from_args(args), "classifier": classifier, "attributor": attributor,
+            "vocabularies": vocabularies, "class_names": names, "label_names": label_names, "labels": labels,
+            "params": params, "name": f"{Path(spec).stem}-discovered"}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run generate-then-discover and write its outputs."""
+    import logging
+
+    from failmode.commands._discovery import check_mode
+    from failmode.discovery.discover import bug_requests, discover, write_bug_report
+    from failmode.discovery.outputs import write_debug_config
+    from failmode.errors import FailmodeError
+
+    log = logging.getLogger("failmode.discover")
+    s = _world_setup(args) if check_mode(args, "--model") else _real_setup(args)
+    report = discover(s["generator"], s["classifier"], s["attributor"], s["vocabularies"], s["class_names"],
+                      labels=s["labels"], params=s["params"])
     paths = write_bug_report(args.out, report)
     if args.debug_images:
         if not report.confirmed:
             raise FailmodeError("no confirmed bugs to render into a debug config")
-        requests = bug_requests(report.confirmed, per_bug=args.debug_images, params=params)
-        write_debug_config(f"{args.out}/debug-dataset", name="fashion-scenes-discovered", config="discovered",
-                           requests=requests, generator=ws.generator, class_names=names,
-                           source_model=ws.classifier.ident, description="confirmed bugs of generate-then-discover")
+        requests = bug_requests(report.confirmed, per_bug=args.debug_images, params=s["params"])
+        write_debug_config(f"{args.out}/debug-dataset", name=s["name"], config="discovered", requests=requests,
+                           generator=s["generator"], class_names=s["label_names"],
+                           source_model=s["classifier"].ident, description="confirmed bugs of generate-then-discover")
     log.info("%d confirmed bugs of %d candidates -> %s", len(report.confirmed), len(report.bugs), paths["report"])
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 HELP = "find minimal failure slices: tag combinations (up to s tags, >= m images) at least d less accurate"
 DESCRIPTION = (
@@ -10,23 +11,33 @@ DESCRIPTION = (
     "threshold, search every combination of up to s tags per class with at least m images and an accuracy at "
     "least d below the class's, keep the minimal ones, rank them, and check on a second split that their accuracy "
     "drops correlate. Writes slices.json, slices.parquet and report.md; with --generate-top, also a debug config "
-    "rendered from the top slices' descriptions. Runs on the offline fashion-scenes world (--world)."
+    "rendered from the top slices' descriptions. Two modes. Real data: --mined DIR (a 'failmode mine' output) "
+    "--vocabulary NAME_OR_JSON [--kinds background color]: every debug image is tagged with the CLIP attributor "
+    "for each kind, correct / incorrect come from the recorded predictions, and the slices are checked on the "
+    "run's test split (predicted by the mined model) or, when it cannot be predicted, on the other half of the "
+    "debug split. Offline world: --world PRESET."
 )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `failmode slices`."""
-    from failmode.commands._discovery import add_world_arguments
+    from failmode.commands._discovery import add_real_arguments, add_render_arguments, add_world_arguments
 
     add_world_arguments(p)
-    p.add_argument("--find", default="debug", help="split the slices are searched on (default debug)")
-    p.add_argument("--check", default="test", help="split they are checked on ('none' to skip; default test)")
+    g = add_real_arguments(p)
+    g.add_argument("--mined", metavar="DIR", help="a 'failmode mine' output folder (failures.parquet, splits.json, "
+                                                 "predictions.npz): find slices on its debug split")
+    add_render_arguments(g, "generator batch with --generate-top (default 16)", precision_flag="--render-precision")
+    p.add_argument("--find", default="debug", help="world: split the slices are searched on (default debug)")
+    p.add_argument("--check", help="world: split they are checked on, or none (default test); mined run: auto "
+                                   "(default: test if predictable, else debug-half), test, debug-half, none")
     p.add_argument("-s", "--order", type=int, default=3, help="at most this many tags per slice (default 3)")
     p.add_argument("-m", "--min-size", type=int, default=25, help="at least this many images per slice (default 25)")
     p.add_argument("-d", "--min-drop", type=float, default=0.2, help="accuracy drop below the class's (default 0.2)")
     p.add_argument("--gain", type=float, default=0.1,
                    help="minimality: dropping any tag must raise accuracy by at least this much (default 0.1)")
-    p.add_argument("--calibration", default="robust-z", help="tag thresholds: robust-z (default), precision, fixed")
+    p.add_argument("--calibration", default="robust-z",
+                   help="tag thresholds: robust-z (default), fixed, precision (world only: needs known contexts)")
     p.add_argument("--z", type=float, default=3.0, help="robust-z: threshold = median + z * MAD-sigma (default 3)")
     p.add_argument("--precision", type=float, default=0.9,
                    help="precision: target precision on the train split's known contexts (default 0.9)")
@@ -38,41 +49,103 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder")
 
 
+def _calibration(args: argparse.Namespace, ws: Any) -> Any:
+    """The tag calibration the options name (precision: the world's train split with its known contexts)."""
+    from failmode.commands._discovery import split_of
+    from failmode.discovery.slicing import Calibration
+    from failmode.errors import UsageError
+
+    options = {"robust-z": {"z": args.z}, "precision": {"precision": args.precision},
+               "fixed": {"value": args.threshold}}.get(args.calibration, {})
+    if args.calibration != "precision":
+        return Calibration(args.calibration, options)
+    if ws is None:
+        raise UsageError("--calibration precision needs images with known contexts: only with --world")
+    train = split_of(ws, "train")
+    return Calibration(args.calibration, options, train, None, [[c] for c in train.contexts()])
+
+
+def _kinds(vocabularies: Any) -> dict[str, str]:
+    """Context phrase -> its vocabulary's kind (the context kind of rendered slice images)."""
+    return {c: v.kind for v in vocabularies for cls in v.classes for c in cls.contexts}
+
+
+def _world_slices(args: argparse.Namespace, ws: Any, params: Any) -> tuple[Any, dict[str, Any]]:
+    """Slices on the world; returns the report and what rendering the top slices needs."""
+    from failmode.commands._discovery import split_of
+    from failmode.discovery.slicing import run_slices
+
+    check_name = args.check or "test"
+    check = None if check_name == "none" else (split_of(ws, check_name), None)
+    report = run_slices(ws.attributor, ws.classifier, [ws.vocabulary], find=(split_of(ws, args.find), None),
+                        check=check, params=params, calibration=_calibration(args, ws),
+                        min_check_size=args.min_check_size)
+    render = {"generator": lambda: ws.generator, "class_names": ws.world.class_names, "name": "fashion-scenes-slices",
+              "size": ws.world.preset.image_size, "steps": 25, "guidance": 7.5, "kinds": _kinds([ws.vocabulary])}
+    return report, render
+
+
+def _mined_slices(args: argparse.Namespace, params: Any) -> tuple[Any, dict[str, Any]]:
+    """Slices on a mined run; returns the report and what rendering the top slices needs."""
+    from pathlib import Path
+
+    from failmode.commands._discovery import attributor_from_args, cache_dir, generator_from_args
+    from failmode.discovery.inputs import load_vocabularies
+    from failmode.discovery.mined import load_mined_run, run_mined_slices
+    from failmode.errors import UsageError
+
+    if args.find != "debug":
+        raise UsageError("--find is for --world; a mined run is searched on its debug split")
+    if args.generate_top and not args.generator:
+        raise UsageError("--generate-top on a mined run needs --generator (a diffusers model id or folder)")
+    cal = _calibration(args, None)
+    run = load_mined_run(args.mined)
+    vocabularies = load_vocabularies(args.vocabulary, args.kinds)
+    attributor = attributor_from_args(args, vocabularies[0].kind)
+    options = {"device": args.device, "cache_dir": cache_dir(args)}
+    report = run_mined_slices(run, attributor, vocabularies, params=params, calibration=cal,
+                              check=args.check or "auto", seed=args.seed, min_check_size=args.min_check_size,
+                              classifier_options=options)
+    name = f"{Path(str(run.meta.get('dataset'))).name}-slices"
+    render = {"generator": lambda: generator_from_args(args), "class_names": run.source.class_names, "name": name,
+              "size": args.size, "steps": args.steps, "guidance": args.guidance,
+              "kinds": _kinds(vocabularies)}
+    return report, render
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the slice search and write its outputs."""
     import logging
 
     import numpy as np
 
-    from failmode.commands._discovery import setup_from_args, split_of
+    from failmode.commands._discovery import check_mode, setup_from_args
     from failmode.discovery.outputs import write_debug_config
-    from failmode.discovery.slicing import Calibration, run_slices, slice_requests, write_slice_report
+    from failmode.discovery.slicing import slice_requests, write_slice_report
     from failmode.errors import FailmodeError
     from failmode.slices import SliceParams
 
     log = logging.getLogger("failmode.slices")
-    ws = setup_from_args(args)
-    options = {"robust-z": {"z": args.z}, "precision": {"precision": args.precision},
-               "fixed": {"value": args.threshold}}.get(args.calibration, {})
-    cal = Calibration(args.calibration, options)
-    if args.calibration == "precision":
-        train = split_of(ws, "train")
-        cal = Calibration(args.calibration, options, train, None, [[c] for c in train.contexts()])
-    params = SliceParams(args.order, args.min_size, args.min_drop, args.gain)
-    check = None if args.check == "none" else (split_of(ws, args.check), None)
-    report = run_slices(ws.attributor, ws.classifier, [ws.vocabulary], find=(split_of(ws, args.find), None),
-                        check=check, params=params, calibration=cal, min_check_size=args.min_check_size)
+    world = check_mode(args, "--mined")
+    params = SliceParams(args.order, args.min_size, args.min_drop, args.gain).check()
+    if world:
+        ws = setup_from_args(args)
+        report, render = _world_slices(args, ws, params)
+        classifier_ident = ws.classifier.ident
+    else:
+        report, render = _mined_slices(args, params)
+        classifier_ident = report.meta["classifier"]
     paths = write_slice_report(args.out, report)
     if args.generate_top:
         top = report.slices[: args.generate_top]
-        kinds = {t: ws.vocabulary.kind for s in top for t in s.tags}
-        size = ws.world.preset.image_size
-        requests = slice_requests(top, per_slice=args.images_per_slice, base_seed=args.seed, size=size, kinds=kinds)
+        requests = slice_requests(top, per_slice=args.images_per_slice, base_seed=args.seed, size=render["size"],
+                                  steps=render["steps"], guidance=render["guidance"], kinds=render["kinds"])
         if not requests:
             raise FailmodeError("no slices to render: lower -m or -d, or raise -s")
-        root = write_debug_config(f"{args.out}/debug-dataset", name="fashion-scenes-slices", config="slices",
-                                  requests=requests, generator=ws.generator, class_names=ws.world.class_names,
-                                  source_model=ws.classifier.ident, description="top minimal failure slices")
+        root = write_debug_config(f"{args.out}/debug-dataset", name=render["name"], config="slices",
+                                  requests=requests, generator=render["generator"](),
+                                  class_names=render["class_names"], source_model=classifier_ident,
+                                  description="top minimal failure slices")
         log.info("debug config: %s", root)
     g = report.generalisation
     log.info("%d slices -> %s (check-split drop correlation: Pearson %s)", len(report.slices), paths["report"],

@@ -54,3 +54,72 @@ def images_source(images: Sequence[Image.Image], labels: Sequence[int], class_na
                   key: Any) -> ListSource:
     """An in-memory source of generated images whose identity (for caches) is a hash of `key`."""
     return ListSource(images, labels, class_names, f"generated:{stable_hash(key, n=24)}")
+
+
+class TimmClassifier:
+    """A timm model's own logits (or a head on its frozen features) as a `Classifier`.
+
+    Built from names with `failmode.models.classifier.create_classifier` (weights "timm", a file, a provider or
+    None) and preprocessed with its `eval_transform`; predictions go through `failmode.mining.failures.predict`
+    (batched, mixed precision, feature cache under `cache_dir` when set).
+    """
+
+    def __init__(self, model: str, weights: str | None = "timm", *, head: Any | None = None,
+                 image_size: int | None = None, device: str | None = None, batch_size: int = 64,
+                 precision: str = "auto", cache_dir: str | Path | None = None, num_classes: int | None = None) -> None:
+        from failmode.errors import UsageError
+        from failmode.mining.heads import load_head
+        from failmode.mining.mine import model_key
+        from failmode.models.classifier import create_classifier, eval_transform
+
+        self.net = create_classifier(model, weights)
+        self.head = load_head(head) if isinstance(head, (str, Path)) else head
+        outputs = getattr(self.net, "num_classes", None)
+        if self.head is None and num_classes is not None and outputs != num_classes:
+            raise UsageError(f"{model} has {outputs} outputs but there are {num_classes} classes: pass a head "
+                             "file (--head) or the class list the model was trained on")
+        self.model_key = model_key(model, weights)
+        self.transform = eval_transform(self.net, image_size)
+        self.device, self.batch_size, self.precision, self.cache_dir = device, batch_size, precision, cache_dir
+        head_name = head if isinstance(head, (str, Path)) else type(head).__name__
+        self.ident = self.model_key if self.head is None else f"{self.model_key}+head:{head_name}"
+
+    def predict(self, source: ImageSource, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+        """Predicted labels [N] of `source[indices]`."""
+        from failmode.mining.failures import predict
+
+        idx = np.arange(len(source)) if indices is None else np.asarray(indices, dtype=np.int64)
+        preds = predict(self.net, source, idx, model_key=self.model_key, head=self.head, transform=self.transform,
+                        device=self.device, batch_size=self.batch_size, precision=self.precision,
+                        cache_dir=self.cache_dir)
+        return preds.predictions
+
+
+class RecordedClassifier:
+    """Predictions recorded by an earlier run (the mining stage's predictions.npz) as a `Classifier`.
+
+    Images of `source_ident` at recorded indices are looked up; any other image goes to `fallback` (a live
+    classifier), or raises ValidationError when there is none.
+    """
+
+    def __init__(self, indices: np.ndarray, predictions: np.ndarray, *, source_ident: str, ident: str,
+                 fallback: Classifier | None = None) -> None:
+        self.lookup = {int(i): int(p) for i, p in zip(indices, predictions)}
+        self.source_ident, self.ident, self.fallback = source_ident, ident, fallback
+
+    def predict(self, source: ImageSource, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+        """Recorded predictions where there are some, the fallback's elsewhere."""
+        from failmode.errors import ValidationError
+
+        idx = np.arange(len(source)) if indices is None else np.asarray(indices, dtype=np.int64)
+        recorded = np.zeros(len(idx), dtype=bool)
+        if source.ident == self.source_ident:
+            recorded = np.fromiter((int(i) in self.lookup for i in idx), dtype=bool, count=len(idx))
+        out = np.empty(len(idx), dtype=np.int64)
+        out[recorded] = [self.lookup[int(i)] for i in idx[recorded]]
+        if not recorded.all():
+            if self.fallback is None:
+                raise ValidationError(f"{(~recorded).sum()} images of {source.ident} have no recorded prediction "
+                                      f"and no model to predict them")
+            out[~recorded] = self.fallback.predict(source, idx[~recorded])
+        return out

@@ -78,6 +78,13 @@ def class_tags(vocabularies: Sequence[ContextVocabulary], label: int) -> tuple[l
     return names, kinds
 
 
+def prompt_name(vocabularies: Sequence[ContextVocabulary], label: int, default: str) -> str:
+    """The class name used in context prompts: the first vocabulary's `prompt_name` for `label` (vocabularies of
+    `failmode.vocab` have one; "goldfish" rather than the dataset's "goldfish, Carassius auratus"), else `default`."""
+    get = getattr(vocabularies[0], "get", None) if vocabularies else None
+    return str(get(label).prompt_name) if callable(get) else default
+
+
 def score_tags(attributor: Attributor, source: ImageSource, vocabularies: Sequence[ContextVocabulary],
                indices: Sequence[int] | np.ndarray | None = None) -> TagScores:
     """Score `source[indices]` (all images by default) against their class's contexts, centred per image and kind."""
@@ -94,7 +101,7 @@ def score_tags(attributor: Attributor, source: ImageSource, vocabularies: Sequen
     scores = np.full((len(idx), width), np.nan, dtype=np.float32)
     for c, tags in names.items():
         rows = np.flatnonzero(labels == c)
-        class_name = source.class_names[c]
+        class_name = prompt_name(vocabularies, c, source.class_names[c])
         col = 0
         for vocab in vocabularies:
             ctx = vocab.contexts(c)

@@ -1,0 +1,215 @@
+"""`failmode slices` on a mined run and `failmode discover` on a timm model + diffusers pipeline (tiny, offline)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from failmode.cli import main
+from failmode.errors import UsageError
+
+ARCH = "test_efficientnet"
+TOY_CLASSES = ["red thing", "blue thing"]
+SLICE_COLUMNS = {"label", "class_name", "tags", "order", "size", "correct", "accuracy", "class_accuracy", "drop",
+                 "accuracy_low", "accuracy_high", "score", "description", "rank", "check_size", "check_accuracy",
+                 "check_class_accuracy", "check_drop"}
+TINY_CLIP = ["--clip-model", "failmode-tiny-clip", "--clip-pretrained", "none", "--device", "cpu"]
+
+
+def vocabulary(path, dataset, classes, contexts, kind="background", prompt_names=None):
+    """Write a vocabulary JSON: `classes` [(index, name)], the same `contexts` for each."""
+    prompt_names = prompt_names or {}
+    doc = {"format": "failmode-vocabulary/1", "dataset": dataset, "kind": kind, "version": "0.0.1",
+           "template": "a photo of a {class_name} {context}",
+           "provenance": {"generator": "test", "prompt": "", "date": "2026-11-22", "post_processing": ""},
+           "classes": [{"index": i, "name": n, "prompt_name": prompt_names.get(n, n), "contexts": list(contexts)}
+                       for i, n in classes]}
+    path.write_text(json.dumps(doc))
+    return str(path)
+
+
+def toy_dataset():
+    """64 images, 2 classes, each class made of 4 colour groups (so images of a class differ, as in real data)."""
+    import datasets
+
+    from failmode.testing import synthetic_images
+
+    images, groups = synthetic_images(64, size=32, num_classes=8)
+    features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=TOY_CLASSES)})
+    return datasets.Dataset.from_dict({"img": images, "label": [g % 2 for g in groups]}, features=features)
+
+
+def coin_flip_head(net, data):
+    """A linear head that splits the images in two along a random feature direction, whatever their label: each
+    class is about half right, so its images can be grouped into slices less accurate than the class."""
+    from failmode.data.sources import open_source
+    from failmode.features import extract_features
+    from failmode.models.classifier import eval_transform
+
+    feats = extract_features(net, open_source(str(data)), model_key="head-probe", transform=eval_transform(net),
+                             device="cpu", with_logits=False).features
+    w = np.random.default_rng(0).normal(size=feats.shape[1]).astype(np.float32)
+    weight = np.stack([np.zeros_like(w), w])
+    return {"weight": weight, "bias": np.array([0.0, -float(np.median(feats @ w))], np.float32)}
+
+
+@pytest.fixture(scope="module")
+def mined(tmp_path_factory):
+    """A mined run of a tiny timm model + head file on 64 toy images (2 classes): 16 debug + 16 test per class."""
+    import timm
+
+    from failmode.mining import mine_failures
+    root = tmp_path_factory.mktemp("mined")
+    toy_dataset().save_to_disk(str(root / "data"))
+    torch.manual_seed(0)
+    net = timm.create_model(ARCH, pretrained=False)
+    torch.save(net.state_dict(), root / "w.pth")
+    np.savez(root / "head.npz", **coin_flip_head(net, root / "data"))
+    mine_failures(ARCH, str(root / "data"), out_dir=root / "run", weights=str(root / "w.pth"),
+                  head=str(root / "head.npz"), train_per_class=1, debug_per_class=0.5, device="cpu",
+                  batch_size=32, cache_dir=root / "cache")
+    vocabulary(root / "vocab.json", "toy", list(enumerate(TOY_CLASSES)),
+               ["in a forest", "on a beach", "in the snow", "at night"], prompt_names={"blue thing": "azure object"})
+    vocabulary(root / "colors.json", "toy", list(enumerate(TOY_CLASSES)), ["that is pink", "that is green"],
+               kind="color")
+    return root
+
+
+def slices_argv(root, out, *extra):
+    return ["slices", "--mined", str(root / "run"), "--vocabulary", str(root / "vocab.json"), *TINY_CLIP,
+            "-s", "2", "-m", "3", "-d", "0.1", "--gain", "0", "--z", "0", "--min-check-size", "1",
+            "--cache-dir", str(root / "cache"), "--out", str(out), *extra]
+
+
+def test_slices_on_a_mined_run_through_the_cli(mined, tmp_path):
+    torch.manual_seed(0)  # the random tiny CLIP draws from torch's generator
+    out = tmp_path / "slices"
+    assert main(slices_argv(mined, out)) == 0
+    splits = json.loads((mined / "run" / "splits.json").read_text())
+    doc = json.loads((out / "slices.json").read_text())
+    assert doc["format"] == "failmode-slices/1"
+    assert set(doc) == {"format", "params", "meta", "generalisation", "thresholds", "slices"}
+    meta = doc["meta"]
+    # every debug image tagged, recorded predictions used; the head file makes the test split predictable
+    assert meta["check_mode"] == "test"
+    assert meta["n_find"] == meta["n_debug"] == meta["n_tagged_debug"] == len(splits["debug"]) == 32
+    assert meta["n_check"] == len(splits["test"]) == 32
+    assert meta["attributor"] == "clip:failmode-tiny-clip/random-init"
+    assert set(doc["thresholds"]) == {"in a forest", "on a beach", "in the snow", "at night"}
+    preds = np.load(mined / "run" / "predictions.npz")
+    assert meta["find_accuracy"] == pytest.approx(float((preds["labels"] == preds["predictions"]).mean()))
+    assert doc["generalisation"]["n_slices"] == len(doc["slices"]) > 0
+    table = pq.read_table(out / "slices.parquet")
+    assert set(table.column_names) == SLICE_COLUMNS and table.num_rows == len(doc["slices"])
+    for s in doc["slices"]:
+        assert s["size"] >= 3 and s["class_accuracy"] - s["accuracy"] >= 0.1 - 1e-9
+        assert s["accuracy_low"] - 1e-12 <= s["accuracy"] <= s["accuracy_high"] + 1e-12
+        assert set(s["tags"].split(" + ")) <= set(doc["thresholds"])
+        prompt = {"red thing": "a red thing", "blue thing": "an azure object"}[s["class_name"]]  # vocabulary's name
+        assert s["description"] == f"a photo of {prompt} {s['tags'].replace(' + ', ' ')}"
+    assert doc["slices"][0]["description"] in (out / "report.md").read_text()
+
+
+def test_slices_debug_halves_and_two_kinds(mined, tmp_path):
+    import argparse
+
+    from failmode.commands import slices as cmd
+    from failmode.commands._discovery import cache_dir
+
+    p = argparse.ArgumentParser()
+    cmd.add_arguments(p)
+    args = p.parse_args(slices_argv(mined, tmp_path / "o", "--check", "debug-half", "--seed", "3")[1:]
+                        + ["--vocabulary", str(mined / "vocab.json"), str(mined / "colors.json")])
+    assert cmd.run(args) == 0 and cache_dir(args) == mined / "cache"
+    doc = json.loads((tmp_path / "o" / "slices.json").read_text())
+    meta = doc["meta"]
+    assert meta["check_mode"] == "debug-half" and meta["vocabulary_kinds"] == ["background", "color"]
+    assert meta["n_find"] + meta["n_check"] == meta["n_tagged_debug"] == meta["n_debug"] == 32
+    assert meta["n_find"] == meta["n_check"] == 16  # 8 + 8 per class
+    assert {"that is pink", "that is green", "at night"} <= set(doc["thresholds"])
+
+
+def test_auto_check_falls_back_to_debug_halves(mined):
+    from dataclasses import replace
+
+    from failmode.discovery.mined import load_mined_run, resolve_check, split_debug
+
+    run = load_mined_run(mined / "run")
+    assert resolve_check(run, "auto", device="cpu")[0] == "test"
+    trained = replace(run, meta={**run.meta, "head": "linear head trained on 2 train images"})
+    assert resolve_check(trained, "auto") == ("debug-half", None)
+    with pytest.raises(UsageError, match="head .* was not saved"):
+        resolve_check(trained, "test")
+    a, b = split_debug(run, seed=0)
+    assert not set(a) & set(b) and sorted([*a, *b]) == sorted(run.splits.debug.tolist())
+    assert np.bincount(run.source.labels[a]).tolist() == [8, 8]
+    assert list(split_debug(run, seed=0)[0]) == list(a) and list(split_debug(run, seed=1)[0]) != list(a)
+
+
+def test_mined_run_errors_are_one_line(mined, tmp_path, capsys):
+    assert main(["slices", "--mined", str(tmp_path / "nope"), "--vocabulary", "x.json", "--out",
+                 str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no such mined run" in err
+    partial = tmp_path / "partial"
+    shutil.copytree(mined / "run", partial)
+    (partial / "predictions.npz").unlink()
+    argv = slices_argv(mined, tmp_path / "o")
+    argv[argv.index("--mined") + 1] = str(partial)
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "lacks predictions.npz" in err
+    assert main(["slices", "--out", str(tmp_path / "o")]) == 2
+    assert "either --world PRESET" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_discover_on_a_timm_model_with_a_diffusers_pipeline(tiny_pipeline_dir, tmp_path):
+    import timm
+
+    from failmode.slices import wilson_interval
+
+    torch.manual_seed(0)
+    torch.save(timm.create_model(ARCH, pretrained=False).state_dict(), tmp_path / "w.pth")  # 1000 ImageNet logits
+    vocab = vocabulary(tmp_path / "in.json", "imagenet-1k", [(0, "tench"), (1, "goldfish")],
+                       ["in a forest", "on a sofa"])
+    out = tmp_path / "bugs"
+    argv = ["discover", "--model", ARCH, "--weights", str(tmp_path / "w.pth"), "--dataset-classes", "imagenet-1k",
+            "--vocabulary", vocab, "--generator", str(tiny_pipeline_dir), "--size", "64", "--steps", "2",
+            "--batch-size", "4", "--scheduler", "ddim", "--images-per-prompt", "2", "--confirm-images", "4",
+            "--min-cluster-size", "2", "--max-clusters", "2", "--cache-dir", str(tmp_path / "cache"), *TINY_CLIP,
+            "--out", str(out)]
+    assert main(argv) == 0
+    doc = json.loads((out / "bugs.json").read_text())
+    assert doc["format"] == "failmode-bugs/1" and set(doc) == {"format", "params", "meta", "classes", "bugs"}
+    assert doc["meta"]["classifier"].startswith(f"{ARCH}@file:")
+    assert doc["meta"]["generator"].startswith("diffusers:tiny-sd@cfg-")
+    assert [c["class_name"] for c in doc["classes"]] == ["tench", "goldfish"]
+    assert all(c["broad_images"] == 2 * 3 for c in doc["classes"])  # plain prompt + 2 contexts, 2 images each
+    assert doc["params"]["size"] == 64 and doc["params"]["steps"] == 2
+    assert doc["bugs"], "a random 1000-way classifier fails nearly always: there must be clusters"
+    for b in doc["bugs"]:
+        lo, hi = wilson_interval(b["confirm_failures"], b["confirm_n"])
+        assert b["confirm_n"] == 4 and b["base_n"] == 4
+        assert (b["failure_low"], b["failure_high"]) == pytest.approx((float(lo), float(hi)))
+        assert b["failure_low"] <= b["failure_rate"] <= b["failure_high"]
+        assert b["confirmed"] == (b["failure_low"] > b["base_high"])
+        assert b["phrases"] in ("in a forest", "on a sofa") and b["prompt"].endswith(b["phrases"])
+        assert (out / b["grid"]).is_file()
+    assert pq.read_table(out / "bugs.parquet").num_rows == len(doc["bugs"])
+
+
+def test_discover_refuses_a_class_list_that_does_not_fit(tmp_path, capsys):
+    vocab = vocabulary(tmp_path / "c.json", "cifar10", [(0, "airplane")], ["in a forest"])
+    argv = ["discover", "--model", ARCH, "--weights", "none", "--vocabulary", vocab, "--dataset-classes",
+            "imagenet-1k", "--generator", str(tmp_path), "--out", str(tmp_path / "o")]
+    assert main(argv) == 1
+    assert "class 0 is 'airplane'" in capsys.readouterr().err
+    argv[argv.index("--dataset-classes") + 1] = "cifar10"
+    assert main(argv) == 2  # 1000 ImageNet logits for 10 classes and no head
+    assert "1000 outputs but there are 10 classes" in capsys.readouterr().err
