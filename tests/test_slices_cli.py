@@ -86,10 +86,14 @@ def slices_argv(root, out, *extra):
             "--cache-dir", str(root / "cache"), "--out", str(out), *extra]
 
 
-def test_slices_on_a_mined_run_through_the_cli(mined, tmp_path):
+def test_slices_on_a_mined_run_through_the_cli(mined, tiny_pipeline_dir, tmp_path):
+    from failmode.dataset import validate_dataset_folder
+
     torch.manual_seed(0)  # the random tiny CLIP draws from torch's generator
     out = tmp_path / "slices"
-    assert main(slices_argv(mined, out)) == 0
+    render = ["--generate-top", "2", "--images-per-slice", "2", "--generator", str(tiny_pipeline_dir), "--size", "64",
+              "--steps", "2", "--scheduler", "ddim", "--batch-size", "2"]
+    assert main(slices_argv(mined, out, *render)) == 0
     splits = json.loads((mined / "run" / "splits.json").read_text())
     doc = json.loads((out / "slices.json").read_text())
     assert doc["format"] == "failmode-slices/1"
@@ -113,6 +117,15 @@ def test_slices_on_a_mined_run_through_the_cli(mined, tmp_path):
         prompt = {"red thing": "a red thing", "blue thing": "an azure object"}[s["class_name"]]  # vocabulary's name
         assert s["description"] == f"a photo of {prompt} {s['tags'].replace(' + ', ' ')}"
     assert doc["slices"][0]["description"] in (out / "report.md").read_text()
+    manifest = validate_dataset_folder(out / "debug-dataset")  # the top 2 slices rendered, 2 images each
+    assert manifest.class_names == TOY_CLASSES and manifest.configs["slices"].num_samples == {"train": 4}
+    plan = pq.read_table(next((out / "debug-dataset" / "data" / "slices").glob("*.parquet"))).to_pylist()
+    assert sorted({r["prompt"] for r in plan}) == sorted(s["description"] for s in doc["slices"][:2])
+
+
+def test_generate_top_on_a_mined_run_needs_a_generator(mined, tmp_path, capsys):
+    assert main(slices_argv(mined, tmp_path / "o", "--generate-top", "1")) == 2
+    assert "needs --generator" in capsys.readouterr().err
 
 
 def test_slices_debug_halves_and_two_kinds(mined, tmp_path):
