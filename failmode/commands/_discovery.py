@@ -8,9 +8,9 @@ model for discover; a vocabulary, the CLIP attributor and a diffusers generator 
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
+from failmode.commands._common import parse_options
 from failmode.errors import UsageError
 
 #: --clip-* flags and the ClipAttributor options they set (as `failmode attribute`)
@@ -88,20 +88,6 @@ def parse_per_class(text: str) -> dict[str, int]:
     return out
 
 
-def parse_options(items: list[str]) -> dict[str, Any]:
-    """KEY=VALUE strings as a dict; values that parse as JSON are decoded."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--attributor-option wants KEY=VALUE, not {item!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
 def setup_from_args(args: argparse.Namespace) -> Any:
     """The world set-up the options describe (classifier trained, stand-in backends made)."""
     from failmode.discovery.world import setup_world
@@ -132,7 +118,7 @@ def attributor_from_args(args: argparse.Namespace, kind: str) -> Any:
     from failmode.mining.attribution import make_attributor
 
     options = {opt: getattr(args, flag) for flag, opt in CLIP_FLAGS.items()} if args.attributor == "clip" else {}
-    options = {k: v for k, v in options.items() if v is not None} | parse_options(args.attributor_option)
+    options = {k: v for k, v in options.items() if v is not None} | parse_options(args.attributor_option, "--attributor-option")
     if options.get("pretrained") == "none":  # random weights (smoke tests, benchmarks)
         options["pretrained"] = None
     return CachedAttributor(make_attributor(args.attributor, options, kind), cache_dir(args))

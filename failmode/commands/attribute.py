@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
+
+from failmode.commands._common import parse_options
 
 HELP = "attribute seed failures to vocabulary contexts (CLIP zero-shot); write modes.json and a failure report"
 DESCRIPTION = (
@@ -49,22 +50,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", help="embedding cache (default: $FAILMODE_CACHE_DIR or ~/.cache/failmode)")
 
 
-def parse_options(items: list[str]) -> dict[str, object]:
-    """KEY=VALUE strings as a dict; values that parse as JSON are decoded."""
-    from failmode.errors import UsageError
-
-    out: dict[str, object] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--option wants KEY=VALUE, not {item!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
 def tables(args: argparse.Namespace) -> list[str]:
     """The failures tables named on the command line."""
     from pathlib import Path
@@ -88,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
     paths = tables(args)
     options = {opt: getattr(args, flag) for flag, opt in CLIP_FLAGS.items()} if args.attributor == "clip" else {}
-    options = {k: v for k, v in options.items() if v is not None} | parse_options(args.option)
+    options = {k: v for k, v in options.items() if v is not None} | parse_options(args.option, "--option")
     if options.get("pretrained") == "none":  # random weights (smoke tests, benchmarks)
         options["pretrained"] = None
     attributor = make_attributor(args.attributor, options, args.kind)
