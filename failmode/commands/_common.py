@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from failmode.errors import UsageError
@@ -20,3 +22,16 @@ def parse_options(items: list[str], flag: str) -> dict[str, Any]:
         except json.JSONDecodeError:
             out[key] = value
     return out
+
+
+def attributor_options(args: argparse.Namespace, flags: Mapping[str, str], extra_flag: str) -> dict[str, Any]:
+    """Attributor options from the --clip-* style `flags` (dest -> option; CLIP only) and repeatable `extra_flag`.
+
+    Unset flags are left out; `--clip-pretrained none` means random weights (smoke tests, benchmarks).
+    """
+    options = {opt: getattr(args, dest) for dest, opt in flags.items()} if args.attributor == "clip" else {}
+    dest = extra_flag.lstrip("-").replace("-", "_")
+    options = {k: v for k, v in options.items() if v is not None} | parse_options(getattr(args, dest), extra_flag)
+    if options.get("pretrained") == "none":
+        options["pretrained"] = None
+    return options

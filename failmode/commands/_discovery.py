@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from failmode.commands._common import parse_options
+from failmode.commands._common import attributor_options
 from failmode.errors import UsageError
 
 #: --clip-* flags and the ClipAttributor options they set (as `failmode attribute`)
@@ -117,10 +117,7 @@ def attributor_from_args(args: argparse.Namespace, kind: str) -> Any:
     from failmode.discovery.mined import CachedAttributor
     from failmode.mining.attribution import make_attributor
 
-    options = {opt: getattr(args, flag) for flag, opt in CLIP_FLAGS.items()} if args.attributor == "clip" else {}
-    options = {k: v for k, v in options.items() if v is not None} | parse_options(args.attributor_option, "--attributor-option")
-    if options.get("pretrained") == "none":  # random weights (smoke tests, benchmarks)
-        options["pretrained"] = None
+    options = attributor_options(args, CLIP_FLAGS, "--attributor-option")
     return CachedAttributor(make_attributor(args.attributor, options, kind), cache_dir(args))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from failmode.commands._common import parse_options
+from failmode.commands._common import attributor_options
 
 HELP = "attribute seed failures to vocabulary contexts (CLIP zero-shot); write modes.json and a failure report"
 DESCRIPTION = (
@@ -72,11 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from failmode.mining import attribute_failures, make_attributor
 
     paths = tables(args)
-    options = {opt: getattr(args, flag) for flag, opt in CLIP_FLAGS.items()} if args.attributor == "clip" else {}
-    options = {k: v for k, v in options.items() if v is not None} | parse_options(args.option, "--option")
-    if options.get("pretrained") == "none":  # random weights (smoke tests, benchmarks)
-        options["pretrained"] = None
-    attributor = make_attributor(args.attributor, options, args.kind)
+    attributor = make_attributor(args.attributor, attributor_options(args, CLIP_FLAGS, "--option"), args.kind)
     halves = ("seed", "heldout") if args.include_heldout else ("seed",)
     for path in paths:
         modes = attribute_failures(path, vocabulary=args.vocabulary, kind=args.kind, attributor=attributor, k=args.k,

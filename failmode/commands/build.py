@@ -38,13 +38,12 @@ def run(args: argparse.Namespace) -> int:
     from failmode.generation.shards import worker_slot
     from failmode.runtime import configure_cpu_threads
 
-    if args.list or not args.preset:
-        if not args.list:
-            raise UsageError(f"name a preset (shipped: {', '.join(list_presets())})")
+    if args.list:
         for name in list_presets():
-            p = load_preset(name)
-            print(f"{name}\t{p.pretty_name}")
+            print(f"{name}\t{load_preset(name).pretty_name}")
         return 0
+    if not args.preset:
+        raise UsageError(f"name a preset (shipped: {', '.join(list_presets())})")
     configure_cpu_threads()
     preset = load_preset(args.preset)
     overrides = {k: v for k, v in (("batch_size", args.batch_size), ("compile", args.compile)) if v is not None}

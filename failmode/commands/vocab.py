@@ -7,6 +7,10 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from failmode.vocab import Vocabulary
 
 HELP = "build (with an LLM), show, diff and validate per-class 'uncommon context' vocabularies"
 DESCRIPTION = (
@@ -96,7 +100,7 @@ def _build(args: argparse.Namespace) -> int:
     return 1 if args.strict and report.short else 0
 
 
-def _load(name: str, kind: str):  # noqa: ANN202 - returns failmode.vocab.Vocabulary
+def _load(name: str, kind: str) -> Vocabulary:
     from failmode.vocab import load_vocabulary
 
     return load_vocabulary(name, kind)

@@ -14,6 +14,7 @@ from failmode.dataset import layout
 from failmode.errors import ValidationError
 from failmode.io import read_json, write_json
 
+REPO_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # a Hub repository id, ORG/NAME
 SEMVER_RE = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?$")
 CONFIG_KINDS = ("model", "collective", "baseline", "table")
 MANIFEST_FORMAT = 1
@@ -89,7 +90,7 @@ class Manifest:
             spec.check(name)
         if self.default_config and self.default_config not in self.configs:
             raise ValidationError(f"manifest: default_config {self.default_config!r} is not a config")
-        if self.repo_id and not re.match(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$", self.repo_id):
+        if self.repo_id and not REPO_ID_RE.match(self.repo_id):
             raise ValidationError(f"manifest: invalid repo_id {self.repo_id!r} (expected ORG/NAME)")
         return self
 

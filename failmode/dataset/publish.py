@@ -2,8 +2,9 @@
 
 Order of work: validate the folder (no network) -> refuse offline mode, a missing token or an unreachable Hub in
 one line (a TCP probe of a few seconds, before huggingface_hub's own retries) -> create the repository -> refuse a
-tag that already exists -> resumable multi-commit upload (re-running the same command resumes) -> check every local
-file is on the Hub -> tag. The tag is created last: a push that stopped half-way is never reported or tagged as done.
+tag that already exists -> upload in one `upload_folder` commit (a rerun does not send again the large files the
+Hub already received) -> check every local file is on the Hub -> tag. The tag is created last: a push that stopped
+half-way is never reported or tagged as done.
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from failmode.dataset import layout
+from failmode.dataset.manifest import REPO_ID_RE
 from failmode.dataset.validate import validate_dataset_folder
 from failmode.errors import FailmodeError, UsageError
 from failmode.hub import hub_endpoint, hub_offline, hub_unreachable_reason
@@ -30,7 +31,6 @@ UPLOAD_PATTERNS = [layout.CARD_NAME, layout.MANIFEST_NAME, "data/*", "wds/*", "a
 # Remote files under these folders that the new version does not have are deleted (stale shards would
 # otherwise be picked up by the card's `data/<config>/<split>-*.parquet` patterns).
 MANAGED_PATTERNS = ["data/*", "wds/*", "assets/*", "generation/*"]
-_REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def push_dataset(root: str | os.PathLike[str], repo_id: str, *, tag: str | None = None, private: bool = False,
@@ -39,7 +39,7 @@ def push_dataset(root: str | os.PathLike[str], repo_id: str, *, tag: str | None 
 
     `tag` defaults to `v<manifest version>` and must equal it. Raises FailmodeError with one line on any failure.
     """
-    if not _REPO_RE.match(repo_id):
+    if not REPO_ID_RE.match(repo_id):
         raise UsageError(f"invalid repository {repo_id!r}: expected ORG/NAME")
     manifest = validate_dataset_folder(root, check_hashes=True)
     tag = tag or manifest.tag

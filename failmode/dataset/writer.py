@@ -162,21 +162,15 @@ class _ShardSink:
             self.tar.addfile(info, io.BytesIO(data))
 
     def _flush(self) -> None:
-        if self.spec is None:
+        if not self.pending:
             return
-        if self.pending or self.writer is None:
-            table = self.spec.table(self.pending, self.ext)
-            if self.writer is None:
-                self.writer = pq.ParquetWriter(self.parquet_file, table.schema, **PARQUET_OPTIONS)
-            if self.pending:
-                self.writer.write_table(table, row_group_size=ROW_GROUP_SIZE)
-                self.num_bytes += table.nbytes
+        assert self.spec is not None  # set by the first row
+        table = self.spec.table(self.pending, self.codec.ext)
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.parquet_file, table.schema, **PARQUET_OPTIONS)
+        self.writer.write_table(table, row_group_size=ROW_GROUP_SIZE)
+        self.num_bytes += table.nbytes
         self.pending = []
-
-    @property
-    def ext(self) -> str:
-        """Extension of the image format (used for the `path` of embedded images)."""
-        return self.codec.ext
 
     def close(self) -> None:
         """Flush the last row group and close both files (an empty shard still gets a valid, empty parquet)."""
@@ -184,7 +178,7 @@ class _ShardSink:
             self.spec = ArrowSchemaSpec.core(self.class_names)
         self._flush()
         if self.writer is None:
-            self.writer = pq.ParquetWriter(self.parquet_file, self.spec.table([], self.ext).schema, **PARQUET_OPTIONS)
+            self.writer = pq.ParquetWriter(self.parquet_file, self.spec.schema(), **PARQUET_OPTIONS)
         self.writer.close()
         self.tar.close()
 
