@@ -90,9 +90,11 @@ def extract_features(
         path = Path(cache_dir) / f"{feature_key(model_key, source, idx, transform, precision)}.npz"
         if path.exists():
             with np.load(path) as z:
-                log.info("%s: %d cached features from %s", desc, len(idx), path)
                 logits = z["logits"] if "logits" in z.files else None
-                return Features(z["features"], logits, source.labels[idx], idx, cached=True)
+                # an entry written with with_logits=False lacks the logits a classifier can give: recompute
+                if logits is not None or not with_logits or not hasattr(model, "forward_head"):
+                    log.info("%s: %d cached features from %s", desc, len(idx), path)
+                    return Features(z["features"], logits, source.labels[idx], idx, cached=True)
 
     dev = pick_device(str(device) if device else None)
     dtype = autocast_dtype(dev, precision)

@@ -85,6 +85,21 @@ def test_feature_cache_hit_and_invalidation(tmp_path):
     assert not extract_features(model, src, model_key="m1", cache_dir=tmp_path, transform=other).cached
 
 
+def test_feature_cache_without_logits_is_recomputed_when_logits_are_asked_for(tmp_path):
+    from failmode.data.sources import HFSource
+    from failmode.features import extract_features
+    from failmode.testing import tiny_classifier, tiny_image_dataset
+
+    src = HFSource(tiny_image_dataset("cifar10", n=6), "tiny-6")
+    model = tiny_classifier(10)
+    plain = extract_features(model, src, model_key="m", cache_dir=tmp_path, with_logits=False)
+    assert plain.logits is None
+    full = extract_features(model, src, model_key="m", cache_dir=tmp_path)  # needs logits: not a cache hit
+    assert not full.cached and full.logits.shape == (6, 10)
+    again = extract_features(model, src, model_key="m", cache_dir=tmp_path)
+    assert again.cached and np.array_equal(again.logits, full.logits)
+
+
 def test_guard_blocks_non_loopback_connections(network_attempts):
     before = len(network_attempts)
     with pytest.raises(OSError, match="network disabled"):

@@ -66,7 +66,8 @@ def predict(
 ) -> Predictions:
     """Predict `source[indices]` with a torch model: its own logits, or `head` on its frozen features.
 
-    Features and logits come from `failmode.features.extract_features` (batched, mixed precision, disk cache).
+    Features and logits come from `failmode.features.extract_features` (batched, mixed precision, disk cache);
+    with a head, the model's own logits are not computed.
     """
     from failmode.features import extract_features
     from failmode.mining.heads import apply_head
@@ -74,7 +75,7 @@ def predict(
     idx = np.asarray(indices, dtype=np.int64)
     feats = extract_features(model, source, idx, model_key=model_key, transform=transform, batch_size=batch_size,
                              device=device, precision=precision, cache_dir=cache_dir, num_workers=num_workers,
-                             desc=f"predict {model_key}")
+                             with_logits=head is None, desc=f"predict {model_key}")
     n_classes = len(source.class_names)
     if head is not None:
         preds, logits = apply_head(head, feats.features, n_classes)
