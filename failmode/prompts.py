@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 
-# Words starting with a vowel letter but a consonant sound take "a" ("a unicycle", "a one-piece swimsuit"),
-# and a silent h takes "an" ("an hourglass").
-_CONSONANT_SOUND = re.compile(r"^(uni|use|usu|uk|eu|ewe|one|once)", re.IGNORECASE)
+# Words starting with a vowel letter but a consonant sound take "a" ("a unicycle", "a utility room",
+# "a one-piece swimsuit"), and a silent h takes "an" ("an hourglass").
+_CONSONANT_SOUND = re.compile(r"^(uni|use|usu|uti|uk|eu|ewe|one|once|ufo)", re.IGNORECASE)
 _VOWEL_SOUND = re.compile(r"^(hour|honest|honou?r|heir)", re.IGNORECASE)
 
 

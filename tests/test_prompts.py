@@ -13,6 +13,7 @@ T = "a photo of a {class_name} {context}"
 @pytest.mark.parametrize(("word", "expected"), [
     ("apple", "an"), ("aquarium fish", "an"), ("orange", "an"), ("unicycle", "a"), ("one-piece swimsuit", "a"),
     ("European fire salamander", "a"), ("hourglass", "an"), ("cat", "a"), ("umbrella", "an"),
+    ("utility room", "a"), ("ufo", "a"), ("ukulele", "a"),
 ])
 def test_article(word, expected):
     assert article(word) == expected
@@ -23,6 +24,7 @@ def test_fill_template_fixes_articles_and_spaces():
     assert fill_template(T, "apple", "") == "a photo of an apple"
     assert fill_template(T, "cat", "on an iceberg") == "a photo of a cat on an iceberg"
     assert fill_template("A {class_name}", "owl") == "An owl"
+    assert fill_template(T, "cat", "in a utility room") == "a photo of a cat in a utility room"
 
 
 def test_vocabulary_prompts_use_it():

@@ -44,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="ask for a JSON-schema response_format (falls back to free text if the server refuses)")
     b.add_argument("--no-common", action="store_true", help="do not ask for (and filter out) common contexts")
     b.add_argument("--embedding-model", help="also drop semantic duplicates by embedding cosine (endpoint /embeddings)")
-    b.add_argument("--cache-dir", type=Path, help="response cache (default: ~/.cache/failmode/llm)")
+    b.add_argument("--cache-dir", type=Path,
+                   help="response cache (default: $FAILMODE_CACHE_DIR/llm or ~/.cache/failmode/llm)")
     b.add_argument("--api-key-env", default="OPENAI_API_KEY",
                    help="environment variable holding the API key (default OPENAI_API_KEY; optional for local servers)")
     b.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default 120)")

@@ -93,7 +93,7 @@ class ArrowSchemaSpec:
             values = [r.get(name) for r in rows]
             if dtype == "image":
                 values = [{"bytes": v, "path": f"{r['key']}.{image_ext}" if image_ext else None}
-                          for v, r in zip(values, rows)]
+                          for v, r in zip(values, rows, strict=True)]
             cols[name] = pa.array(values, type=self.arrow_type(dtype))
         return pa.Table.from_pydict(cols, schema=self.schema())
 

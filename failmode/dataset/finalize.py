@@ -102,7 +102,7 @@ def _grid_images(root: Path, summary: ConfigSummary) -> list[bytes]:
     for i in range(n):
         pf = pq.ParquetFile(layout.parquet_path(root, summary.name, split, i, n))
         for batch in pf.iter_batches(batch_size=64, columns=["image", "label"]):
-            for img, label in zip(batch.column("image").to_pylist(), batch.column("label").to_pylist()):
+            for img, label in zip(batch.column("image").to_pylist(), batch.column("label").to_pylist(), strict=True):
                 if label not in first and len(first) < GRID_SIZE:
                     first[label] = img["bytes"]
                 elif len(rest) < GRID_SIZE:

@@ -22,7 +22,7 @@ def tiny_debug_samples(n: int, source_model: str, class_names: list[str] = TINY_
     from failmode.testing import synthetic_images
 
     images, labels = synthetic_images(n, size=size, seed=seed, num_classes=len(class_names))
-    for i, (image, label) in enumerate(zip(images, labels)):
+    for i, (image, label) in enumerate(zip(images, labels, strict=True)):
         context = TINY_CONTEXTS[i % len(TINY_CONTEXTS)] if source_model != "baseline" else ""
         yield DebugSample(
             image=image, label=label, class_name=class_names[label], context=context or "none",

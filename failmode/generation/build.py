@@ -53,11 +53,10 @@ class Stages:
 def make_generator(preset: Preset, *, device: str | None = None, overrides: dict[str, Any] | None = None,
                    generator: str = "diffusers") -> ImageGenerator:
     """The preset's generator (diffusers by default) with its render options, `overrides` applied."""
-    opts = {**preset.render, **(overrides or {})}
-    g = preset.generation
     if generator != "diffusers":
         return GENERATORS.get(generator)()
-    options = RenderOptions(device=device, scheduler=g.scheduler, **opts)
+    g = preset.generation
+    options = RenderOptions(device=device, scheduler=g.scheduler, **{**preset.render, **(overrides or {})})
     return GENERATORS.get("diffusers")(g.generator, revision=g.revision, options=options)
 
 

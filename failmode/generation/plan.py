@@ -270,7 +270,7 @@ def _plan_schema() -> Any:
 
 def plan_path(root: str | os.PathLike[str]) -> Path:
     """Where a dataset folder keeps its plan."""
-    return Path(root) / "generation" / "plan.parquet"
+    return Path(root) / layout.PLAN_PATH
 
 
 def read_plan_of(root: str | os.PathLike[str]) -> list[PlanRow]:

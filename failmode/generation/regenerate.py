@@ -55,16 +55,18 @@ def regenerate_shards(root: str | os.PathLike[str], shards: Sequence[str], out: 
     g = manifest.generation
     fields = {f.name for f in dataclasses.fields(RenderOptions)} - {"device"}
     options = RenderOptions(device=device, **{k: v for k, v in g.items() if k in fields})
+    # One pipeline and one quality scorer for every shard; only the kernel batch is set per shard.
+    gen = DiffusersGenerator(generator or manifest.generator["id"], revision=manifest.generator.get("revision") or None,
+                             options=options, ident=manifest.generator.get("ident"))
+    quality = _quality(manifest, device)
     results: dict[str, bool] = {}
     for job in shard_jobs(rows):
         stats_file = gen_stats_path(root, job.config, job.split, job.shard_index, job.num_shards)
-        batch = read_json(stats_file)["batch_size"] if stats_file.exists() else options.batch_size
-        opts = dataclasses.replace(options, batch_size=batch)
-        gen = DiffusersGenerator(generator or manifest.generator["id"], revision=manifest.generator.get("revision")
-                                 or None, options=opts, ident=manifest.generator.get("ident"))
+        # the batch size the shard was rendered at (lower than planned after an out-of-memory retry)
+        gen.batch_size = read_json(stats_file)["batch_size"] if stats_file.exists() else options.batch_size
         run = GenerationRun(out, gen, manifest.class_names, image_format=manifest.image_format, mode="overwrite",
-                            batch_size=batch, quality=_quality(manifest, device), reserve=g.get("reserve", 3))
-        run.safety = safety_function(gen)
+                            batch_size=gen.batch_size, quality=quality, safety=safety_function(gen),
+                            reserve=g.get("reserve", 3))
         run.run(job.rows)
         results[job.name] = _matches(root, out, job, manifest)
         log.info("%s: %s", job.name, "identical to the manifest" if results[job.name] else "DIFFERS from the manifest")

@@ -72,7 +72,8 @@ def _imagenet() -> list[ClassInfo]:
 
     info = ImageNetInfo()
     out = []
-    for i, (synset, detailed) in enumerate(zip(info.label_names(), info.label_descriptions(detailed=True))):
+    pairs = zip(info.label_names(), info.label_descriptions(detailed=True), strict=True)
+    for i, (synset, detailed) in enumerate(pairs):
         names, _, gloss = detailed.partition(": ")
         synonyms = tuple(s.strip() for s in names.split(","))
         out.append(ClassInfo(i, synonyms[0], _prompt_name("imagenet-1k", i, synonyms[0]), synset, gloss, synonyms,

@@ -8,7 +8,6 @@ arrives). `ChatClient.stats` counts requests actually sent and cache hits.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import threading
 import time
@@ -23,11 +22,10 @@ log = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
-    """$FAILMODE_CACHE/llm, else $XDG_CACHE_HOME/failmode/llm, else ~/.cache/failmode/llm."""
-    if os.environ.get("FAILMODE_CACHE"):
-        return Path(os.environ["FAILMODE_CACHE"]) / "llm"
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "failmode" / "llm"
+    """`llm/` under the toolkit's cache ($FAILMODE_CACHE_DIR, else $XDG_CACHE_HOME/failmode, else ~/.cache/failmode)."""
+    from failmode.mining.mine import default_cache_dir as toolkit_cache_dir
+
+    return toolkit_cache_dir() / "llm"
 
 
 @dataclass

@@ -15,6 +15,8 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
+from failmode.prompts import article
+
 _LEXICON_PATH = Path(__file__).with_name("lexicon.json")
 _WORD = re.compile(r"[a-z][a-z'\-]*")
 
@@ -94,15 +96,6 @@ def near_duplicate(a: str, b: str, ratio: float = 0.9) -> bool:
     return sa <= sb or sb <= sa
 
 
-def article_for(word: str) -> str:
-    """'an' before a vowel sound, else 'a' (with the usual spelling exceptions)."""
-    if word.startswith(("uni", "use", "usu", "uti", "euro", "one", "ufo")):
-        return "a"
-    if word.startswith(("hour", "honest", "heir")):
-        return "an"
-    return "an" if word[:1] in "aeiou" else "a"
-
-
 def starts_with_prefix(text: str, prefixes: list[str]) -> bool:
     """True when cleaned `text` begins with one of the multi-word `prefixes` followed by more words."""
     text = clean(text)
@@ -128,7 +121,7 @@ def phrase_background(raw: str) -> str:
         return f"{prep} the {noun}"
     if head in lex["uncountable"]:
         return f"{prep} {noun}"
-    return f"{prep} {article_for(ws[0])} {noun}"
+    return f"{prep} {article(ws[0])} {noun}"
 
 
 def _preposition(ws: list[str]) -> str:

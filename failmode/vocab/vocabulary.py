@@ -8,6 +8,7 @@ phrased to complete the template "a photo of a {class_name} {context}".
 from __future__ import annotations
 
 import datetime as _dt
+import itertools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -187,7 +188,7 @@ def _parse_class(c: Any, pos: int, source: str) -> VocabClass:
 
 
 def _check_order(classes: list[VocabClass], source: str) -> None:
-    for prev, cur in zip(classes, classes[1:]):
+    for prev, cur in itertools.pairwise(classes):
         if cur.index <= prev.index:
             raise ValidationError(f"{source}: class {cur.index} {cur.name!r}: classes must be listed in strictly "
                                   f"increasing index order (after {prev.index})")
