@@ -28,11 +28,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from failmode.vocab import Vocabulary
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The benchmark's options."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--model", default="ViT-B-32", help="open_clip model (random weights)")
@@ -72,7 +77,8 @@ def write_jpegs(root: Path, n: int, unique: int, size: tuple[int, int], quality:
         (root / f"class{i % classes:03d}" / f"{i:07d}.jpg").write_bytes(blobs[i % unique])
 
 
-def vocabulary(class_names: list[str], contexts: int):
+def vocabulary(class_names: list[str], contexts: int) -> Vocabulary:
+    """A synthetic vocabulary: `contexts` made-up background contexts for each class."""
     from failmode.vocab import from_dict
 
     return from_dict({
@@ -99,6 +105,7 @@ def time_calls(obj: object, method: str) -> list[float]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print its figures."""
     args = parse_args(argv)
     import torch
 

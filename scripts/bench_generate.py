@@ -52,6 +52,7 @@ def sd15_random() -> Any:
 
 
 def sync(device: torch.device) -> None:
+    """Wait for queued GPU work (timings must include it)."""
     if device.type == "cuda":
         torch.cuda.synchronize()
 
@@ -108,6 +109,7 @@ def bench_toolkit(pipe: Any, args: argparse.Namespace, out: Path) -> dict[str, A
 
 
 def main() -> None:
+    """Run both paths and print images/s of each."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default=None)
     p.add_argument("--precision", default="fp16", choices=sorted(PRECISIONS))

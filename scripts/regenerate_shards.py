@@ -18,6 +18,7 @@ from failmode.generation.regenerate import regenerate_shards
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Regenerate the named shards; exit 0 when all are byte-identical to the manifest."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset", help="dataset folder with failmode.json and generation/plan.parquet")
     p.add_argument("shards", nargs="+", help="CONFIG/SPLIT-NNNNN[-of-MMMMM]")
