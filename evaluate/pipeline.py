@@ -22,7 +22,7 @@ import numpy as np
 
 from failmode import __version__
 from failmode.data.sources import KNOWN_DATASETS, ImageSource, open_source
-from failmode.data.splits import Splits, make_splits, recipe_for
+from failmode.data.splits import Splits, make_splits, resolve_recipe
 from failmode.dataset.layout import config_slug
 from failmode.errors import UsageError, ValidationError
 from failmode.evaluate.data import DebugSet, open_debug_set, top_k_mask
@@ -90,9 +90,7 @@ class EvalSpec:
 
     def recipe(self) -> dict[str, float]:
         """Per-class counts of the train subset and debug split (the dataset's recipe unless overridden)."""
-        given = {"train_per_class": self.train_per_class, "debug_per_class": self.debug_per_class}
-        recipe = recipe_for(self.dataset) if None in given.values() else {}
-        return recipe | {k: v for k, v in given.items() if v is not None}
+        return resolve_recipe(self.dataset, self.train_per_class, self.debug_per_class)
 
 
 @dataclass

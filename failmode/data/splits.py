@@ -81,3 +81,11 @@ def recipe_for(dataset: str) -> dict[str, float]:
         return dict(SPLIT_RECIPES[dataset])
     except KeyError:
         raise UsageError(f"no split recipe for {dataset!r}; pass --train-per-class and --debug-per-class") from None
+
+
+def resolve_recipe(dataset: str, train_per_class: float | None = None,
+                   debug_per_class: float | None = None) -> dict[str, float]:
+    """The dataset's recipe with the given per-class counts overriding it (both given: no recipe needed)."""
+    given = {"train_per_class": train_per_class, "debug_per_class": debug_per_class}
+    recipe = recipe_for(dataset) if None in given.values() else {}
+    return recipe | {k: v for k, v in given.items() if v is not None}

@@ -30,7 +30,7 @@ from failmode.discovery.slicing import Calibration, SliceReport, run_slices
 from failmode.discovery.tagging import ContextVocabulary
 from failmode.errors import LoadError, UsageError, ValidationError
 from failmode.io import read_json
-from failmode.mining.failures import Predictions
+from failmode.mining.failures import Predictions, read_predictions
 from failmode.slices import SliceParams
 
 log = logging.getLogger(__name__)
@@ -56,17 +56,6 @@ class MinedRun:
     def ident(self) -> str:
         """The classifier as the run describes it: model key and head."""
         return f"{self.meta.get('model_key', self.meta.get('model'))}+{self.meta.get('head', 'native')}"
-
-
-def read_predictions(path: str | os.PathLike[str]) -> Predictions:
-    """The predictions.npz of a mined run (indices, labels, predictions, optional confidences)."""
-    try:
-        with np.load(path) as z:
-            conf = z["confidences"] if "confidences" in z.files else None
-            return Predictions(z["indices"].astype(np.int64), z["labels"].astype(np.int64),
-                               z["predictions"].astype(np.int64), conf)
-    except (OSError, KeyError, ValueError) as e:
-        raise ValidationError(f"{path}: not a predictions file of failmode mine ({type(e).__name__}: {e})") from None
 
 
 def load_mined_run(path: str | os.PathLike[str]) -> MinedRun:

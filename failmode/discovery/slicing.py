@@ -170,7 +170,7 @@ def report_markdown(report: SliceReport, top: int = 30) -> str:
              f"{m['tags_per_image']:.2f} tags per image; thresholds: `{m['calibration']}` {m['calibration_options']}.",
              f"Search: s = {p.max_order} tags at most, m = {p.min_size} images at least, d = {p.min_drop} accuracy "
              f"drop at least; minimal = every one-tag-smaller group is at least {p.min_gain} more accurate.",
-             f"Ranking: class accuracy minus the upper 95 % Wilson bound of the slice's accuracy.", ""]
+             "Ranking: class accuracy minus the upper 95 % Wilson bound of the slice's accuracy.", ""]
     if g:
         lines += ["## Generalisation", "",
                   f"On the check split (`{m['check_source']}`), {g['n_compared']} of {g['n_slices']} slices have at "

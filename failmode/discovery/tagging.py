@@ -99,7 +99,7 @@ def score_tags(attributor: Attributor, source: ImageSource, vocabularies: Sequen
         names[int(c)], kinds[int(c)] = class_tags(vocabularies, int(c))
     width = max((len(v) for v in names.values()), default=0)
     scores = np.full((len(idx), width), np.nan, dtype=np.float32)
-    for c, tags in names.items():
+    for c in names:
         rows = np.flatnonzero(labels == c)
         class_name = prompt_name(vocabularies, c, source.class_names[c])
         col = 0

@@ -162,3 +162,14 @@ def write_predictions(path: str | os.PathLike[str], predictions: Predictions) ->
         arrays["confidences"] = predictions.confidences
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
+
+
+def read_predictions(path: str | os.PathLike[str]) -> Predictions:
+    """The predictions.npz of a mined run (indices, labels, predictions, optional confidences)."""
+    try:
+        with np.load(path) as z:
+            conf = z["confidences"] if "confidences" in z.files else None
+            return Predictions(z["indices"].astype(np.int64), z["labels"].astype(np.int64),
+                               z["predictions"].astype(np.int64), conf)
+    except (OSError, KeyError, ValueError) as e:
+        raise ValidationError(f"{path}: not a predictions file of failmode mine ({type(e).__name__}: {e})") from None

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from failmode.data.sources import KNOWN_DATASETS, ImageSource, open_source
-from failmode.data.splits import make_splits, recipe_for
+from failmode.data.splits import make_splits, resolve_recipe
 from failmode.errors import LoadError, UsageError
 from failmode.io import write_json
 from failmode.mining.failures import failures_from_predictions, predict, write_failures, write_predictions
@@ -31,15 +31,6 @@ def model_key(model: str, weights: str | None) -> str:
         st = os.stat(weights)
         weights = f"file:{os.path.abspath(weights)}:{st.st_size}:{st.st_mtime_ns}"
     return f"{model}@{weights or 'random-init'}"
-
-
-def _recipe(dataset: str, train_per_class: float | None, debug_per_class: float | None) -> dict[str, float]:
-    recipe = recipe_for(dataset) if train_per_class is None or debug_per_class is None else {}
-    if train_per_class is not None:
-        recipe["train_per_class"] = train_per_class
-    if debug_per_class is not None:
-        recipe["debug_per_class"] = debug_per_class
-    return recipe
 
 
 def _train_source(dataset: str, train_split: str | None) -> ImageSource:
@@ -104,7 +95,7 @@ def mine_failures(
 
     net = create_classifier(model, weights)
     source = open_source(dataset, split)
-    recipe = _recipe(dataset, train_per_class, debug_per_class)
+    recipe = resolve_recipe(dataset, train_per_class, debug_per_class)
     needs_train = isinstance(head, str) and head == "train"
     train = _train_source(dataset, train_split) if needs_train else None
     splits = make_splits(train.labels if train is not None else np.zeros(0, np.int64), source.labels,

@@ -25,13 +25,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from failmode.errors import UsageError, ValidationError
 from failmode.io import dumps_json, read_json, write_json
 from failmode.progress import bar
+
+if TYPE_CHECKING:
+    from failmode.evaluate.pipeline import Labeled
 
 log = logging.getLogger(__name__)
 
@@ -90,18 +93,6 @@ class DemoConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (recorded in results.json)."""
         return dataclasses.asdict(self)
-
-
-@dataclass
-class Split:
-    """Features, labels and a mask of one evaluation set."""
-
-    x: np.ndarray
-    y: np.ndarray
-
-    def take(self, mask: np.ndarray) -> Split:
-        """Rows where `mask` is true (or at the given indices)."""
-        return Split(self.x[mask], self.y[mask])
 
 
 @dataclass
@@ -212,7 +203,7 @@ def _hash_arrays(*arrays: np.ndarray | None) -> str:
     return h.hexdigest()[:24]
 
 
-def _fit(run: Run, name: str, debug: Split | None, lam: float) -> Any:
+def _fit(run: Run, name: str, debug: Labeled | None, lam: float) -> Any:
     """The head trained on train (+ lam * debug), from the cache when the same inputs were seen before."""
     from failmode.evaluate.head import LinearHead, train_head
 
@@ -345,6 +336,7 @@ def match_counts(rows: Sequence[Any], counts: dict[int, int], seed: int, shard_s
 
 def _debug_sets(run: Run) -> dict[str, Any]:
     from failmode.evaluate.data import open_debug_set
+    from failmode.evaluate.pipeline import Labeled
     from failmode.world.backbone import encode
 
     out = {}
@@ -352,7 +344,7 @@ def _debug_sets(run: Run) -> dict[str, Any]:
         ds = open_debug_set(str(run.out / "dataset"), config, run.world.class_names)
         feats = encode(run.model, ds.source, run.size, cache_dir=run.cache / "features", desc=f"{config} features",
                        batch_size=run.config.batch_size)
-        out[config] = {"set": ds, "data": Split(feats.features, ds.labels), "replica": _replicas(ds)}
+        out[config] = {"set": ds, "data": Labeled(feats.features, ds.labels), "replica": _replicas(ds)}
     run.info["debug_sets"] = out
     return out
 
@@ -367,19 +359,21 @@ def _replicas(ds: Any) -> np.ndarray:
     return out
 
 
-def _eval_sets(run: Run, rows: Sequence[dict[str, Any]]) -> dict[str, Split]:
+def _eval_sets(run: Run, rows: Sequence[dict[str, Any]]) -> dict[str, Labeled]:
+    from failmode.evaluate.pipeline import Labeled
+
     debug, test = run.feats["debug"], run.feats["test"]
     test_src = run.world.splits["test"]
-    sets = {"test": Split(test.features, test.labels),
-            "test_common": Split(test.features, test.labels).take(~test_src.is_uncommon()),
-            "test_uncommon": Split(test.features, test.labels).take(test_src.is_uncommon())}
+    sets = {"test": Labeled(test.features, test.labels),
+            "test_common": Labeled(test.features, test.labels).subset(~test_src.is_uncommon()),
+            "test_uncommon": Labeled(test.features, test.labels).subset(test_src.is_uncommon())}
     for half in ("seed", "heldout"):
         idx = np.asarray([r["index"] for r in rows if r["half"] == half], dtype=np.int64)
-        sets[half] = Split(debug.features, debug.labels).take(idx)
+        sets[half] = Labeled(debug.features, debug.labels).subset(idx)
     return sets
 
 
-def _scores(head: Any, sets: dict[str, Split]) -> dict[str, float | None]:
+def _scores(head: Any, sets: dict[str, Labeled]) -> dict[str, float | None]:
     from failmode.evaluate.head import accuracy
 
     return {f"{name}_acc": (None if len(s.y) == 0 else round(accuracy(head, s.x, s.y), 4)) for name, s in sets.items()}
@@ -393,14 +387,14 @@ def _evaluate(run: Run, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     for config in CONFIGS:
         data = debug[config]["data"]
         if config == "ours":
-            data = data.take(debug[config]["replica"] < c.images_per_mode)
+            data = data.subset(debug[config]["replica"] < c.images_per_mode)
         main[config] = {**_scores(_fit(run, config, data, c.lam), sets), "n_images": int(len(data.y))}
     ours = debug["ours"]
-    main_data = ours["data"].take(ours["replica"] < c.images_per_mode)
+    main_data = ours["data"].subset(ours["replica"] < c.images_per_mode)
     lam_sweep = [{"lam": lam, **_scores(_fit(run, f"ours-lam{lam}", main_data, lam), sets)} for lam in c.lambdas]
     n_sweep = []
     for n in sorted(set(c.images_per_mode_sweep)):
-        data = ours["data"].take(ours["replica"] < n)
+        data = ours["data"].subset(ours["replica"] < n)
         scores = _scores(_fit(run, f"ours-n{n}", data, c.lam), sets)
         n_sweep.append({"images_per_mode": n, "n_images": int(len(data.y)), **scores})
     return {"main": main, "lambda_sweep": lam_sweep, "images_per_mode_sweep": n_sweep,
