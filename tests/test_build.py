@@ -150,3 +150,14 @@ def test_generate_command_renders_a_finalized_dataset(tiny_pipeline_dir, tmp_pat
     assert again == {"resnet50/train-00000-of-00001": True}
     with pytest.raises(UsageError, match="no shard"):
         regenerate_shards(out, ["resnet50/test-00009"], tmp_path / "regen", device="cpu")
+
+
+def test_generate_command_refuses_empty_or_unnamed_work(tmp_path):
+    from failmode.commands import generate
+    from failmode.errors import UsageError
+
+    with pytest.raises(UsageError, match="nothing to generate"):
+        generate.run(generate_args("--out", str(tmp_path / "ds")))
+    with pytest.raises(UsageError, match="--vocab is required with --baseline alone"):
+        generate.run(generate_args("--baseline", "--out", str(tmp_path / "ds"), "--plan-only"))
+    assert not (tmp_path / "ds").exists()

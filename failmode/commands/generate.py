@@ -91,16 +91,13 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from failmode.backends import GENERATORS
-    from failmode.dataset import config_slug
     from failmode.errors import UsageError
     from failmode.generation import build as B
-    from failmode.generation.plan import GenerationSettings, baseline_modes, build_plan, merge_modes, modes_from_json
+    from failmode.generation.plan import GenerationSettings, build_plan
     from failmode.generation.render import RenderOptions, pipeline_ident
     from failmode.generation.run import DatasetInfo, save_plan
     from failmode.generation.shards import worker_slot
-    from failmode.io import read_json
     from failmode.runtime import configure_cpu_threads
-    from failmode.vocab import load_vocabulary
 
     configure_cpu_threads()
     if not args.modes and not args.baseline:
@@ -109,23 +106,10 @@ def run(args: argparse.Namespace) -> int:
     _set(cfg["generation"], args, GEN_KEYS)
     _set(cfg["render"], args, RENDER_KEYS)
     settings = GenerationSettings.from_dict(cfg["generation"])
-    docs = [(spec.partition("=")[0], spec.partition("=")[2]) for spec in args.modes]
-    loaded = [(read_json(f), name, f) for f, name in docs]
-    first_vocab = loaded[0][0].get("vocabulary", {}) if loaded else {}
-    vocab_name = args.vocab or first_vocab.get("dataset")
-    if not vocab_name:
-        raise UsageError("--vocab is required with --baseline alone (it names the classes)")
-    kind = args.kind or first_vocab.get("kind") or "background"
-    vocab = load_vocabulary(vocab_name, kind)
+    modes_files = [(f, name) for f, _, name in (spec.partition("=") for spec in args.modes)]
+    vocab, kind, sets = B.mode_sets_from_files(modes_files, k=settings.k, vocab=args.vocab, kind=args.kind,
+                                              collective=args.collective, baseline=args.baseline)
     names = B.dataset_class_names(vocab)
-
-    sets = [modes_from_json(d, config=name or config_slug(str(d.get("source_model"))), k=settings.k, where=f)
-            for d, name, f in loaded]
-    if args.collective:
-        sets.append(merge_modes([d for d, _, _ in loaded], config=config_slug(f"collective-{args.collective}"),
-                                family=args.collective, k=settings.k))
-    if args.baseline:
-        sets.append(baseline_modes(names, [c.prompt_name for c in vocab.classes]))
     settings = B.with_vocabulary_template(settings, kind, vocab)
     render = {k: v for k, v in cfg["render"].items() if k != "batch_size"}
     options = RenderOptions(device=args.device, scheduler=settings.scheduler,
@@ -149,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
                        image_format=args.image_format or cfg["image_format"], source_dataset=vocab.dataset,
                        vocabulary={"dataset": vocab.dataset, "kind": kind, "version": vocab.version,
                                    "template": vocab.template},
-                       attribution={"k": settings.k, "modes": [str(f) for _, _, f in loaded]})
+                       attribution={"k": settings.k, "modes": [str(f) for f, _ in modes_files]})
     B.render_dataset(rows, out, gen, info, settings, kinds={s.config: s.kind for s in sets}, quality=quality,
                      quality_cfg=qcfg, mode=args.mode, worker=worker_slot(args.shard_index, args.num_shards),
                      batch_size=options.batch_size, encode_workers=args.encode_workers,

@@ -13,7 +13,7 @@ from typing import Any
 
 from failmode.backends import GENERATORS, ImageGenerator
 from failmode.dataset import config_slug
-from failmode.errors import FailmodeError
+from failmode.errors import FailmodeError, UsageError
 from failmode.generation.plan import (
     BASELINE_KIND,
     GenerationSettings,
@@ -114,6 +114,33 @@ def mode_sets(preset: Preset, modes_files: dict[str, Path], vocab: Any) -> list[
     return sets
 
 
+def mode_sets_from_files(modes_files: list[tuple[str, str]], *, k: int, vocab: str | None = None,
+                         kind: str | None = None, collective: str | None = None,
+                         baseline: bool = False) -> tuple[Any, str, list[ModeSet]]:
+    """(vocabulary, kind, mode sets) from `(modes.json path, config name or "")` pairs, as `failmode generate` takes.
+
+    The vocabulary defaults to the one the first modes file was attributed with; `collective` adds one config
+    pooling every file's modes; `baseline` adds the class-only config.
+    """
+    from failmode.vocab import load_vocabulary
+
+    loaded = [(read_json(f), name, f) for f, name in modes_files]
+    first = loaded[0][0].get("vocabulary", {}) if loaded else {}
+    vocab_name = vocab or first.get("dataset")
+    if not vocab_name:
+        raise UsageError("--vocab is required with --baseline alone (it names the classes)")
+    kind = kind or first.get("kind") or "background"
+    vocabulary = load_vocabulary(vocab_name, kind)
+    sets = [modes_from_json(d, config=name or config_slug(str(d.get("source_model"))), k=k, where=str(f))
+            for d, name, f in loaded]
+    if collective:
+        sets.append(merge_modes([d for d, _, _ in loaded], config=config_slug(f"collective-{collective}"),
+                                family=collective, k=k))
+    if baseline:
+        sets.append(baseline_modes(dataset_class_names(vocabulary), [c.prompt_name for c in vocabulary.classes]))
+    return vocabulary, kind, sets
+
+
 def dataset_class_names(vocab: Any) -> list[str]:
     """The ClassLabel names of the vocabulary's dataset as the dataset spells them, else the vocabulary's names."""
     from failmode.vocab.classnames import known_datasets, label_names
@@ -174,4 +201,4 @@ def render_dataset(rows: list[Any], out: str | os.PathLike[str], gen: ImageGener
 
 
 __all__ = ["BASELINE_KIND", "Stages", "analyse", "build", "dataset_class_names", "make_generator", "make_quality",
-           "mode_sets", "render_dataset", "with_vocabulary_template"]
+           "mode_sets", "mode_sets_from_files", "render_dataset", "with_vocabulary_template"]
