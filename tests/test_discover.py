@@ -78,3 +78,11 @@ def test_discover_params_are_checked():
     with pytest.raises(UsageError):
         DiscoverParams(confirm_images=0).check()
     assert DiscoverParams(plain_prompt=False, base="pooled").check().base == "pooled"
+
+
+def test_default_prompt_fills_the_template_as_vocabularies_do():
+    from failmode.discovery.discover import default_prompt
+
+    prompt = default_prompt("apple")
+    assert prompt(0, "") == "a photo of an apple"
+    assert prompt(0, "in  a forest") == "a photo of an apple in a forest"

@@ -39,7 +39,9 @@ from failmode.discovery.tagging import ContextVocabulary
 from failmode.errors import UsageError
 from failmode.io import write_bytes_atomic, write_json
 from failmode.progress import progress
+from failmode.prompts import fill_template
 from failmode.slices import wilson_interval
+from failmode.vocab.vocabulary import DEFAULT_TEMPLATE
 
 log = logging.getLogger(__name__)
 
@@ -213,8 +215,8 @@ def _broad_requests(label: int, name: str, prompt_of: Any, vocabularies: Sequenc
 
 
 def default_prompt(class_name: str) -> Any:
-    """'a photo of a {class} {context}' without doubled spaces (the vocabulary template)."""
-    return lambda label, ctx: re.sub(r"\s+", " ", f"a photo of a {class_name} {ctx}").strip()
+    """'a photo of a {class} {context}' filled as vocabularies fill it (`failmode.prompts.fill_template`)."""
+    return lambda label, ctx: fill_template(DEFAULT_TEMPLATE, class_name, ctx)
 
 
 def discover_class(label: int, runner: _Runner, attributor: Attributor, vocabularies: Sequence[ContextVocabulary],

@@ -17,6 +17,7 @@ import numpy as np
 from failmode.backends import GenerationRequest, ImageGenerator
 from failmode.discovery.classify import FeatureHeadClassifier
 from failmode.vocab import VocabClass, Vocabulary
+from failmode.vocab.vocabulary import DEFAULT_TEMPLATE
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class WorldSetup:
 def world_vocabulary(world: Any) -> Vocabulary:
     """The world's background vocabulary: every context but the class's common one (what the method would list)."""
     classes = [VocabClass(i, name, name, world.vocabulary_contexts(i)) for i, name in enumerate(world.class_names)]
-    return Vocabulary(dataset="fashion-scenes", kind="background", version="1", template="a photo of a {class_name} {context}",
+    return Vocabulary(dataset="fashion-scenes", kind="background", version="1", template=DEFAULT_TEMPLATE,
                       provenance={"generator": "world", "prompt": "", "date": "", "post_processing": ""},
                       classes=classes, source=f"world:{world.preset.name}")
 
