@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import math
@@ -14,6 +13,7 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageOps
 
 from failmode.backends import GenerationRequest, ImageGenerator
+from failmode.generation.plan import hash_seed
 from failmode.io import atomic_path, write_bytes_atomic
 
 log = logging.getLogger(__name__)
@@ -23,9 +23,8 @@ SEED_MASK = (1 << 63) - 1
 
 
 def derive_seed(*parts: Any) -> int:
-    """A seed from its parts: first 8 bytes of sha256('|'.join(parts)) & (2**63 - 1) (adding a part never moves others)."""
-    text = "|".join(str(p) for p in parts)
-    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") & SEED_MASK
+    """A seed from its parts, by the generation plan's rule (adding a part never moves others)."""
+    return hash_seed(*parts)
 
 
 def requests_for(prompt: str, *, label: int, class_name: str, context: str, context_kind: str, n: int,

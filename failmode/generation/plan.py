@@ -134,20 +134,22 @@ class PlanRow:
 PLAN_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(PlanRow))
 
 
-def _hash_seed(text: str) -> int:
+def hash_seed(*parts: Any) -> int:
+    """A seed from its parts: the first 8 bytes of sha256('|'.join(parts)), masked to 63 bits."""
+    text = "|".join(str(p) for p in parts)
     return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") & SEED_MASK
 
 
 def derive_seed(base_seed: int, config: str, label: int, context_kind: str, context: str, replica: int) -> int:
     """The planned seed of one image (see SEED_RULE)."""
-    return _hash_seed(f"{base_seed}|{config}|{label}|{context_kind}|{context}|{replica}")
+    return hash_seed(base_seed, config, label, context_kind, context, replica)
 
 
 def attempt_seed(seed: int, attempt: int) -> int:
     """Seed of reserve `attempt` of a planned seed; attempt 0 is the planned seed itself."""
     if attempt < 0:
         raise ValueError(f"attempt must be >= 0, got {attempt}")
-    return seed if attempt == 0 else _hash_seed(f"{seed}|reserve|{attempt}")
+    return seed if attempt == 0 else hash_seed(seed, "reserve", attempt)
 
 
 def modes_from_json(data: Mapping[str, Any], *, config: str, k: int, kind: str = "model",
