@@ -163,7 +163,11 @@ def _offline_datasets() -> Any:
     """Import `datasets` with Hub calls off for local reads (no download-count request for local parquet)."""
     import datasets
 
+    from failmode.progress import progress_disabled
+
     datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False
+    if progress_disabled():  # its bars follow failmode's (off in logs and CI)
+        datasets.disable_progress_bars()
     return datasets
 
 
