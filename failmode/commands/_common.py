@@ -24,6 +24,21 @@ def parse_options(items: list[str], flag: str) -> dict[str, Any]:
     return out
 
 
+#: --clip-* flags (argparse dest -> ClipAttributor option) that every attributing command has
+CLIP_FLAGS = {"clip_model": "model", "clip_pretrained": "pretrained", "templates": "templates", "device": "device"}
+
+
+def add_attributor_arguments(p: Any) -> None:
+    """--attributor, the --clip-* options and the repeatable --attributor-option KEY=VALUE (alias --option)."""
+    p.add_argument("--attributor", default="clip", help="registered attributor (default clip)")
+    p.add_argument("--clip-model", default="ViT-B-32", help="open_clip model name or config JSON (default ViT-B-32)")
+    p.add_argument("--clip-pretrained", default="openai",
+                   help="open_clip pretrained tag, local checkpoint, or none for random weights (default openai)")
+    p.add_argument("--templates", help="CLIP prompt templates JSON (default: failmode/mining/templates.json)")
+    p.add_argument("--attributor-option", "--option", dest="attributor_option", action="append", default=[],
+                   metavar="KEY=VALUE", help="extra attributor option (VALUE parsed as JSON when it can be); repeatable")
+
+
 def attributor_options(args: argparse.Namespace, flags: Mapping[str, str], extra_flag: str) -> dict[str, Any]:
     """Attributor options from the --clip-* style `flags` (dest -> option; CLIP only) and repeatable `extra_flag`.
 

@@ -10,11 +10,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from failmode.commands._common import attributor_options
+from failmode.commands._common import CLIP_FLAGS, add_attributor_arguments, attributor_options
 from failmode.errors import UsageError
 
 #: --clip-* flags and the ClipAttributor options they set (as `failmode attribute`)
-CLIP_FLAGS = {"clip_model": "model", "clip_pretrained": "pretrained", "templates": "templates", "device": "device"}
 
 
 def add_world_arguments(p: argparse.ArgumentParser) -> None:
@@ -39,13 +38,7 @@ def add_real_arguments(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
                    help="shipped vocabularies by dataset name (one per --kinds) and/or vocabulary JSON files")
     g.add_argument("--kinds", nargs="+", default=["background"], metavar="KIND",
                    help="vocabulary kinds of the shipped names: background, color (default background)")
-    g.add_argument("--attributor", default="clip", help="registered attributor (default clip)")
-    g.add_argument("--clip-model", default="ViT-B-32", help="open_clip model name or config JSON (default ViT-B-32)")
-    g.add_argument("--clip-pretrained", default="openai",
-                   help="open_clip pretrained tag, local checkpoint, or none for random weights (default openai)")
-    g.add_argument("--templates", help="CLIP prompt templates JSON (default: failmode/mining/templates.json)")
-    g.add_argument("--attributor-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra attributor option (VALUE parsed as JSON when it can be); repeatable")
+    add_attributor_arguments(g)
     g.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     return g
 

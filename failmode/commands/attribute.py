@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from failmode.commands._common import attributor_options
+from failmode.commands._common import CLIP_FLAGS as COMMON_CLIP_FLAGS
+from failmode.commands._common import add_attributor_arguments, attributor_options
 
 HELP = "attribute seed failures to vocabulary contexts (CLIP zero-shot); write modes.json and a failure report"
 DESCRIPTION = (
@@ -16,8 +17,8 @@ DESCRIPTION = (
 )
 
 #: --clip-* flags and the ClipAttributor options they set
-CLIP_FLAGS = {"clip_model": "model", "clip_pretrained": "pretrained", "templates": "templates", "device": "device",
-              "batch_size": "batch_size", "workers": "num_workers", "decode": "decode", "precision": "precision"}
+CLIP_FLAGS = {**COMMON_CLIP_FLAGS, "batch_size": "batch_size", "workers": "num_workers", "decode": "decode",
+              "precision": "precision"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,13 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kind", default="background", help="vocabulary kind: background, color (default background)")
     p.add_argument("-k", type=int, default=3, help="failure modes (contexts) kept per class (default 3)")
     p.add_argument("--out", help="output folder (only with one failures table; default: beside the table)")
-    p.add_argument("--attributor", default="clip", help="registered attributor (default clip)")
-    p.add_argument("--clip-model", default="ViT-B-32", help="open_clip model name or config JSON (default ViT-B-32)")
-    p.add_argument("--clip-pretrained", default="openai",
-                   help="open_clip pretrained tag, local checkpoint, or none for random weights (default openai)")
-    p.add_argument("--templates", help="prompt templates JSON (default: failmode/mining/templates.json)")
-    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra attributor option (VALUE parsed as JSON when it can be); repeatable")
+    add_attributor_arguments(p)
     p.add_argument("--dataset", help="read images from here instead of the dataset the failures were mined on")
     p.add_argument("--split", help="split of --dataset")
     p.add_argument("--include-heldout", action="store_true",
@@ -72,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from failmode.mining import attribute_failures, make_attributor
 
     paths = tables(args)
-    attributor = make_attributor(args.attributor, attributor_options(args, CLIP_FLAGS, "--option"), args.kind)
+    attributor = make_attributor(args.attributor, attributor_options(args, CLIP_FLAGS, "--attributor-option"), args.kind)
     halves = ("seed", "heldout") if args.include_heldout else ("seed",)
     for path in paths:
         modes = attribute_failures(path, vocabulary=args.vocabulary, kind=args.kind, attributor=attributor, k=args.k,
