@@ -332,6 +332,19 @@ def test_client_retries_with_backoff_then_caches(stub, tmp_path):
     assert other_model.stats.requests == 1  # the cache key includes the model
 
 
+def test_structured_output_rejection_is_remembered_per_endpoint(stub, tmp_path):
+    from failmode.vocab.llm import StructuredOutputUnsupported
+
+    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}
+    client = ChatClient(stub, "m", cache_dir=tmp_path)
+    with pytest.raises(StructuredOutputUnsupported):
+        client.complete({"messages": [{"role": "user", "content": "a"}], "response_format": fmt})
+    other = ChatClient(stub, "m", cache_dir=tmp_path)  # another prompt, a later run: no request is sent
+    with pytest.raises(StructuredOutputUnsupported, match="cached"):
+        other.complete({"messages": [{"role": "user", "content": "b"}], "response_format": fmt})
+    assert (client.stats.requests, other.stats.requests, len(_Stub.bodies)) == (1, 0, 1)
+
+
 def test_client_gives_up_with_one_line_error(stub, tmp_path):
     _Stub.script = [500, 500, 500]
     client = ChatClient(stub, "m", cache_dir=tmp_path, backoff=0.01, max_retries=2)

@@ -81,19 +81,26 @@ class ChatClient:
         key = stable_hash({"endpoint": self.endpoint, "model": self.model, "request": request}, n=32)
         return self.cache_dir / key[:2] / f"{key}.json"
 
+    def structured_rejection_path(self) -> Path:
+        """Where a rejection of `response_format` by this endpoint and model is remembered (it holds for any prompt)."""
+        key = stable_hash({"endpoint": self.endpoint, "model": self.model, "rejects": "response_format"}, n=32)
+        return self.cache_dir / key[:2] / f"{key}.json"
+
     def complete(self, request: dict[str, Any]) -> Completion:
         """The completion for `request` (messages, temperature, seed, ...): from the cache, else from the endpoint."""
+        rejection = self.structured_rejection_path()
+        if "response_format" in request and rejection.exists():
+            self.stats.add(cache_hits=1)
+            raise StructuredOutputUnsupported(f"{self.endpoint}: {read_json(rejection)['rejected']} (cached)")
         path = self.cache_path(request)
         if path.exists():
             entry = read_json(path)
             self.stats.add(cache_hits=1)
-            if entry.get("rejected"):
-                raise StructuredOutputUnsupported(f"{self.endpoint}: {entry['rejected']} (cached)")
             return Completion(entry["text"], entry.get("finish_reason"), cached=True)
         try:
             result = self._send_with_retries(request)
-        except StructuredOutputUnsupported as e:  # remembered, so a rerun does not ask again
-            write_json(path, {"endpoint": self.endpoint, "model": self.model, "request": request, "rejected": str(e)})
+        except StructuredOutputUnsupported as e:  # remembered per endpoint, so no later request asks again
+            write_json(rejection, {"endpoint": self.endpoint, "model": self.model, "rejected": str(e)})
             raise
         write_json(path, {"endpoint": self.endpoint, "model": self.model, "request": request,
                           "text": result.text, "finish_reason": result.finish_reason})
