@@ -13,8 +13,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +183,7 @@ def load_model_features(spec: EvalSpec, configs: Sequence[str] = ()) -> ModelFea
     The debug `configs` (class names checked) and a --failures file are read first, before the model is loaded.
     """
     from failmode.features import extract_features
-    from failmode.models.classifier import create_classifier, eval_transform
+    from failmode.models.classifier import create_classifier, eval_preprocess
 
     train_src, eval_src = _sources(spec)
     names = eval_src.class_names
@@ -195,7 +195,7 @@ def load_model_features(spec: EvalSpec, configs: Sequence[str] = ()) -> ModelFea
     if getattr(net, "num_classes", None) != len(names):
         raise UsageError(f"{spec.model} has {getattr(net, 'num_classes', '?')} classes but {spec.dataset} has "
                          f"{len(names)}; evaluate it on the dataset it was trained for")
-    kw = {"model_key": model_key(spec.model, spec.weights), "transform": eval_transform(net, spec.image_size),
+    kw = {"model_key": model_key(spec.model, spec.weights), "transform": eval_preprocess(net, spec.image_size),
           "batch_size": spec.batch_size, "device": spec.device, "precision": spec.precision,
           "num_workers": spec.num_workers,
           "cache_dir": Path(spec.cache_dir) if spec.cache_dir else default_cache_dir() / "features"}

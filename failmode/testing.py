@@ -6,6 +6,7 @@ Used by the test suite and by examples that must run without downloads. Nothing 
 from __future__ import annotations
 
 import functools
+import io
 from pathlib import Path
 from typing import Any
 
@@ -156,3 +157,25 @@ def tiny_image_dataset(
     }[schema]
     features = datasets.Features({image_col: datasets.Image(), label_col: datasets.ClassLabel(names=names)})
     return datasets.Dataset.from_dict({image_col: images, label_col: labels}, features=features)
+
+
+def jpeg_folder(root: str | Path, n: int, *, unique: int = 64, size: tuple[int, int] = (500, 375), quality: int = 90,
+                classes: int = 10, seed: int = 0) -> Path:
+    """An ImageFolder of `n` JPEG files for benchmarks: `unique` smooth random images (low-frequency noise plus
+    grain, ImageNet's typical 500x375 by default) cycled under distinct names over `classes` folders."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    blobs = []
+    for _ in range(unique):
+        low = rng.uniform(0, 255, (max(2, h // 32), max(2, w // 32), 3)).astype(np.uint8)
+        img = Image.fromarray(low).resize((w, h), Image.Resampling.BICUBIC)
+        arr = np.clip(np.asarray(img, np.float32) + rng.normal(0, 8, (h, w, 3)), 0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="JPEG", quality=quality)
+        blobs.append(buf.getvalue())
+    root = Path(root)
+    for c in range(classes):
+        (root / f"class{c:03d}").mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        (root / f"class{i % classes:03d}" / f"{i:07d}.jpg").write_bytes(blobs[i % unique])
+    return root

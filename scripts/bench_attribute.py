@@ -20,7 +20,6 @@ Prints one JSON line (configuration and images/s).
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -29,8 +28,6 @@ import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import numpy as np
 
 if TYPE_CHECKING:
     from failmode.vocab import Vocabulary
@@ -55,26 +52,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--decode-only", action="store_true", help="time decoding to uint8 crops only (no model)")
     p.add_argument("--images", help="use this existing ImageFolder instead of writing JPEGs")
     return p.parse_args(argv)
-
-
-def write_jpegs(root: Path, n: int, unique: int, size: tuple[int, int], quality: int, classes: int) -> None:
-    """N JPEG files in `classes` folders; smooth random content (low-frequency noise plus grain)."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    w, h = size
-    blobs = []
-    for _ in range(unique):
-        low = rng.uniform(0, 255, (max(2, h // 32), max(2, w // 32), 3)).astype(np.uint8)
-        img = Image.fromarray(low).resize((w, h), Image.Resampling.BICUBIC)
-        arr = np.clip(np.asarray(img, np.float32) + rng.normal(0, 8, (h, w, 3)), 0, 255).astype(np.uint8)
-        buf = io.BytesIO()
-        Image.fromarray(arr).save(buf, format="JPEG", quality=quality)
-        blobs.append(buf.getvalue())
-    for c in range(classes):
-        (root / f"class{c:03d}").mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        (root / f"class{i % classes:03d}" / f"{i:07d}.jpg").write_bytes(blobs[i % unique])
 
 
 def vocabulary(class_names: list[str], contexts: int) -> Vocabulary:
@@ -111,9 +88,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from failmode.data.sources import open_source
     from failmode.mining import ClipAttributor, attribute
-    from failmode.mining.images import Preprocess, iter_crops
+    from failmode.images import Preprocess, iter_crops
     from failmode.models.clip import create_clip
     from failmode.runtime import configure_cpu_threads, pick_device
+    from failmode.testing import jpeg_folder
 
     configure_cpu_threads()
     device = pick_device(args.device)
@@ -121,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(args.images) if args.images else Path(tmp) / "jpegs"
         if not args.images:
             w, h = (int(v) for v in args.jpeg_size.split("x"))
-            write_jpegs(root, args.n, args.unique, (w, h), args.quality, args.classes)
+            jpeg_folder(root, args.n, unique=args.unique, size=(w, h), quality=args.quality, classes=args.classes)
         source = open_source(str(root))
         n = min(args.n, len(source))
         clip = create_clip(args.model, pretrained=None, device=device)

@@ -4,18 +4,19 @@
 (1) 1000 full-batch SGD epochs on N x D random features, C classes (paper scale: 30,000 x 2,048, 1,000 classes):
     `failmode.evaluate.head.train_head` at each precision vs nn.Linear + torch.optim.SGD + autograd, same run,
     with the largest weight difference to the fp32 reference.
-(2) `failmode.features.extract_features` (decode, transform, batch, forward, copy to host) on in-memory PNG images
-    vs the model's forward alone on a ready tensor batch, same model and batch size (goal: >= 80%).
+(2) `failmode.features.extract_features` (read, decode, resize/crop, normalise, batch, forward, copy to host) over an
+    ImageFolder of JPEG files (500x375 by default), per decoder: "pil" (timm's per-image PIL transform in the loader
+    workers) and the device-side `Preprocess` decoders "cpu", "hybrid", "gpu" (failmode.images), vs the model's
+    forward alone on a ready batch, same model, batch size and precision (goal: >= 80%).
 
-GPU:  python scripts/bench_head.py --device cuda --out docs/bench_head_h100.json
+GPU:  python scripts/bench_head.py --device cuda --num-workers 14 --out bench_head.json
 CPU smoke run: python scripts/bench_head.py --device cpu --n 3000 --dim 512 --classes 100 --epochs 100 \
-        --model test_convnext --images 256 --batch-size 64 --image-size 64
+        --model test_convnext --images 256 --batch-size 64 --image-size 64 --num-workers 0 --decode pil,cpu,hybrid
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import sys
@@ -76,32 +77,34 @@ def bench_head(args: argparse.Namespace, dev: torch.device) -> dict[str, Any]:
 
 
 def bench_features(args: argparse.Namespace, dev: torch.device) -> dict[str, Any]:
-    """Images/s of extract_features vs the model's forward alone (same model, batch size, precision)."""
-    from PIL import Image
+    """Images/s of extract_features per decoder vs the model's forward alone (same model, batch size, precision)."""
+    import tempfile
 
-    from failmode.data.sources import ListSource
+    from failmode.data.sources import open_source
     from failmode.features import extract_features, forward_features
-    from failmode.models.classifier import create_classifier, eval_transform
+    from failmode.images import iter_crops, normalize
+    from failmode.models.classifier import create_classifier, eval_preprocess, eval_transform
+    from failmode.testing import jpeg_folder
 
     net = create_classifier(args.model, "none").to(dev).eval()
-    transform = eval_transform(net, args.image_size)
-    rng = np.random.default_rng(0)
-    side = args.image_size or 224
-    images = []
-    for _ in range(args.images):  # PNG-encoded in memory, decoded on access, as a real source does
-        buf = io.BytesIO()
-        Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)).save(buf, format="PNG")
-        images.append(Image.open(io.BytesIO(buf.getvalue())))
-    source = ListSource(images, [0] * len(images), ["x"], "bench")
-    kw = {"model_key": args.model, "transform": transform, "batch_size": args.batch_size, "device": dev,
-          "num_workers": args.num_workers, "precision": "auto"}
-    extract_features(net, source, np.arange(min(len(images), args.batch_size)), **kw)  # warm-up
-    t0 = time.perf_counter()
-    extract_features(net, source, None, **kw)
-    _sync(dev)
-    extract = args.images / (time.perf_counter() - t0)
-    batch = torch.stack([transform(images[i % len(images)]) for i in range(args.batch_size)]).to(dev)
+    prep = eval_preprocess(net, args.image_size)
+    w, h = (int(v) for v in args.jpeg_size.split("x"))
+    res: dict[str, Any] = {"preprocess": repr(prep), "jpeg_size": args.jpeg_size}
     dtype = autocast_dtype(dev, "auto")
+    with tempfile.TemporaryDirectory() as tmp:
+        source = open_source(str(jpeg_folder(tmp, args.images, size=(w, h))))
+        for decode in args.decode.split(","):
+            transform = eval_transform(net, args.image_size) if decode == "pil" else prep
+            kw = {"model_key": args.model, "transform": transform, "batch_size": args.batch_size, "device": dev,
+                  "num_workers": args.num_workers, "precision": "auto", "decode": "auto" if decode == "pil" else decode}
+            extract_features(net, source, np.arange(min(len(source), 2 * args.batch_size)), **kw)  # warm-up
+            t0 = time.perf_counter()
+            extract_features(net, source, None, **kw)
+            _sync(dev)
+            res[f"extract_{decode}_img_s"] = args.images / (time.perf_counter() - t0)
+        crops = next(iter_crops(source, np.arange(args.batch_size) % len(source), prep, device=dev,
+                                batch_size=args.batch_size))
+        batch = normalize(crops, prep, dtype or torch.float32)
     n_batches = max(1, args.images // args.batch_size)
     with torch.inference_mode(), autocast(dev, dtype):
         forward_features(net, batch, True)
@@ -110,8 +113,10 @@ def bench_features(args: argparse.Namespace, dev: torch.device) -> dict[str, Any
         for _ in range(n_batches):
             forward_features(net, batch, True)
         _sync(dev)
-    model_only = n_batches * args.batch_size / (time.perf_counter() - t0)
-    return {"extract_img_s": extract, "model_only_img_s": model_only, "extract_over_model": extract / model_only}
+    res["model_only_img_s"] = n_batches * args.batch_size / (time.perf_counter() - t0)
+    for decode in args.decode.split(","):
+        res[f"extract_{decode}_over_model"] = res[f"extract_{decode}_img_s"] / res["model_only_img_s"]
+    return res
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,9 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--classes", type=int, default=1000, help="classes (default 1,000)")
     p.add_argument("--epochs", type=int, default=1000, help="full-batch epochs (default 1,000)")
     p.add_argument("--model", default="resnet50", help="timm model for the feature benchmark (random weights)")
-    p.add_argument("--images", type=int, default=4096, help="images in the feature benchmark (default 4,096)")
+    p.add_argument("--images", type=int, default=8192, help="JPEG files in the feature benchmark (default 8,192)")
     p.add_argument("--batch-size", type=int, default=256, help="feature batch size (default 256)")
     p.add_argument("--image-size", type=int, help="input size (default: the model's)")
+    p.add_argument("--jpeg-size", default="500x375", help="WxH of the JPEG files (ImageNet's typical size)")
+    p.add_argument("--decode", default="pil,cpu,hybrid,gpu",
+                   help="comma list: pil (timm's per-image transform) and the Preprocess decoders cpu, hybrid, gpu")
     p.add_argument("--num-workers", type=int, default=8, help="data loader workers for extract_features")
     p.add_argument("--skip", choices=("head", "features"), help="skip one benchmark")
     p.add_argument("--out", help="write the figures to this JSON file")

@@ -212,7 +212,7 @@ def test_clip_batch_matches_open_clip_preprocess(mined, tiny_clip):
     import torch
 
     from failmode.data.sources import open_source
-    from failmode.mining.images import Preprocess, iter_crops, normalize
+    from failmode.images import Preprocess, iter_crops, normalize
 
     src = open_source(str(mined / "data"))
     prep = Preprocess.from_open_clip(tiny_clip.model, draft=False)
@@ -283,7 +283,7 @@ def test_hybrid_and_gpu_decoders_match_cpu_decoder(mined, tiny_clip):
     import torch
 
     from failmode.data.sources import open_source
-    from failmode.mining.images import Preprocess, iter_crops
+    from failmode.images import Preprocess, iter_crops
 
     src = open_source(str(mined / "data"))
     prep = Preprocess.from_open_clip(tiny_clip.model, draft=False)

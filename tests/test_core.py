@@ -85,6 +85,41 @@ def test_feature_cache_hit_and_invalidation(tmp_path):
     assert not extract_features(model, src, model_key="m1", cache_dir=tmp_path, transform=other).cached
 
 
+def test_device_side_preprocessing_matches_timms_eval_transform(tmp_path):
+    from PIL import Image
+
+    from failmode.data.sources import ListSource
+    from failmode.features import extract_features
+    from failmode.images import Preprocess
+    from failmode.models.classifier import eval_preprocess, eval_transform, model_data_config
+    from failmode.testing import tiny_classifier
+
+    model = tiny_classifier(10)
+    prep = eval_preprocess(model, image_size=48)
+    assert prep == Preprocess(48, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bicubic", False, resize=50)
+    rng = np.random.default_rng(0)
+    smooth = [Image.fromarray(rng.integers(0, 255, (h // 8, w // 8, 3), dtype=np.uint8)).resize((w, h))
+              for w, h in [(96, 72), (72, 96), (64, 64), (96, 72), (50, 50)]]
+    src = ListSource(smooth, [0, 1, 2, 3, 4], [str(i) for i in range(10)], "sizes")
+    exact = extract_features(model, src, model_key="m", transform=eval_transform(model, image_size=48))
+    cpu = extract_features(model, src, model_key="m", transform=prep, decode="cpu", batch_size=2)
+    hybrid = extract_features(model, src, model_key="m", transform=prep, decode="hybrid", batch_size=2)
+    # "cpu": timm's pixels, normalised on the device (float rounding only); "hybrid": torch's antialiased resize
+    np.testing.assert_allclose(cpu.features, exact.features, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(cpu.logits, exact.logits, rtol=1e-4, atol=1e-5)
+    rel = np.linalg.norm(hybrid.features - exact.features) / np.linalg.norm(exact.features)
+    assert 0 < rel < 0.05
+    # cache keys differ by decoder; a squash-crop model has no device-side form and keeps the PIL transform
+    first = extract_features(model, src, model_key="m", transform=prep, decode="cpu", cache_dir=tmp_path)
+    assert not first.cached and extract_features(model, src, model_key="m", transform=prep, decode="cpu",
+                                                 cache_dir=tmp_path).cached
+    assert not extract_features(model, src, model_key="m", transform=prep, decode="hybrid", cache_dir=tmp_path).cached
+    cfg = {**model_data_config(model), "crop_mode": "squash"}
+    assert Preprocess.from_timm(cfg) is None and Preprocess.from_timm({**cfg, "crop_mode": "center"}) is not None
+    with pytest.raises(ValueError, match="decode must be auto or one of cpu, hybrid, gpu"):
+        extract_features(model, src, model_key="m", transform=prep, decode="nvjpeg")
+
+
 def test_feature_cache_without_logits_is_recomputed_when_logits_are_asked_for(tmp_path):
     from failmode.data.sources import HFSource
     from failmode.features import extract_features

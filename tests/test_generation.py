@@ -119,6 +119,21 @@ def test_same_pixels_alone_in_a_batch_of_4_and_on_rank_1_of_2(tiny_gen, tmp_path
     assert tree(one) == tree(two)
 
 
+def test_device_side_decode_gives_the_pipelines_own_pil_pixels(tiny_gen):
+    req = plan()[0].request()
+    ours = np.asarray(tiny_gen.generate([req])[0])
+    pipe = tiny_gen.pipe
+    latents = torch.cat([tiny_gen.latents(req)] * tiny_gen.batch_size)  # the fixed kernel batch, as generate pads
+    emb, neg = tiny_gen.encode_prompt(req.prompt), tiny_gen.encode_prompt(req.negative_prompt)
+    with torch.inference_mode():
+        ref = pipe(prompt_embeds=emb.repeat(len(latents), 1, 1), negative_prompt_embeds=neg.repeat(len(latents), 1, 1),
+                   latents=latents.contiguous(memory_format=torch.channels_last),
+                   num_inference_steps=req.num_inference_steps, guidance_scale=req.guidance_scale,
+                   height=req.height, width=req.width, output_type="pil").images[0]
+    assert ours.dtype == np.uint8 and ours.shape == (req.height, req.width, 3)
+    assert np.array_equal(ours, np.asarray(ref)) and ours.std() > 0
+
+
 def test_kill_during_a_shard_then_resume_gives_the_same_bytes(tiny_gen, tmp_path):
     class Killing(ImageGenerator):
         ident = tiny_gen.ident

@@ -60,7 +60,7 @@ class TimmClassifier:
     """A timm model's own logits (or a head on its frozen features) as a `Classifier`.
 
     Built from names with `failmode.models.classifier.create_classifier` (weights "timm", a file, a provider or
-    None) and preprocessed with its `eval_transform`; predictions go through `failmode.mining.failures.predict`
+    None) and preprocessed with its `eval_preprocess`; predictions go through `failmode.mining.failures.predict`
     (batched, mixed precision, feature cache under `cache_dir` when set).
     """
 
@@ -70,7 +70,7 @@ class TimmClassifier:
         from failmode.errors import UsageError
         from failmode.mining.heads import load_head
         from failmode.mining.mine import model_key
-        from failmode.models.classifier import create_classifier, eval_transform
+        from failmode.models.classifier import create_classifier, eval_preprocess
 
         self.net = create_classifier(model, weights)
         self.head = load_head(head) if isinstance(head, (str, Path)) else head
@@ -79,7 +79,7 @@ class TimmClassifier:
             raise UsageError(f"{model} has {outputs} outputs but there are {num_classes} classes: pass a head "
                              "file (--head) or the class list the model was trained on")
         self.model_key = model_key(model, weights)
-        self.transform = eval_transform(self.net, image_size)
+        self.transform = eval_preprocess(self.net, image_size)
         self.device, self.batch_size, self.precision, self.cache_dir = device, batch_size, precision, cache_dir
         head_name = head if isinstance(head, (str, Path)) else type(head).__name__
         self.ident = self.model_key if self.head is None else f"{self.model_key}+head:{head_name}"

@@ -183,10 +183,23 @@ class DiffusersGenerator(ImageGenerator):
         if self.options.channels_last:
             latents = latents.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            images = self.pipe(prompt_embeds=pos, negative_prompt_embeds=neg, latents=latents,
-                               num_inference_steps=r0.num_inference_steps, guidance_scale=r0.guidance_scale,
-                               height=r0.height, width=r0.width, output_type="pil").images
-        return [im.convert("RGB") for im in images[: len(reqs)]]
+            out = self.pipe(prompt_embeds=pos, negative_prompt_embeds=neg, latents=latents,
+                            num_inference_steps=r0.num_inference_steps, guidance_scale=r0.guidance_scale,
+                            height=r0.height, width=r0.width, output_type="latent").images
+            pixels = self.decode_uint8(out[: len(reqs)]).cpu().numpy()
+        return [Image.fromarray(p) for p in pixels]
+
+    def decode_uint8(self, latents: torch.Tensor) -> torch.Tensor:
+        """Final latents -> uint8 images [B, H, W, 3] on the device.
+
+        The same pixels as the pipeline's `output_type="pil"` (denormalise in the model dtype, then x255 and
+        round-half-even in float32), with the conversion on the device: only uint8 crosses to the host, and the
+        CPU does no per-pixel float work between batches.
+        """
+        vae = self.pipe.vae
+        image = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
+        image = self.pipe.image_processor.postprocess(image, output_type="pt")
+        return image.float().mul_(255).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
     def _load_safety(self, model: str, revision: str | None) -> tuple[Any, Any]:
         from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker

@@ -45,7 +45,7 @@ class ClipAttributor(Attributor):
     """CLIP zero-shot attribution: images and ensemble-averaged context prompts in CLIP space.
 
     `model`/`pretrained` name any open_clip model and tag or a local checkpoint (`failmode.models.clip`), or
-    pass a ready `clip` (a `failmode.models.clip.Clip`). Images go through `failmode.mining.images`
+    pass a ready `clip` (a `failmode.models.clip.Clip`). Images go through `failmode.images`
     (`decode`: "cpu" workers, "hybrid" worker decode + device resize, or "gpu" nvJPEG), with bf16 autocast and
     channels_last on CUDA.
     """
@@ -56,7 +56,7 @@ class ClipAttributor(Attributor):
                  decode: str = "cpu", draft: bool = True) -> None:
         import torch
 
-        from failmode.mining.images import Preprocess
+        from failmode.images import Preprocess
         from failmode.models.clip import create_clip
         from failmode.runtime import autocast_dtype, pick_device
 
@@ -87,7 +87,7 @@ class ClipAttributor(Attributor):
         """L2-normalised image embeddings [len(indices), D] (float32)."""
         import torch
 
-        from failmode.mining.images import iter_crops, normalize
+        from failmode.images import iter_crops, normalize
         from failmode.runtime import autocast
 
         out = []

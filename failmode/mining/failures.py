@@ -12,13 +12,16 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from failmode.data.sources import ImageSource
 from failmode.errors import UsageError, ValidationError
 from failmode.io import write_json
+
+if TYPE_CHECKING:
+    from failmode.features import Transform
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +60,7 @@ def predict(
     *,
     model_key: str,
     head: Any | None = None,
-    transform: Callable[[Any], Any] | None = None,
+    transform: Transform | None = None,
     device: str | None = None,
     batch_size: int = 256,
     precision: str = "auto",

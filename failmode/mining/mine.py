@@ -91,7 +91,7 @@ def mine_failures(
     otherwise `head` is required: a head file, "train" (fit on the train split), or a head object (see
     `failmode.mining.heads`). Features are cached under `cache_dir`/features (default `default_cache_dir()`).
     """
-    from failmode.models.classifier import create_classifier, eval_transform
+    from failmode.models.classifier import create_classifier, eval_preprocess
 
     net = create_classifier(model, weights)
     source = open_source(dataset, split)
@@ -101,7 +101,7 @@ def mine_failures(
     splits = make_splits(train.labels if train is not None else np.zeros(0, np.int64), source.labels,
                          seed=split_seed, **recipe)
     key = model_key(model, weights)
-    features_kw = {"model_key": key, "transform": eval_transform(net, image_size), "batch_size": batch_size,
+    features_kw = {"model_key": key, "transform": eval_preprocess(net, image_size), "batch_size": batch_size,
                    "device": device, "precision": precision, "num_workers": num_workers,
                    "cache_dir": Path(cache_dir or default_cache_dir()) / "features"}
     head_obj, head_desc = _resolve_head(head, net, train, splits.train, features_kw)

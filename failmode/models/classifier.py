@@ -8,13 +8,16 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from failmode.errors import LoadError, UsageError
 from failmode.hub import load_from_hub_or_local
 from failmode.registry import Registry
+
+if TYPE_CHECKING:
+    from failmode.features import Transform
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +139,17 @@ def model_data_config(model: torch.nn.Module) -> dict[str, Any]:
     import timm.data
 
     return timm.data.resolve_model_data_config(model)
+
+
+def eval_preprocess(model: torch.nn.Module, image_size: int | None = None) -> Transform:
+    """timm's evaluation transform for `model` as a `failmode.images.Preprocess` (the device-side fast path);
+    the PIL transform (`eval_transform`) when it has no such form (non-square input, "squash"/"border" crops)."""
+    from failmode.images import Preprocess
+
+    cfg = dict(model_data_config(model))
+    if image_size is not None:
+        cfg["input_size"] = (3, image_size, image_size)
+    return Preprocess.from_timm(cfg) or eval_transform(model, image_size)
 
 
 def eval_transform(model: torch.nn.Module, image_size: int | None = None) -> Callable[[Any], torch.Tensor]:

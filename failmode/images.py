@@ -1,4 +1,6 @@
-"""The image fast path of attribution: encoded bytes -> uint8 crops -> normalised batches on the device.
+"""The image fast path of attribution and feature extraction: encoded bytes -> uint8 crops -> batches on the device.
+
+Preprocessing is "resize the shortest side, centre-crop, normalise" (open_clip's and timm's evaluation transform).
 
 Three decoders, all overlapping decoding with model compute through DataLoader workers:
   - "cpu": each worker reads the encoded bytes, decodes with PIL (JPEGs are decoded at a reduced DCT scale when
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,13 +37,25 @@ DECODERS = ("cpu", "hybrid", "gpu")
 
 @dataclass(frozen=True)
 class Preprocess:
-    """Square crop size, interpolation, normalisation and decoder options (CLIP's resize-shortest + centre crop)."""
+    """Resize the shortest side to `resize` (default: `size`), centre-crop `size` x `size`, normalise."""
 
     size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     interpolation: str = "bicubic"
     draft: bool = True
+    resize: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in _PIL_RESAMPLE:
+            raise ValueError(f"interpolation must be one of {', '.join(_PIL_RESAMPLE)}, not {self.interpolation!r}")
+        if self.resize is not None and self.resize < self.size:
+            raise ValueError(f"resize ({self.resize}) must be at least the crop size ({self.size})")
+
+    @property
+    def short_side(self) -> int:
+        """The shortest side after resizing, before the centre crop."""
+        return self.resize or self.size
 
     @classmethod
     def from_open_clip(cls, model: Any, draft: bool = True) -> Preprocess:
@@ -49,6 +64,22 @@ class Preprocess:
         size = cfg["size"]
         size = size if isinstance(size, int) else size[0]
         return cls(int(size), tuple(cfg["mean"]), tuple(cfg["std"]), cfg.get("interpolation", "bicubic"), draft)
+
+    @classmethod
+    def from_timm(cls, data_config: dict[str, Any], draft: bool = False) -> Preprocess | None:
+        """timm's evaluation transform (`resolve_model_data_config`) as a Preprocess; None when it is not one.
+
+        timm resizes the shortest side to floor(size / crop_pct) and centre-crops `size` (crop_mode "center"); a
+        non-square input, another crop mode or another interpolation has no Preprocess equivalent. `draft` is off
+        by default so that the "cpu" decoder gives timm's exact pixels.
+        """
+        _, h, w = data_config["input_size"]
+        interpolation = data_config.get("interpolation", "bilinear")
+        if h != w or data_config.get("crop_mode", "center") not in (None, "center") or interpolation not in _PIL_RESAMPLE:
+            return None
+        crop_pct = data_config.get("crop_pct") or 0.875
+        return cls(int(h), tuple(data_config["mean"]), tuple(data_config["std"]), interpolation, draft,
+                   resize=math.floor(h / crop_pct))
 
 
 def resized_size(w: int, h: int, size: int) -> tuple[int, int]:
@@ -59,9 +90,9 @@ def resized_size(w: int, h: int, size: int) -> tuple[int, int]:
 
 
 def crop_pil(img: Image.Image, prep: Preprocess) -> np.ndarray:
-    """Resize the shortest side to `prep.size` and centre-crop: uint8 array [size, size, 3]."""
+    """Resize the shortest side to `prep.short_side` and centre-crop `prep.size`: uint8 array [size, size, 3]."""
     img = img.convert("RGB")
-    w, h = resized_size(*img.size, prep.size)
+    w, h = resized_size(*img.size, prep.short_side)
     if (w, h) != img.size:
         img = img.resize((w, h), _PIL_RESAMPLE[prep.interpolation])
     left, top = int(round((w - prep.size) / 2.0)), int(round((h - prep.size) / 2.0))
@@ -76,7 +107,7 @@ def decode_crop(source: ImageSource, i: int, prep: Preprocess) -> torch.Tensor:
     else:
         img = Image.open(io.BytesIO(data))
         if prep.draft and img.format == "JPEG":
-            img.draft("RGB", resized_size(*img.size, 2 * prep.size))  # DCT-domain downscale, never below 2x target
+            img.draft("RGB", resized_size(*img.size, 2 * prep.short_side))  # DCT-domain downscale, never below 2x target
     return torch.from_numpy(crop_pil(img, prep).copy()).permute(2, 0, 1)
 
 
@@ -140,8 +171,9 @@ def device_crops(images: list[torch.Tensor], prep: Preprocess, device: torch.dev
     for j, img in enumerate(images):
         groups.setdefault(tuple(img.shape[-2:]), []).append(j)
     for (h, w), members in groups.items():
-        x = torch.stack([images[j] for j in members]).to(device, non_blocking=True).float()
-        nw, nh = resized_size(w, h, prep.size)
+        # each image travels on its own (pinned by the loader: asynchronous), then is stacked on the device
+        x = torch.stack([images[j].to(device, non_blocking=True) for j in members]).float()
+        nw, nh = resized_size(w, h, prep.short_side)
         if (nh, nw) != (h, w):
             smooth = prep.interpolation != "nearest"
             x = torch.nn.functional.interpolate(x, size=(nh, nw), mode=prep.interpolation, antialias=smooth,

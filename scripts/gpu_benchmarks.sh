@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The GPU benchmarks of docs/benchmarks.md, in one go: one log per run under $OUT (default bench-out/).
+#
+#   bash scripts/gpu_benchmarks.sh head attribute generate      # any subset, in this order
+#
+# Each run has its own time limit (T seconds, default 300) so that one hang does not cost the others.
+set -u
+out=${OUT:-bench-out}
+mkdir -p "$out"
+py=${PYTHON:-python3}
+limit=${T:-300}
+export PYTHONUNBUFFERED=1
+
+run() {  # run NAME ARGS...: one benchmark, its output to $out/NAME.log (JSON last)
+  local name=$1
+  shift
+  echo "== $name: $*"
+  timeout "$limit" "$py" "$@" >"$out/$name.log" 2>&1
+  echo "rc=$?"
+  grep -v -i -e warning -e warn "$out/$name.log" | tail -c 1200 | tr -d '\n' | tr -s ' '
+  echo
+}
+
+for stage in "$@"; do
+  case $stage in
+    head)
+      run head scripts/bench_head.py --device cuda --num-workers 14 ;;
+    attribute)
+      for d in hybrid gpu cpu; do
+        run "attr_$d" scripts/bench_attribute.py --device cuda --n 20000 --batch-size 1024 --workers 14 --decode $d
+      done
+      run attr_decode_only_hybrid scripts/bench_attribute.py --device cuda --n 20000 --batch-size 1024 \
+        --workers 14 --decode hybrid --decode-only
+      run attr_1000_classes scripts/bench_attribute.py --device cuda --n 20000 --batch-size 1024 --workers 14 \
+        --decode hybrid --classes 1000 ;;
+    generate)
+      run generate scripts/bench_generate.py --precision fp16 --batch-size 16 --steps 25 --scheduler dpmsolver++ \
+        --compile "${COMPILE:-default}" --images 256 --naive-images 4 ;;
+    *)
+      echo "unknown stage $stage (head, attribute, generate)" >&2
+      exit 2 ;;
+  esac
+done
