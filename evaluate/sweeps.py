@@ -17,7 +17,8 @@ from typing import Any
 from failmode.dataset.layout import config_slug
 from failmode.evaluate.pipeline import EvalSpec, HeadParams, base_record, head_params_json
 from failmode.evaluate.results import METRICS, result_key
-from failmode.io import write_bytes_atomic, write_json
+from failmode.io import write_json
+from failmode.plots import save_figure, subplots
 
 SWEEPS = {"lambda": "lam", "k": "k"}
 COLLECTIVE_SETTINGS = ("collective-individual", "collective-type1", "collective-type2")
@@ -59,13 +60,8 @@ def sweep_points(records: Sequence[dict[str, Any]], kind: str) -> list[dict[str,
 def plot_sweep(points: Sequence[dict[str, Any]], kind: str, path: str | os.PathLike[str], title: str,
                baseline: dict[str, Any] | None = None) -> None:
     """Accuracy (test / seed / heldout) against lambda or k as a PNG; dashed lines: the original head."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     x = SWEEPS[kind]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = subplots(figsize=(5, 3.5))
     for m, colour in zip(METRICS, ("tab:blue", "tab:orange", "tab:green")):
         xs = [p[x] for p in points if p[m] is not None]
         ax.plot(xs, [100 * p[m] for p in points if p[m] is not None], marker="o", color=colour, label=m)
@@ -76,18 +72,7 @@ def plot_sweep(points: Sequence[dict[str, Any]], kind: str, path: str | os.PathL
     ax.set(xlabel="λ" if kind == "lambda" else "k (failure modes per class)", ylabel="accuracy (%)", title=title)
     ax.legend()
     fig.tight_layout()
-    _save_png(fig, path)
-
-
-def _save_png(fig: Any, path: str | os.PathLike[str]) -> None:
-    import io
-
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    write_bytes_atomic(path, buf.getvalue())
+    save_figure(fig, path)
 
 
 def relative_accuracy(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -108,14 +93,10 @@ def relative_accuracy(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]
 
 def plot_collective(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], metric: str = "heldout") -> None:
     """Grouped bars: per model, relative `metric` accuracy of type 1 and type 2 collective debugging."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
     models = list(dict.fromkeys(r["model"] for r in rows))
-    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(models) + 2), 3.5))
+    fig, ax = subplots(figsize=(max(4, 1.2 * len(models) + 2), 3.5))
     for j, setting in enumerate(COLLECTIVE_SETTINGS[1:]):
         vals = [next((r[f"{metric}_relative"] or 0.0 for r in rows if r["model"] == m and r["setting"] == setting), 0.0)
                 for m in models]
@@ -125,7 +106,7 @@ def plot_collective(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str]
     ax.set(ylabel=f"relative {metric} accuracy", title="collective vs individual debugging")
     ax.legend()
     fig.tight_layout()
-    _save_png(fig, path)
+    save_figure(fig, path)
 
 
 def write_sweep(out_dir: Path, spec: EvalSpec, kind: str, records: Sequence[dict[str, Any]],

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from failmode.errors import UsageError, ValidationError
-from failmode.io import atomic_path, write_bytes_atomic, write_json
+from failmode.io import write_bytes_atomic, write_json
 
 log = logging.getLogger(__name__)
 
@@ -151,14 +151,13 @@ def matrix_csv(names: Sequence[str], matrix: np.ndarray) -> str:
 
 def plot_heatmap(path: Path, names: Sequence[str], fams: Sequence[str], matrix: np.ndarray) -> None:
     """A heatmap PNG of the IoU matrix with family blocks outlined and labelled (matplotlib, Agg)."""
-    import matplotlib
+    from matplotlib.patches import Rectangle
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from failmode.plots import save_figure, subplots
 
     n = len(names)
     side = max(4.0, 0.45 * n + 2.5)
-    fig, ax = plt.subplots(figsize=(side + 1.2, side))
+    fig, ax = subplots(figsize=(side + 1.2, side))
     im = ax.imshow(matrix, vmin=0.0, vmax=1.0, cmap="viridis")
     ax.set_xticks(range(n), names, rotation=90, fontsize=8)
     ax.set_yticks(range(n), names, fontsize=8)
@@ -170,16 +169,14 @@ def plot_heatmap(path: Path, names: Sequence[str], fams: Sequence[str], matrix: 
     start = 0
     for i in range(1, n + 1):
         if i == n or fams[i] != fams[start]:
-            ax.add_patch(matplotlib.patches.Rectangle((start - 0.5, start - 0.5), i - start, i - start,
+            ax.add_patch(Rectangle((start - 0.5, start - 0.5), i - start, i - start,
                                                       fill=False, edgecolor="red", linewidth=1.5))
             ax.text(n - 0.4, (start + i - 1) / 2, fams[start], va="center", fontsize=8, color="red")
             start = i
     ax.set_title("Failure overlap (IoU of misclassified debug images)")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.12)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def load_families(spec: str | os.PathLike[str] | None) -> dict[str, str] | None:

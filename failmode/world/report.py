@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from failmode.io import atomic_path, write_bytes_atomic
+from failmode.io import write_bytes_atomic
+from failmode.plots import save_figure, subplots
 
 METHOD_LABELS = {"before": "before (no debug data)", "ours": "ours (mined failure modes)",
                  "class-only": "class-only baseline", "random-context": "random-context baseline"}
@@ -19,27 +20,10 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
 
 
-def _save(fig: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-
-
-def _figure(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(*args, **kwargs)
-
-
 def plot_sweep(points: Sequence[dict[str, Any]], x: str, path: Path, title: str, log_x: bool = False,
                baselines: dict[str, float | None] | None = None) -> None:
     """Accuracy (heldout, test, test common) against `x`; optional horizontal baseline lines (heldout)."""
-    fig, ax = _figure(figsize=(5.5, 3.6))
+    fig, ax = subplots(figsize=(5.5, 3.6))
     xs = [p[x] for p in points]
     for metric, style in (("heldout_acc", "o-"), ("test_acc", "s-"), ("test_common_acc", "^--")):
         ax.plot(xs, [100 * (p[metric] or 0) for p in points], style, label=metric.replace("_acc", ""))
@@ -54,20 +38,20 @@ def plot_sweep(points: Sequence[dict[str, Any]], x: str, path: Path, title: str,
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    _save(fig, path)
+    save_figure(fig, path, dpi=100, tight=True)
 
 
 def plot_grid(images: Sequence[Any], captions: Sequence[str], path: Path, cols: int, title: str) -> None:
     """Images in a grid with a small caption under each."""
     rows = max(1, int(np.ceil(len(images) / cols)))
-    fig, axes = _figure(rows, cols, figsize=(1.6 * cols, 1.85 * rows), squeeze=False)
+    fig, axes = subplots(rows, cols, figsize=(1.6 * cols, 1.85 * rows), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, im, cap in zip(axes.ravel(), images, captions):
         ax.imshow(im)
         ax.set_title(cap, fontsize=6)
     fig.suptitle(title, fontsize=9)
-    _save(fig, path)
+    save_figure(fig, path, dpi=100, tight=True)
 
 
 def failure_grid(records: Sequence[dict[str, Any]], source: Any, path: Path, per_class: int) -> None:
