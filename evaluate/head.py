@@ -17,99 +17,26 @@ allocations. On CUDA matmuls run in TF32 (or bf16 with fp32 master weights); on 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
-import os
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Union
 
 import numpy as np
 import torch
 
-from failmode.errors import UsageError, ValidationError
-from failmode.io import atomic_path
+from failmode.errors import UsageError
+from failmode.linear import ArrayLike, LinearHead, as_tensor
 from failmode.runtime import pick_device
 
 log = logging.getLogger(__name__)
-
-ArrayLike = Union[np.ndarray, torch.Tensor]
 
 #: matmul precisions of the trainer: "auto" is tf32 on CUDA and fp32 elsewhere
 PRECISIONS = ("auto", "fp32", "tf32", "bf16")
 
 
-def _as_tensor(a: ArrayLike, dtype: torch.dtype | None = None) -> torch.Tensor:
-    t = a if isinstance(a, torch.Tensor) else torch.from_numpy(np.asarray(a))
-    return t.detach().to(dtype) if dtype is not None else t.detach()
-
-
-@dataclass
-class LinearHead:
-    """A linear classifier `logits = x @ weight.T + bias` (weight [C, D], bias [C], float32, on CPU)."""
-
-    weight: torch.Tensor
-    bias: torch.Tensor
-
-    def __post_init__(self) -> None:
-        self.weight = _as_tensor(self.weight, torch.float32).cpu().contiguous()
-        self.bias = _as_tensor(self.bias, torch.float32).cpu().contiguous()
-        if self.weight.ndim != 2 or self.bias.shape != (self.weight.shape[0],):
-            raise ValueError(f"weight must be [C, D] and bias [C]; got {tuple(self.weight.shape)}, "
-                             f"{tuple(self.bias.shape)}")
-
-    @property
-    def num_classes(self) -> int:
-        """Number of classes C."""
-        return int(self.weight.shape[0])
-
-    @property
-    def dim(self) -> int:
-        """Feature dimension D."""
-        return int(self.weight.shape[1])
-
-    @classmethod
-    def from_module(cls, linear: torch.nn.Module) -> LinearHead:
-        """Copy of an `nn.Linear` (e.g. a timm model's `get_classifier()`)."""
-        if not isinstance(linear, torch.nn.Linear):
-            raise UsageError(f"the model's classifier is a {type(linear).__name__}, not a linear layer")
-        bias = linear.bias if linear.bias is not None else torch.zeros(linear.out_features)
-        return cls(linear.weight.detach().clone(), bias.detach().clone())
-
-    def logits(self, x: ArrayLike) -> ArrayLike:
-        """Logits [N, C] of features `x` [N, D]; numpy in, numpy out; a tensor in, a tensor out."""
-        xt = _as_tensor(x, torch.float32).cpu()
-        out = torch.addmm(self.bias, xt, self.weight.T)
-        return out.numpy() if isinstance(x, np.ndarray) else out
-
-    def predict(self, x: ArrayLike) -> np.ndarray:
-        """Predicted class indices [N] (int64 numpy)."""
-        return np.asarray(_as_tensor(self.logits(x)).argmax(1).numpy(), dtype=np.int64)
-
-    def save(self, path: str | os.PathLike[str], metadata: dict[str, Any] | None = None) -> None:
-        """Write weight and bias (and JSON-able `metadata`) as a safetensors file, atomically."""
-        from safetensors.torch import save_file
-
-        with atomic_path(path) as tmp:
-            save_file({"weight": self.weight, "bias": self.bias}, str(tmp),
-                      metadata={"failmode": json.dumps(metadata or {}, sort_keys=True)})
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> LinearHead:
-        """Read a head written by `save`."""
-        from safetensors.torch import load_file
-
-        if not Path(path).exists():
-            raise ValidationError(f"{path}: head file not found")
-        state = load_file(str(path))
-        return cls(state["weight"], state["bias"])
-
-
 def accuracy(head: LinearHead, x: ArrayLike, y: ArrayLike) -> float:
     """Top-1 accuracy of `head` on features `x` with labels `y` (NaN for an empty set)."""
-    y = np.asarray(_as_tensor(y).cpu().numpy(), dtype=np.int64)
+    y = np.asarray(as_tensor(y).cpu().numpy(), dtype=np.int64)
     if len(y) == 0:
         return float("nan")
     return float((head.predict(x) == y).mean())
@@ -118,7 +45,7 @@ def accuracy(head: LinearHead, x: ArrayLike, y: ArrayLike) -> float:
 def _stack(train_x: ArrayLike, train_y: ArrayLike, debug_x: ArrayLike | None, debug_y: ArrayLike | None,
            lam: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Concatenated features, labels and per-sample loss weights (1/N_o original, lam/N_d debug)."""
-    x, y = _as_tensor(train_x, torch.float32), _as_tensor(train_y, torch.int64)
+    x, y = as_tensor(train_x, torch.float32), as_tensor(train_y, torch.int64)
     if x.ndim != 2 or y.shape != (x.shape[0],) or len(y) == 0:
         raise UsageError(f"train features must be [N, D] with N labels, N > 0; got {tuple(x.shape)} and "
                          f"{tuple(y.shape)}")
@@ -129,7 +56,7 @@ def _stack(train_x: ArrayLike, train_y: ArrayLike, debug_x: ArrayLike | None, de
     w = torch.full((len(y),), 1.0 / len(y))
     if debug_x is None or lam == 0:
         return x, y, w
-    dx, dy = _as_tensor(debug_x, torch.float32), _as_tensor(debug_y, torch.int64)
+    dx, dy = as_tensor(debug_x, torch.float32), as_tensor(debug_y, torch.int64)
     if dx.ndim != 2 or dx.shape[1] != x.shape[1] or dy.shape != (dx.shape[0],):
         raise UsageError(f"debug features must be [M, {x.shape[1]}] with M labels; got {tuple(dx.shape)} and "
                          f"{tuple(dy.shape)}")

@@ -10,56 +10,17 @@ A head maps frozen features [N, D] to class scores. Accepted forms, in order of 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from failmode.errors import LoadError, ValidationError
-
-
-@dataclass
-class LinearHead:
-    """A linear classifier on frozen features: logits = features @ weight.T + bias."""
-
-    weight: np.ndarray
-    bias: np.ndarray
-
-    def logits(self, features: np.ndarray) -> np.ndarray:
-        """Class scores [N, C]."""
-        return np.asarray(features, np.float32) @ self.weight.T.astype(np.float32) + self.bias.astype(np.float32)
-
-    def predict(self, features: np.ndarray) -> np.ndarray:
-        """Predicted labels [N]."""
-        return self.logits(features).argmax(1)
+from failmode.errors import ValidationError
+from failmode.linear import LinearHead
 
 
 def load_head(path: str | os.PathLike[str]) -> LinearHead:
     """Read a linear head from .npz, .safetensors or a torch .pt/.pth file holding `weight` [C, D] and `bias` [C]."""
-    path = Path(path)
-    if not path.is_file():
-        raise LoadError(f"head file {path} does not exist")
-    if path.suffix == ".npz":
-        with np.load(path) as z:
-            arrays = {k: z[k] for k in z.files}
-    elif path.suffix == ".safetensors":
-        from safetensors.numpy import load_file
-
-        arrays = load_file(str(path))
-    else:
-        import torch
-
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        arrays = {k: v.float().numpy() for k, v in state.items() if hasattr(v, "numpy")}
-    arrays = {k.split(".")[-1]: v for k, v in arrays.items()}  # accept "fc.weight" / "head.bias" style keys
-    if "weight" not in arrays or "bias" not in arrays:
-        found = ", ".join(arrays) or "none"
-        raise ValidationError(f"{path}: a head file needs 'weight' and 'bias' arrays (found {found})")
-    weight, bias = np.asarray(arrays["weight"], np.float32), np.asarray(arrays["bias"], np.float32)
-    if weight.ndim != 2 or bias.shape != (weight.shape[0],):
-        raise ValidationError(f"{path}: weight {weight.shape} and bias {bias.shape} are not a [C, D] / [C] pair")
-    return LinearHead(weight, bias)
+    return LinearHead.load(path)
 
 
 def apply_head(head: Any, features: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray | None]:
