@@ -134,6 +134,30 @@ def test_device_side_decode_gives_the_pipelines_own_pil_pixels(tiny_gen):
     assert np.array_equal(ours, np.asarray(ref)) and ours.std() > 0
 
 
+def test_compiled_pipeline_captures_whole_graphs_and_keeps_pixels(tiny_gen, monkeypatch):
+    """`compile` wraps the UNet (fullgraph: a graph break would fail) and the VAE decoder; dynamo's capture is what
+    can break across diffusers/torch versions, so it runs here with the eager backend (inductor's code generation
+    takes a minute on a CPU and is exercised by the GPU benchmark)."""
+    from failmode.testing import tiny_pipeline
+
+    calls = []
+    real_compile = torch.compile
+
+    def eager_compile(fn, **kw):
+        calls.append((getattr(fn, "__name__", type(fn).__name__), kw.get("fullgraph", False), kw.get("mode")))
+        return real_compile(fn, **{**kw, "mode": None, "backend": "eager"})
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    torch._dynamo.reset()
+    opts = RenderOptions(device="cpu", precision="fp32", batch_size=4, scheduler="dpmsolver++", compile="max-autotune")
+    compiled = DiffusersGenerator(pipeline=tiny_pipeline(), options=opts, ident="diffusers:tiny")
+    assert calls == [("UNet2DConditionModel", True, "max-autotune"), ("decode", False, "max-autotune")]
+    reqs = [r.request() for r in plan()[:3]]
+    for a, b in zip(compiled.generate(reqs), tiny_gen.generate(reqs), strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    torch._dynamo.reset()
+
+
 def test_kill_during_a_shard_then_resume_gives_the_same_bytes(tiny_gen, tmp_path):
     class Killing(ImageGenerator):
         ident = tiny_gen.ident

@@ -97,7 +97,16 @@ def prepare_pipeline(pipe: Any, options: RenderOptions) -> Any:
     dtype = PRECISIONS.get(options.precision) or autocast_dtype(device, "auto") or torch.float32
     if device.type == "cpu" and dtype is torch.float16:
         raise LoadError("fp16 is not supported on CPU; use --precision fp32 or bf16")
-    pipe.to(device, dtype)
+    # diffusers (0.42) warns "modules that should be kept in float32: []" on every dtype cast, even when a model has
+    # no such modules; when none of the three has any, the warning says nothing and is silenced
+    models_logger = logging.getLogger("diffusers.models.modeling_utils")
+    level = models_logger.level
+    if all(not getattr(m, "_keep_in_fp32_modules", None) for m in (pipe.unet, pipe.vae, pipe.text_encoder)):
+        models_logger.setLevel(logging.ERROR)
+    try:
+        pipe.to(device, dtype)
+    finally:
+        models_logger.setLevel(level)
     if options.scheduler:
         set_scheduler(pipe, options.scheduler)
     from diffusers.models.attention_processor import AttnProcessor2_0
