@@ -76,7 +76,8 @@ class EvalSpec:
     device: str | None = None
     precision: str = "auto"
     cache_dir: str | None = None
-    num_workers: int = 0
+    num_workers: int | None = None  # None: failmode.features.default_workers
+    decode: str = "auto"  # image decoder of the feature extractor (failmode.images; auto: hybrid on CUDA, else cpu)
 
     @property
     def model_config(self) -> str:
@@ -84,9 +85,13 @@ class EvalSpec:
         return self.config or config_slug(self.model)
 
     def split_params(self) -> dict[str, Any]:
-        """The split and failure parameters recorded in every result's `params`."""
+        """The split, failure and preprocessing parameters recorded in every result's `params`."""
+        from failmode.features import resolve_decode
+        from failmode.runtime import pick_device
+
         return {"split_seed": self.split_seed, **self.recipe(), "failures": self.failures or "computed",
-                "image_size": self.image_size, "debug_split": self.debug_split}
+                "image_size": self.image_size, "debug_split": self.debug_split,
+                "decode": resolve_decode(self.decode, pick_device(self.device))}
 
     def recipe(self) -> dict[str, float]:
         """Per-class counts of the train subset and debug split (the dataset's recipe unless overridden)."""
@@ -197,7 +202,7 @@ def load_model_features(spec: EvalSpec, configs: Sequence[str] = ()) -> ModelFea
                          f"{len(names)}; evaluate it on the dataset it was trained for")
     kw = {"model_key": model_key(spec.model, spec.weights), "transform": eval_preprocess(net, spec.image_size),
           "batch_size": spec.batch_size, "device": spec.device, "precision": spec.precision,
-          "num_workers": spec.num_workers,
+          "num_workers": spec.num_workers, "decode": spec.decode,
           "cache_dir": Path(spec.cache_dir) if spec.cache_dir else default_cache_dir() / "features"}
     feats = {name: extract_features(net, src, idx, desc=f"{name} features", **kw)
              for name, src, idx in (("train", train_src, splits.train), ("debug", eval_src, splits.debug),

@@ -12,6 +12,7 @@ on the device; "gpu" also decodes JPEGs there). On a GPU the per-image PIL resiz
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,12 @@ def feature_key(model_key: str, source: ImageSource, indices: np.ndarray, prepro
                         "pre": repr(preprocessing), "precision": precision}, n=24)
 
 
+def default_workers(device: torch.device) -> int:
+    """Loader workers when none are asked for: none on CPU (decoding competes with the model for the same cores),
+    up to 8 on a GPU (keep it fed), leaving one core to the main process."""
+    return 0 if device.type != "cuda" else max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
 def resolve_decode(decode: str, device: torch.device) -> str:
     """"auto" -> "hybrid" on CUDA (resize on the GPU), "cpu" elsewhere (timm's exact pixels); others unchanged."""
     from failmode.images import DECODERS
@@ -88,7 +95,8 @@ def _batches(source: ImageSource, idx: np.ndarray, transform: Transform,
         yield x.to(dev, non_blocking=True)
 
 
-def forward_features(model: torch.nn.Module, x: torch.Tensor, with_logits: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+def forward_features(model: torch.nn.Module, x: torch.Tensor,
+                     with_logits: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(pre-logit features, logits) of a timm model; other modules return (model(x), None)."""
     if hasattr(model, "forward_head") and hasattr(model, "forward_features"):
         pre = model.forward_head(model.forward_features(x), pre_logits=True)
@@ -110,7 +118,7 @@ def extract_features(
     device: str | torch.device | None = None,
     precision: str = "auto",
     cache_dir: str | Path | None = None,
-    num_workers: int = 0,
+    num_workers: int | None = None,
     with_logits: bool = True,
     desc: str = "features",
 ) -> Features:
@@ -118,7 +126,8 @@ def extract_features(
 
     `model_key` identifies model and weights (e.g. "tf_efficientnet_lite0@efficientnet-lite0-pypi"); the transform
     (a callable or a `Preprocess`) defaults to timm's evaluation transform for the model, as a `Preprocess` when it
-    is one; it and the decoder (`decode`, used with a `Preprocess` only) are part of the cache key.
+    is one; it and the decoder (`decode`, used with a `Preprocess` only) are part of the cache key. `num_workers`
+    loader processes decode the images (None: `default_workers`).
     """
     from failmode.models.classifier import eval_preprocess
 
@@ -139,6 +148,7 @@ def extract_features(
                     return Features(z["features"], logits, source.labels[idx], idx, cached=True)
 
     dtype = autocast_dtype(dev, precision)
+    num_workers = default_workers(dev) if num_workers is None else num_workers
     model = model.to(dev).eval()
     if dev.type == "cuda":  # cuDNN's fast convolution kernels (and the Preprocess path's inputs) are channels_last
         model = model.to(memory_format=torch.channels_last)

@@ -87,6 +87,10 @@ def test_mine_is_deterministic_cached_and_invalidated(world, tmp_path, monkeypat
     assert len(calls) == first
     _mine(world, tmp_path / "e", tmp_path / "cacheA", weights=str(world / "w2.pth"))  # model changed
     assert len(calls) == 2 * first
+    p4 = _mine(world, tmp_path / "f", tmp_path / "cacheA", decode="hybrid")  # resize on the device: other pixels
+    assert len(calls) == 3 * first
+    _mine(world, tmp_path / "g", tmp_path / "cacheA", decode="auto")  # auto is cpu on a CPU: cache A's entry
+    assert len(calls) == 3 * first and p4.exists()
 
     rows, meta = read_failures(p1)
     splits = json.loads((p1.parent / "splits.json").read_text())

@@ -37,10 +37,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also attribute heldout failures (not counted in modes)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers decoding images")
-    p.add_argument("--decode", default="cpu", choices=("cpu", "hybrid", "gpu"),
+    p.add_argument("--workers", "--num-workers", dest="workers", type=int,
+                   help="loader processes decoding images (default: 0 on CPU, up to 8 on a GPU)")
+    p.add_argument("--decode", default="auto", choices=("auto", "cpu", "hybrid", "gpu"),
                    help="cpu: workers decode and resize (open_clip's exact preprocessing); hybrid: workers decode, "
-                        "the device resizes; gpu: nvJPEG decode on the GPU")
+                        "the device resizes; gpu: nvJPEG decode on the GPU (default auto: hybrid on CUDA, else cpu)")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
     p.add_argument("--cache-dir", help="embedding cache (default: $FAILMODE_CACHE_DIR or ~/.cache/failmode)")
 
@@ -67,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     from failmode.mining import attribute_failures, make_attributor
 
     paths = tables(args)
-    attributor = make_attributor(args.attributor, attributor_options(args, CLIP_FLAGS, "--attributor-option"), args.kind)
+    options = attributor_options(args, CLIP_FLAGS, "--attributor-option")
+    attributor = make_attributor(args.attributor, options, args.kind)
     halves = ("seed", "heldout") if args.include_heldout else ("seed",)
     for path in paths:
         modes = attribute_failures(path, vocabulary=args.vocabulary, kind=args.kind, attributor=attributor, k=args.k,

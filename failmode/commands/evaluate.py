@@ -81,7 +81,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--batch-size", type=int, default=256, help="feature extraction batch size (default 256)")
     r.add_argument("--image-size", type=int, help="override the model's input size")
     r.add_argument("--cache-dir", help="feature cache (default: $FAILMODE_CACHE_DIR or ~/.cache/failmode/features)")
-    r.add_argument("--num-workers", type=int, default=0, help="data loader workers (default 0)")
+    r.add_argument("--num-workers", "--workers", dest="num_workers", type=int,
+                   help="loader processes decoding images (default: 0 on CPU, up to 8 on a GPU)")
+    r.add_argument("--decode", default="auto", choices=("auto", "cpu", "hybrid", "gpu"),
+                   help="cpu: resize in the workers (timm's exact pixels); hybrid: resize on the device; gpu: also "
+                        "decode JPEGs there (default auto: hybrid on CUDA, else cpu)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -101,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
                       eval_split=args.eval_split, train_per_class=args.train_per_class,
                       debug_per_class=args.debug_per_class, split_seed=args.split_seed, image_size=args.image_size,
                       batch_size=args.batch_size, device=args.device, precision=args.precision,
-                      cache_dir=args.cache_dir, num_workers=args.num_workers) for m in args.model]
+                      cache_dir=args.cache_dir, num_workers=args.num_workers, decode=args.decode)
+             for m in args.model]
     params = HeadParams(lam=args.lam, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
                         epochs=args.epochs, seed=args.seed, init=args.init, precision=args.head_precision)
     written = run_suite(specs, params, args.out, lambdas=args.lambda_sweep, ks=args.k_sweep,

@@ -36,7 +36,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers decoding images")
+    p.add_argument("--workers", "--num-workers", dest="workers", type=int,
+                   help="loader processes decoding images (default: 0 on CPU, up to 8 on a GPU)")
+    p.add_argument("--decode", default="auto", choices=("auto", "cpu", "hybrid", "gpu"),
+                   help="cpu: resize in the workers (timm's exact pixels); hybrid: resize on the device; gpu: also "
+                        "decode JPEGs there (default auto: hybrid on CUDA, else cpu)")
     p.add_argument("--cache-dir", help="feature cache (default: $FAILMODE_CACHE_DIR or ~/.cache/failmode)")
 
 
@@ -59,6 +63,6 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size, cache_dir=args.cache_dir, head=args.head, split=args.split,
             train_split=args.train_split, train_per_class=args.train_per_class,
             debug_per_class=args.debug_per_class, image_size=args.image_size, precision=args.precision,
-            num_workers=args.workers)
+            num_workers=args.workers, decode=args.decode)
         print(path)
     return 0

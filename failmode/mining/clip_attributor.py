@@ -46,16 +46,17 @@ class ClipAttributor(Attributor):
 
     `model`/`pretrained` name any open_clip model and tag or a local checkpoint (`failmode.models.clip`), or
     pass a ready `clip` (a `failmode.models.clip.Clip`). Images go through `failmode.images`
-    (`decode`: "cpu" workers, "hybrid" worker decode + device resize, or "gpu" nvJPEG), with bf16 autocast and
-    channels_last on CUDA.
+    (`decode`: "cpu" workers, "hybrid" worker decode + device resize, or "gpu" nvJPEG; "auto": hybrid on CUDA, else
+    cpu), with bf16 autocast and channels_last on CUDA; the decoder is part of the embedding cache key.
     """
 
     def __init__(self, model: str = "ViT-B-32", pretrained: str | None = "openai", *, clip: Any | None = None,
                  templates: str | os.PathLike[str] | Sequence[str] | None = None, kind: str = "background",
-                 device: str | None = None, batch_size: int = 256, precision: str = "auto", num_workers: int = 0,
-                 decode: str = "cpu", draft: bool = True) -> None:
+                 device: str | None = None, batch_size: int = 256, precision: str = "auto",
+                 num_workers: int | None = None, decode: str = "auto", draft: bool = True) -> None:
         import torch
 
+        from failmode.features import default_workers, resolve_decode
         from failmode.images import Preprocess
         from failmode.models.clip import create_clip
         from failmode.runtime import autocast_dtype, pick_device
@@ -68,7 +69,8 @@ class ClipAttributor(Attributor):
         self.templates = load_templates(templates, kind)
         self.prep = Preprocess.from_open_clip(self.model, draft=draft)
         self.dtype = autocast_dtype(self.device, precision)
-        self.batch_size, self.num_workers, self.decode = batch_size, num_workers, decode
+        self.batch_size, self.decode = batch_size, resolve_decode(decode, self.device)
+        self.num_workers = default_workers(self.device) if num_workers is None else num_workers
         self.ident = f"clip:{self.clip.ident}"
 
     @property
@@ -81,7 +83,7 @@ class ClipAttributor(Attributor):
             st = os.stat(pretrained)
             pretrained = f"{os.path.abspath(pretrained)}:{st.st_size}:{st.st_mtime_ns}"
         return stable_hash({"clip": self.clip.name, "weights": pretrained, "prep": repr(self.prep),
-                            "dtype": str(self.dtype)}, n=24)
+                            "decode": self.decode, "dtype": str(self.dtype)}, n=24)
 
     def encode_images(self, source: ImageSource, indices: Sequence[int]) -> np.ndarray:
         """L2-normalised image embeddings [len(indices), D] (float32)."""

@@ -65,7 +65,8 @@ def predict(
     batch_size: int = 256,
     precision: str = "auto",
     cache_dir: str | os.PathLike[str] | None = None,
-    num_workers: int = 0,
+    num_workers: int | None = None,
+    decode: str = "auto",
 ) -> Predictions:
     """Predict `source[indices]` with a torch model: its own logits, or `head` on its frozen features.
 
@@ -78,7 +79,7 @@ def predict(
     idx = np.asarray(indices, dtype=np.int64)
     feats = extract_features(model, source, idx, model_key=model_key, transform=transform, batch_size=batch_size,
                              device=device, precision=precision, cache_dir=cache_dir, num_workers=num_workers,
-                             with_logits=head is None, desc=f"predict {model_key}")
+                             decode=decode, with_logits=head is None, desc=f"predict {model_key}")
     n_classes = len(source.class_names)
     if head is not None:
         preds, logits = apply_head(head, feats.features, n_classes)

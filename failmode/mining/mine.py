@@ -82,7 +82,8 @@ def mine_failures(
     debug_per_class: float | None = None,
     image_size: int | None = None,
     precision: str = "auto",
-    num_workers: int = 0,
+    num_workers: int | None = None,
+    decode: str = "auto",
 ) -> Path:
     """Mine a timm model's failures on the debug split of `dataset`; returns out_dir/failures.parquet.
 
@@ -102,7 +103,7 @@ def mine_failures(
                          seed=split_seed, **recipe)
     key = model_key(model, weights)
     features_kw = {"model_key": key, "transform": eval_preprocess(net, image_size), "batch_size": batch_size,
-                   "device": device, "precision": precision, "num_workers": num_workers,
+                   "device": device, "precision": precision, "num_workers": num_workers, "decode": decode,
                    "cache_dir": Path(cache_dir or default_cache_dir()) / "features"}
     head_obj, head_desc = _resolve_head(head, net, train, splits.train, features_kw)
     preds = predict(net, source, splits.debug, head=head_obj, **features_kw)
