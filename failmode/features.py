@@ -25,7 +25,7 @@ from failmode.data.sources import ImageSource
 from failmode.images import Preprocess
 from failmode.io import atomic_path, stable_hash
 from failmode.progress import bar
-from failmode.runtime import autocast, autocast_dtype, pick_device
+from failmode.runtime import HostArrays, autocast, autocast_dtype, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -152,17 +152,18 @@ def extract_features(
     model = model.to(dev).eval()
     if dev.type == "cuda":  # cuDNN's fast convolution kernels (and the Preprocess path's inputs) are channels_last
         model = model.to(memory_format=torch.channels_last)
-    feats, logits = [], []
+    feats, logits = HostArrays(), HostArrays()  # copies to the host queue behind the GPU work (no per-batch wait)
     with bar(desc, total=len(idx), unit="img") as b:
         for x in _batches(source, idx, transform, decode, dev, dtype, batch_size, num_workers):
             with autocast(dev, dtype):
                 f, lg = forward_features(model, x, with_logits)
-            feats.append(f.float().cpu().numpy())
+            feats.add(f)
             if lg is not None:
-                logits.append(lg.float().cpu().numpy())
+                logits.add(lg)
             b.update(len(x))
-    out = Features(np.concatenate(feats) if feats else np.zeros((0, 0), np.float32),
-                   np.concatenate(logits) if logits else None, source.labels[idx], idx)
+    f_all = feats.numpy()
+    out = Features(f_all if f_all is not None else np.zeros((0, 0), np.float32), logits.numpy(),
+                   source.labels[idx], idx)
     if path is not None:
         with atomic_path(path) as tmp:
             arrays = {"features": out.features} | ({"logits": out.logits} if out.logits is not None else {})

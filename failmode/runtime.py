@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -50,3 +51,38 @@ def configure_cpu_threads() -> None:
     n = os.environ.get("FAILMODE_THREADS") or os.environ.get("OMP_NUM_THREADS")
     if n:
         torch.set_num_threads(max(1, int(n)))
+
+
+class HostArrays:
+    """Collects per-batch device tensors on the host without waiting for each batch.
+
+    On CUDA each `add` queues a non-blocking copy into pinned memory, so the next batch's work is queued while
+    this one finishes; `numpy()` waits once and concatenates. A synchronous `.cpu()` per batch would instead stall
+    the loop every batch, leaving the GPU idle while the next batch is fetched and launched.
+    """
+
+    def __init__(self) -> None:
+        self._parts: list[torch.Tensor] = []
+        self._cuda = False
+
+    def add(self, t: torch.Tensor) -> None:
+        """Queue the copy of `t` (detached, float32) to the host."""
+        t = t.detach().float()
+        if t.is_cuda:
+            self._cuda = True
+            host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            host.copy_(t, non_blocking=True)
+            self._parts.append(host)
+        else:
+            self._parts.append(t.clone() if t.requires_grad else t)
+
+    def __len__(self) -> int:
+        return len(self._parts)
+
+    def numpy(self) -> Any:
+        """All batches concatenated along the first axis, as a numpy array (None when nothing was added)."""
+        if not self._parts:
+            return None
+        if self._cuda:
+            torch.cuda.synchronize()
+        return torch.cat(self._parts).numpy()

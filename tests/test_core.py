@@ -135,6 +135,19 @@ def test_feature_cache_without_logits_is_recomputed_when_logits_are_asked_for(tm
     assert again.cached and np.array_equal(again.logits, full.logits)
 
 
+def test_host_arrays_concatenate_batches_in_order_as_float32():
+    import torch
+
+    from failmode.runtime import HostArrays
+
+    out = HostArrays()
+    assert out.numpy() is None and len(out) == 0
+    out.add(torch.arange(6, dtype=torch.bfloat16).view(3, 2))
+    out.add(torch.tensor([[6.0, 7.0]], requires_grad=True))
+    got = out.numpy()
+    assert got.dtype == np.float32 and got.tolist() == [[0, 1], [2, 3], [4, 5], [6, 7]] and len(out) == 2
+
+
 def test_guard_blocks_non_loopback_connections(network_attempts):
     before = len(network_attempts)
     with pytest.raises(OSError, match="network disabled"):

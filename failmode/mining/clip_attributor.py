@@ -90,17 +90,17 @@ class ClipAttributor(Attributor):
         import torch
 
         from failmode.images import iter_crops, normalize
-        from failmode.runtime import autocast
+        from failmode.runtime import HostArrays, autocast
 
-        out = []
+        out = HostArrays()  # copies to the host queue behind the GPU work (no per-batch wait)
         with torch.inference_mode(), bar("clip images", total=len(indices), unit="img") as b:
             for x in iter_crops(source, indices, self.prep, device=self.device, batch_size=self.batch_size,
                                 num_workers=self.num_workers, decode=self.decode):
                 with autocast(self.device, self.dtype):
                     emb = self.model.encode_image(normalize(x, self.prep, self.dtype or torch.float32))
-                out.append(torch.nn.functional.normalize(emb.float(), dim=-1).cpu().numpy())
+                out.add(torch.nn.functional.normalize(emb.float(), dim=-1))
                 b.update(len(x))
-        return np.concatenate(out) if out else np.zeros((0, self._dim()), np.float32)
+        return out.numpy() if len(out) else np.zeros((0, self._dim()), np.float32)
 
     def encode_contexts(self, class_name: str, contexts: Sequence[str]) -> np.ndarray:
         """L2-normalised mean over templates of each context's prompt embeddings [len(contexts), D]."""
