@@ -3,7 +3,8 @@
 #
 #   bash scripts/gpu_benchmarks.sh head attribute generate      # any subset, in this order
 #
-# Each run has its own time limit (T seconds, default 300) so that one hang does not cost the others.
+# Each run has its own time limit (T seconds, default 300) so that one hang does not cost the others. On a machine
+# whose commands may run 10 minutes at most, run one stage per command.
 set -u
 out=${OUT:-bench-out}
 mkdir -p "$out"
@@ -15,7 +16,7 @@ run() {  # run NAME ARGS...: one benchmark, its output to $out/NAME.log (JSON la
   local name=$1
   shift
   echo "== $name: $*"
-  timeout "$limit" "$py" "$@" >"$out/$name.log" 2>&1
+  timeout "${LIMIT:-$limit}" "$py" "$@" >"$out/$name.log" 2>&1
   echo "rc=$?"
   grep -v -i -e warning -e warn "$out/$name.log" | tail -c 1200 | tr -d '\n' | tr -s ' '
   echo
@@ -33,9 +34,11 @@ for stage in "$@"; do
         --workers 14 --decode hybrid --decode-only
       run attr_1000_classes scripts/bench_attribute.py --device cuda --n 20000 --batch-size 1024 --workers 14 \
         --decode hybrid --classes 1000 ;;
-    generate)
-      run generate scripts/bench_generate.py --precision fp16 --batch-size 16 --steps 25 --scheduler dpmsolver++ \
-        --compile "${COMPILE:-default}" --images 256 --naive-images 4 ;;
+    generate)  # the naive call vs failmode's path, then the speed levers one at a time (each run compiles anew)
+      gen=(scripts/bench_generate.py --precision fp16 --steps 25 --scheduler dpmsolver++ --images 256)
+      run gen_default "${gen[@]}" --batch-size 16 --compile default --naive-images 4
+      run gen_fused_bs32 "${gen[@]}" --batch-size 32 --compile default --fuse-qkv --skip-naive
+      LIMIT=540 run gen_autotune "${gen[@]}" --batch-size 16 --compile max-autotune --fuse-qkv --skip-naive ;;
     *)
       echo "unknown stage $stage (head, attribute, generate)" >&2
       exit 2 ;;
