@@ -36,6 +36,10 @@ class Attributor(ABC):
     def encode_contexts(self, class_name: str, contexts: Sequence[str]) -> np.ndarray:
         """L2-normalised embeddings [len(contexts), D] of `class_name` seen in each context."""
 
+    def encode_context_sets(self, sets: Sequence[tuple[str, Sequence[str]]]) -> list[np.ndarray]:
+        """`encode_contexts` of many (class name, contexts) pairs; backends may batch across classes."""
+        return [self.encode_contexts(name, contexts) for name, contexts in sets]
+
     def scores(self, image_emb: np.ndarray, context_emb: np.ndarray) -> np.ndarray:
         """Similarity logits [N, K] (cosine similarity; subclasses may scale it)."""
         return image_emb @ context_emb.T

@@ -13,6 +13,8 @@ default: `create_clip(MODEL, pretrained=None)`) over all of them, after one warm
   python scripts/bench_attribute.py --device cpu --model failmode-tiny-clip --n 64 --jpeg-size 64x48 --batch-size 32
   # decoding alone (no model): the per-worker decode rate that bounds the CPU decoder
   python scripts/bench_attribute.py --device cpu --decode-only --n 512 --workers 1
+  # the context prompts alone (ImageNet scale: --classes 1000 --contexts 8), class by class vs all together
+  python scripts/bench_attribute.py --device cuda --text-only --classes 1000 --contexts 8 --batch-size 1024
 
 Prints one JSON line (configuration and images/s).
 """
@@ -50,6 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-draft", action="store_true", help="decode JPEGs at full scale (no DCT downscale)")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
     p.add_argument("--decode-only", action="store_true", help="time decoding to uint8 crops only (no model)")
+    p.add_argument("--text-only", action="store_true",
+                   help="time the context prompts of --classes x --contexts alone: one class at a time vs together")
     p.add_argument("--images", help="use this existing ImageFolder instead of writing JPEGs")
     return p.parse_args(argv)
 
@@ -81,20 +85,55 @@ def time_calls(obj: object, method: str) -> list[float]:
     return seconds
 
 
+def bench_text(args: argparse.Namespace, device: object) -> int:
+    """Prompts/s of the context embeddings: `encode_contexts` class by class vs `encode_context_sets` at once."""
+    import torch
+
+    from failmode.mining import ClipAttributor
+    from failmode.models.clip import create_clip
+
+    clip = create_clip(args.model, pretrained=None, device=device)
+    names = [f"class {i}" for i in range(args.classes)]
+    vocab = vocabulary(names, args.contexts)
+    sets = [(n, list(vocab.contexts(i))) for i, n in enumerate(names)]
+    sync = torch.cuda.synchronize if getattr(device, "type", "") == "cuda" else (lambda: None)
+    result = {"bench": "attribute-text", "model": args.model, "classes": args.classes, "contexts": args.contexts,
+              "batch_size": args.batch_size, "torch_threads": torch.get_num_threads()}
+    # warm-up over every prompt: kernels, and the tokenizer's per-word cache, which both timings then share
+    ClipAttributor(clip=clip, device=str(device), batch_size=args.batch_size, precision=args.precision
+                   ).encode_context_sets(sets)
+    for how in ("one_class_at_a_time", "together"):
+        att = ClipAttributor(clip=clip, device=str(device), batch_size=args.batch_size, precision=args.precision)
+        prompts = len(att.templates) * args.classes * args.contexts
+        sync()
+        t0 = time.perf_counter()
+        if how == "together":
+            att.encode_context_sets(sets)
+        else:
+            for n, c in sets:
+                att.encode_contexts(n, c)
+        sync()
+        result[f"{how}_prompts_per_s"] = round(prompts / (time.perf_counter() - t0), 1)
+    print(json.dumps(result))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print its figures."""
     args = parse_args(argv)
     import torch
 
     from failmode.data.sources import open_source
-    from failmode.mining import ClipAttributor, attribute
     from failmode.images import Preprocess, iter_crops
+    from failmode.mining import ClipAttributor, attribute
     from failmode.models.clip import create_clip
     from failmode.runtime import configure_cpu_threads, pick_device
     from failmode.testing import jpeg_folder
 
     configure_cpu_threads()
     device = pick_device(args.device)
+    if args.text_only:
+        return bench_text(args, device)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.images) if args.images else Path(tmp) / "jpegs"
         if not args.images:

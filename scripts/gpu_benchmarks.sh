@@ -33,7 +33,9 @@ for stage in "$@"; do
       run attr_decode_only_hybrid scripts/bench_attribute.py --device cuda --n 20000 --batch-size 1024 \
         --workers 14 --decode hybrid --decode-only
       run attr_1000_classes scripts/bench_attribute.py --device cuda --n 20000 --batch-size 1024 --workers 14 \
-        --decode hybrid --classes 1000 ;;
+        --decode hybrid --classes 1000
+      run attr_text_1000_classes scripts/bench_attribute.py --device cuda --text-only --classes 1000 --contexts 8 \
+        --batch-size 1024 ;;
     generate)  # the naive call vs failmode's path, then the speed levers one at a time (each run compiles anew)
       gen=(scripts/bench_generate.py --precision fp16 --steps 25 --scheduler dpmsolver++ --images 256)
       run gen_default "${gen[@]}" --batch-size 16 --compile default --naive-images 4

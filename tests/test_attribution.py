@@ -234,6 +234,29 @@ def test_template_ensemble_is_normalised_mean(tiny_clip):
         ClipAttributor(clip=tiny_clip, device="cpu", templates=["a photo of {context}"])
 
 
+def test_context_sets_are_encoded_in_one_call_once_and_match_one_class_at_a_time(tiny_clip, monkeypatch):
+    import torch
+
+    from failmode.mining import ClipAttributor
+
+    sets = [("cat", CONTEXTS[:3]), ("dog", CONTEXTS[1:]), ("cat", CONTEXTS[:3]), ("ship", [])]
+    alone = [ClipAttributor(clip=tiny_clip, device="cpu").encode_contexts(n, c) for n, c in sets]
+    att = ClipAttributor(clip=tiny_clip, device="cpu", batch_size=4)  # 3 + 3 contexts x 5 templates
+    calls = []
+    real = att.model.encode_text
+    monkeypatch.setattr(att.model, "encode_text", lambda t: calls.append(len(t)) or real(t))
+    together = att.encode_context_sets(sets)
+    assert calls == [4, 4, 4, 3] * 2  # on a CPU one class per call; the duplicate and the empty set cost nothing
+    att.device = torch.device("cuda")  # the batch plan on a GPU: full batches across classes
+    assert att._text_batches([15, 15]) == [(s, min(s + 4, 30)) for s in range(0, 30, 4)]
+    att.device = torch.device("cpu")
+    for a, b in zip(together, alone, strict=True):
+        assert a.shape == b.shape and np.allclose(a, b, atol=1e-5)
+    assert together[3].shape == (0, alone[0].shape[1])
+    calls.clear()
+    assert np.array_equal(att.encode_contexts("dog", CONTEXTS[1:]), together[1]) and calls == []  # from memory
+
+
 def test_shipped_templates_cover_kinds():
     from failmode.mining.clip_attributor import load_templates
 

@@ -112,10 +112,13 @@ def attribute(rows: Sequence[dict[str, Any]], source: ImageSource, vocabulary: A
     vocab = _vocab_classes(vocabulary)
     records, classes = [], []
     labels = np.asarray([r["label"] for r in picked], np.int64)
-    for y in np.unique(labels):
+    present = [int(y) for y in np.unique(labels)]
+    context_emb = attributor.encode_context_sets(
+        [(vocab[y].prompt_name, list(vocabulary.contexts(y))) for y in present])  # all classes in one pass
+    for y, class_emb in zip(present, context_emb, strict=True):
         members = np.flatnonzero(labels == y)
-        entry, contexts = vocab[int(y)], list(vocabulary.contexts(int(y)))
-        probs = softmax(attributor.scores(emb[members], attributor.encode_contexts(entry.prompt_name, contexts)))
+        entry, contexts = vocab[y], list(vocabulary.contexts(y))
+        probs = softmax(attributor.scores(emb[members], class_emb))
         chosen = probs.argmax(1)  # first maximum: vocabulary order breaks exact ties
         for j, m in enumerate(members):
             r = picked[m]
