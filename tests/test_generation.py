@@ -269,6 +269,13 @@ def test_clip_quality_scores_are_cosine_similarities(tiny_clip):
         t = torch.nn.functional.normalize(tiny_clip.model.encode_text(tiny_clip.tokenizer(["a photo of a cat"])), dim=-1)
     assert scores[0]["clip_class"] == pytest.approx(float(i @ t.T), abs=1e-5)
     assert q.keep({"clip_class": 0.6, "clip_context": 0.0}) and not q.keep({"clip_class": 0.4, "clip_context": 0.9})
+    # images larger than CLIP's input and not square: resized and cropped exactly as open_clip's preprocess
+    rng = np.random.default_rng(1)
+    big = [Image.fromarray(rng.integers(0, 255, (5, 6, 3), dtype=np.uint8)).resize((72, 60)) for _ in range(3)]
+    with torch.no_grad():
+        ref = torch.nn.functional.normalize(
+            tiny_clip.model.encode_image(torch.stack([tiny_clip.preprocess(im) for im in big])), dim=-1)
+    assert torch.allclose(q._encode_images(big), ref, atol=1e-5)
 
 
 def test_missing_or_corrupt_model_directory_fails_with_one_line(tiny_pipeline_dir, tmp_path):
