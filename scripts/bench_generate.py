@@ -87,11 +87,18 @@ def bench_toolkit(pipe: Any, args: argparse.Namespace, out: Path) -> dict[str, A
                           baseline_images_per_class=per_class)
         return plan[:n]
 
-    warm = GenerationRun(out / "warmup", gen, CLASSES, batch_size=args.batch_size, encode_workers=args.encode_workers)
+    quality = None
+    if args.quality:  # the filter as builds run it: CLIP scores per image (random weights: score only, never drop)
+        from failmode.generation.quality import ClipQuality
+        from failmode.models.clip import create_clip
+
+        quality = ClipQuality(create_clip(args.quality, pretrained=None, device=gen.device), device=gen.device)
+    kw = {"batch_size": args.batch_size, "encode_workers": args.encode_workers, "quality": quality}
+    warm = GenerationRun(out / "warmup", gen, CLASSES, **kw)
     t0 = time.perf_counter()
     warm.run(rows(args.batch_size, "warmup"))  # compile + autotune happen here
     warmup_s = time.perf_counter() - t0
-    run = GenerationRun(out / "ds", gen, CLASSES, batch_size=args.batch_size, encode_workers=args.encode_workers)
+    run = GenerationRun(out / "ds", gen, CLASSES, **kw)
     plan = rows(args.images, "bench")
     sync(gen.device)
     t0 = time.perf_counter()
@@ -125,6 +132,8 @@ def main() -> None:
     p.add_argument("--encode-workers", type=int, default=8)
     p.add_argument("--compile", default="max-autotune", choices=["none", "default", "reduce-overhead", "max-autotune"])
     p.add_argument("--fuse-qkv", action="store_true")
+    p.add_argument("--quality", metavar="CLIP", help="also run the quality filter with this open_clip model "
+                                                   "(random weights), e.g. ViT-B-32")
     p.add_argument("--skip-naive", action="store_true")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()

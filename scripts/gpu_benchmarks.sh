@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU benchmarks of docs/benchmarks.md, in one go: one log per run under $OUT (default bench-out/).
 #
-#   bash scripts/gpu_benchmarks.sh head attribute generate      # any subset, in this order
+#   bash scripts/gpu_benchmarks.sh head attribute generate autotune      # any subset, in this order
 #
 # Each run has its own time limit (T seconds, default 300) so that one hang does not cost the others. On a machine
 # whose commands may run 10 minutes at most, run one stage per command.
@@ -22,6 +22,7 @@ run() {  # run NAME ARGS...: one benchmark, its output to $out/NAME.log (JSON la
   echo
 }
 
+gen=(scripts/bench_generate.py --precision fp16 --steps 25 --scheduler dpmsolver++ --images 256)
 for stage in "$@"; do
   case $stage in
     head)
@@ -36,13 +37,14 @@ for stage in "$@"; do
         --decode hybrid --classes 1000
       run attr_text_1000_classes scripts/bench_attribute.py --device cuda --text-only --classes 1000 --contexts 8 \
         --batch-size 1024 ;;
-    generate)  # the naive call vs failmode's path, then the speed levers one at a time (each run compiles anew)
-      gen=(scripts/bench_generate.py --precision fp16 --steps 25 --scheduler dpmsolver++ --images 256)
+    generate)  # the naive call vs failmode's path, then speed levers and the quality filter (each run compiles anew)
       run gen_default "${gen[@]}" --batch-size 16 --compile default --naive-images 4
       run gen_fused_bs32 "${gen[@]}" --batch-size 32 --compile default --fuse-qkv --skip-naive
+      run gen_quality "${gen[@]}" --batch-size 16 --compile default --quality ViT-B-32 --skip-naive ;;
+    autotune)  # max-autotune compiles for minutes: a stage of its own
       LIMIT=540 run gen_autotune "${gen[@]}" --batch-size 16 --compile max-autotune --fuse-qkv --skip-naive ;;
     *)
-      echo "unknown stage $stage (head, attribute, generate)" >&2
+      echo "unknown stage $stage (head, attribute, generate, autotune)" >&2
       exit 2 ;;
   esac
 done
