@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 _PIL_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
                  "nearest": Image.Resampling.NEAREST}
 DECODERS = ("cpu", "hybrid", "gpu")
+_warned_gpu_decode: list[bool] = []  # non-empty once the nvJPEG fallback has been reported
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,11 @@ def _decode_on_gpu(items: list[torch.Tensor], prep: Preprocess, device: torch.de
     if raw:
         try:
             decoded = decode_jpeg([items[j] for j in raw], mode=ImageReadMode.RGB, device=device)
-        except RuntimeError:  # e.g. a CMYK JPEG nvJPEG rejects: decode this batch on the CPU instead
+        except RuntimeError as e:  # e.g. a CMYK JPEG nvJPEG rejects: decode this batch on the CPU instead
+            if not _warned_gpu_decode:
+                log.warning("GPU JPEG decoding failed (%s); decoding such batches on the CPU (slower; --decode "
+                            "hybrid decodes in the loader workers instead)", str(e).splitlines()[0][:200])
+                _warned_gpu_decode.append(True)
             decoded = [decode_jpeg(items[j], mode=ImageReadMode.RGB) for j in raw]
         for j, img in zip(raw, decoded):
             images[j] = img
