@@ -6,13 +6,18 @@ SYSTEM_PACKAGES := dataset-fashion-mnist plasma-workspace-wallpapers mate-backgr
 OUT ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: demo test install install-test system-packages
+.PHONY: demo test lint install install-test system-packages
 
 demo: install
 	$(BIN)/failmode demo --out $(OUT)
 
 test: install-test
 	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+# Style (rules in pyproject.toml [tool.ruff]); for developers, not part of `make test`.
+lint: $(BIN)/python
+	@$(BIN)/ruff --version >/dev/null 2>&1 || $(BIN)/pip install -q ruff
+	$(BIN)/ruff check .
 
 # Debian packages with the offline world's real images (Fashion-MNIST, scene photos).
 system-packages:

@@ -16,8 +16,7 @@ from typing import Any
 from failmode.errors import UsageError
 from failmode.evaluate.pipeline import EvalSpec, HeadParams, base_record, execute, standard_runs
 from failmode.evaluate.results import ResultsLog, write_table
-from failmode.evaluate.sweeps import (collective_runs, k_runs, lambda_runs, plot_collective, relative_accuracy,
-                                      select, write_sweep)
+from failmode.evaluate.sweeps import collective_runs, k_runs, lambda_runs, plot_collective, relative_accuracy, select, write_sweep
 from failmode.io import write_json
 
 

@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run 'failmode demo --out runs/demo' for the whole method on the offline fashion-scenes world.",
     )
     parser.add_argument("--version", action="version", version=f"failmode {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output: -v debug from failmode, -vv also from libraries")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more log output: -v debug from failmode, -vv also from libraries")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMANDS:
         mod = command_module(name)

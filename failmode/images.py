@@ -76,7 +76,8 @@ class Preprocess:
         """
         _, h, w = data_config["input_size"]
         interpolation = data_config.get("interpolation", "bilinear")
-        if h != w or data_config.get("crop_mode", "center") not in (None, "center") or interpolation not in _PIL_RESAMPLE:
+        crop_mode = data_config.get("crop_mode", "center")
+        if h != w or crop_mode not in (None, "center") or interpolation not in _PIL_RESAMPLE:
             return None
         crop_pct = data_config.get("crop_pct") or 0.875
         return cls(int(h), tuple(data_config["mean"]), tuple(data_config["std"]), interpolation, draft,
@@ -108,7 +109,8 @@ def decode_crop(source: ImageSource, i: int, prep: Preprocess) -> torch.Tensor:
     else:
         img = Image.open(io.BytesIO(data))
         if prep.draft and img.format == "JPEG":
-            img.draft("RGB", resized_size(*img.size, 2 * prep.short_side))  # DCT-domain downscale, never below 2x target
+            # DCT-domain downscale, never below twice the target
+            img.draft("RGB", resized_size(*img.size, 2 * prep.short_side))
     return torch.from_numpy(crop_pil(img, prep).copy()).permute(2, 0, 1)
 
 

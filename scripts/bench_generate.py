@@ -6,8 +6,9 @@ The full-size SD 1.5 architecture is built from the configs in failmode/models/c
 (throughput does not depend on weight values; nothing is downloaded).
 
     python scripts/bench_generate.py                       # GPU: naive fp16 b1 50 PNDM steps vs fp16 b16 compiled DPM++ 25
+    # CPU smoke run (tiny pipeline)
     python scripts/bench_generate.py --tiny --device cpu --precision fp32 --size 64 --steps 2 --naive-steps 2 \
-        --images 16 --naive-images 2 --batch-size 4 --compile none            # CPU smoke run (tiny pipeline)
+        --images 16 --naive-images 2 --batch-size 4 --compile none
 """
 
 from __future__ import annotations
@@ -147,8 +148,8 @@ def main() -> None:
         make = tiny_pipeline
     else:
         make = sd15_random
-    res: dict[str, Any] = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-                           or "cpu", "torch": torch.__version__, "args": vars(args)}
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    res: dict[str, Any] = {"device": name, "torch": torch.__version__, "args": vars(args)}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         if not args.skip_naive:

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from failmode.dataset import Manifest, ValidationError, config_slug, validate_dataset_folder
-from failmode.dataset import layout
+from failmode.dataset import Manifest, ValidationError, config_slug, layout, validate_dataset_folder
 from failmode.dataset.card import parse_card_header
 from failmode.dataset.testing import TINY_CLASSES, build_tiny_dataset, tiny_manifest
 

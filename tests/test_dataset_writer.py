@@ -16,10 +16,16 @@ import pytest
 from PIL import Image
 
 from failmode.dataset import (
-    DatasetWriter, DebugSample, ValidationError, finalize, shard_done, validate_dataset_folder, write_shard,
+    DatasetWriter,
+    DebugSample,
+    ValidationError,
+    finalize,
+    layout,
+    shard_done,
+    validate_dataset_folder,
+    write_shard,
     write_table_config,
 )
-from failmode.dataset import layout
 from failmode.dataset.testing import TINY_CLASSES, build_tiny_dataset, tiny_debug_samples, tiny_manifest
 from failmode.io import sha256_tree
 

@@ -13,8 +13,7 @@ import pytest
 
 from failmode.errors import FailmodeError, UsageError, ValidationError
 from failmode.testing import CIFAR10_CLASSES
-from failmode.vocab import Vocabulary, from_dict, load_vocabulary, shipped_vocabularies, validate
-from failmode.vocab import text
+from failmode.vocab import Vocabulary, from_dict, load_vocabulary, shipped_vocabularies, text, validate
 from failmode.vocab.build import BuildConfig, VocabularyBuilder, build_vocabulary, resolve_classes
 from failmode.vocab.classnames import ClassInfo, class_infos
 from failmode.vocab.kinds import get_kind

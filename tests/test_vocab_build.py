@@ -9,7 +9,6 @@ import pytest
 
 from failmode.vocab import load_vocabulary, validate
 from failmode.vocab.kinds import get_kind
-from failmode.errors import FailmodeError
 from failmode.vocab.local_llm import LocalLLMServer, smollm2_gguf
 
 

@@ -172,7 +172,8 @@ def _phrase_table(attributor: Attributor, class_name: str, label: int,
 
 
 def describe_cluster(centroid: np.ndarray, attributor: Attributor, class_name: str, label: int,
-                     vocabularies: Sequence[ContextVocabulary], alternatives: int = 3) -> tuple[list[str], list[str], float, list[str]]:
+                     vocabularies: Sequence[ContextVocabulary],
+                     alternatives: int = 3) -> tuple[list[str], list[str], float, list[str]]:
     """(best phrase per kind, their kinds, mean centred similarity, runner-up phrases) for a cluster centroid."""
     phrases, kinds, sims, alts = [], [], [], []
     for v in vocabularies:

@@ -64,8 +64,8 @@ def make_quality(cfg: dict[str, Any], *, device: str | None = None) -> QualitySc
     """The CLIP quality filter of a preset's `quality` section, or None when disabled."""
     if not cfg.get("enabled", False):
         return None
-    from failmode.models.clip import create_clip
     from failmode.generation.render import worker_device
+    from failmode.models.clip import create_clip
 
     dev = worker_device(device)
     clip = create_clip(cfg.get("clip_model", "ViT-B-32"), cfg.get("pretrained", "openai"), device=dev)

@@ -16,6 +16,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
 import numpy as np
 
 from failmode.errors import UsageError, ValidationError

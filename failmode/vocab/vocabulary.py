@@ -19,7 +19,8 @@ from failmode.errors import UsageError, ValidationError
 from failmode.io import read_json, write_json
 from failmode.prompts import fill_template
 from failmode.vocab import text
-from failmode.vocab.classnames import CLASS_LISTS, class_names as dataset_class_names
+from failmode.vocab.classnames import CLASS_LISTS
+from failmode.vocab.classnames import class_names as dataset_class_names
 from failmode.vocab.kinds import KINDS
 
 log = logging.getLogger(__name__)
