@@ -68,7 +68,7 @@ class ClipQuality:
         for i in range(0, len(images), self.batch_size):
             chunk = [im.convert("RGB") for im in images[i:i + self.batch_size]]
             if dev.type == "cuda":
-                x = device_crops([torch.from_numpy(np.asarray(im)).permute(2, 0, 1) for im in chunk], prep, dev)
+                x = device_crops([torch.from_numpy(np.array(im)).permute(2, 0, 1) for im in chunk], prep, dev)
             else:
                 x = torch.stack([torch.from_numpy(crop_pil(im, prep).copy()).permute(2, 0, 1) for im in chunk])
             with torch.inference_mode():
