@@ -109,13 +109,15 @@ class ClipAttributor(Attributor):
 
     def encode_context_sets(self, sets: Sequence[tuple[str, Sequence[str]]]) -> list[np.ndarray]:
         """`encode_contexts` of many classes at once: the prompts of every class not seen before are tokenised
-        together and encoded in full batches (ImageNet: ~40,000 prompts in ~40 batches, not 1,000 small ones);
-        results stay in memory, so tables attributed with this attributor share them."""
+        together and encoded in batches planned by `_text_batches` (on a GPU ImageNet's ~40,000 prompts take ~40
+        full batches, not 1,000 small ones); results stay in memory, so tables attributed with this attributor
+        share them."""
         import torch
 
         from failmode.runtime import autocast
 
-        todo = list(dict.fromkeys((name, tuple(c)) for name, c in sets if (name, tuple(c)) not in self._texts))
+        keys = [(name, tuple(c)) for name, c in sets]
+        todo = list(dict.fromkeys(k for k in keys if k[1] and k not in self._texts))
         prompts = [fill_template(t, name, c) for name, cs in todo for c in cs for t in self.templates]
         if prompts:
             parts = []
@@ -128,15 +130,12 @@ class ClipAttributor(Attributor):
                 emb = torch.cat(parts)
                 start = 0
                 for name, cs in todo:
-                    if not cs:
-                        continue
                     n = len(cs) * len(self.templates)
                     mean = emb[start:start + n].view(len(cs), len(self.templates), -1).mean(1)
                     self._texts[(name, cs)] = torch.nn.functional.normalize(mean, dim=-1).cpu().numpy()
                     start += n
-        for name, cs in todo:
-            self._texts.setdefault((name, cs), np.zeros((0, self._dim()), np.float32))  # no contexts
-        return [self._texts[(name, tuple(c))] for name, c in sets]
+        empty = np.zeros((0, self._dim()), np.float32)
+        return [self._texts[k] if k[1] else empty for k in keys]
 
     def _text_batches(self, sizes: Sequence[int]) -> list[tuple[int, int]]:
         """(start, end) prompt ranges to encode: on a GPU full batches across classes (small calls leave it
