@@ -42,8 +42,11 @@ class ClipQuality:
     batch_size: int = 64
 
     def __post_init__(self) -> None:
+        from failmode.images import Preprocess
+
         self.ident = f"clip:{self.clip.ident}"
         self._text: dict[str, torch.Tensor] = {}
+        self._prep = Preprocess.from_open_clip(self.clip.model, draft=False)
 
     def _encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
         new = sorted({t for t in texts if t not in self._text})
@@ -60,10 +63,9 @@ class ClipQuality:
         resizing per batch); on a CPU PIL resizes, open_clip's exact pixels."""
         import numpy as np
 
-        from failmode.images import Preprocess, crop_pil, device_crops, normalize
+        from failmode.images import crop_pil, device_crops, normalize
 
-        prep = Preprocess.from_open_clip(self.clip.model, draft=False)
-        dev = torch.device(self.device)
+        prep, dev = self._prep, torch.device(self.device)
         out = []
         for i in range(0, len(images), self.batch_size):
             chunk = [im.convert("RGB") for im in images[i:i + self.batch_size]]
