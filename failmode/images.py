@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -210,6 +211,21 @@ def _as_list(items: list[torch.Tensor]) -> list[torch.Tensor]:
     return items
 
 
+def default_workers(device: torch.device) -> int:
+    """Loader workers when none are asked for: none on CPU (decoding competes with the model for the same cores),
+    up to 8 on a GPU (keep it fed), leaving one core to the main process."""
+    return 0 if device.type != "cuda" else max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def resolve_decode(decode: str, device: torch.device) -> str:
+    """"auto" -> "hybrid" on CUDA (resize on the GPU), "cpu" elsewhere (timm's exact pixels); others unchanged."""
+    if decode == "auto":
+        return "hybrid" if device.type == "cuda" else "cpu"
+    if decode not in DECODERS:
+        raise ValueError(f"decode must be auto or one of {', '.join(DECODERS)}, not {decode!r}")
+    return "hybrid" if decode == "gpu" and device.type != "cuda" else decode
+
+
 #: decoder name -> the per-image dataset its workers run
 _DATASETS: dict[str, type[_Crops]] = {"cpu": _Crops, "hybrid": _Decoded, "gpu": _Bytes}
 
@@ -218,13 +234,11 @@ def iter_crops(source: ImageSource, indices: Sequence[int] | np.ndarray, prep: P
                batch_size: int = 256, num_workers: int = 0, decode: str = "cpu") -> Iterator[torch.Tensor]:
     """uint8 batches [B, 3, size, size] on `device`, in `indices` order; decoding runs ahead in workers.
 
-    `decode`: "cpu" (decode + resize in workers, PIL: the exact open_clip preprocessing), "hybrid" (workers
-    decode, the device resizes), "gpu" (nvJPEG decode and resize on a CUDA device; elsewhere as "hybrid").
+    `decode`: "cpu" (decode + resize in workers, PIL: the exact preprocessing), "hybrid" (workers
+    decode, the device resizes), "gpu" (nvJPEG decode and resize on a CUDA device; elsewhere as "hybrid"), "auto"
+    (`resolve_decode`).
     """
-    if decode not in DECODERS:
-        raise ValueError(f"decode must be one of {', '.join(DECODERS)}, not {decode!r}")
-    if decode == "gpu" and device.type != "cuda":
-        decode = "hybrid"
+    decode = resolve_decode(decode, device)
     idx = np.asarray(indices, dtype=np.int64)
     loader = torch.utils.data.DataLoader(
         _DATASETS[decode](source, idx, prep), batch_size=batch_size, num_workers=num_workers,

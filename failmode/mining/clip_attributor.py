@@ -56,8 +56,7 @@ class ClipAttributor(Attributor):
                  num_workers: int | None = None, decode: str = "auto", draft: bool = True) -> None:
         import torch
 
-        from failmode.features import default_workers, resolve_decode
-        from failmode.images import Preprocess
+        from failmode.images import Preprocess, default_workers, resolve_decode
         from failmode.models.clip import create_clip
         from failmode.runtime import autocast_dtype, pick_device
 
