@@ -25,12 +25,12 @@ from failmode.data.sources import KNOWN_DATASETS, ImageSource, open_source
 from failmode.data.splits import Splits, make_splits, resolve_recipe
 from failmode.dataset.layout import config_slug
 from failmode.errors import UsageError, ValidationError
-from failmode.evaluate.data import DebugSet, open_debug_set, top_k_mask
-from failmode.evaluate.head import LinearHead, accuracy, train_head
+from failmode.evaluate.data import MANIFEST, DebugSet, open_debug_set, top_k_mask
 from failmode.evaluate.results import METRICS, ResultsLog, clean_metric, result_key
+from failmode.head import LinearHead, accuracy, train_dataset_head, train_head
 from failmode.io import write_json
 from failmode.mining.failures import HALVES, Predictions, failures_from_predictions, read_failures
-from failmode.mining.mine import default_cache_dir, model_key
+from failmode.mining.mine import check_classes, default_cache_dir, model_key
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ class EvalSpec:
     debug_data: str
     dataset: str = "imagenet-1k"
     weights: str | None = "timm"
+    head: str | None = None  # None: the model's own classifier; "train": fitted on the train subset; or a head file
     config: str | None = None  # default: the model's config, config_slug(model)
     baseline_config: str | None = "baseline"  # the class-only config; None to skip
     revision: str | None = None
@@ -90,12 +91,36 @@ class EvalSpec:
         from failmode.runtime import pick_device
 
         return {"split_seed": self.split_seed, **self.recipe(), "failures": self.failures or "computed",
+                "head": head_ident(self.head),
                 "image_size": self.image_size, "debug_split": self.debug_split,
                 "decode": resolve_decode(self.decode, pick_device(self.device))}
 
     def recipe(self) -> dict[str, float]:
         """Per-class counts of the train subset and debug split (the dataset's recipe unless overridden)."""
         return resolve_recipe(self.dataset, self.train_per_class, self.debug_per_class)
+
+
+def recorded_splits(spec: EvalSpec) -> EvalSpec:
+    """`spec` with the split recipe and split names recorded in a local debug dataset's manifest filled in, where
+    `spec.dataset` is the dataset that debug dataset was mined on and `spec` leaves them unset (the same splits, so
+    the same seed and heldout failures)."""
+    from failmode.hub import is_local
+    from failmode.io import read_json
+
+    path = Path(spec.debug_data).expanduser() / MANIFEST
+    if spec.debug_data.startswith("wds:") or not is_local(spec.debug_data) or not path.is_file():
+        return spec
+    mining = read_json(path).get("mining") or {}
+    if mining.get("id") != spec.dataset:
+        return spec
+    recipe = mining.get("recipe") or {}
+    fill = {"eval_split": mining.get("split"), "train_split": mining.get("train_split")}
+    if spec.train_per_class is None and spec.debug_per_class is None:
+        fill |= {"train_per_class": recipe.get("train_per_class"), "debug_per_class": recipe.get("debug_per_class")}
+    fill = {k: v for k, v in fill.items() if v is not None and getattr(spec, k) is None}
+    if fill:
+        log.info("%s: splits as recorded in %s: %s", spec.dataset, path, fill)
+    return dataclasses.replace(spec, **fill)
 
 
 @dataclass
@@ -147,6 +172,24 @@ class ModelFeatures:
         return self.debug[config]
 
 
+def head_ident(head: str | None) -> str:
+    """How a head is named in results: "native", "train", or the head file's absolute path."""
+    if head is None or head == "train":
+        return head or "native"
+    return str(Path(head).expanduser().resolve())
+
+
+def _given_head(spec: EvalSpec, num_classes: int) -> LinearHead | None:
+    """The head file of `spec.head` (read and checked before any model loads), else None."""
+    if spec.head is None or spec.head == "train":
+        return None
+    head = LinearHead.load(spec.head)
+    if head.num_classes != num_classes:
+        raise ValidationError(f"{spec.head}: the head has {head.num_classes} classes but {spec.dataset} has "
+                              f"{num_classes}")
+    return head
+
+
 def _sources(spec: EvalSpec) -> tuple[ImageSource, ImageSource]:
     known = KNOWN_DATASETS.get(spec.dataset)
     train_split = spec.train_split or (known.train_split if known else "train")
@@ -188,32 +231,45 @@ def load_model_features(spec: EvalSpec, configs: Sequence[str] = ()) -> ModelFea
     The debug `configs` (class names checked) and a --failures file are read first, before the model is loaded.
     """
     from failmode.features import extract_features
-    from failmode.models.classifier import create_classifier, eval_preprocess
+    from failmode.models.classifier import create_classifier, eval_preprocess, known_model
 
+    known_model(spec.model)
     train_src, eval_src = _sources(spec)
     names = eval_src.class_names
     debug_sets = {c: open_debug_set(spec.debug_data, c, names, revision=spec.revision, split=spec.debug_split)
                   for c in configs}
-    splits = make_splits(train_src.labels, eval_src.labels, seed=spec.split_seed, **spec.recipe())
+    if train_src.class_names != names:
+        raise ValidationError(f"{spec.dataset}: the training split's classes differ from the evaluation split's")
+    splits = make_splits(train_src.labels, eval_src.labels, seed=spec.split_seed, class_names=names,
+                         where=f"{spec.dataset} (split {spec.eval_split or 'default'})", **spec.recipe())
     halves = _read_halves(spec, splits)
+    given = _given_head(spec, len(names))
     net = create_classifier(spec.model, spec.weights)
-    if getattr(net, "num_classes", None) != len(names):
-        raise UsageError(f"{spec.model} has {getattr(net, 'num_classes', '?')} classes but {spec.dataset} has "
-                         f"{len(names)}; evaluate it on the dataset it was trained for")
+    check_classes(net, spec.model, spec.head, len(names), spec.dataset)
     kw = {"model_key": model_key(spec.model, spec.weights), "transform": eval_preprocess(net, spec.image_size),
           "batch_size": spec.batch_size, "device": spec.device, "precision": spec.precision,
           "num_workers": spec.num_workers, "decode": spec.decode,
           "cache_dir": Path(spec.cache_dir) if spec.cache_dir else default_cache_dir() / "features"}
-    feats = {name: extract_features(net, src, idx, desc=f"{name} features", **kw)
+    native = spec.head is None
+    feats = {name: extract_features(net, src, idx, desc=f"{name} features", with_logits=native, **kw)
              for name, src, idx in (("train", train_src, splits.train), ("debug", eval_src, splits.debug),
                                     ("test", eval_src, splits.test))}
+    if native:
+        head = LinearHead.from_module(net.get_classifier())
+    else:
+        head = given or train_dataset_head(feats["train"].features, feats["train"].labels, len(names),
+                                           device=spec.device)
+        if head.dim != feats["train"].features.shape[1]:
+            raise ValidationError(f"{spec.head}: the head takes {head.dim}-d features, {spec.model} gives "
+                                  f"{feats['train'].features.shape[1]}-d")
     debug = feats["debug"]
-    halves = halves if halves is not None else _predicted_halves(spec, eval_src, splits, debug.logits)
+    logits = debug.logits if native else head.logits(debug.features)
+    halves = halves if halves is not None else _predicted_halves(spec, eval_src, splits, logits)
     pos = {int(i): j for j, i in enumerate(splits.debug)}
     half = {h: Labeled(debug.features[[pos[int(i)] for i in idx]], eval_src.labels[idx]) for h, idx in halves.items()}
     log.info("%s: %d train, %d test, %d seed and %d heldout failures", spec.model, len(splits.train),
              len(splits.test), len(half["seed"].y), len(half["heldout"].y))
-    return ModelFeatures(spec, names, LinearHead.from_module(net.get_classifier()),
+    return ModelFeatures(spec, names, head,
                          Labeled(feats["train"].features, feats["train"].labels),
                          Labeled(feats["test"].features, feats["test"].labels), half["seed"], half["heldout"],
                          debug_sets=debug_sets, net=net, features_kw=kw)
@@ -295,6 +351,8 @@ def per_class_gains(before: LinearHead, after: LinearHead, mf: ModelFeatures) ->
     out: dict[str, dict[str, Any]] = {}
     for metric in ("test", "heldout"):
         s = mf.evals()[metric]
+        if len(s.y) == 0:
+            continue
         right_b, right_a = before.predict(s.x) == s.y, after.predict(s.x) == s.y
         for c in np.unique(s.y):
             m = s.y == c

@@ -64,15 +64,28 @@ def _delta(v: float | None, base: float | None) -> str:
     return "" if v is None or base is None else f" ({100 * (v - base):+.1f})"
 
 
+def model_label(record: dict[str, Any]) -> str:
+    """The model of a record as the table names it: with its weights and head where they are not the defaults."""
+    extra = []
+    weights = record.get("weights")
+    if weights not in (None, "timm"):
+        extra.append(f"weights {Path(str(weights)).name}")
+    head = record.get("params", {}).get("head")
+    if head not in (None, "native"):
+        extra.append(f"head {Path(str(head)).name if head != 'train' else 'trained on the train subset'}")
+    return record["model"] + (f" ({'; '.join(extra)})" if extra else "")
+
+
 def markdown_table(records: Sequence[dict[str, Any]]) -> str:
     """Accuracy table in the style of the paper's Tables 2-3: per model, one row per config x setting.
 
-    Columns are test / seed / heldout accuracy (%); in brackets the change from the model's original head.
+    Columns are test / seed / heldout accuracy (%); in brackets the change from the model's original head. Rows of
+    the same model with other weights or another head are separate groups (`model_label`).
     """
     lines = ["| model | config | setting | λ | test | seed | heldout |", "|---|---|---|---|---|---|---|"]
     by_model: dict[str, list[dict[str, Any]]] = {}
     for r in records:
-        by_model.setdefault(r["model"], []).append(r)
+        by_model.setdefault(model_label(r), []).append(r)
     for model, recs in by_model.items():
         base = next((r for r in recs if r["setting"] == "original"), None)
         for r in recs:

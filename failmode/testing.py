@@ -23,8 +23,7 @@ def tiny_clip(seed: int = 0) -> Any:
     """A 2-layer open_clip CLIP (32 px images, real 49,408-token BPE tokenizer) with random weights."""
     from failmode.models.clip import create_clip
 
-    torch.manual_seed(seed)
-    return create_clip(TINY_CLIP, pretrained=None)
+    return create_clip(TINY_CLIP, pretrained=None, seed=seed)
 
 
 @functools.cache
@@ -142,14 +141,16 @@ def synthetic_images(n: int, size: int = 32, seed: int = 0, num_classes: int = 1
 
 
 def tiny_image_dataset(
-    schema: str = "cifar10", n: int = 40, size: int = 32, seed: int = 0, class_names: list[str] | None = None
+    schema: str = "cifar10", n: int = 40, size: int = 32, seed: int = 0, class_names: list[str] | None = None,
+    used_classes: int | None = None,
 ) -> Any:
     """A `datasets.Dataset` in the schema of the Hub's `cifar10` (`img`, `label`), `cifar100` (`img`,
-    `fine_label`) or `imagenet-1k` (`image`, `label`), with ClassLabel names."""
+    `fine_label`) or `imagenet-1k` (`image`, `label`), with ClassLabel names; images of the first `used_classes`
+    classes (default all), balanced."""
     import datasets
 
     names = class_names or CIFAR10_CLASSES
-    images, labels = synthetic_images(n, size=size, seed=seed, num_classes=len(names))
+    images, labels = synthetic_images(n, size=size, seed=seed, num_classes=used_classes or len(names))
     image_col, label_col = {
         "cifar10": ("img", "label"),
         "cifar100": ("img", "fine_label"),
@@ -179,3 +180,39 @@ def jpeg_folder(root: str | Path, n: int, *, unique: int = 64, size: tuple[int, 
     for i in range(n):
         (root / f"class{i % classes:03d}" / f"{i:07d}.jpg").write_bytes(blobs[i % unique])
     return root
+
+
+#: the splits of the Hub datasets of the paper, as `write_local_dataset` names them
+SCHEMA_SPLITS = {"cifar10": ("train", "test"), "cifar100": ("train", "test"), "imagenet-1k": ("train", "validation")}
+
+
+def write_local_dataset(root: str | Path, schema: str, per_class: dict[str, int], *, class_names: list[str],
+                        used_classes: int | None = None, size: int = 32, seed: int = 0) -> Path:
+    """A local copy of a Hub image-classification dataset in its layout (`data/<split>-00000-of-00001.parquet`)
+    and column schema (see `tiny_image_dataset`): `per_class[split]` images of each used class per split."""
+    root = Path(root)
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    used = used_classes or len(class_names)
+    for k, (split, n) in enumerate(per_class.items()):
+        ds = tiny_image_dataset(schema, n * used, size=size, seed=seed + k, class_names=class_names,
+                                used_classes=used)
+        ds.to_parquet(str(root / "data" / f"{split}-00000-of-00001.parquet"))
+    return root
+
+
+def save_tiny_classifier(path: str | Path, arch: str = "test_efficientnet", seed: int = 0) -> Path:
+    """A tiny timm model with ImageNet's 1000-class head, saved as a user saves one: its state dict, safetensors."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tiny_classifier(1000, arch, seed).state_dict(), str(path))
+    return path
+
+
+def save_tiny_clip(path: str | Path, seed: int = 0) -> Path:
+    """The tiny open_clip model's weights as a local checkpoint (a `pretrained=` path for `TINY_CLIP`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(tiny_clip(seed).model.state_dict(), path)
+    return path

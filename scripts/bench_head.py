@@ -2,7 +2,7 @@
 """Benchmark (1) the linear-head trainer against the plain fp32 autograd loop, (2) feature extraction vs the model.
 
 (1) 1000 full-batch SGD epochs on N x D random features, C classes (paper scale: 30,000 x 2,048, 1,000 classes):
-    `failmode.evaluate.head.train_head` at each precision vs nn.Linear + torch.optim.SGD + autograd, same run,
+    `failmode.head.train_head` at each precision vs nn.Linear + torch.optim.SGD + autograd, same run,
     with the largest weight difference to the fp32 reference.
 (2) `failmode.features.extract_features` (read, decode, resize/crop, normalise, batch, forward, copy to host) over an
     ImageFolder of JPEG files (500x375 by default), per decoder: "pil" (timm's per-image PIL transform in the loader
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from failmode.evaluate.head import train_head
+from failmode.head import train_head
 from failmode.runtime import autocast, autocast_dtype, pick_device
 
 log = logging.getLogger("bench_head")

@@ -1,23 +1,20 @@
-"""Presets (builders/*.json), `build` orchestration over the other stages, and the `generate` command end to end."""
+"""Presets (builders/*.json): typed sections and one-line errors; what `build` checks before any model loads; the
+`generate` command end to end. The whole build -> evaluate chain is in test_chain.py."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from failmode.dataset import Manifest, validate_dataset_folder
+from failmode.data.splits import resolve_recipe
+from failmode.dataset import Manifest
 from failmode.errors import LoadError, UsageError, ValidationError
-from failmode.generation import list_presets, load_preset, read_plan_of
-from failmode.generation.build import Stages, build
-from failmode.io import read_json, sha256_file
+from failmode.generation import list_presets, load_preset
+from failmode.io import read_json
 from failmode.vocab import load_vocabulary, shipped_path
-
-from .test_generation import SolidGenerator
 
 TARGETS = ["cifar10-bg-debug", "cifar10-color-debug", "cifar100-bg-debug", "cifar100-color-debug",
            "imagenet-bg-debug"]
@@ -29,87 +26,90 @@ def test_shipped_presets_describe_the_target_datasets():
     g = p.generation
     assert (g.generator, g.scheduler, g.steps, g.size, g.images_per_mode, g.k) == (
         "stable-diffusion-v1-5/stable-diffusion-v1-5", "dpmsolver++", 25, 512, 5, 3)
-    assert p.dataset["id"] == "imagenet-1k" and p.vocabulary == {"dataset": "imagenet-1k", "kind": "background"}
-    assert set(p.families) == {"cnn", "vit"} and p.render["safety_checker"] is False
-    assert load_preset("cifar100-color-debug").vocabulary == {"dataset": "cifar100", "kind": "color"}
-    for name in TARGETS:  # every preset's vocabulary is shipped
+    assert p.dataset.id == "imagenet-1k" and (p.vocabulary.dataset, p.vocabulary.kind) == ("imagenet-1k", "background")
+    assert set(p.families) == {"cnn", "vit"} and p.render.safety_checker is False and p.render.precision == "auto"
+    assert load_preset("cifar100-color-debug").vocabulary.kind == "color"
+    for name in TARGETS:  # every preset's vocabulary is shipped; its recipe is written out, so a local copy works
         preset = load_preset(name)
-        assert shipped_path(preset.vocabulary["dataset"], preset.vocabulary["kind"]).exists()
+        assert shipped_path(preset.vocabulary.dataset, preset.vocabulary.kind).exists()
+        assert preset.dataset.train_per_class and preset.dataset.debug_per_class
+        assert resolve_recipe(preset.dataset.id) == {"train_per_class": preset.dataset.train_per_class,
+                                                     "debug_per_class": preset.dataset.debug_per_class}
+        cifar = name.startswith("cifar")
+        assert all((m.head == "train") == cifar for m in preset.models)  # frozen ImageNet backbones, CIFAR heads
 
 
-def test_bad_presets_fail_with_one_clear_line(tmp_path):
+@pytest.mark.parametrize("section,change,message", [
+    ("", {"colour": 1}, "unknown key 'colour'"),
+    ("", {"families": {"x": ["vit_huge"]}}, "not in models"),
+    ("", {"version": "v1"}, "not semver"),
+    ("generation", {"stepz": 3}, "generation: unknown key 'stepz'"),
+    ("generation", {"steps": "25"}, r"generation.steps must be integer, got '25'"),
+    ("quality", {"min_clas_score": 0.3}, "quality: unknown key 'min_clas_score'"),
+    ("attribution", {"clip_modle": "ViT-B-16"}, "attribution: unknown key 'clip_modle'"),
+    ("dataset", {"train_per_class": "ten"}, "dataset.train_per_class must be number or null"),
+    ("dataset", {"debug_per_class": 0}, "dataset.debug_per_class must be positive"),
+    ("render", {"precision": "fp64"}, "render: precision must be auto"),
+    ("render", {"scheduler": "ddim"}, "render: unknown key 'scheduler'"),
+    ("baseline", {"enabled": "yes"}, "baseline.enabled must be true/false"),
+])
+def test_bad_presets_fail_with_one_line_naming_section_and_key(tmp_path, section, change, message):
+    doc = read_json(load_preset("cifar10-bg-debug").source)
+    if section:
+        doc[section] = {**doc[section], **change}
+    else:
+        doc.update(change)
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ValidationError, match=message) as e:
+        load_preset(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_unknown_presets_and_overrides(tmp_path):
     with pytest.raises(UsageError, match="unknown preset 'nope'.*imagenet-bg-debug"):
         load_preset("nope")
+    with pytest.raises(UsageError, match="does not exist"):
+        load_preset(tmp_path / "missing.json")
+    p = load_preset("cifar10-bg-debug").replace(dataset={"id": "./cifar10", "train_per_class": 5},
+                                                render={"precision": "fp32"})
+    assert (p.dataset.id, p.dataset.train_per_class, p.dataset.debug_per_class) == ("./cifar10", 5, 600)
+    assert p.render.precision == "fp32" and p.record()["dataset"]["id"] == "./cifar10"
+    with pytest.raises(ValidationError, match="precision"):
+        load_preset("cifar10-bg-debug").replace(render={"precision": "fp8"})
+
+
+def test_build_checks_recipe_and_vocabulary_before_any_model(tmp_path, capsys):
+    """A local dataset without a recipe, or whose classes are not the vocabulary's: one line, exit 1, nothing written."""
+    from failmode.cli import main
+    from failmode.testing import write_local_dataset
+
+    data = write_local_dataset(tmp_path / "d", "cifar10", {"train": 1, "test": 2},
+                               class_names=[f"k{i}" for i in range(10)])
     doc = read_json(load_preset("cifar10-bg-debug").source)
-    for change, message in (({"colour": 1}, "unknown key"), ({"families": {"x": ["vit_huge"]}}, "not in models"),
-                            ({"generation": {**doc["generation"], "stepz": 3}}, "unknown key.*stepz")):
-        path = tmp_path / "p.json"
-        path.write_text(json.dumps({**doc, **change}))
-        with pytest.raises(ValidationError, match=message):
-            load_preset(path)
+    doc["dataset"] = {"id": str(data), "split": "test", "train_split": "train"}
+    (tmp_path / "p.json").write_text(json.dumps(doc))
+    out = tmp_path / "out"
+    assert main(["build", str(tmp_path / "p.json"), "--out", str(out), "--device", "cpu"]) == 2
+    assert "no split recipe" in capsys.readouterr().err
+    argv = ["build", str(tmp_path / "p.json"), "--out", str(out), "--train-per-class", "1", "--debug-per-class", "1"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "calls class 0 'airplane'" in err and "'k0'" in err
+    assert not out.exists() and not (tmp_path / "out.work").exists()
 
 
-def fake_stages(calls: list) -> Stages:
-    """Mining and attribution stand-ins: each model fails on cat and ship in its own contexts."""
-    contexts = {"resnet18.a1_in1k": ["in a desert", "on snow"], "convnext_tiny.fb_in1k": ["on snow", "in a cave"],
-                "vit_small_patch16_224.augreg_in21k_ft_in1k": ["in a city", "in a desert"]}
+def test_known_names_never_shadowed_by_folders(tmp_path, monkeypatch):
+    """A folder called cifar10 in the working directory is neither the vocabulary nor the Hub dataset."""
+    from failmode.data.sources import open_source
+    from failmode.testing import write_local_dataset
 
-    def mine(model, dataset, *, out_dir, **kw):
-        calls.append(("mine", model, dataset, kw["head"]))
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        (Path(out_dir) / "failures.parquet").write_text(model)
-        return Path(out_dir) / "failures.parquet"
-
-    def attribute(failures, *, vocabulary, kind, k, out_dir, **kw):
-        model = Path(failures).read_text()
-        calls.append(("attribute", model, vocabulary, kind, k))
-        modes = [{"context": c, "count": 3 - i} for i, c in enumerate(contexts[model])]
-        doc = {"format": "failmode-modes/1", "source_model": model, "dataset": "cifar10",
-               "vocabulary": {"dataset": vocabulary, "kind": kind, "version": "1"}, "attributor": "fake", "k": k,
-               "classes": [{"label": 3, "class_name": "cat", "prompt_name": "cat", "n_seed_failures": 3,
-                            "modes": modes},
-                           {"label": 8, "class_name": "ship", "prompt_name": "ship", "n_seed_failures": 1,
-                            "modes": modes[:1]}]}
-        (Path(out_dir) / "modes.json").write_text(json.dumps(doc))
-        return Path(out_dir) / "modes.json"
-
-    return Stages(mine=mine, attribute=attribute, vocabulary=load_vocabulary)
-
-
-def test_build_runs_mine_attribute_generate_finalize_and_resumes(tmp_path):
-    preset = load_preset("cifar10-bg-debug")
-    gen_settings = dataclasses.replace(preset.generation, images_per_mode=1, k=2, size=32, shard_size=8)
-    preset = dataclasses.replace(preset, generation=gen_settings, baseline={"enabled": True, "images_per_class": 1},
-                                 attribution={**preset.attribution, "k": 2})
-    calls: list = []
-    out = tmp_path / "ds"
-    assert build(preset, out, stages=fake_stages(calls), generator=SolidGenerator(), quality=None)
-    assert [c[:2] for c in calls if c[0] == "mine"] == [("mine", m) for m in preset.model_ids]
-    assert all(c[2:] == ("cifar10", "train") for c in calls if c[0] == "mine")
-    assert {c[2:] for c in calls if c[0] == "attribute"} == {("cifar10", "background", 2)}
-    manifest = validate_dataset_folder(out)
-    assert {n: s.kind for n, s in manifest.configs.items()} == {
-        "resnet18-a1_in1k": "model", "convnext_tiny-fb_in1k": "model",
-        "vit_small_patch16_224-augreg_in21k_ft_in1k": "model", "collective-cnn": "collective",
-        "collective-vit": "collective", "baseline": "baseline"}
-    assert manifest.configs["baseline"].num_samples == {"train": 10}
-    assert manifest.generation["safety_checker"] is False and manifest.generation["quality"]["unfilled"] == 0
-    assert manifest.plan_sha256 == sha256_file(out / "generation/plan.parquet")
-    n = manifest.generation["quality"]["planned"]
-    assert (f"Quality filter: off; {n} of {n} planned images written, 0 dropped by the filter"
-            in (out / "README.md").read_text())
-    assert "Safety checker: off (debug data" in (out / "README.md").read_text()
-    rows = read_plan_of(out)
-    cnn = [r for r in rows if r.config == "collective-cnn" and r.label == 3]
-    assert [r.context for r in cnn] == ["on snow", "in a desert"]  # counts summed over resnet18 and convnext
-    assert rows[0].prompt.startswith("a photo of a cat ")
-    table = pq.read_table(out / "data/baseline/train-00000-of-00002.parquet", columns=["prompt", "context_kind"])
-    assert table.column("prompt").to_pylist()[0] == "a photo of an airplane"
-    # Rerun: nothing is mined, attributed or rendered again.
-    calls.clear()
-    gen = SolidGenerator()
-    assert build(preset, out, stages=fake_stages(calls), generator=gen, quality=None)
-    assert calls == [] and gen.calls == []
+    monkeypatch.chdir(tmp_path)
+    write_local_dataset(tmp_path / "cifar10", "cifar10", {"train": 1, "test": 1}, class_names=list("abcdefghij"))
+    assert load_vocabulary("cifar10", "background").dataset == "cifar10"
+    assert open_source("./cifar10", "test").class_names == list("abcdefghij")
+    with pytest.raises(LoadError, match="cifar10"):  # the Hub (unreachable here), not the folder
+        open_source("cifar10", "test")
 
 
 def generate_args(*argv: str) -> argparse.Namespace:

@@ -109,7 +109,7 @@ def test_evaluate_end_to_end_and_skip_existing(world, tmp_path, monkeypatch):
         assert (out / "sweeps" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     gains = json.loads(next((out / "per_class").glob("test_convnext__test_convnext__*.json")).read_text())
     assert set(gains) <= set(NAMES[:USED]) and all(-1 <= g["test_gain"] <= 1 for g in gains.values())
-    assert "| test_convnext | baseline | debug | 0.5 |" in (out / "tables.md").read_text()
+    assert "| test_convnext (weights none) | baseline | debug | 0.5 |" in (out / "tables.md").read_text()
 
     # a second run with --skip-existing loads nothing and writes nothing new
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}

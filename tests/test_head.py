@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from failmode.errors import UsageError
-from failmode.evaluate.head import LinearHead, accuracy, head_objective, train_head
+from failmode.head import LinearHead, accuracy, head_objective, train_head
 
 
 def _blobs(n: int, d: int, c: int, seed: int, spread: float = 3.0) -> tuple[torch.Tensor, torch.Tensor]:

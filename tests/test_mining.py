@@ -203,5 +203,15 @@ def test_head_trained_on_the_train_split(world, tmp_path):
     rows, meta = read_failures(p)
     splits = json.loads((p.parent / "splits.json").read_text())
     assert len(splits["train"]) == 20 and len(splits["debug"]) == 10 and meta["n_debug"] == 10
-    assert meta["head"] == "linear head trained on 20 train images"
+    assert meta["head"] == "linear head trained on 20 train images (head.safetensors)"
+    # the head is saved beside the outputs, with what it was trained on
+    from failmode.linear import LinearHead
+
+    saved = LinearHead.load(p.parent / "head.safetensors")
+    assert saved.num_classes == 10 and meta["head_file"] == "head.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(str(p.parent / "head.safetensors"), "pt") as f:
+        info = json.loads(f.metadata()["failmode"])
+    assert (info["n_train"], info["train_per_class"], info["model"]) == (20, 2, ARCH)
     assert meta["accuracy"] == pytest.approx(1 - len(rows) / 10)

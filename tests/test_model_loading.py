@@ -127,3 +127,21 @@ def test_diffusers_hub_id_unreachable_is_one_line():
     with pytest.raises(LoadError) as e:
         load_pipeline("stable-diffusion-v1-5/stable-diffusion-v1-5")
     assert "--generator" in _one_line(e.value)
+
+
+def test_random_init_is_the_same_in_every_process():
+    """weights "none" / pretrained None are seeded: feature caches keyed by them stay valid across processes."""
+    import torch
+
+    from failmode.models.classifier import create_classifier
+    from failmode.models.clip import create_clip
+
+    a = create_classifier("test_efficientnet", "none").state_dict()
+    torch.rand(10)  # another process's random stream
+    b = create_classifier("test_efficientnet", "none").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    c1, c2 = create_clip("failmode-tiny-clip", None).model, create_clip("failmode-tiny-clip", None).model
+    assert all(torch.equal(x, y) for x, y in zip(c1.state_dict().values(), c2.state_dict().values(), strict=True))
+    state = torch.random.get_rng_state()
+    create_classifier("test_efficientnet", "none")
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random stream is left as it was

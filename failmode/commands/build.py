@@ -10,8 +10,10 @@ DESCRIPTION = (
     "Build one of the target datasets described by a preset in builders/ (imagenet-bg-debug, cifar10-bg-debug, "
     "cifar100-bg-debug, cifar10-color-debug, cifar100-color-debug) or a preset JSON file: mine each model's "
     "failures, attribute them to contexts, render the per-model, collective and baseline configs, and write the "
-    "card and manifest. Every stage is skipped when its output exists, so a rerun resumes. Under accelerate "
-    "launch / torchrun, worker 0 mines and attributes and all workers share the rendering."
+    "card and manifest. A stage is skipped when its output exists and the settings that made it are unchanged, "
+    "so a rerun resumes; changed settings redo the stages they affect. Options below override the preset and are "
+    "recorded in the manifest. Under accelerate launch / torchrun, worker 0 mines and attributes and all workers "
+    "share the rendering."
 )
 
 
@@ -21,17 +23,46 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--list", action="store_true", help="list the shipped presets and exit")
     p.add_argument("--out", help="dataset folder (default: ./<preset name>)")
     p.add_argument("--work", help="folder for mining/attribution outputs (default: <out>.work)")
-    p.add_argument("--device")
-    p.add_argument("--mode", choices=["incremental", "overwrite"], default="incremental")
-    p.add_argument("--shard-index", type=int, help="this job's part (job arrays)")
-    p.add_argument("--num-shards", type=int, help="number of parts of the job array")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--compile", choices=["default", "reduce-overhead", "max-autotune"])
-    p.add_argument("--no-quality", action="store_true", help="skip the CLIP quality filter")
+    p.add_argument("--cache-dir", help="feature and embedding cache (default: $FAILMODE_CACHE_DIR or ~/.cache/failmode)")
+    d = p.add_argument_group("dataset (override the preset's dataset section)")
+    d.add_argument("--dataset", help="the classifiers' dataset: a known name, hf:ORG/NAME or a local folder")
+    d.add_argument("--split", help="evaluation split holding the debug images")
+    d.add_argument("--train-split", help="split a 'head: train' head is fitted on")
+    d.add_argument("--train-per-class", type=float, help="split recipe: train images per class")
+    d.add_argument("--debug-per-class", type=float, help="split recipe: debug images per class (count, or fraction < 1)")
+    m = p.add_argument_group("models and machine")
+    m.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    m.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"],
+                   help="diffusion precision (preset default auto: fp16 on CUDA, fp32 on CPU)")
+    m.add_argument("--generator", help="diffusers Hub id or local save_pretrained folder (overrides generation.generator)")
+    m.add_argument("--clip-model", help="open_clip name or JSON config for attribution and the quality filter")
+    m.add_argument("--clip-pretrained", help="open_clip tag or local checkpoint for attribution and the quality filter")
+    m.add_argument("--batch-size", type=int, help="diffusion batch (render.batch_size)")
+    m.add_argument("--compile", choices=["default", "reduce-overhead", "max-autotune"])
+    m.add_argument("--no-quality", action="store_true", help="skip the CLIP quality filter")
+    w = p.add_argument_group("workers and resume")
+    w.add_argument("--mode", choices=["incremental", "overwrite"], default="incremental")
+    w.add_argument("--shard-index", type=int, help="this job's part (job arrays)")
+    w.add_argument("--num-shards", type=int, help="number of parts of the job array")
+
+
+def overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
+    """The preset keys the command line changes, by section."""
+    pick = lambda pairs: {k: v for k, v in pairs if v is not None}  # noqa: E731
+    clip = pick((("clip_model", args.clip_model), ("pretrained", args.clip_pretrained)))
+    sections = {
+        "dataset": pick((("id", args.dataset), ("split", args.split), ("train_split", args.train_split),
+                         ("train_per_class", args.train_per_class), ("debug_per_class", args.debug_per_class))),
+        "generation": pick((("generator", args.generator),)),
+        "render": pick((("precision", args.precision), ("batch_size", args.batch_size), ("compile", args.compile))),
+        "attribution": clip,
+        "quality": clip,
+    }
+    return {k: v for k, v in sections.items() if v}
 
 
 def run(args: argparse.Namespace) -> int:
-    """Load the preset and run the pipeline."""
+    """Load the preset, apply the overrides and run the pipeline."""
     from failmode.errors import UsageError
     from failmode.generation.build import build
     from failmode.generation.presets import list_presets, load_preset
@@ -45,11 +76,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.preset:
         raise UsageError(f"name a preset (shipped: {', '.join(list_presets())})")
     configure_cpu_threads()
-    preset = load_preset(args.preset)
-    overrides = {k: v for k, v in (("batch_size", args.batch_size), ("compile", args.compile)) if v is not None}
+    preset = load_preset(args.preset).replace(**overrides(args))
     done = build(preset, args.out or preset.name, work=args.work, quality=not args.no_quality, mode=args.mode,
-                 worker=worker_slot(args.shard_index, args.num_shards), device=args.device,
-                 render_overrides=overrides)
+                 worker=worker_slot(args.shard_index, args.num_shards), device=args.device, cache_dir=args.cache_dir)
     if not done:
         logging.getLogger(__name__).info("this worker is done; the card is written when every shard is")
     return 0

@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--model", action="append", required=True, metavar="NAME",
                    help="timm model name (repeat for a family: collective debugging, or several models in one run)")
     g.add_argument("--weights", default="timm", help="'timm' (pretrained), 'none', a state-dict file or a provider")
+    g.add_argument("--head", help="the model's head on --dataset: 'train' fits one on the train subset (as "
+                   "'failmode mine --head train' and CIFAR presets do), or a head file (.safetensors/.npz/.pt with "
+                   "weight and bias, e.g. the head.safetensors mining saved); default: the model's own classifier")
     g.add_argument("--dataset", default="imagenet-1k", help="the model's dataset: imagenet-1k, cifar10, cifar100, "
                    "hf:ORG/NAME or a local folder (default imagenet-1k)")
     g.add_argument("--debug-data", required=True, metavar="SPEC",
@@ -91,7 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Build the specs and head parameters from the arguments and run the evaluation suite."""
     from failmode.errors import UsageError
-    from failmode.evaluate.pipeline import EvalSpec, HeadParams
+    from failmode.evaluate.pipeline import EvalSpec, HeadParams, recorded_splits
     from failmode.evaluate.suite import run_suite
 
     if args.failures and len(args.model) > 1:
@@ -99,14 +102,13 @@ def run(args: argparse.Namespace) -> int:
     if args.config and len(args.model) > 1:
         raise UsageError("--config names one model's config; with several --model each uses its own")
     baseline = None if args.baseline_config == "none" else args.baseline_config
-    specs = [EvalSpec(model=m, debug_data=args.debug_data, dataset=args.dataset, weights=args.weights,
-                      config=args.config, baseline_config=baseline, revision=args.revision,
-                      debug_split=args.debug_split, failures=args.failures, train_split=args.train_split,
-                      eval_split=args.eval_split, train_per_class=args.train_per_class,
-                      debug_per_class=args.debug_per_class, split_seed=args.split_seed, image_size=args.image_size,
-                      batch_size=args.batch_size, device=args.device, precision=args.precision,
-                      cache_dir=args.cache_dir, num_workers=args.num_workers, decode=args.decode)
-             for m in args.model]
+    specs = [recorded_splits(EvalSpec(
+        model=m, debug_data=args.debug_data, dataset=args.dataset, weights=args.weights, head=args.head,
+        config=args.config, baseline_config=baseline, revision=args.revision, debug_split=args.debug_split,
+        failures=args.failures, train_split=args.train_split, eval_split=args.eval_split,
+        train_per_class=args.train_per_class, debug_per_class=args.debug_per_class, split_seed=args.split_seed,
+        image_size=args.image_size, batch_size=args.batch_size, device=args.device, precision=args.precision,
+        cache_dir=args.cache_dir, num_workers=args.num_workers, decode=args.decode)) for m in args.model]
     params = HeadParams(lam=args.lam, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
                         epochs=args.epochs, seed=args.seed, init=args.init, precision=args.head_precision)
     written = run_suite(specs, params, args.out, lambdas=args.lambda_sweep, ks=args.k_sweep,

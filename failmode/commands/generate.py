@@ -77,9 +77,10 @@ def _preset_dict(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.preset:
         pr = load_preset(args.preset)
-        return {"generation": asdict(pr.generation), "render": dict(pr.render), "quality": dict(pr.quality),
+        render = {k: v for k, v in asdict(pr.render).items() if k not in ("device", "scheduler")}
+        return {"generation": asdict(pr.generation), "render": render, "quality": asdict(pr.quality),
                 "image_format": pr.image_format}
-    return {"generation": {}, "render": {}, "quality": {"enabled": False, "reserve": 3}, "image_format": "png"}
+    return {"generation": {}, "render": {}, "quality": {}, "image_format": "png"}
 
 
 def _set(d: dict[str, Any], args: argparse.Namespace, keys: tuple[str, ...]) -> None:
@@ -94,10 +95,12 @@ def run(args: argparse.Namespace) -> int:
     from failmode.errors import UsageError
     from failmode.generation import build as B
     from failmode.generation.plan import GenerationSettings, build_plan
+    from failmode.generation.presets import QualitySection
     from failmode.generation.render import RenderOptions, pipeline_ident
     from failmode.generation.run import DatasetInfo, save_plan
     from failmode.generation.shards import worker_slot
     from failmode.runtime import configure_cpu_threads
+    from failmode.typed import from_mapping
 
     configure_cpu_threads()
     if not args.modes and not args.baseline:
@@ -128,14 +131,14 @@ def run(args: argparse.Namespace) -> int:
     qcfg.update({k: v for k, v in (("clip_model", args.clip_model), ("pretrained", args.clip_pretrained)) if v})
     if args.reserve is not None:
         qcfg["reserve"] = args.reserve
-    quality = None if args.no_quality else B.make_quality(qcfg, device=args.device)
+    qsection = from_mapping(QualitySection, qcfg, "quality settings")
+    quality = None if args.no_quality else B.make_quality(qsection, device=args.device)
     info = DatasetInfo(name=args.name or out.name, version=args.version, class_names=names,
                        image_format=args.image_format or cfg["image_format"], source_dataset=vocab.dataset,
                        vocabulary={"dataset": vocab.dataset, "kind": kind, "version": vocab.version,
                                    "template": vocab.template},
                        attribution={"k": settings.k, "modes": [str(f) for f, _ in modes_files]})
     B.render_dataset(rows, out, gen, info, settings, kinds={s.config: s.kind for s in sets}, quality=quality,
-                     quality_cfg=qcfg, mode=args.mode, worker=worker_slot(args.shard_index, args.num_shards),
-                     batch_size=options.batch_size, encode_workers=args.encode_workers,
-                     safety_checker=bool(cfg["render"].get("safety_checker", False)))
+                     quality_cfg=qsection, mode=args.mode, worker=worker_slot(args.shard_index, args.num_shards),
+                     encode_workers=args.encode_workers)
     return 0

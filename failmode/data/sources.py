@@ -3,7 +3,8 @@
 `open_source(spec, split)` accepts:
   - a known dataset name: `imagenet-1k`, `cifar10`, `cifar100` (their Hub ids and column schemas are data below),
   - `hf:ORG/NAME` (any Hub image-classification dataset), optionally `hf:ORG/NAME@REVISION`,
-  - a local folder: a `datasets.save_to_disk` folder, a folder of parquet files (a Hub dataset checkout or a
+  - a local folder (an existing path that is not a known name; write `./cifar10` for a folder called cifar10):
+    a `datasets.save_to_disk` folder, a folder of parquet files (a Hub dataset checkout or a
     failmode dataset, config chosen with `#config`), or an ImageFolder (one sub-folder per class),
   - `wds:DIR` (webdataset shards with `_info.json`, as failmode writes them).
 Heavy libraries are imported only when a source is opened.
@@ -206,9 +207,9 @@ def open_source(spec: str, split: str | None = None) -> ImageSource:
     if spec.startswith("wds:"):
         return _open_wds(Path(spec[4:]), split)
     local, _, config = spec.partition("#")
-    if Path(local).expanduser().exists():
+    known = KNOWN_DATASETS.get(spec)  # a known name is always the Hub dataset: a folder of that name is "./name"
+    if known is None and Path(local).expanduser().exists():
         return _open_local(Path(local).expanduser(), split, config or None)
-    known = KNOWN_DATASETS.get(spec)
     repo, revision = (known.repo, None) if known else (spec.removeprefix("hf:").partition("@")[::2])
     if not known and not spec.startswith("hf:"):
         raise UsageError(

@@ -8,12 +8,13 @@ into the debug set (30,000, where failures are mined) and the test set (20,000).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from failmode.errors import UsageError
+from failmode.errors import UsageError, ValidationError
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,10 @@ class Splits:
 
 
 def stratified_take(labels: np.ndarray, per_class: float, seed: int, salt: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Per class, a seeded random `per_class` images (a count, or a fraction if < 1); returns (taken, rest), sorted."""
+    """Per class, a seeded random `per_class` images (a count, or a fraction if < 1); returns (taken, rest), sorted.
+
+    A class with fewer images than asked gives all it has (see `make_splits` for what is refused).
+    """
     labels = np.asarray(labels)
     taken, rest = [], []
     for c in np.unique(labels):
@@ -56,19 +60,47 @@ def stratified_take(labels: np.ndarray, per_class: float, seed: int, salt: int =
         rng = np.random.default_rng([seed, salt, int(c)])  # one stream per class: adding a class changes no other
         idx = rng.permutation(idx)
         n = int(round(per_class * len(idx))) if per_class < 1 else int(per_class)
-        if n > len(idx):
-            log.warning("class %d has %d images, fewer than the %d asked for; taking all", c, len(idx), n)
         taken.append(idx[:n])
         rest.append(idx[n:])
     cat = lambda parts: np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)  # noqa: E731
     return cat(taken), cat(rest)
 
 
+def _name(class_names: Sequence[str] | None, c: int) -> str:
+    return f"{c} ({class_names[c]!r})" if class_names is not None and 0 <= c < len(class_names) else str(c)
+
+
 def make_splits(train_labels: np.ndarray, eval_labels: np.ndarray, *, train_per_class: float,
-                debug_per_class: float, seed: int = 0) -> Splits:
-    """Train subset from the training labels; debug/test halves of the evaluation labels; all stratified by class."""
+                debug_per_class: float, seed: int = 0, class_names: Sequence[str] | None = None,
+                where: str = "the evaluation split") -> Splits:
+    """Train subset from the training labels; debug/test halves of the evaluation labels; all stratified by class.
+
+    Refused in one line (ValidationError): an empty evaluation split, a class of it too small to give its debug
+    images and at least one test image, and (when training labels are given) a class with no training image.
+    A class with fewer training images than asked gives all it has (logged).
+    """
     if train_per_class <= 0 or debug_per_class <= 0:
         raise UsageError("train_per_class and debug_per_class must be positive")
+    eval_labels, train_labels = np.asarray(eval_labels), np.asarray(train_labels)
+    if len(eval_labels) == 0:
+        raise ValidationError(f"{where} holds no images")
+    hint = "lower the recipe (dataset.debug_per_class in the preset, or --debug-per-class)"
+    for c, n in zip(*np.unique(eval_labels, return_counts=True)):
+        want = int(round(debug_per_class * n)) if debug_per_class < 1 else int(debug_per_class)
+        if want < 1 or want >= n:
+            raise ValidationError(f"{where}: class {_name(class_names, int(c))} has {n} images; the recipe takes "
+                                  f"{debug_per_class:g} per class for the debug set, which leaves "
+                                  f"{'no debug image' if want < 1 else 'no test image'}: {hint}")
+    if len(train_labels):
+        missing = np.setdiff1d(np.unique(eval_labels), np.unique(train_labels))
+        if len(missing):
+            raise ValidationError(f"the training split has no image of class {_name(class_names, int(missing[0]))}"
+                                  + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+        short = [int(c) for c, n in zip(*np.unique(train_labels, return_counts=True))
+                 if train_per_class >= 1 and n < train_per_class]
+        if short:
+            log.warning("%d classes have fewer than %g training images (e.g. class %s); taking all they have",
+                        len(short), train_per_class, _name(class_names, short[0]))
     train, _ = stratified_take(train_labels, train_per_class, seed, salt=1)
     debug, test = stratified_take(eval_labels, debug_per_class, seed, salt=2)
     recipe = {"train_per_class": train_per_class, "debug_per_class": debug_per_class}
@@ -80,7 +112,9 @@ def recipe_for(dataset: str) -> dict[str, float]:
     try:
         return dict(SPLIT_RECIPES[dataset])
     except KeyError:
-        raise UsageError(f"no split recipe for {dataset!r}; pass --train-per-class and --debug-per-class") from None
+        raise UsageError(f"no split recipe for {dataset!r} (known: {', '.join(SPLIT_RECIPES)}): set "
+                         "dataset.train_per_class and dataset.debug_per_class in the preset, or pass "
+                         "--train-per-class and --debug-per-class") from None
 
 
 def resolve_recipe(dataset: str, train_per_class: float | None = None,

@@ -65,7 +65,8 @@ class Manifest:
     source_dataset: str = ""  # the classifier's training/validation dataset, e.g. "imagenet-1k"
     generator: dict[str, Any] = field(default_factory=dict)  # {"id", "revision" or "sha256", ...}
     vocabulary: dict[str, Any] = field(default_factory=dict)  # {"source", "prompt", "sha256", ...}
-    attribution: dict[str, Any] = field(default_factory=dict)  # {"model", "top_k", ...}
+    attribution: dict[str, Any] = field(default_factory=dict)  # {"attributor", "clip_model", "k", "used", ...}
+    mining: dict[str, Any] = field(default_factory=dict)  # {"id" (dataset as given), "recipe", "models", ...}
     generation: dict[str, Any] = field(default_factory=dict)  # {"steps", "guidance", "size", "prompt_template", ...}
     seeds: dict[str, Any] = field(default_factory=dict)  # {"base_seed", "rule": how each image's seed is derived}
     plan_sha256: str = ""  # hash of plan.parquet (one row per image, seed recorded)

@@ -1,7 +1,7 @@
 """The fashion-scenes world wired up for slices and discover: classifier, stand-in backends and vocabulary.
 
 Built only from the world's public functions: `build_world`, the frozen backbone (`load_backbone`, `encode`,
-`backbone_transform`), `ExemplarAttributor` / `CompositeGenerator`, and `failmode.evaluate.head.train_head`.
+`backbone_transform`), `ExemplarAttributor` / `CompositeGenerator`, and `failmode.head.train_head`.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def setup_world(preset: str = "concentrated", seed: int = 0, *, per_class: dict[
                 image_size: int | None = None, cache_dir: str | Path | None = None, n_exemplars: int = 16,
                 epochs: int = 300) -> WorldSetup:
     """Build the world, train the linear head on frozen train features, and make the stand-in backends."""
-    from failmode.evaluate.head import train_head
+    from failmode.head import train_head
     from failmode.world import build_world
     from failmode.world.backbone import MODEL_KEY, backbone_transform, encode, load_backbone
     from failmode.world.backends import CompositeGenerator, ExemplarAttributor

@@ -1,4 +1,9 @@
-"""`failmode build <preset>`: mine -> attribute -> generate -> finalize, calling each stage's public function."""
+"""`failmode build <preset>`: mine -> attribute -> generate -> finalize, calling each stage's public function.
+
+Each model's mining and attribution outputs live in `<work>/models/<model>/` with `stages.json`, the fingerprint
+of the settings that produced them: a stage whose settings changed is run again (and every stage after it), an
+unchanged one is skipped. A rerun whose plan is already rendered and finalized loads no model at all.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +11,12 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from failmode.backends import GENERATORS, ImageGenerator
-from failmode.dataset import config_slug
+from failmode.dataset import Manifest, config_slug
 from failmode.errors import FailmodeError, UsageError
 from failmode.generation.plan import (
     BASELINE_KIND,
@@ -22,95 +26,139 @@ from failmode.generation.plan import (
     build_plan,
     merge_modes,
     modes_from_json,
+    plan_path,
+    read_plan,
 )
-from failmode.generation.presets import Preset
+from failmode.generation.presets import ModelSection, Preset, QualitySection
 from failmode.generation.quality import ClipQuality, QualityScorer
-from failmode.generation.render import RenderOptions, describe_options, safety_function
-from failmode.generation.run import DatasetInfo, finalize_if_complete, generate_dataset, make_manifest
-from failmode.io import read_json
+from failmode.generation.render import PRECISIONS, RenderOptions, describe_options, pipeline_ident, safety_function
+from failmode.generation.run import DatasetInfo, all_shards_done, finalize_if_complete, generate_dataset, make_manifest
+from failmode.io import read_json, sha256_file, stable_hash, write_json
+from failmode.typed import to_json
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class Stages:
-    """The other stages' public functions `build` calls (swappable, e.g. for the offline world or tests)."""
-
-    mine: Callable[..., Path]
-    attribute: Callable[..., Path]
-    vocabulary: Callable[[str, str], Any]
-
-    @classmethod
-    def default(cls) -> Stages:
-        """failmode.mining's mine_failures / attribute_failures and failmode.vocab's load_vocabulary."""
-        from failmode.mining.attribution import attribute_failures
-        from failmode.mining.mine import mine_failures
-        from failmode.vocab import load_vocabulary
-
-        return cls(mine=mine_failures, attribute=attribute_failures, vocabulary=load_vocabulary)
+STAGES_FILE = "stages.json"
 
 
-def make_generator(preset: Preset, *, device: str | None = None, overrides: dict[str, Any] | None = None,
-                   generator: str = "diffusers") -> ImageGenerator:
-    """The preset's generator (diffusers by default) with its render options, `overrides` applied."""
-    if generator != "diffusers":
-        return GENERATORS.get(generator)()
+def make_generator(preset: Preset, *, device: str | None = None) -> ImageGenerator:
+    """The preset's diffusers generator with its render options on `device`."""
     g = preset.generation
-    options = RenderOptions(device=device, scheduler=g.scheduler, **{**preset.render, **(overrides or {})})
+    options = dataclasses.replace(preset.render, device=device, scheduler=g.scheduler)
     return GENERATORS.get("diffusers")(g.generator, revision=g.revision, options=options)
 
 
-def make_quality(cfg: dict[str, Any], *, device: str | None = None) -> QualityScorer | None:
+def make_quality(cfg: QualitySection, *, device: str | None = None) -> QualityScorer | None:
     """The CLIP quality filter of a preset's `quality` section, or None when disabled."""
-    if not cfg.get("enabled", False):
+    if not cfg.enabled:
         return None
     from failmode.generation.render import worker_device
     from failmode.models.clip import create_clip
 
     dev = worker_device(device)
-    clip = create_clip(cfg.get("clip_model", "ViT-B-32"), cfg.get("pretrained", "openai"), device=dev)
-    return ClipQuality(clip, cfg.get("min_class_score"), cfg.get("min_context_score"), device=dev)
+    clip = create_clip(cfg.clip_model, cfg.pretrained, device=dev)
+    return ClipQuality(clip, cfg.min_class_score, cfg.min_context_score, device=dev)
 
 
-def analyse(preset: Preset, work: Path, stages: Stages, *, device: str | None = None,
-            worker: tuple[int, int] = (0, 1), wait_s: float = 24 * 3600) -> dict[str, Path]:
-    """modes.json per model: mined and attributed by worker 0 (skipped when present); other workers wait for them."""
-    out: dict[str, Path] = {}
+@dataclass(frozen=True)
+class ModelStages:
+    """Where one model's mining and attribution outputs go, and the fingerprints of the settings behind them."""
+
+    model: ModelSection
+    folder: Path
+    mine: str
+    attribute: str
+
+    @property
+    def failures(self) -> Path:
+        """The mining stage's output."""
+        return self.folder / "failures.parquet"
+
+    @property
+    def modes(self) -> Path:
+        """The attribution stage's output (the generation stage's input)."""
+        return self.folder / "modes.json"
+
+    def done(self) -> dict[str, bool]:
+        """Which stages are done with the current settings (their output exists and its fingerprint matches)."""
+        path = self.folder / STAGES_FILE
+        stamps = read_json(path) if path.is_file() else {}
+        return {"mine": stamps.get("mine") == self.mine and self.failures.is_file(),
+                "attribute": stamps.get("mine") == self.mine and stamps.get("attribute") == self.attribute
+                and self.modes.is_file()}
+
+    def stamp(self, **done: str) -> None:
+        """Record the fingerprints of stages just completed (a redone mine invalidates attribution)."""
+        path = self.folder / STAGES_FILE
+        stamps = read_json(path) if path.is_file() else {}
+        if "mine" in done and stamps.get("mine") != done["mine"]:
+            stamps.pop("attribute", None)
+        write_json(path, {**stamps, **done})
+
+
+def model_stages(preset: Preset, work: Path, recipe: dict[str, float]) -> list[ModelStages]:
+    """Per model: its folder under `work` and the fingerprints of its mining and attribution settings."""
+    from failmode.mining.mine import model_key
+
+    d, a = preset.dataset, preset.attribution
+    out = []
     for m in preset.models:
-        folder = work / "models" / config_slug(m["id"])
-        modes = folder / "modes.json"
-        if not modes.exists() and worker[0] == 0:
-            failures = stages.mine(m["id"], preset.dataset["id"], out_dir=folder, weights=m.get("weights", "timm"),
-                                   head=m.get("head"), split=preset.dataset.get("split"),
-                                   train_split=preset.dataset.get("train_split"), device=device,
-                                   split_seed=preset.attribution.get("split_seed", 0))
-            att = preset.attribution
-            modes = stages.attribute(failures, vocabulary=preset.vocabulary["dataset"],
-                                     kind=preset.vocabulary["kind"], attributor=att.get("attributor", "clip"),
-                                     attributor_options=att.get("options"), k=preset.generation.k, out_dir=folder)
-        _wait_for(modes, wait_s)
-        out[m["id"]] = Path(modes)
+        mine = stable_hash({"model": m.id, "weights": model_key(m.id, m.weights), "head": m.head, "dataset": d.id,
+                            "split": d.split, "train_split": d.train_split, "recipe": recipe,
+                            "split_seed": d.split_seed}, n=16)
+        attribute = stable_hash({"mine": mine, "attribution": to_json(a), "k": preset.generation.k,
+                                 "vocabulary": to_json(preset.vocabulary)}, n=16)
+        out.append(ModelStages(m, work / "models" / config_slug(m.id), mine, attribute))
     return out
 
 
-def _wait_for(path: Path, wait_s: float) -> None:
+def analyse(preset: Preset, stages: list[ModelStages], recipe: dict[str, float], *, device: str | None = None,
+            worker: tuple[int, int] = (0, 1), cache_dir: str | os.PathLike[str] | None = None,
+            wait_s: float = 24 * 3600) -> None:
+    """Mine and attribute every model whose outputs are missing or stale (worker 0); other workers wait for them."""
+    from failmode.mining.attribution import attribute_failures
+    from failmode.mining.mine import mine_failures
+
+    d, a = preset.dataset, preset.attribution
+    for st in stages:
+        done = st.done()
+        if worker[0] != 0:
+            _wait_for(st, wait_s)
+            continue
+        if not done["mine"]:
+            log.info("%s: mining (%s)", st.model.id, "settings changed" if st.failures.exists() else "new")
+            mine_failures(st.model.id, d.id, out_dir=st.folder, weights=st.model.weights, head=st.model.head,
+                          split=d.split, train_split=d.train_split, split_seed=d.split_seed, device=device,
+                          cache_dir=cache_dir, **recipe)
+            st.stamp(mine=st.mine)
+        if not done["attribute"]:
+            log.info("%s: attributing (%s)", st.model.id, "settings changed" if st.modes.exists() else "new")
+            attribute_failures(st.failures, vocabulary=preset.vocabulary.dataset, kind=preset.vocabulary.kind,
+                               attributor=a.attributor, attributor_options=a.attributor_options(),
+                               k=preset.generation.k, out_dir=st.folder, cache_dir=cache_dir, device=device)
+            st.stamp(attribute=st.attribute)
+        if done["mine"] and done["attribute"]:
+            log.info("%s: mining and attribution up to date (%s)", st.model.id, st.folder)
+
+
+def _wait_for(st: ModelStages, wait_s: float) -> None:
     deadline = time.monotonic() + wait_s
-    while not path.exists():
+    while not st.done()["attribute"]:
         if time.monotonic() > deadline:
-            raise FailmodeError(f"gave up waiting for {path} (worker 0 writes it)")
+            raise FailmodeError(f"gave up waiting for {st.modes} (worker 0 writes it)")
         time.sleep(10)
 
 
-def mode_sets(preset: Preset, modes_files: dict[str, Path], vocab: Any) -> list[ModeSet]:
+def mode_sets(preset: Preset, stages: list[ModelStages], vocab: Any, class_names: list[str]) -> list[ModeSet]:
     """Per-model configs, one collective config per family, and the class-only baseline."""
-    docs = {mid: read_json(p) for mid, p in modes_files.items()}
+    docs = {st.model.id: read_json(st.modes) for st in stages}
     k = preset.generation.k
-    sets = [modes_from_json(docs[mid], config=config_slug(mid), k=k, source_model=mid, where=str(modes_files[mid]))
-            for mid in preset.model_ids]
+    sets = [modes_from_json(docs[st.model.id], config=config_slug(st.model.id), k=k, source_model=st.model.id,
+                            where=str(st.modes)) for st in stages]
     for fam, members in sorted(preset.families.items()):
         sets.append(merge_modes([docs[m] for m in members], config=config_slug(f"collective-{fam}"), family=fam, k=k))
-    if preset.baseline.get("enabled", True):
-        sets.append(baseline_modes(dataset_class_names(vocab), [c.prompt_name for c in vocab.classes]))
+    if preset.baseline.enabled:
+        sets.append(baseline_modes(class_names, [c.prompt_name for c in vocab.classes]))
     return sets
 
 
@@ -143,38 +191,94 @@ def mode_sets_from_files(modes_files: list[tuple[str, str]], *, k: int, vocab: s
 
 def dataset_class_names(vocab: Any) -> list[str]:
     """The ClassLabel names of the vocabulary's dataset as the dataset spells them, else the vocabulary's names."""
-    from failmode.vocab.classnames import known_datasets, label_names
+    return vocab.label_names()
 
-    return label_names(vocab.dataset) if vocab.dataset in known_datasets() else list(vocab.class_names)
+
+def _dataset_class_names(preset: Preset, stages: list[ModelStages]) -> list[str]:
+    """The dataset's class names: from a mined model's records when all are mined, else from the dataset."""
+    from failmode.mining.failures import read_failures
+
+    if all(st.done()["mine"] for st in stages):
+        return list(read_failures(stages[0].failures)[1]["class_names"])
+    from failmode.data.sources import open_source
+
+    return open_source(preset.dataset.id, preset.dataset.split).class_names
+
+
+def is_complete(rows: list[Any], out: Path, quality: QualitySection | None) -> bool:
+    """True when `out` holds a finalized dataset of exactly this plan and quality filter (nothing to do).
+
+    A finalized dataset of this plan made with another quality filter is refused (its shards were filtered
+    otherwise): one line saying to rebuild with --mode overwrite.
+    """
+    path, manifest_file = plan_path(out), out / "failmode.json"
+    if not (path.is_file() and manifest_file.is_file() and all_shards_done(rows, out)):
+        return False
+    manifest = Manifest.load(out)
+    if manifest.plan_sha256 != sha256_file(path) or read_plan(path) != list(rows):
+        return False
+    used, wanted = manifest.generation.get("quality_settings"), to_json(quality) if quality else None
+    if used != wanted:
+        was, now = used or {"enabled": False}, wanted or {"enabled": False}
+        diff = ", ".join(f"{k} {was.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(was) | set(now))
+                         if was.get(k) != now.get(k))
+        raise UsageError(f"{out} was built with another quality filter ({diff}): rebuild it with --mode overwrite "
+                         "(or --out another folder)")
+    return True
 
 
 def build(preset: Preset, out: str | os.PathLike[str], *, work: str | os.PathLike[str] | None = None,
-          stages: Stages | None = None, generator: ImageGenerator | None = None,
-          quality: QualityScorer | None | bool = True, mode: str = "incremental", worker: tuple[int, int] = (0, 1),
-          device: str | None = None, render_overrides: dict[str, Any] | None = None) -> bool:
-    """Run the whole pipeline for `preset` into dataset folder `out`; True when the dataset was finalized."""
+          generator: ImageGenerator | None = None, quality: bool = True, mode: str = "incremental",
+          worker: tuple[int, int] = (0, 1), device: str | None = None,
+          cache_dir: str | os.PathLike[str] | None = None) -> bool:
+    """Run the whole pipeline for `preset` into dataset folder `out`; True when the dataset is finalized.
+
+    `generator` replaces the preset's diffusers generator (another registered backend). Everything checkable is
+    checked before any model loads: the split recipe, the vocabulary against the dataset's class names.
+    """
+    from failmode.data.splits import resolve_recipe
+    from failmode.vocab import load_vocabulary
+
     out = Path(out)
     work_dir = Path(work) if work else out.parent / f"{out.name}.work"
-    stages = stages or Stages.default()
-    vocab = stages.vocabulary(preset.vocabulary["dataset"], preset.vocabulary["kind"])
-    settings = with_vocabulary_template(preset.generation, preset.vocabulary["kind"], vocab)
-    sets = mode_sets(preset, analyse(preset, work_dir, stages, device=device, worker=worker), vocab)
-    gen = generator or make_generator(preset, device=device, overrides=render_overrides)
-    if quality is True:
-        quality = make_quality(preset.quality, device=device)
-    rows = build_plan(sets, settings, generator_id=gen.ident,
-                      baseline_images_per_class=preset.baseline.get("images_per_class"))
-    render = {**preset.render, **(render_overrides or {})}
-    names = dataset_class_names(vocab)
+    d = preset.dataset
+    recipe = resolve_recipe(d.id, d.train_per_class, d.debug_per_class)
+    vocab = load_vocabulary(preset.vocabulary.dataset, preset.vocabulary.kind)
+    stages = model_stages(preset, work_dir, recipe)
+    names = _dataset_class_names(preset, stages)
+    vocab.check_classes(names, d.id)
+    settings = with_vocabulary_template(preset.generation, preset.vocabulary.kind, vocab)
+    analyse(preset, stages, recipe, device=device, worker=worker, cache_dir=cache_dir)
+    sets = mode_sets(preset, stages, vocab, names)
+    ident = generator.ident if generator is not None else pipeline_ident(settings.generator, settings.revision)
+    rows = build_plan(sets, settings, generator_id=ident,
+                      baseline_images_per_class=preset.baseline.images_per_class)
+    if mode == "incremental" and is_complete(rows, out, preset.quality if quality and preset.quality.enabled else None):
+        log.info("%s is complete and up to date: nothing to render", out)
+        return True
+    gen = generator or make_generator(preset, device=device)
+    scorer = make_quality(preset.quality, device=device) if quality else None
+    modes_docs = {st.model.id: read_json(st.modes) for st in stages}
     info = DatasetInfo(name=preset.name, version=preset.version, class_names=names,
                        image_format=preset.image_format, repo_id=preset.repo_id, pretty_name=preset.pretty_name,
-                       description=preset.description, source_dataset=preset.dataset["id"],
-                       vocabulary={**preset.vocabulary, "version": getattr(vocab, "version", ""),
+                       description=preset.description, source_dataset=d.id,
+                       vocabulary={**to_json(preset.vocabulary), "version": getattr(vocab, "version", ""),
                                    "template": vocab.template},
-                       attribution={**preset.attribution, "k": preset.generation.k}, tags=preset.tags)
-    return render_dataset(rows, out, gen, info, settings, kinds={s.config: s.kind for s in sets}, quality=quality,
-                          quality_cfg=preset.quality, mode=mode, worker=worker,
-                          batch_size=render.get("batch_size", 16), safety_checker=render.get("safety_checker", False))
+                       attribution={**to_json(preset.attribution), "k": preset.generation.k,
+                                    "used": {mid: doc.get("attributor") for mid, doc in modes_docs.items()}},
+                       mining={**to_json(d), "recipe": recipe, "models": [_mined(st) for st in stages]},
+                       tags=preset.tags)
+    return render_dataset(rows, out, gen, info, settings, kinds={s.config: s.kind for s in sets}, quality=scorer,
+                          quality_cfg=preset.quality, mode=mode, worker=worker)
+
+
+def _mined(st: ModelStages) -> dict[str, Any]:
+    """What the manifest records of one model's mining: its settings, head and failure counts."""
+    from failmode.mining.failures import read_failures
+
+    meta = read_failures(st.failures)[1]
+    keys = ("model", "weights", "head", "head_file", "accuracy", "n_debug", "n_failures", "n_seed", "n_heldout")
+    return {k: meta.get(k) for k in keys} | {"head_setting": st.model.head}
 
 
 def with_vocabulary_template(settings: GenerationSettings, kind: str, vocab: Any) -> GenerationSettings:
@@ -183,22 +287,28 @@ def with_vocabulary_template(settings: GenerationSettings, kind: str, vocab: Any
 
 
 def render_dataset(rows: list[Any], out: str | os.PathLike[str], gen: ImageGenerator, info: DatasetInfo,
-                   settings: GenerationSettings, *, kinds: dict[str, str], quality: QualityScorer | None | bool,
-                   quality_cfg: dict[str, Any], mode: str = "incremental", worker: tuple[int, int] = (0, 1),
-                   batch_size: int = 16, encode_workers: int | None = None, safety_checker: bool = False) -> bool:
+                   settings: GenerationSettings, *, kinds: dict[str, str], quality: QualityScorer | None,
+                   quality_cfg: QualitySection, mode: str = "incremental", worker: tuple[int, int] = (0, 1),
+                   encode_workers: int | None = None) -> bool:
     """Render this worker's shards of a plan through `gen`, then finalize if every shard is done (True if so)."""
     out = Path(out)
-    generate_dataset(rows, out, gen, class_names=info.class_names, mode=mode, worker=worker, batch_size=batch_size,
-                     image_format=info.image_format, quality=quality or None, safety=safety_function(gen),
-                     reserve=quality_cfg.get("reserve", 3), encode_workers=encode_workers)
     opts = getattr(gen, "options", None)
+    batch_size = getattr(gen, "batch_size", None) or (opts.batch_size if isinstance(opts, RenderOptions) else 16)
+    generate_dataset(rows, out, gen, class_names=info.class_names, mode=mode, worker=worker, batch_size=batch_size,
+                     image_format=info.image_format, quality=quality, safety=safety_function(gen),
+                     reserve=quality_cfg.reserve, encode_workers=encode_workers)
     render_info = describe_options(opts) if isinstance(opts, RenderOptions) else {}
-    render_info["quality_filter"] = getattr(quality, "ident", None) if quality else None
-    render_info["quality_thresholds"] = {k: quality_cfg.get(k) for k in ("min_class_score", "min_context_score")}
-    render_info["safety_checker"] = bool(safety_checker)
+    if getattr(gen, "dtype", None) is not None:
+        render_info["precision"] = {v: k for k, v in PRECISIONS.items()}.get(gen.dtype, render_info.get("precision"))
+    render_info["quality_filter"] = quality.ident if quality is not None else None
+    render_info["quality_settings"] = to_json(quality_cfg) if quality is not None else None
+    render_info["quality_thresholds"] = {"min_class_score": quality_cfg.min_class_score,
+                                         "min_context_score": quality_cfg.min_context_score}
+    render_info["safety_checker"] = safety_function(gen) is not None
     manifest = make_manifest(rows, out, info, settings, generator_ident=gen.ident, render=render_info, kinds=kinds)
     return finalize_if_complete(rows, out, manifest)
 
 
-__all__ = ["BASELINE_KIND", "Stages", "analyse", "build", "dataset_class_names", "make_generator", "make_quality",
-           "mode_sets", "mode_sets_from_files", "render_dataset", "with_vocabulary_template"]
+__all__ = ["BASELINE_KIND", "ModelStages", "analyse", "build", "dataset_class_names",
+           "is_complete", "make_generator", "make_quality", "mode_sets", "mode_sets_from_files", "model_stages",
+           "render_dataset", "with_vocabulary_template"]

@@ -12,7 +12,7 @@ import hashlib
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,13 +53,12 @@ class GenerationSettings:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "generation settings") -> GenerationSettings:
-        """Build from a preset's `generation` section; unknown keys raise ValidationError naming them."""
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValidationError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(names))})")
-        out = cls(**{**data, "prompt_templates": {**DEFAULT_TEMPLATES, **dict(data.get("prompt_templates", {}))}})
-        return out.check(where)
+        """Build from a preset's `generation` section; unknown keys or wrong types raise ValidationError naming them."""
+        from failmode.typed import from_mapping
+
+        out = from_mapping(cls, data, where)
+        templates = {**DEFAULT_TEMPLATES, **out.prompt_templates}
+        return replace(out, prompt_templates=templates).check(where)
 
     def check(self, where: str = "generation settings") -> GenerationSettings:
         """Raise ValidationError on impossible values; return self."""

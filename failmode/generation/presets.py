@@ -1,7 +1,13 @@
-"""Build presets: one JSON file per target dataset in `builders/` (imported as `failmode.builders`)."""
+"""Build presets: one JSON file per target dataset in `builders/` (imported as `failmode.builders`).
+
+Every section of a preset is a frozen dataclass below; an unknown key or a value of the wrong type is one
+line naming the file, section and key. Every accepted key reaches the stage it configures, and the manifest
+records the values used (`Preset.record`).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,29 +16,97 @@ from typing import Any
 import failmode
 from failmode.errors import UsageError, ValidationError
 from failmode.generation.plan import GenerationSettings
+from failmode.generation.render import RenderOptions
 from failmode.io import read_json
+from failmode.typed import from_mapping, to_json
 
 PRESET_FORMAT = "failmode-preset/1"
 BUILDERS_DIR = Path(failmode.__file__).parent / "builders"
-_REQUIRED = ("name", "version", "dataset", "vocabulary", "models", "families", "attribution", "generation",
-             "baseline", "render", "quality", "image_format")
 
 
-@dataclass
+@dataclass(frozen=True)
+class DatasetSection:
+    """The classifiers' dataset: a known name, hf:ORG/NAME or a local folder, its splits and split recipe."""
+
+    id: str
+    split: str | None = None  # evaluation split holding the debug images (default: the dataset's own)
+    train_split: str | None = None  # split a `head: train` head is fitted on (default: the dataset's own)
+    train_per_class: float | None = None  # recipe: train images per class (default: the known dataset's recipe)
+    debug_per_class: float | None = None  # recipe: debug images per class, a count or a fraction < 1
+    split_seed: int = 0  # seed of the debug/test split and of the seed/heldout halves
+
+
+@dataclass(frozen=True)
+class VocabularySection:
+    """The context vocabulary: a shipped dataset name or a vocabulary JSON path, and its kind."""
+
+    dataset: str
+    kind: str = "background"
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    """One classifier: a timm name, its weights and its head."""
+
+    id: str
+    weights: str | None = "timm"  # "timm" (pretrained), "none", a state-dict file or an offline provider
+    head: str | None = None  # None: the model's own classifier; "train": fitted on the train split; or a head file
+
+
+@dataclass(frozen=True)
+class AttributionSection:
+    """How seed failures get their contexts: the attributor and, for "clip", its open_clip model and weights."""
+
+    attributor: str = "clip"
+    clip_model: str = "ViT-B-32"  # open_clip name or JSON config path (attributor "clip")
+    pretrained: str | None = "openai"  # open_clip tag or local checkpoint (attributor "clip"); null: random init
+    options: dict[str, Any] = field(default_factory=dict)  # further keyword arguments of the attributor
+
+    def attributor_options(self) -> dict[str, Any]:
+        """Keyword arguments of the attributor factory: the CLIP model and weights for "clip", plus `options`."""
+        clip = {"model": self.clip_model, "pretrained": self.pretrained} if self.attributor == "clip" else {}
+        return {**clip, **self.options}
+
+
+@dataclass(frozen=True)
+class BaselineSection:
+    """The class-only baseline config ("a photo of a {class}")."""
+
+    enabled: bool = True
+    images_per_class: int | None = None  # default: the mean images per class of the model configs
+
+
+@dataclass(frozen=True)
+class QualitySection:
+    """The CLIP quality filter of generated images."""
+
+    enabled: bool = False
+    clip_model: str = "ViT-B-32"
+    pretrained: str | None = "openai"
+    min_class_score: float | None = None
+    min_context_score: float | None = None
+    reserve: int = 3  # spare seeds per shard that replace dropped images
+
+
+#: keys of RenderOptions a preset may not set: the device is the machine's, the scheduler is generation's
+_RENDER_EXCLUDED = ("device", "scheduler")
+
+
+@dataclass(frozen=True)
 class Preset:
     """A target dataset: classifier models and families, attribution, generation, filter and output settings."""
 
     name: str
     version: str
-    dataset: dict[str, Any]
-    vocabulary: dict[str, Any]
-    models: list[dict[str, Any]]
+    dataset: DatasetSection
+    vocabulary: VocabularySection
+    models: tuple[ModelSection, ...]
     families: dict[str, list[str]]
-    attribution: dict[str, Any]
+    attribution: AttributionSection
     generation: GenerationSettings
-    baseline: dict[str, Any]
-    render: dict[str, Any]
-    quality: dict[str, Any]
+    baseline: BaselineSection
+    render: RenderOptions
+    quality: QualitySection
     image_format: str = "png"
     pretty_name: str = ""
     description: str = ""
@@ -43,7 +117,38 @@ class Preset:
     @property
     def model_ids(self) -> list[str]:
         """The classifier ids, in preset order."""
-        return [m["id"] for m in self.models]
+        return [m.id for m in self.models]
+
+    def replace(self, **sections: dict[str, Any]) -> Preset:
+        """A copy with some keys of some sections changed, e.g. `replace(dataset={"id": "./cifar10"})`, checked as
+        a preset file is (types, values)."""
+        where = self.source or "preset"
+        changed = {}
+        for name, values in sections.items():
+            current = getattr(self, name)
+            if not dataclasses.is_dataclass(current) or name not in _SECTIONS:
+                raise UsageError(f"{where}: {name!r} is not a section that can be overridden")
+            data = {k: v for k, v in to_json(current).items() if k not in _RENDER_EXCLUDED or name != "render"}
+            changed[name] = _SECTIONS[name](data | values, f"{where}: {name}")
+        out = dataclasses.replace(self, **changed)
+        _check(out, where)
+        return out
+
+    def record(self) -> dict[str, Any]:
+        """The preset's settings as JSON values (what the manifest records as used)."""
+        return to_json(self)
+
+
+#: how each typed section is built from its JSON object (one-line errors naming `where`)
+_SECTIONS: dict[str, Any] = {
+    "dataset": lambda v, w: from_mapping(DatasetSection, v, w),
+    "vocabulary": lambda v, w: from_mapping(VocabularySection, v, w),
+    "attribution": lambda v, w: from_mapping(AttributionSection, v, w),
+    "generation": GenerationSettings.from_dict,
+    "baseline": lambda v, w: from_mapping(BaselineSection, v, w),
+    "render": lambda v, w: from_mapping(RenderOptions, v, w, exclude=_RENDER_EXCLUDED),
+    "quality": lambda v, w: from_mapping(QualitySection, v, w),
+}
 
 
 def list_presets() -> list[str]:
@@ -53,30 +158,28 @@ def list_presets() -> list[str]:
 
 def load_preset(name_or_path: str | os.PathLike[str]) -> Preset:
     """A shipped preset by name ("imagenet-bg-debug") or a preset JSON file by path, checked."""
-    path = Path(name_or_path)
-    if not path.exists():
-        path = BUILDERS_DIR / f"{name_or_path}.json"
+    s = os.fspath(name_or_path)
+    path = Path(s)
+    if not (path.suffix == ".json" or os.sep in s):
+        path = BUILDERS_DIR / f"{s}.json"
         if not path.exists():
-            raise UsageError(f"unknown preset {str(name_or_path)!r} (shipped: {', '.join(list_presets())}; "
-                             "or pass a preset JSON path)")
+            raise UsageError(f"unknown preset {s!r} (shipped: {', '.join(list_presets())}; or pass a preset JSON path)")
+    elif not path.is_file():
+        raise UsageError(f"preset file {path} does not exist")
     data = read_json(path)
-    if data.get("format") != PRESET_FORMAT:
-        raise ValidationError(f"{path}: not a {PRESET_FORMAT} file (format {data.get('format')!r})")
-    missing = [k for k in _REQUIRED if k not in data]
-    if missing:
-        raise ValidationError(f"{path}: missing key(s) {', '.join(missing)}")
-    known = set(Preset.__dataclass_fields__) | {"format"}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValidationError(f"{path}: unknown key(s) {', '.join(unknown)}")
+    if not isinstance(data, dict) or data.get("format") != PRESET_FORMAT:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise ValidationError(f"{path}: not a {PRESET_FORMAT} file (format {found!r})")
     body = {k: v for k, v in data.items() if k != "format"}
-    preset = Preset(**{**body, "generation": GenerationSettings.from_dict(data["generation"], f"{path}: generation"),
-                       "source": str(path)})
+    for key, make in _SECTIONS.items():
+        if key in body:
+            body[key] = make(body[key], f"{path}: {key}")
+    preset = from_mapping(Preset, {**body, "source": str(path)}, str(path), exclude=())
     _check(preset, path)
     return preset
 
 
-def _check(p: Preset, path: Path) -> None:
+def _check(p: Preset, path: object) -> None:
     ids = p.model_ids
     if not ids or len(set(ids)) != len(ids):
         raise ValidationError(f"{path}: models must be a non-empty list of distinct ids")
@@ -84,6 +187,14 @@ def _check(p: Preset, path: Path) -> None:
         stray = sorted(set(members) - set(ids))
         if stray:
             raise ValidationError(f"{path}: family {fam!r} names model(s) not in models: {', '.join(stray)}")
-    if p.attribution.get("k", p.generation.k) != p.generation.k:
-        raise ValidationError(f"{path}: attribution k ({p.attribution['k']}) differs from generation k "
-                              f"({p.generation.k})")
+    if p.image_format not in ("png", "jpeg"):
+        raise ValidationError(f"{path}: image_format must be 'png' or 'jpeg', got {p.image_format!r}")
+    from failmode.dataset.manifest import SEMVER_RE
+
+    if not SEMVER_RE.match(p.version):
+        raise ValidationError(f"{path}: version {p.version!r} is not semver (MAJOR.MINOR.PATCH, e.g. 1.0.0)")
+    p.generation.check(f"{path}: generation")
+    for name in ("train_per_class", "debug_per_class"):
+        v = getattr(p.dataset, name)
+        if v is not None and v <= 0:
+            raise ValidationError(f"{path}: dataset.{name} must be positive, got {v}")

@@ -33,14 +33,15 @@ def select_shards(rows: Sequence[PlanRow], names: Sequence[str]) -> list[PlanRow
 
 
 def _quality(manifest: Manifest, device: str | None) -> Any:
-    ident = manifest.generation.get("quality_filter")
-    if not ident:
+    """The quality filter the manifest records (its settings), or None when the dataset was built without one."""
+    settings = manifest.generation.get("quality_settings")
+    if not settings:
         return None
     from failmode.generation.build import make_quality
+    from failmode.generation.presets import QualitySection
+    from failmode.typed import from_mapping
 
-    name, _, pretrained = ident.removeprefix("clip:").partition("/")
-    return make_quality({"enabled": True, "clip_model": name, "pretrained": pretrained,
-                         **manifest.generation.get("quality_thresholds", {})}, device=device)
+    return make_quality(from_mapping(QualitySection, settings, "manifest generation.quality_settings"), device=device)
 
 
 def regenerate_shards(root: str | os.PathLike[str], shards: Sequence[str], out: str | os.PathLike[str], *,

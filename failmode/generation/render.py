@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from failmode.backends import GenerationRequest, ImageGenerator
-from failmode.errors import LoadError
+from failmode.errors import LoadError, UsageError
 from failmode.models.diffusion import DEFAULT_GENERATOR, load_pipeline
 from failmode.registry import Registry
 from failmode.runtime import autocast_dtype, pick_device
@@ -41,6 +41,7 @@ SCHEDULERS.register("euler")(("EulerDiscreteScheduler", {}))
 SCHEDULERS.register("unipc")(("UniPCMultistepScheduler", {}))
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune")
 
 
 def oom_errors() -> tuple[type[BaseException], ...]:
@@ -61,6 +62,17 @@ class RenderOptions:
     compile: str | None = None  # None | "default" | "reduce-overhead" | "max-autotune"
     fuse_qkv: bool = False
     safety_checker: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision != "auto" and self.precision not in PRECISIONS:
+            raise UsageError(f"precision must be auto, {', '.join(PRECISIONS)}; got {self.precision!r}")
+        if self.compile not in COMPILE_MODES:
+            raise UsageError(f"compile must be null or one of {', '.join(m for m in COMPILE_MODES if m)}; "
+                             f"got {self.compile!r}")
+        if self.batch_size < 1:
+            raise UsageError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.scheduler is not None and self.scheduler not in SCHEDULERS:
+            SCHEDULERS.get(self.scheduler)  # one line listing the known schedulers
 
 
 def worker_device(device: str | None = None) -> torch.device:

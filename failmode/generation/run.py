@@ -79,6 +79,7 @@ class DatasetInfo:
     source_dataset: str = ""
     vocabulary: dict[str, Any] = field(default_factory=dict)
     attribution: dict[str, Any] = field(default_factory=dict)
+    mining: dict[str, Any] = field(default_factory=dict)
     tags: list[str] = field(default_factory=list)
 
 
@@ -99,7 +100,8 @@ def make_manifest(rows: Sequence[PlanRow], root: str | os.PathLike[str], info: D
         repo_id=info.repo_id, pretty_name=info.pretty_name, description=info.description,
         image_format=info.image_format, source_dataset=info.source_dataset,
         generator={"id": settings.generator, "revision": settings.revision or "", "ident": generator_ident},
-        vocabulary=dict(info.vocabulary), attribution=dict(info.attribution), generation=generation,
+        vocabulary=dict(info.vocabulary), attribution=dict(info.attribution), mining=dict(info.mining),
+        generation=generation,
         seeds={"base_seed": settings.base_seed, "rule": SEED_RULE}, plan_sha256=sha256_file(plan_path(root)),
         tags=list(info.tags),
     )

@@ -134,8 +134,10 @@ def attribute(rows: Sequence[dict[str, Any]], source: ImageSource, vocabulary: A
     return Attribution(records, classes, attributor.ident, k)
 
 
-def make_attributor(name: str, options: dict[str, Any] | None = None, kind: str = "background") -> Attributor:
-    """Build a registered attributor; factories that take a `kind` argument get the vocabulary kind."""
+def make_attributor(name: str, options: dict[str, Any] | None = None, kind: str = "background",
+                    device: str | None = None) -> Attributor:
+    """Build a registered attributor; factories that take `kind` / `device` arguments get the vocabulary kind and
+    the device (unless `options` set them)."""
     import inspect
 
     factory = ATTRIBUTORS.get(name)
@@ -146,6 +148,8 @@ def make_attributor(name: str, options: dict[str, Any] | None = None, kind: str 
         params = {}
     if "kind" in params:
         opts.setdefault("kind", kind)
+    if "device" in params and device is not None:
+        opts.setdefault("device", device)
     try:
         return factory(**opts)
     except TypeError as e:
@@ -165,6 +169,7 @@ def attribute_failures(
     dataset: str | None = None,
     split: str | None = None,
     halves: Sequence[str] = ("seed",),
+    device: str | None = None,
 ) -> Path:
     """Attribute the seed failures of a failures.parquet; write attributions.parquet, modes.json, report.md and
     the failure records as a metadata-only dataset config; return the modes.json path.
@@ -184,8 +189,12 @@ def attribute_failures(
         raise UsageError(f"vocabulary {vocabulary} is of kind {vocab.kind!r}, not {kind!r} (pass --kind {vocab.kind})")
     source = open_source(dataset or meta["dataset"], split if split is not None else meta.get("split"))
     check_same_images(rows, source, failures)
-    att = attributor if isinstance(attributor, Attributor) else make_attributor(attributor, attributor_options, kind)
-    result = attribute(rows, source, vocab, att, k=k, cache_dir=Path(cache_dir or default_cache_dir()),
+    vocab.check_classes(source.class_names, str(dataset or meta["dataset"]))
+    if k < 1:
+        raise UsageError(f"k must be at least 1, not {k}")
+    if not isinstance(attributor, Attributor):
+        attributor = make_attributor(attributor, attributor_options, kind, device)
+    result = attribute(rows, source, vocab, attributor, k=k, cache_dir=Path(cache_dir or default_cache_dir()),
                        halves=halves, vocabulary_name=str(vocabulary))
     table = Path(failures)
     out = Path(out_dir) if out_dir is not None else table.parent if table.is_file() else table

@@ -17,6 +17,9 @@ import numpy as np
 from failmode.errors import ValidationError
 from failmode.linear import LinearHead
 
+#: where `mine_failures(head="train")` saves the head it fitted (beside failures.parquet)
+HEAD_FILE = "head.safetensors"
+
 
 def load_head(path: str | os.PathLike[str]) -> LinearHead:
     """Read a linear head from .npz, .safetensors or a torch .pt/.pth file holding `weight` [C, D] and `bias` [C]."""

@@ -11,9 +11,10 @@ import numpy as np
 
 from failmode.data.sources import KNOWN_DATASETS, ImageSource, open_source
 from failmode.data.splits import make_splits, resolve_recipe
-from failmode.errors import LoadError, UsageError
+from failmode.errors import UsageError, ValidationError
 from failmode.io import write_json
 from failmode.mining.failures import failures_from_predictions, predict, write_failures, write_predictions
+from failmode.mining.heads import HEAD_FILE
 
 log = logging.getLogger(__name__)
 
@@ -30,39 +31,46 @@ def model_key(model: str, weights: str | None) -> str:
     if weights and os.path.isfile(weights):
         st = os.stat(weights)
         weights = f"file:{os.path.abspath(weights)}:{st.st_size}:{st.st_mtime_ns}"
-    return f"{model}@{weights or 'random-init'}"
+    if weights in (None, "none"):
+        weights = "random-init-seed0"  # create_classifier's seeded random init
+    return f"{model}@{weights}"
 
 
 def _train_source(dataset: str, train_split: str | None) -> ImageSource:
     known = KNOWN_DATASETS.get(dataset)
-    split = train_split or (known.train_split if known else None)
-    if split is None:
-        raise UsageError("--head train needs the training split of the dataset: pass --train-split")
-    return open_source(dataset, split)
+    return open_source(dataset, train_split or (known.train_split if known else "train"))
 
 
-def _resolve_head(head: Any, net: Any, train: ImageSource | None, train_idx: np.ndarray, features_kw: dict[str, Any]
-                  ) -> tuple[Any, str]:
-    """(head object or None, description recorded in the outputs)."""
-    from failmode.mining.heads import load_head
+def _resolve_head(head: Any, train: ImageSource | None, train_idx: np.ndarray, out: Path, record: dict[str, Any],
+                  features: Any) -> tuple[Any, str]:
+    """(head object or None, description recorded in the outputs); a trained head is saved as out/head.safetensors."""
+    from failmode.mining.heads import HEAD_FILE, load_head
 
     if head is None:
         return None, "native"
     if isinstance(head, (str, os.PathLike)) and str(head) == "train":
-        from failmode.features import extract_features
+        from failmode.head import DATASET_HEAD_RECIPE, train_dataset_head
 
-        try:
-            from failmode.evaluate.head import train_head
-        except ImportError as e:
-            raise LoadError(f"--head train needs failmode.evaluate.head.train_head ({e})") from None
         assert train is not None
-        feats = extract_features(net, train, train_idx, desc="train features", **features_kw)
-        fitted = train_head(feats.features, feats.labels, num_classes=len(train.class_names),
-                            device=features_kw["device"])
-        return fitted, f"linear head trained on {len(train_idx)} train images"
+        feats = features(train, train_idx, "train features")
+        fitted = train_dataset_head(feats.features, feats.labels, len(train.class_names),
+                                    device=record.get("device"))
+        meta = {**{k: v for k, v in record.items() if k != "device"}, "train_source": train.ident,
+                "n_train": len(train_idx), "recipe": DATASET_HEAD_RECIPE, "class_names": train.class_names}
+        fitted.save(out / HEAD_FILE, metadata=meta)
+        return fitted, f"linear head trained on {len(train_idx)} train images ({HEAD_FILE})"
     if isinstance(head, (str, os.PathLike)):
         return load_head(head), f"file:{os.path.abspath(head)}"
     return head, f"object:{type(head).__name__}"
+
+
+def check_classes(net: Any, model: str, head: Any, num_classes: int, dataset: str) -> None:
+    """With no head, the model's own classifier must have the dataset's classes (one line saying what to pass)."""
+    have = getattr(net, "num_classes", None)
+    if head is None and have is not None and have != num_classes:
+        raise UsageError(f"{model} has {have} classes but {dataset} has {num_classes}: give it a head for this "
+                         "dataset (--head train fits one on the train split, --head FILE reads one; in a preset: "
+                         '"head": "train")')
 
 
 def mine_failures(
@@ -89,30 +97,43 @@ def mine_failures(
 
     Writes failures.parquet (one row per misclassified debug image, seed/heldout half), splits.json,
     predictions.npz and mining.json. The model's own logits are used when its classes are the dataset's;
-    otherwise `head` is required: a head file, "train" (fit on the train split), or a head object (see
-    `failmode.mining.heads`). Features are cached under `cache_dir`/features (default `default_cache_dir()`).
+    otherwise `head` is required: a head file, "train" (fit on the train split with
+    `failmode.head.train_dataset_head` and saved as out_dir/head.safetensors, with what it was trained on), or a
+    head object (see `failmode.mining.heads`). Features are cached under `cache_dir`/features (default
+    `default_cache_dir()`). Inputs are checked (recipe, splits) before the model is loaded.
     """
-    from failmode.models.classifier import create_classifier, eval_preprocess
+    from failmode.features import extract_features
+    from failmode.models.classifier import create_classifier, eval_preprocess, known_model
 
-    net = create_classifier(model, weights)
-    source = open_source(dataset, split)
+    known_model(model)
     recipe = resolve_recipe(dataset, train_per_class, debug_per_class)
+    source = open_source(dataset, split)
     needs_train = isinstance(head, str) and head == "train"
     train = _train_source(dataset, train_split) if needs_train else None
+    if train is not None and train.class_names != source.class_names:
+        raise ValidationError(f"{dataset}: the training split's classes differ from the evaluation split's")
     splits = make_splits(train.labels if train is not None else np.zeros(0, np.int64), source.labels,
-                         seed=split_seed, **recipe)
+                         seed=split_seed, class_names=source.class_names, where=f"{dataset} (split {split or 'default'})",
+                         **recipe)
+    net = create_classifier(model, weights)
+    check_classes(net, model, head, len(source.class_names), dataset)
     key = model_key(model, weights)
     features_kw = {"model_key": key, "transform": eval_preprocess(net, image_size), "batch_size": batch_size,
                    "device": device, "precision": precision, "num_workers": num_workers, "decode": decode,
                    "cache_dir": Path(cache_dir or default_cache_dir()) / "features"}
-    head_obj, head_desc = _resolve_head(head, net, train, splits.train, features_kw)
+    out = Path(out_dir)
+    record = {"model": model, "weights": weights, "model_key": key, "dataset": dataset, "train_split": train_split,
+              "split_seed": split_seed, **recipe, "device": device}
+    head_obj, head_desc = _resolve_head(
+        head, train, splits.train, out, record,
+        lambda src, idx, desc: extract_features(net, src, idx, desc=desc, **features_kw))
     preds = predict(net, source, splits.debug, head=head_obj, **features_kw)
     rows = failures_from_predictions(source, preds, seed=split_seed)
-    out = Path(out_dir)
     write_json(out / "splits.json", splits.to_json())
     write_predictions(out / "predictions.npz", preds)
     meta = {"model": model, "weights": weights, "model_key": key, "dataset": dataset, "split": split,
             "source": source.ident, "class_names": source.class_names, "split_seed": split_seed, "head": head_desc,
+            "head_file": HEAD_FILE if needs_train else None, "train_split": train_split, "recipe": recipe,
             "n_debug": len(splits.debug), "accuracy": preds.accuracy, "image_size": image_size}
     path = write_failures(out, rows, meta)
     log.info("%s on %s: %d of %d debug images misclassified (accuracy %.4f) -> %s", model, dataset, len(rows),

@@ -76,8 +76,9 @@ def _load_ordered(model: torch.nn.Module, state: dict[str, torch.Tensor], source
 def create_classifier(name: str, weights: str | None = "timm", num_classes: int | None = None) -> torch.nn.Module:
     """Create a timm model `name` in eval mode.
 
-    `weights`: None (random init), "timm" (timm's pretrained weights from the Hub or its cache), a path to a
-    state-dict file (.pth/.pt/.safetensors), or a registered offline provider (see `WEIGHT_PROVIDERS`).
+    `weights`: None or "none" (random init, seeded: the same weights in every process), "timm" (timm's pretrained
+    weights from the Hub or its cache), a path to a state-dict file (.pth/.pt/.safetensors), or a registered
+    offline provider (see `WEIGHT_PROVIDERS`).
     `num_classes` resets the classifier (its weights are then random).
     """
     import timm
@@ -85,7 +86,9 @@ def create_classifier(name: str, weights: str | None = "timm", num_classes: int 
     known_model(name)
     kwargs: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
     if weights is None or weights == "none":
-        model = timm.create_model(name, pretrained=False, **kwargs)
+        with torch.random.fork_rng(devices=[]):  # a seeded init: the same random model in every process (caches)
+            torch.manual_seed(0)
+            model = timm.create_model(name, pretrained=False, **kwargs)
     elif weights == "timm":
 
         def load(ident: str, local_only: bool) -> torch.nn.Module:

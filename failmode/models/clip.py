@@ -40,11 +40,13 @@ def register_configs() -> None:
     open_clip.add_model_config(CONFIG_DIR)
 
 
-def create_clip(name: str = "ViT-B-32", pretrained: str | None = "openai", device: str | torch.device = "cpu") -> Clip:
+def create_clip(name: str = "ViT-B-32", pretrained: str | None = "openai", device: str | torch.device = "cpu",
+                seed: int = 0) -> Clip:
     """Create an open_clip model.
 
     `name` is an open_clip model name or a path to a JSON model config. `pretrained` is an open_clip tag
-    ("openai", "laion2b_s34b_b79k"), a local checkpoint file, or None for random init (tests, benchmarks).
+    ("openai", "laion2b_s34b_b79k"), a local checkpoint file, or None for random init from `seed` (the same
+    weights in every process; tests, benchmarks).
     An `hf-hub:org/repo` name loads config and weights from the Hub.
     """
     import open_clip
@@ -72,7 +74,9 @@ def create_clip(name: str = "ViT-B-32", pretrained: str | None = "openai", devic
             constants.HF_HUB_OFFLINE = old
 
     if pretrained is None:
-        model, preprocess = load(None, True)
+        with torch.random.fork_rng(devices=[]):  # seeded: the same random model in every process
+            torch.manual_seed(seed)
+            model, preprocess = load(None, True)
     elif os.path.exists(pretrained):
         model, preprocess = load_from_hub_or_local(
             pretrained, load, what=f"open_clip checkpoint for {name}", local_hint="check the checkpoint file"

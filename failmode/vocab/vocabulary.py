@@ -11,6 +11,7 @@ import datetime as _dt
 import itertools
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from failmode.errors import UsageError, ValidationError
 from failmode.io import read_json, write_json
 from failmode.prompts import fill_template
 from failmode.vocab import text
-from failmode.vocab.classnames import CLASS_LISTS
+from failmode.vocab.classnames import CLASS_LISTS, known_datasets, label_names
 from failmode.vocab.classnames import class_names as dataset_class_names
 from failmode.vocab.kinds import KINDS
 
@@ -97,6 +98,25 @@ class Vocabulary:
         """Label indices of the classes the vocabulary covers."""
         return [c.index for c in self.classes]
 
+    def label_names(self) -> list[str]:
+        """Class names as the vocabulary's dataset spells them in its ClassLabel (known datasets), else `class_names`."""
+        return label_names(self.dataset) if self.dataset in known_datasets() else self.class_names
+
+    def check_classes(self, class_names: Sequence[str], dataset: str) -> None:
+        """Every class of the vocabulary must be the dataset's class of the same index, by name (case, `_` and a
+        trailing synonym list "crane, construction crane" aside): matched by name, never by label number alone.
+        Raises a one-line ValidationError otherwise."""
+        known = label_names(self.dataset) if self.dataset in known_datasets() else []
+        for c in self.classes:
+            if c.index >= len(class_names):
+                raise ValidationError(f"vocabulary {self.source} has class {c.index} ({c.name!r}) but {dataset} has "
+                                      f"{len(class_names)} classes: use the vocabulary of this dataset")
+            theirs = class_names[c.index]
+            ours = known[c.index] if c.index < len(known) else c.name
+            if not {_norm(theirs), _norm(theirs.split(",")[0])} & {_norm(c.name), _norm(ours)}:
+                raise ValidationError(f"vocabulary {self.source} calls class {c.index} {c.name!r}, but {dataset} calls "
+                                      f"it {theirs!r}: use the vocabulary of this dataset")
+
     def to_dict(self) -> dict[str, Any]:
         """The vocabulary as written to a file."""
         return {"format": FORMAT, "dataset": self.dataset, "kind": self.kind, "version": self.version,
@@ -107,6 +127,10 @@ class Vocabulary:
         """Write the vocabulary atomically as canonical JSON; returns the path."""
         write_json(path, self.to_dict())
         return Path(path)
+
+
+def _norm(name: str) -> str:
+    return " ".join(name.replace("_", " ").lower().split())
 
 
 def shipped_path(dataset: str, kind: str) -> Path:
@@ -132,7 +156,7 @@ def load_vocabulary(name_or_path: str | os.PathLike[str], kind: str = "backgroun
     """
     s = os.fspath(name_or_path)
     path = Path(s)
-    if not (path.suffix == ".json" or os.sep in s or path.exists()):
+    if not (path.suffix == ".json" or os.sep in s or path.is_file()):  # a folder called "cifar10" is no vocabulary
         path = shipped_path(s, kind)
         if not path.exists():
             known = ", ".join(f"{d} ({k})" for d, k in shipped_vocabularies()) or "none"

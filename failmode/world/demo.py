@@ -3,7 +3,7 @@
     world -> frozen features + linear head -> mine failures on the debug split (failmode.mining)
           -> attribute seed failures to contexts with the exemplar stand-in (failmode.mining) -> modes.json
           -> plan and render debug images with the composite stand-in, write the dataset (failmode.generation,
-             failmode.dataset) -> retrain the head with lambda (failmode.evaluate.head) -> results.json, report.md
+             failmode.dataset) -> retrain the head with lambda (failmode.head) -> results.json, report.md
 
 Baselines rendered beside "ours" in the same dataset: `class-only` (the generation stage's class-only prompts; in
 this world a plain class photo shows the class on its common scene) and `random-context` (each class's vocabulary
@@ -205,7 +205,7 @@ def _hash_arrays(*arrays: np.ndarray | None) -> str:
 
 def _fit(run: Run, name: str, debug: Labeled | None, lam: float) -> Any:
     """The head trained on train (+ lam * debug), from the cache when the same inputs were seen before."""
-    from failmode.evaluate.head import LinearHead, train_head
+    from failmode.head import LinearHead, train_head
 
     hp = {"lr": 0.2, "momentum": 0.9, "weight_decay": 5e-4, "epochs": 300, "retrain_epochs": 100, **run.config.head}
     train = run.feats["train"]
@@ -237,7 +237,7 @@ def _mine(run: Run) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     rows = failures_from_predictions(src, preds, seed=run.config.seed)
     meta = {"model": f"{MODEL_KEY}+head", "weights": WEIGHTS, "model_key": MODEL_KEY, "dataset": _dataset_name(run),
             "split": "debug", "source": src.ident, "class_names": src.class_names, "split_seed": run.config.seed,
-            "head": f"linear head trained on {len(run.world.splits['train'])} train images (failmode.evaluate.head)",
+            "head": f"linear head trained on {len(run.world.splits['train'])} train images (failmode.head)",
             "n_debug": len(src), "accuracy": preds.accuracy, "image_size": run.size}
     write_failures(run.out / "mining", rows, meta)
     run.info["debug_source"] = src
@@ -374,7 +374,7 @@ def _eval_sets(run: Run, rows: Sequence[dict[str, Any]]) -> dict[str, Labeled]:
 
 
 def _scores(head: Any, sets: dict[str, Labeled]) -> dict[str, float | None]:
-    from failmode.evaluate.head import accuracy
+    from failmode.head import accuracy
 
     return {f"{name}_acc": (None if len(s.y) == 0 else round(accuracy(head, s.x, s.y), 4)) for name, s in sets.items()}
 

@@ -185,3 +185,18 @@ def head_objective(head: LinearHead, train_x: ArrayLike, train_y: ArrayLike, *, 
     ce = torch.nn.functional.cross_entropy(x.double() @ W.T + b, y, reduction="none")
     reg = 0.5 * weight_decay * (W.square().sum() + b.square().sum())
     return float((ce * w.double()).sum() + reg)
+
+
+#: the recipe of a new dataset's head on a frozen backbone (mining's `--head train`, evaluate's `--head train`)
+DATASET_HEAD_RECIPE = {"lr": 0.2, "momentum": 0.9, "weight_decay": 5e-4, "epochs": 1000, "seed": 0, "init": "random"}
+
+
+def train_dataset_head(features: ArrayLike, labels: ArrayLike, num_classes: int, *,
+                       device: str | torch.device | None = None) -> LinearHead:
+    """The head a frozen backbone gets on a dataset it was not trained for (`DATASET_HEAD_RECIPE`, random init).
+
+    Mining and evaluation both call this on the same train subset, so `--head train` gives the same head in both.
+    """
+    r = DATASET_HEAD_RECIPE
+    return train_head(features, labels, num_classes=num_classes, lr=r["lr"], momentum=r["momentum"],
+                      weight_decay=r["weight_decay"], epochs=r["epochs"], seed=r["seed"], init=None, device=device)

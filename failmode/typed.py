@@ -1,0 +1,115 @@
+"""Typed settings from JSON: a frozen dataclass per section, unknown keys and wrong types refused in one line."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, TypeVar, Union
+
+from failmode.errors import FailmodeError, ValidationError
+
+T = TypeVar("T")
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def type_name(tp: Any) -> str:
+    """A readable name of a type annotation ("int or null", "list of str")."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is type(None):
+        return "null"
+    if tp is Any:
+        return "anything"
+    if origin in (Union, types.UnionType):
+        return " or ".join(type_name(a) for a in args)
+    if origin in (list, tuple):
+        return f"list of {type_name(args[0])}" if args else "list"
+    if origin is dict:
+        return f"object of {type_name(args[1])}" if args else "object"
+    if dataclasses.is_dataclass(tp):
+        return "object"
+    return {float: "number", int: "integer", str: "string", bool: "true/false"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def matches(value: Any, tp: Any) -> bool:
+    """Whether a JSON value fits the annotation `tp` (an int is a float; a bool is neither)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return True
+    if tp is type(None):
+        return value is None
+    if origin in (Union, types.UnionType):
+        return any(matches(value, a) for a in args)
+    if origin in (list, tuple):
+        return isinstance(value, (list, tuple)) and (not args or all(matches(v, args[0]) for v in value))
+    if origin is dict:
+        return isinstance(value, dict) and all(isinstance(k, str) for k in value) and (
+            not args or all(matches(v, args[1]) for v in value.values()))
+    if dataclasses.is_dataclass(tp):
+        return isinstance(value, (dict, tp))
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def from_mapping(cls: type[T], data: Any, where: str, *, exclude: tuple[str, ...] = ()) -> T:
+    """`cls(**data)` after checking `data`: an object, known keys only (not in `exclude`), each of its field's type.
+
+    Nested dataclass fields (and lists of them) are built from their objects the same way, with `where.key`.
+    Errors are one line: "WHERE: unknown key 'x' (known: ...)", "WHERE.key must be an integer, got 'three'".
+    """
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, Mapping):
+        raise ValidationError(f"{where} must be an object, got {type(data).__name__}")
+    hints = _hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name not in exclude}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValidationError(f"{where}: unknown key{'s' if len(unknown) > 1 else ''} "
+                              f"{', '.join(map(repr, unknown))} (known: {', '.join(sorted(fields))})")
+    missing = [n for n, f in fields.items() if n not in data and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ValidationError(f"{where}: missing key{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}")
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        tp = hints[key]
+        if not matches(value, tp):
+            raise ValidationError(f"{where}.{key} must be {type_name(tp)}, got {value!r}")
+        kwargs[key] = _nested(value, tp, f"{where}.{key}")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError, FailmodeError) as e:
+        raise ValidationError(f"{where}: {e}") from None
+
+
+def _nested(value: Any, tp: Any, where: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if dataclasses.is_dataclass(tp) and isinstance(value, Mapping):
+        return from_mapping(tp, value, where)
+    if origin in (list, tuple) and args and dataclasses.is_dataclass(args[0]):
+        items = [from_mapping(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is tuple:
+        return tuple(value)
+    return value
+
+
+def to_json(obj: Any) -> Any:
+    """A dataclass (nested ones, lists and tuples included) as plain JSON values."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_json(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_json(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_json(v) for k, v in obj.items()}
+    return obj
