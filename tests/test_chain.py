@@ -102,7 +102,7 @@ def check_common(manifest: Manifest, records: list[dict], data: Path, models: di
 
 
 @pytest.mark.slow
-def test_cifar10_chain_with_a_trained_head(models, tmp_path, monkeypatch):
+def test_cifar10_chain_with_a_trained_head(models, tmp_path, monkeypatch, capsys):
     data, out, manifest, records = run_chain(tmp_path, "cifar10-bg-debug", "cifar10", CIFAR10_CLASSES, models,
                                              eval_split="test", head="train")
     check_common(manifest, records, data, models, n_classes=10, n_used=10)
@@ -118,6 +118,15 @@ def test_cifar10_chain_with_a_trained_head(models, tmp_path, monkeypatch):
     by_file = read_jsonl(again / "results.jsonl")
     assert [r[m] for m in ("test", "seed", "heldout") for r in by_file[:1]] == [
         records[0][m] for m in ("test", "seed", "heldout")]
+    # a recipe that leaves no test image is one line before any model loads (it used to crash in per-class gains)
+    small = ["evaluate", "--model", ARCH, "--weights", str(models["weights"]), "--head", "train", "--dataset", str(data),
+             "--eval-split", "test", "--train-per-class", "2", "--debug-per-class", "3", "--debug-data", str(out),
+             "--out", str(tmp_path / "eval-small")]
+    capsys.readouterr()
+    assert main(small) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "leaves no test image" in err
+    assert not (tmp_path / "eval-small" / "results.jsonl").exists()
     tables = (tmp_path / "eval" / "tables.md").read_text()
     assert f"{ARCH} (weights classifier.safetensors; head trained on the train subset)" in tables
 
