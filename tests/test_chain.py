@@ -75,7 +75,8 @@ def run_chain(tmp_path: Path, shipped: str, schema: str, names: list[str], model
 
 def check_common(manifest: Manifest, records: list[dict], data: Path, models: dict[str, Path], *, n_classes: int,
                  n_used: int, baseline: bool = True) -> None:
-    kinds = {"model": [SLUG], "collective": ["collective-tiny"], "baseline": ["baseline"] if baseline else []}
+    kinds = {"model": [SLUG], "collective": ["collective-tiny"], "baseline": ["baseline"] if baseline else [],
+             "random-context": ["random-context"]}
     assert {k: sorted(c for c, s in manifest.configs.items() if s.kind == k) for k in kinds} == kinds
     assert len(manifest.class_names) == n_classes
     # the manifest records what was used: the dataset as given, its recipe, the CLIP checkpoint, the precision
@@ -89,6 +90,7 @@ def check_common(manifest: Manifest, records: list[dict], data: Path, models: di
     assert mined["model"] == ARCH and mined["weights"] == str(models["weights"])
     # evaluate: original, retrain, then the model's config and the baseline, one line each, on the same splits
     expected = [("original", None), ("retrain", None), ("debug", SLUG)] + ([("debug", "baseline")] if baseline else [])
+    expected.append(("debug", "random-context"))
     assert [(r["setting"], r["config"]) for r in records] == expected
     for r in records:
         assert r["n_train"] == 2 * n_used and r["n_test"] == 1 * n_used
@@ -99,6 +101,8 @@ def check_common(manifest: Manifest, records: list[dict], data: Path, models: di
     assert debug[SLUG]["n_debug"] == manifest.configs[SLUG].num_samples["train"]
     if baseline:
         assert debug["baseline"]["n_debug"] == n_classes  # one class-only image per class
+    # random-context: per class as many images as the (one) model config has, over the class's vocabulary
+    assert debug["random-context"]["n_debug"] == debug[SLUG]["n_debug"]
 
 
 @pytest.mark.slow
@@ -114,7 +118,7 @@ def test_cifar10_chain_with_a_trained_head(models, tmp_path, monkeypatch, capsys
     assert main(["evaluate", "--model", ARCH, "--weights", str(models["weights"]), "--dataset", str(data),
                  "--eval-split", "test", "--train-per-class", "2", "--debug-per-class", "2", "--debug-data", str(out),
                  "--out", str(again), "--epochs", "20", "--device", "cpu", "--head", str(head_file),
-                 "--baseline-config", "none", "--cache-dir", str(tmp_path / "c")]) == 0
+                 "--baseline-config", "none", "--random-config", "none", "--cache-dir", str(tmp_path / "c")]) == 0
     by_file = read_jsonl(again / "results.jsonl")
     assert [r[m] for m in ("test", "seed", "heldout") for r in by_file[:1]] == [
         records[0][m] for m in ("test", "seed", "heldout")]

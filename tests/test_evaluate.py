@@ -45,7 +45,7 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("world")
     datasets.DatasetDict({"train": _ds(16, 1), "validation": _ds(32, 2)}).save_to_disk(str(root / "dataset"))
     debug = root / "debug"
-    for k, config in enumerate(["test_convnext", "test_resnet", "baseline", "collective-fam"]):
+    for k, config in enumerate(["test_convnext", "test_resnet", "baseline", "collective-fam", "random-context"]):
         _write_config(debug, config, 16, 10 + k)
     (debug / "failmode.json").write_text(json.dumps({"name": "tiny-debug", "version": "1.2.3"}))
     _write_config(root / "cifar-debug", "test_convnext", 8, 20, names=["airplane", "automobile", "bird", "c001"])
@@ -88,7 +88,7 @@ def test_evaluate_end_to_end_and_skip_existing(world, tmp_path, monkeypatch):
     by = {(r["setting"], r["config"], r["params"].get("lam"), r["params"].get("k")): r for r in recs}
     assert set(by) == {("original", None, None, None), ("retrain", None, None, None),
                        ("debug", "test_convnext", 0.5, None), ("debug", "baseline", 0.5, None),
-                       ("lambda-sweep", "test_convnext", 0.0, None), ("lambda-sweep", "test_convnext", 1.0, None),
+                       ("debug", "random-context", 0.5, None), ("lambda-sweep", "test_convnext", 0.0, None), ("lambda-sweep", "test_convnext", 1.0, None),
                        ("k-sweep", "test_convnext", 0.5, 1), ("k-sweep", "test_convnext", 0.5, 2)}
     orig = by[("original", None, None, None)]
     # failures are recomputed from the model's own predictions: its own head gets every one of them wrong
@@ -150,7 +150,7 @@ def test_class_name_mismatch_is_one_line(world, tmp_path, capsys, monkeypatch):
     args = _args(world, tmp_path, "--epochs", "1")
     args[args.index("--debug-data") + 1] = str(world / "cifar-debug")
     monkeypatch.setattr("failmode.models.classifier.create_classifier", _no_model)
-    assert main([*args, "--baseline-config", "none"]) == 1
+    assert main([*args, "--baseline-config", "none", "--random-config", "none"]) == 1
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("failmode evaluate:")]
     assert len(err) == 1
     err = err[0]

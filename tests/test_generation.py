@@ -292,3 +292,28 @@ def test_missing_or_corrupt_model_directory_fails_with_one_line(tiny_pipeline_di
     empty.mkdir()
     with pytest.raises(LoadError, match="no model_index.json"):
         DiffusersGenerator(str(empty), options=RenderOptions(device="cpu", precision="fp32"))
+
+
+def test_random_context_config_spreads_the_model_configs_count_over_the_vocabulary():
+    from failmode.generation.plan import ClassModes, ModeSet, random_context_modes
+    from failmode.vocab import load_vocabulary
+    from failmode.vocab.classnames import label_names
+
+    vocab = load_vocabulary("cifar10", "background")
+    names = label_names("cifar10")
+    a = ModeSet("a", "model", "a", "background", (ClassModes(3, "cat", "cat", ("x", "y", "z")),
+                                                  ClassModes(5, "dog", "dog", ("x",))))
+    b = ModeSet("b", "model", "b", "background", (ClassModes(3, "cat", "cat", ("x",)),))
+    coll = ModeSet("c", "collective", "collective:f", "background", (ClassModes(9, "truck", "truck", ("x",)),))
+    ms = random_context_modes([a, b, coll], vocab, names, base_seed=0, k=3, images_per_mode=5)
+    by = {cm.label: cm for cm in ms.classes}
+    assert set(by) == {3, 5}  # the collective config does not count; truck has no model images
+    assert sum(by[3].counts) == round((15 + 5) / 2) and sum(by[5].counts) == round(5 / 2)
+    n_ctx = len(vocab.contexts(3))
+    assert by[3].contexts == tuple(vocab.contexts(3)) and max(by[3].counts) - min(by[3].counts) <= 1 < n_ctx
+    assert set(by[5].contexts) <= set(vocab.contexts(5)) and set(by[5].counts) == {1}  # 2 images, 2 contexts
+    assert random_context_modes([a, b], vocab, names, base_seed=0, k=3, images_per_mode=5) == ms  # seeded
+    assert random_context_modes([a, b], vocab, names, base_seed=1, k=3, images_per_mode=5).classes[1] != by[5]
+    rows = build_plan([ms], GenerationSettings(k=3, images_per_mode=5), generator_id="g")
+    assert [r.context for r in rows if r.label == 5] == list(by[5].contexts)
+    assert all(r.class_name == names[r.label] for r in rows) and len(rows) == sum(by[3].counts) + 2

@@ -48,6 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--config", help="debug config of the model (default: the model name as a config slug)")
     g.add_argument("--baseline-config", default="baseline",
                    help="class-only baseline config to compare against ('none' to skip; default baseline)")
+    g.add_argument("--random-config", default="random-context",
+                   help="random-context control config to compare against ('none' to skip; default random-context)")
     g.add_argument("--revision", help="debug dataset revision on the Hub (e.g. v1.0.0); recorded in the results")
     g.add_argument("--debug-split", default="train", help="split of the debug dataset (default train)")
     g.add_argument("--failures", metavar="PARQUET", help="failures.parquet from 'failmode mine' (one model only); "
@@ -102,10 +104,11 @@ def run(args: argparse.Namespace) -> int:
     if args.config and len(args.model) > 1:
         raise UsageError("--config names one model's config; with several --model each uses its own")
     baseline = None if args.baseline_config == "none" else args.baseline_config
+    random_config = None if args.random_config == "none" else args.random_config
     specs = [recorded_splits(EvalSpec(
         model=m, debug_data=args.debug_data, dataset=args.dataset, weights=args.weights, head=args.head,
-        config=args.config, baseline_config=baseline, revision=args.revision, debug_split=args.debug_split,
-        failures=args.failures, train_split=args.train_split, eval_split=args.eval_split,
+        config=args.config, baseline_config=baseline, random_config=random_config, revision=args.revision,
+        debug_split=args.debug_split, failures=args.failures, train_split=args.train_split, eval_split=args.eval_split,
         train_per_class=args.train_per_class, debug_per_class=args.debug_per_class, split_seed=args.split_seed,
         image_size=args.image_size, batch_size=args.batch_size, device=args.device, precision=args.precision,
         cache_dir=args.cache_dir, num_workers=args.num_workers, decode=args.decode)) for m in args.model]

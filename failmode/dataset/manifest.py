@@ -16,7 +16,7 @@ from failmode.io import read_json, write_json
 
 REPO_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # a Hub repository id, ORG/NAME
 SEMVER_RE = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?$")
-CONFIG_KINDS = ("model", "collective", "baseline", "table")
+CONFIG_KINDS = ("model", "collective", "baseline", "random-context", "table")
 MANIFEST_FORMAT = 1
 
 
@@ -24,7 +24,7 @@ MANIFEST_FORMAT = 1
 class ConfigSpec:
     """One config of the dataset: a debug set (per model, collective per family, class-only baseline) or a table."""
 
-    kind: str  # "model" | "collective" | "baseline" | "table"
+    kind: str  # "model" | "collective" | "baseline" | "random-context" | "table"
     splits: dict[str, int]  # split -> number of shards
     source_model: str = ""  # classifier id, "collective:<family>" or "baseline"
     description: str = ""

@@ -27,6 +27,7 @@ from failmode.generation.plan import (
     merge_modes,
     modes_from_json,
     plan_path,
+    random_context_modes,
     read_plan,
 )
 from failmode.generation.presets import ModelSection, Preset, QualitySection
@@ -150,7 +151,7 @@ def _wait_for(st: ModelStages, wait_s: float) -> None:
 
 
 def mode_sets(preset: Preset, stages: list[ModelStages], vocab: Any, class_names: list[str]) -> list[ModeSet]:
-    """Per-model configs, one collective config per family, and the class-only baseline."""
+    """Per-model configs, one collective config per family, the class-only and the random-context baselines."""
     docs = {st.model.id: read_json(st.modes) for st in stages}
     k = preset.generation.k
     sets = [modes_from_json(docs[st.model.id], config=config_slug(st.model.id), k=k, source_model=st.model.id,
@@ -159,6 +160,10 @@ def mode_sets(preset: Preset, stages: list[ModelStages], vocab: Any, class_names
         sets.append(merge_modes([docs[m] for m in members], config=config_slug(f"collective-{fam}"), family=fam, k=k))
     if preset.baseline.enabled:
         sets.append(baseline_modes(class_names, [c.prompt_name for c in vocab.classes]))
+    if preset.baseline.random_context:
+        g = preset.generation
+        sets.append(random_context_modes(sets, vocab, class_names, base_seed=g.base_seed, k=k,
+                                         images_per_mode=g.images_per_mode))
     return sets
 
 

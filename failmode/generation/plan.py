@@ -9,12 +9,15 @@ replica), so adding a class or a config never changes the seeds of the others. A
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from failmode.backends import GenerationRequest
 from failmode.dataset import layout
@@ -26,6 +29,9 @@ SEED_MASK = (1 << 63) - 1
 SEED_RULE = ("seed = first 8 bytes (big-endian) of sha256('{base_seed}|{config}|{label}|{context_kind}|{context}|"
              "{replica}') & (2**63-1); reserve attempt a>0 uses sha256('{seed}|reserve|{a}') the same way")
 BASELINE_KIND = "class-only"
+#: the random-context baseline's config name, kind and source (its seed stream tag: RANDOM_CONTEXT_STREAM)
+RANDOM_CONTEXT = "random-context"
+RANDOM_CONTEXT_STREAM = 11
 DEFAULT_TEMPLATES = {
     "background": "a photo of a {class_name} {context}",
     "color": "a photo of a {class_name} {context}",
@@ -88,12 +94,17 @@ class ModeSet:
 
 @dataclass(frozen=True)
 class ClassModes:
-    """One class and its contexts in rank order (empty for the class-only baseline)."""
+    """One class and its contexts in rank order (empty for the class-only baseline).
+
+    `counts`, when given, is the number of images of each context (the random-context baseline); otherwise every
+    one of the first k contexts gets `images_per_mode` images.
+    """
 
     label: int
     class_name: str
     prompt_name: str
     contexts: tuple[str, ...] = ()
+    counts: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -196,6 +207,33 @@ def baseline_modes(class_names: Sequence[str], prompt_names: Sequence[str] | Non
     return ModeSet(config, "baseline", "baseline", BASELINE_KIND, classes)
 
 
+def random_context_modes(mode_sets: Sequence[ModeSet], vocabulary: Any, class_names: Sequence[str], *,
+                         base_seed: int, k: int, images_per_mode: int, config: str = RANDOM_CONTEXT) -> ModeSet:
+    """The random-context baseline: per class, as many images as the model configs have on average (rounded),
+    spread over all of the class's vocabulary contexts in equal shares; the contexts that get one image more are
+    a seeded choice (`base_seed`, label). Classes without images in any model config are left out; `class_names`
+    are the dataset's (the written `class_name` column)."""
+    models = [ms for ms in mode_sets if ms.kind == "model"]
+    totals: dict[int, int] = {}
+    for ms in models:
+        for cm in ms.classes:
+            totals[cm.label] = totals.get(cm.label, 0) + len(cm.contexts[:k]) * images_per_mode
+    classes = []
+    for label in sorted(totals):
+        n = round(totals[label] / len(models))
+        entry, contexts = vocabulary.get(label), tuple(vocabulary.contexts(label))
+        if n < 1:
+            continue
+        share, extra = divmod(n, len(contexts))
+        lucky = set(np.random.default_rng([base_seed, RANDOM_CONTEXT_STREAM, label]).permutation(len(contexts))[:extra])
+        counts = tuple(share + (j in lucky) for j in range(len(contexts)))
+        kept = [(c, m) for c, m in zip(contexts, counts, strict=True) if m > 0]
+        classes.append(ClassModes(label, class_names[label], entry.prompt_name, tuple(c for c, _ in kept),
+                                  tuple(m for _, m in kept)))
+    kind = models[0].context_kind if models else "background"
+    return ModeSet(config, RANDOM_CONTEXT, RANDOM_CONTEXT, kind, tuple(classes))
+
+
 def build_plan(mode_sets: Iterable[ModeSet], settings: GenerationSettings, *, generator_id: str,
                baseline_images_per_class: int | None = None) -> list[PlanRow]:
     """Rows of every config in order (config, label, context rank, replica), cut into shards of `shard_size`."""
@@ -234,7 +272,8 @@ def _config_items(ms: ModeSet, settings: GenerationSettings,
         # The baseline's "context" column names the kind: the writer needs a non-empty string.
         return [(cm, "none", r) for cm in sorted(ms.classes, key=lambda c: c.label) for r in range(n)]
     return [(cm, ctx, r) for cm in sorted(ms.classes, key=lambda c: c.label)
-            for ctx in cm.contexts[:settings.k] for r in range(settings.images_per_mode)]
+            for ctx, n in zip(cm.contexts[:len(cm.counts) or settings.k], cm.counts or itertools.repeat(settings.images_per_mode))
+            for r in range(n)]
 
 
 def write_plan(rows: Sequence[PlanRow], path: str | os.PathLike[str]) -> str:

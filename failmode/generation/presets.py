@@ -70,10 +70,11 @@ class AttributionSection:
 
 @dataclass(frozen=True)
 class BaselineSection:
-    """The class-only baseline config ("a photo of a {class}")."""
+    """The controls: the class-only config ("a photo of a {class}") and the random-context config."""
 
-    enabled: bool = True
-    images_per_class: int | None = None  # default: the mean images per class of the model configs
+    enabled: bool = True  # the class-only config "baseline"
+    images_per_class: int | None = None  # class-only images per class (default: k x images_per_mode)
+    random_context: bool = True  # the "random-context" config: per class as many images as the model configs
 
 
 @dataclass(frozen=True)

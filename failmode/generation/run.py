@@ -90,8 +90,9 @@ def make_manifest(rows: Sequence[PlanRow], root: str | os.PathLike[str], info: D
     kinds = kinds or {}
     configs: dict[str, ConfigSpec] = {}
     for r in rows:
-        spec = configs.setdefault(r.config, ConfigSpec(kind=kinds.get(r.config, _kind_of(r.source_model)),
-                                                       splits={}, source_model=r.source_model))
+        kind = kinds.get(r.config, _kind_of(r.source_model))
+        spec = configs.setdefault(r.config, ConfigSpec(kind=kind, splits={}, source_model=r.source_model,
+                                                       description=describe_config(kind, r.source_model)))
         spec.splits[r.split] = r.num_shards
     generation = {**settings.to_dict(), **render, "quality": quality_summary(rows, root),
                   "plan": plan_path("").as_posix()}
@@ -107,9 +108,21 @@ def make_manifest(rows: Sequence[PlanRow], root: str | os.PathLike[str], info: D
     )
 
 
+def describe_config(kind: str, source_model: str) -> str:
+    """What a config of this kind is, in one sentence (the card's and manifest's config description)."""
+    return {
+        "model": f"The failure modes of {source_model}: its top contexts per class, a few images each.",
+        "collective": f"The failure modes of the {source_model.removeprefix('collective:')} family, counts pooled "
+                      "over its models.",
+        "baseline": "Class-only prompts with no context (the control).",
+        "random-context": "As many images per class as the model configs, spread over all of the class's "
+                          "vocabulary contexts in equal shares (the control for context diversity).",
+    }.get(kind, "")
+
+
 def _kind_of(source_model: str) -> str:
-    if source_model == "baseline":
-        return "baseline"
+    if source_model in ("baseline", "random-context"):
+        return source_model
     return "collective" if source_model.startswith("collective:") else "model"
 
 
