@@ -124,3 +124,13 @@ def top_k_mask(labels: np.ndarray, contexts: list[str], k: int) -> np.ndarray:
         chosen = set(list(dict.fromkeys(contexts[i] for i in rows))[:k])
         keep[rows] = [contexts[i] in chosen for i in rows]
     return keep
+
+
+def first_n_mask(labels: np.ndarray, contexts: list[str], n: int) -> np.ndarray:
+    """Rows among the first `n` images of their (class, context): the images-per-mode sweep (plan order kept)."""
+    seen: dict[tuple[int, str], int] = {}
+    keep = np.zeros(len(labels), dtype=bool)
+    for i, (y, ctx) in enumerate(zip(labels, contexts, strict=True)):
+        j = seen.get((int(y), ctx), 0)
+        keep[i], seen[(int(y), ctx)] = j < n, j + 1
+    return keep

@@ -25,7 +25,7 @@ from failmode.data.sources import KNOWN_DATASETS, ImageSource, open_source
 from failmode.data.splits import Splits, make_splits, resolve_recipe
 from failmode.dataset.layout import config_slug
 from failmode.errors import UsageError, ValidationError
-from failmode.evaluate.data import MANIFEST, DebugSet, open_debug_set, top_k_mask
+from failmode.evaluate.data import MANIFEST, DebugSet, first_n_mask, open_debug_set, top_k_mask
 from failmode.evaluate.results import METRICS, ResultsLog, clean_metric, result_key
 from failmode.head import LinearHead, accuracy, train_dataset_head, train_head
 from failmode.io import write_json
@@ -74,12 +74,15 @@ class EvalSpec:
     debug_per_class: float | None = None
     split_seed: int = 0
     image_size: int | None = None
-    batch_size: int = 256
+    crop_pct: float | None = None  # override the model's centre-crop fraction (1.0: no border crop)
+    batch_size: int | None = None  # None: failmode.features.default_batch_size
     device: str | None = None
     precision: str = "auto"
-    cache_dir: str | None = None
+    cache_dir: str | None = None  # cache root (features under cache_dir/features), as mine and build take it
     num_workers: int | None = None  # None: failmode.images.default_workers
     decode: str = "auto"  # image decoder of the feature extractor (failmode.images; auto: hybrid on CUDA, else cpu)
+    group_column: str | None = None  # a column of the evaluation split naming each image's group (e.g. context)
+    common_column: str | None = None  # a boolean column: the image's group is its class's common one
 
     @property
     def model_config(self) -> str:
@@ -93,7 +96,8 @@ class EvalSpec:
 
         return {"split_seed": self.split_seed, **self.recipe(), "failures": self.failures or "computed",
                 "head": head_ident(self.head),
-                "image_size": self.image_size, "debug_split": self.debug_split,
+                "image_size": self.image_size, "crop_pct": self.crop_pct, "debug_split": self.debug_split,
+                "group_column": self.group_column, "common_column": self.common_column,
                 "decode": resolve_decode(self.decode, pick_device(self.device))}
 
     def recipe(self) -> dict[str, float]:
@@ -159,6 +163,8 @@ class ModelFeatures:
     heldout: Labeled
     debug: dict[str, DebugFeatures] = field(default_factory=dict)
     debug_sets: dict[str, DebugSet] = field(default_factory=dict)
+    test_groups: np.ndarray | None = None  # group of each test image (spec.group_column)
+    test_common: np.ndarray | None = None  # whether each test image is in its class's common group
     net: Any = None
     features_kw: dict[str, Any] = field(default_factory=dict)
 
@@ -247,10 +253,11 @@ def load_model_features(spec: EvalSpec, configs: Sequence[str] = ()) -> ModelFea
     given = _given_head(spec, len(names))
     net = create_classifier(spec.model, spec.weights)
     check_classes(net, spec.model, spec.head, len(names), spec.dataset)
-    kw = {"model_key": model_key(spec.model, spec.weights), "transform": eval_preprocess(net, spec.image_size),
+    kw = {"model_key": model_key(spec.model, spec.weights),
+          "transform": eval_preprocess(net, spec.image_size, spec.crop_pct),
           "batch_size": spec.batch_size, "device": spec.device, "precision": spec.precision,
           "num_workers": spec.num_workers, "decode": spec.decode,
-          "cache_dir": Path(spec.cache_dir) if spec.cache_dir else default_cache_dir() / "features"}
+          "cache_dir": Path(spec.cache_dir or default_cache_dir()) / "features"}
     native = spec.head is None
     feats = {name: extract_features(net, src, idx, desc=f"{name} features", with_logits=native, **kw)
              for name, src, idx in (("train", train_src, splits.train), ("debug", eval_src, splits.debug),
@@ -270,10 +277,13 @@ def load_model_features(spec: EvalSpec, configs: Sequence[str] = ()) -> ModelFea
     half = {h: Labeled(debug.features[[pos[int(i)] for i in idx]], eval_src.labels[idx]) for h, idx in halves.items()}
     log.info("%s: %d train, %d test, %d seed and %d heldout failures", spec.model, len(splits.train),
              len(splits.test), len(half["seed"].y), len(half["heldout"].y))
+    groups = _column(eval_src, spec.group_column, splits.test)
+    common = _column(eval_src, spec.common_column, splits.test)
     return ModelFeatures(spec, names, head,
                          Labeled(feats["train"].features, feats["train"].labels),
                          Labeled(feats["test"].features, feats["test"].labels), half["seed"], half["heldout"],
-                         debug_sets=debug_sets, net=net, features_kw=kw)
+                         debug_sets=debug_sets, net=net, features_kw=kw, test_groups=groups,
+                         test_common=None if common is None else common.astype(bool))
 
 
 def _debug_features(mf: ModelFeatures, config: str) -> DebugFeatures:
@@ -289,9 +299,27 @@ def _debug_features(mf: ModelFeatures, config: str) -> DebugFeatures:
     return DebugFeatures(config, Labeled(f.features, ds.labels), ds.contexts, ds.revision)
 
 
-def evaluate_head(head: LinearHead, mf: ModelFeatures) -> dict[str, float | None]:
-    """Accuracy of `head` on test, seed failures and heldout failures (None for an empty set)."""
-    return {m: clean_metric(accuracy(head, s.x, s.y)) for m, s in mf.evals().items()}
+def _column(source: ImageSource, name: str | None, indices: np.ndarray) -> np.ndarray | None:
+    """Values of a metadata column at `indices` (None when no column is asked for)."""
+    if name is None:
+        return None
+    values = source.column(name)
+    return np.asarray([values[int(i)] for i in indices])
+
+
+def evaluate_head(head: LinearHead, mf: ModelFeatures) -> dict[str, Any]:
+    """Accuracy of `head` on test, seed failures and heldout failures (None for an empty set); with a group column,
+    per-group and worst-group test accuracy, and with a common column, test accuracy on common / uncommon groups."""
+    out: dict[str, Any] = {m: clean_metric(accuracy(head, s.x, s.y)) for m, s in mf.evals().items()}
+    if mf.test_groups is not None:
+        right = head.predict(mf.test.x) == mf.test.y
+        groups = {str(g): float(right[mf.test_groups == g].mean()) for g in sorted(set(mf.test_groups.tolist()))}
+        out |= {"test_groups": groups, "worst_group": min(groups.values()) if groups else None,
+                "worst_group_name": min(groups, key=groups.get) if groups else None}
+    if mf.test_common is not None:
+        out |= {f"test_{name}": clean_metric(accuracy(head, mf.test.x[m], mf.test.y[m]))
+                for name, m in (("common", mf.test_common), ("uncommon", ~mf.test_common))}
+    return out
 
 
 def fit_head(mf: ModelFeatures, params: HeadParams, debug: Labeled | None = None) -> LinearHead:
@@ -334,10 +362,15 @@ def run_one(mf: ModelFeatures, run: dict[str, Any], params: HeadParams) -> tuple
     debug = mf.debug_set(run["config"]) if run["config"] else None
     k = run["params"].get("k")
     data = debug.data if debug else None
-    if debug is not None and k is not None:
+    n_per_mode = run["params"].get("images_per_mode")
+    if debug is not None and (k is not None or n_per_mode is not None):
         if debug.contexts is None:
-            raise UsageError(f"config {debug.config} has no context column: a k sweep needs the parquet folder")
-        data = data.subset(top_k_mask(data.y, debug.contexts, k))
+            raise UsageError(f"config {debug.config} has no context column: k and images-per-mode sweeps need the "
+                             "parquet folder")
+        if k is not None:
+            data = data.subset(top_k_mask(data.y, debug.contexts, k))
+        if n_per_mode is not None:
+            data = data.subset(first_n_mask(data.y, debug.contexts, n_per_mode))
     lam = run["params"].get("lam")
     head = mf.original if run["setting"] == "original" else fit_head(
         mf, dataclasses.replace(params, lam=lam if lam is not None else params.lam), data)

@@ -79,17 +79,21 @@ def model_label(record: dict[str, Any]) -> str:
 def markdown_table(records: Sequence[dict[str, Any]]) -> str:
     """Accuracy table in the style of the paper's Tables 2-3: per model, one row per config x setting.
 
-    Columns are test / seed / heldout accuracy (%); in brackets the change from the model's original head. Rows of
-    the same model with other weights or another head are separate groups (`model_label`).
+    Columns are test / seed / heldout accuracy (%) and, where a group column was evaluated, worst-group test
+    accuracy; in brackets the change from the model's original head. Rows of the same model with other weights or
+    another head are separate groups (`model_label`).
     """
-    lines = ["| model | config | setting | λ | test | seed | heldout |", "|---|---|---|---|---|---|---|"]
+    metrics = METRICS + (("worst_group",) if any("worst_group" in r for r in records) else ())
+    names = {"worst_group": "worst group"}
+    lines = ["| model | config | setting | λ | " + " | ".join(names.get(m, m) for m in metrics) + " |",
+             "|---|---|---|---|" + "---|" * len(metrics)]
     by_model: dict[str, list[dict[str, Any]]] = {}
     for r in records:
         by_model.setdefault(model_label(r), []).append(r)
     for model, recs in by_model.items():
         base = next((r for r in recs if r["setting"] == "original"), None)
         for r in recs:
-            cells = [_pct(r.get(m)) + ("" if r is base else _delta(r.get(m), base and base.get(m))) for m in METRICS]
+            cells = [_pct(r.get(m)) + ("" if r is base else _delta(r.get(m), base and base.get(m))) for m in metrics]
             lam = r["params"].get("lam")
             lines.append(f"| {model} | {r['config'] or '–'} | {r['setting']} | {'' if lam is None else lam} | "
                          + " | ".join(cells) + " |")

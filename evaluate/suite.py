@@ -1,7 +1,7 @@
 """One call for everything `failmode evaluate` does: standard settings, sweeps and collective debugging per model.
 
 Outputs under `out_dir`: results.jsonl (append-only, one line per model x config x setting), tables.md,
-per_class/*.json, sweeps/<model>__{lambda,k}.{json,png}, collective.{json,png}. With `skip_existing`, runs whose
+per_class/*.json, sweeps/<model>__{lambda,k,images_per_mode}.{json,png}, collective.{json,png}. With `skip_existing`, runs whose
 key is already in results.jsonl are skipped before any model or feature is loaded; when nothing new was run, the
 tables and plots are left as they are (delete tables.md to redraw them from the log).
 """
@@ -16,12 +16,22 @@ from typing import Any
 from failmode.errors import UsageError
 from failmode.evaluate.pipeline import EvalSpec, HeadParams, base_record, execute, standard_runs
 from failmode.evaluate.results import ResultsLog, write_table
-from failmode.evaluate.sweeps import collective_runs, k_runs, lambda_runs, plot_collective, relative_accuracy, select, write_sweep
+from failmode.evaluate.sweeps import (
+    collective_runs,
+    images_per_mode_runs,
+    k_runs,
+    lambda_runs,
+    plot_collective,
+    relative_accuracy,
+    select,
+    write_sweep,
+)
 from failmode.io import write_json
 
 
 def run_suite(specs: Sequence[EvalSpec], params: HeadParams, out_dir: str | os.PathLike[str], *,
-              lambdas: Sequence[float] = (), ks: Sequence[int] = (), collective: str | None = None,
+              lambdas: Sequence[float] = (), ks: Sequence[int] = (), images_per_mode: Sequence[int] = (),
+              collective: str | None = None,
               type2_model: str | None = None, skip_existing: bool = False) -> list[dict[str, Any]]:
     """Evaluate every spec (standard settings + requested sweeps), then collective debugging if `collective` is set.
 
@@ -35,22 +45,27 @@ def run_suite(specs: Sequence[EvalSpec], params: HeadParams, out_dir: str | os.P
     coll = collective_runs(specs, params, collective, type2_model) if collective else []
     written: list[dict[str, Any]] = []
     for spec in specs:
-        runs = standard_runs(spec, params) + lambda_runs(spec, params, lambdas) + k_runs(spec, params, ks)
+        runs = (standard_runs(spec, params) + lambda_runs(spec, params, lambdas) + k_runs(spec, params, ks)
+                + images_per_mode_runs(spec, params, images_per_mode))
         runs += [run for s, run in coll if s is spec]
         written += execute(runs, spec, params, results, skip_existing, out_dir=out)
     if written or not (out / "tables.md").exists():
-        _write_reports(out, results.read(), specs, params, lambdas, ks, [run for _, run in coll])
+        _write_reports(out, results.read(), specs, params, lambdas, ks, images_per_mode, [run for _, run in coll])
     return written
 
 
 def _write_reports(out: Path, records: list[dict[str, Any]], specs: Sequence[EvalSpec], params: HeadParams,
-                   lambdas: Sequence[float], ks: Sequence[int], coll: list[dict[str, Any]]) -> None:
+                   lambdas: Sequence[float], ks: Sequence[int], images_per_mode: Sequence[int],
+                   coll: list[dict[str, Any]]) -> None:
     for spec in specs:
         original = next(iter(select(records, [base_record(spec, "original", None, {})])), None)
         if lambdas:
             write_sweep(out, spec, "lambda", select(records, lambda_runs(spec, params, lambdas)), original)
         if ks:
             write_sweep(out, spec, "k", select(records, k_runs(spec, params, ks)), original)
+        if images_per_mode:
+            write_sweep(out, spec, "images_per_mode",
+                        select(records, images_per_mode_runs(spec, params, images_per_mode)), original)
     if coll:
         rows = relative_accuracy(select(records, coll))
         write_json(out / "collective.json", rows)

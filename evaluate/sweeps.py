@@ -1,7 +1,9 @@
-"""Lambda and k sweeps of the debug head (the paper's Figure 5) and collective debugging (Figure 6), with plots.
+"""Lambda, k and images-per-mode sweeps of the debug head (the paper's Figure 5) and collective debugging (Figure 6),
+with plots.
 
 lambda sweep: the model's config at each lambda (heldout accuracy rises and test accuracy falls as lambda grows).
 k sweep: only each class's top-k failure modes (contexts) of the config, at the chosen lambda.
+images-per-mode sweep: only the first n images of each failure mode of the config, at the chosen lambda.
 collective: a family of models, each debugged (individual) with its own config, (type 1) with the family's pooled
 config, and (type 2) with one model's config; relative accuracy = accuracy / individual accuracy.
 """
@@ -20,7 +22,7 @@ from failmode.evaluate.results import METRICS, result_key
 from failmode.io import write_json
 from failmode.plots import save_figure, subplots
 
-SWEEPS = {"lambda": "lam", "k": "k"}
+SWEEPS = {"lambda": "lam", "k": "k", "images_per_mode": "images_per_mode"}
 COLLECTIVE_SETTINGS = ("collective-individual", "collective-type1", "collective-type2")
 
 
@@ -34,6 +36,12 @@ def k_runs(spec: EvalSpec, params: HeadParams, ks: Sequence[int]) -> list[dict[s
     """Planned runs of a k sweep (top-k failure modes per class) on the model's config."""
     return [base_record(spec, "k-sweep", spec.model_config, {**head_params_json(params, True), "k": int(k)})
             for k in ks]
+
+
+def images_per_mode_runs(spec: EvalSpec, params: HeadParams, counts: Sequence[int]) -> list[dict[str, Any]]:
+    """Planned runs of an images-per-mode sweep: the first n images of each (class, context) of the model's config."""
+    return [base_record(spec, "images-per-mode-sweep", spec.model_config,
+                        {**head_params_json(params, True), "images_per_mode": int(n)}) for n in counts]
 
 
 def collective_runs(specs: Sequence[EvalSpec], params: HeadParams, collective_config: str,
@@ -69,7 +77,8 @@ def plot_sweep(points: Sequence[dict[str, Any]], kind: str, path: str | os.PathL
             ax.axhline(100 * baseline[m], color=colour, linestyle="--", linewidth=0.8)
     if kind == "lambda" and all(p[x] >= 0 for p in points):
         ax.set_xscale("symlog", linthresh=0.1)
-    ax.set(xlabel="λ" if kind == "lambda" else "k (failure modes per class)", ylabel="accuracy (%)", title=title)
+    xlabel = {"lambda": "λ", "k": "k (failure modes per class)", "images_per_mode": "images per failure mode"}[kind]
+    ax.set(xlabel=xlabel, ylabel="accuracy (%)", title=title)
     ax.legend()
     fig.tight_layout()
     save_figure(fig, path)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from failmode.errors import UsageError
 from failmode.registry import Registry
 
 if TYPE_CHECKING:
@@ -87,3 +88,24 @@ ATTRIBUTORS.register_lazy("clip", "failmode.mining.attribution:ClipAttributor")
 ATTRIBUTORS.register_lazy("exemplar", "failmode.world.backends:ExemplarAttributor")
 GENERATORS.register_lazy("diffusers", "failmode.generation.render:DiffusersGenerator")
 GENERATORS.register_lazy("composite", "failmode.world.backends:CompositeGenerator")
+
+
+def construct(registry: Registry[Callable[..., Any]], name: str, options: dict[str, Any] | None = None,
+              **context: Any) -> Any:
+    """Build backend `name` of `registry` with `options`, plus each `context` value (device, kind, dataset,
+    cache_dir, ...) its factory takes and `options` does not set; bad options are one line."""
+    import inspect
+
+    factory = registry.get(name)
+    opts = dict(options or {})
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        params = {}
+    for key, value in context.items():
+        if key in params and value is not None:
+            opts.setdefault(key, value)
+    try:
+        return factory(**opts)
+    except TypeError as e:
+        raise UsageError(f"{registry.kind} {name!r}: bad options {sorted(opts)} ({e})") from None

@@ -54,6 +54,11 @@ class _Images(torch.utils.data.Dataset):
         return self.transform(self.source.image(int(self.indices[j])))
 
 
+def default_batch_size(device: torch.device) -> int:
+    """256 images per batch on a GPU; 64 on a CPU, where larger batches measured slower (cache-bound)."""
+    return 256 if device.type == "cuda" else 64
+
+
 def feature_key(model_key: str, source: ImageSource, indices: np.ndarray, preprocessing: Any, precision: str) -> str:
     """Cache key of one feature extraction."""
     return stable_hash({"model": model_key, "source": source.ident, "indices": stable_hash(indices.tolist()),
@@ -96,7 +101,7 @@ def extract_features(
     model_key: str,
     transform: Transform | None = None,
     decode: str = "auto",
-    batch_size: int = 128,
+    batch_size: int | None = None,
     device: str | torch.device | None = None,
     precision: str = "auto",
     cache_dir: str | Path | None = None,
@@ -130,13 +135,15 @@ def extract_features(
                     return Features(z["features"], logits, source.labels[idx], idx, cached=True)
 
     dtype = autocast_dtype(dev, precision)
+    batch_size = batch_size or default_batch_size(dev)
     num_workers = default_workers(dev) if num_workers is None else num_workers
-    model = model.to(dev).eval()
-    if dev.type == "cuda":  # cuDNN's fast convolution kernels (and the Preprocess path's inputs) are channels_last
-        model = model.to(memory_format=torch.channels_last)
+    # channels_last: cuDNN's and oneDNN's fast convolution kernels (1.5x for EfficientNet-Lite0 on a CPU); the
+    # Preprocess path's inputs are channels_last on CUDA already
+    model = model.to(dev).eval().to(memory_format=torch.channels_last)
     feats, logits = HostArrays(), HostArrays()  # copies to the host queue behind the GPU work (no per-batch wait)
     with bar(desc, total=len(idx), unit="img") as b:
         for x in _batches(source, idx, transform, decode, dev, dtype, batch_size, num_workers):
+            x = x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
             with autocast(dev, dtype):
                 f, lg = forward_features(model, x, with_logits)
             feats.add(f)

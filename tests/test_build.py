@@ -17,7 +17,7 @@ from failmode.io import read_json
 from failmode.vocab import load_vocabulary, shipped_path
 
 TARGETS = ["cifar10-bg-debug", "cifar10-color-debug", "cifar100-bg-debug", "cifar100-color-debug",
-           "imagenet-bg-debug"]
+           "fashion-scenes-debug", "imagenet-bg-debug"]
 
 
 def test_shipped_presets_describe_the_target_datasets():
@@ -33,6 +33,10 @@ def test_shipped_presets_describe_the_target_datasets():
         preset = load_preset(name)
         assert shipped_path(preset.vocabulary.dataset, preset.vocabulary.kind).exists()
         assert preset.dataset.train_per_class and preset.dataset.debug_per_class
+        assert preset.baseline.enabled and preset.baseline.random_context  # both controls in every build
+        if name.startswith("fashion"):  # the offline demo's world: its stand-ins chosen by name
+            assert (preset.generation.generator, preset.attribution.attributor) == ("composite", "exemplar")
+            continue
         assert resolve_recipe(preset.dataset.id) == {"train_per_class": preset.dataset.train_per_class,
                                                      "debug_per_class": preset.dataset.debug_per_class}
         cifar = name.startswith("cifar")

@@ -1,18 +1,20 @@
-"""`failmode demo`: a reduced run of the whole method on the fashion-scenes world, its outputs, caching and CLI."""
+"""`failmode demo`: a reduced run of the chain (world export -> build -> evaluate) on the fashion-scenes world, its
+outputs, caching, the commands it logs, and the CLI."""
 
 from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
-import numpy as np
 import pytest
 
-from failmode.errors import UsageError, ValidationError
-from failmode.world.demo import DemoConfig, attribution_top1, match_counts, run_demo
+from failmode.errors import UsageError
+from failmode.world.demo import DemoConfig, attribution_top1, run_demo
 
 SMALL = dict(per_class={"train": 40, "debug": 40, "test": 20}, image_size=64, n_exemplars=8, images_per_mode=5,
-             images_per_mode_sweep=[5], lambdas=[0.0, 0.5], head={"epochs": 100, "retrain_epochs": 60}, grid_examples=2)
+             images_per_mode_sweep=[2, 5], lambdas=[0.0, 0.5], epochs=60, grid_examples=2)
+MODEL = "tf_efficientnet_lite0"  # the preset's model: its config is named after it
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +34,34 @@ def test_reduced_demo_fixes_heldout_failures_better_than_class_only(demo):
     assert r["test_acc_after"] > r["test_acc_before"]  # the test split has the uncommon minority too
     assert 0.5 < r["attribution_top1"] <= 1.0 and r["n_attribution_top1"] > 0
     n = {k: v["n_images"] for k, v in r["methods"].items()}
-    assert n["before"] == 0 and n["ours"] == n["class-only"] == n["random-context"] > 0
+    assert n["before"] == 0 and n["ours"] == n["random-context"] > 0 and n["class-only"] == 10 * 3 * 5
+    assert 0 <= r["worst_group_acc_before"] <= r["test_acc_before"] and r["worst_group_acc_after"] is not None
+    assert [p["images_per_mode"] for p in r["images_per_mode_sweep"]] == [2, 5]
+    assert r["images_per_mode_sweep"][0]["n_images"] < r["images_per_mode_sweep"][1]["n_images"] == n["ours"]
+
+
+@pytest.mark.slow
+def test_demo_numbers_are_evaluates_results_lines_and_its_commands_reproduce_them(demo, tmp_path):
+    import shlex
+
+    from failmode.cli import main
+    from failmode.io import read_jsonl
+
+    out, r, _ = demo
+    lines = {rec["key"]: rec for rec in read_jsonl(out / "evaluate" / "results.jsonl")}
+    for name, field in (("ours", "heldout_acc_ours"), ("class-only", "heldout_acc_class_only"),
+                        ("random-context", "heldout_acc_random_context")):
+        assert lines[r["results_keys"][name]]["heldout"] == r[field]
+    assert r["configs"] == {"before": None, "ours": MODEL, "class-only": "baseline", "random-context": "random-context"}
+    build, evaluate = (shlex.split(c) for c in (out / "commands.sh").read_text().splitlines())
+    assert build[:2] == ["failmode", "build"] and evaluate[:2] == ["failmode", "evaluate"]
+    evaluate[evaluate.index("--out") + 1] = str(tmp_path / "again")
+    assert main(evaluate[1:]) == 0
+    again = {(x["setting"], x["config"], x["params"].get("lam"), x["params"].get("images_per_mode")): x
+             for x in read_jsonl(tmp_path / "again" / "results.jsonl")}
+    ours = again[("debug", MODEL, 0.5, None)]
+    assert (ours["heldout"], ours["test"], ours["worst_group"]) == (
+        r["heldout_acc_ours"], r["test_acc_after"], r["worst_group_acc_after"])
 
 
 @pytest.mark.slow
@@ -43,27 +72,36 @@ def test_demo_writes_results_report_plots_mining_and_a_loadable_dataset(demo):
     saved = json.loads((out / "results.json").read_text())
     for key in ("test_acc_before", "test_acc_after", "heldout_acc_before", "heldout_acc_ours",
                 "heldout_acc_class_only", "heldout_acc_random_context", "attribution_top1", "n_failures_seed",
-                "n_failures_heldout", "parameters", "timings_s"):
+                "n_failures_heldout", "worst_group_acc_before", "worst_group_acc_after", "parameters", "timings_s"):
         assert saved[key] == r[key]
     assert saved["parameters"]["demo"]["images_per_mode"] == 5
     assert saved["parameters"]["world_preset"]["image_size"] == 64
+    assert saved["parameters"]["head"]["epochs"] == 60  # evaluate's option, recorded
     assert "stand-in" in saved["stand_ins"]["generator"] and "stand-in" in saved["stand_ins"]["attributor"]
     report = (out / "report.md").read_text()
-    assert "stand-in for Stable Diffusion" in report and "| ours (mined failure modes) | " in report
+    assert "stand-in for Stable Diffusion" in report and f"| ours (mined failure modes) | `{MODEL}` | " in report
     for plot in ("lambda_sweep", "images_per_mode_sweep", "failures", "debug_images"):
         assert f"plots/{plot}.png" in report
         assert (out / "plots" / f"{plot}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    modes = json.loads((out / "mining" / "modes.json").read_text())
+    mined = out / "work" / "models" / MODEL
+    modes = json.loads((mined / "modes.json").read_text())
     assert modes["attributor"] == r["stand_ins"]["attributor"] and len(modes["classes"]) == 10
-    assert (out / "mining" / "failures.parquet").exists() and (out / "mining" / "attributions.parquet").exists()
-    ours = datasets.load_dataset(str(out / "dataset"), "ours", split="train")
+    assert (mined / "failures.parquet").exists() and (mined / "attributions.parquet").exists()
+    ours = datasets.load_dataset(str(out / "dataset"), MODEL, split="train")
     assert len(ours) == r["methods"]["ours"]["n_images"]
     contexts = {(row["label"], row["context"]) for row in ours.select_columns(["label", "context"])}
     for cls in r["per_class_modes"]:
         assert {(cls["label"], m["context"]) for m in cls["modes"]} <= contexts
     manifest = json.loads((out / "dataset" / "failmode.json").read_text())
-    assert set(manifest["configs"]) >= {"ours", "class-only", "random-context"}
+    assert {c: s["kind"] for c, s in manifest["configs"].items()} == {
+        MODEL: "model", "baseline": "baseline", "random-context": "random-context"}
+    assert manifest["name"] == "fashion-scenes-debug" and manifest["generator"]["id"] == "composite"
     assert (out / "dataset" / "README.md").exists()
+    # the world is an ordinary local dataset: Hub layout, ClassLabel, ground-truth context columns
+    world = datasets.load_dataset(str(out / "world"), split="validation")
+    assert world.features["label"].names[0] == "t-shirt" and set(world.column_names) == {
+        "image", "label", "context", "common"}
+    assert len(world) == 10 * (40 + 20) and 0 < sum(world["common"]) < len(world)
 
 
 @pytest.mark.slow
@@ -79,42 +117,53 @@ def test_rerun_reads_the_caches_and_gives_the_same_numbers(demo):
 def test_demo_config_defaults_come_from_data_and_bad_values_fail():
     c = DemoConfig.defaults()
     assert (c.world, c.k, c.images_per_mode, c.lam) == ("concentrated", 3, 20, 0.5)
-    assert c.max_images_per_mode == max(c.images_per_mode_sweep)
+    assert max(c.images_per_mode_sweep) == c.images_per_mode
     assert DemoConfig.defaults(seed=None).seed == 0  # None means "the default"
     with pytest.raises(UsageError, match="unknown demo parameter"):
         DemoConfig.defaults(colour="red")
     with pytest.raises(UsageError, match="lambda"):
         DemoConfig.defaults(lam=-1)
+    with pytest.raises(UsageError, match="images_per_mode_sweep"):
+        DemoConfig.defaults(images_per_mode_sweep=[40])
 
 
-def test_match_counts_keeps_per_label_counts_seeds_and_renumbers_shards():
-    from failmode.generation import GenerationSettings, baseline_modes, build_plan
+def test_the_demo_preset_matches_the_demo_defaults():
+    """`failmode build fashion-scenes-debug` on an exported default world is what `failmode demo` builds."""
+    from failmode.generation.presets import load_preset
+    from failmode.world import build_world
+    from failmode.world.demo import Paths, demo_preset
 
-    settings = GenerationSettings(size=64, images_per_mode=4, k=2, shard_size=3)
-    rows = build_plan([baseline_modes(["a", "b", "c"], config="class-only")], settings, generator_id="g")
-    kept = match_counts(rows, {0: 5, 2: 2}, seed=0, shard_size=3)
-    assert [r.label for r in kept] == [0] * 5 + [2] * 2
-    assert [(r.shard_index, r.position, r.num_shards) for r in kept] == [(i // 3, i % 3, 3) for i in range(7)]
-    assert {r.seed for r in kept} <= {r.seed for r in rows}
-    assert kept == match_counts(rows, {0: 5, 2: 2}, seed=0, shard_size=3)
-    with pytest.raises(ValidationError, match="9 needed"):
-        match_counts(rows, {1: 9}, seed=0, shard_size=3)
+    shipped = load_preset("fashion-scenes-debug")
+    derived = demo_preset(DemoConfig.defaults(), build_world("concentrated", 0), Paths(Path("x")))
+    for section in ("generation", "baseline", "attribution"):
+        assert derived[section] == shipped.record()[section]
+    assert derived["models"] == shipped.record()["models"]
+    assert {k: v for k, v in derived["dataset"].items() if k != "id"} == {
+        k: v for k, v in shipped.record()["dataset"].items() if k != "id"}
+
+
+def test_world_export_is_deterministic(tmp_path):
+    from failmode.io import sha256_file
+    from failmode.world import build_world
+    from failmode.world.export import export_world, world_of
+
+    small = {"train": 3, "debug": 2, "test": 2}
+    a = export_world(build_world("diffuse", 2, per_class=small, image_size=32), tmp_path / "a")
+    b = export_world(build_world("diffuse", 2, per_class=small, image_size=32), tmp_path / "b")
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert [f.as_posix() for f in files] == ["data/train-00000-of-00001.parquet",
+                                             "data/validation-00000-of-00001.parquet", "world.json"]
+    assert all(sha256_file(a / f) == sha256_file(b / f) for f in files)
+    assert world_of(a).key == build_world("diffuse", 2, per_class=small, image_size=32).key
 
 
 def test_attribution_top1_counts_only_seed_failures_in_uncommon_contexts():
-    from failmode.world import build_world
-
-    w = build_world("concentrated", 0, per_class={"train": 5, "debug": 30, "test": 5})
-    src = w.splits["debug"]
-    unc = np.flatnonzero(src.is_uncommon())[:3]
-    common = np.flatnonzero(~src.is_uncommon())[0]
-    truth = src.contexts()
-    records = [{"index": int(unc[0]), "half": "seed", "context": truth[unc[0]]},
-               {"index": int(unc[1]), "half": "seed", "context": "on the moon"},
-               {"index": int(unc[2]), "half": "heldout", "context": "on the moon"},
-               {"index": int(common), "half": "seed", "context": "on the moon"}]
-    assert attribution_top1(records, w) == (0.5, 2)
-    assert attribution_top1([], w) == (None, 0)
+    truth = ["beach", "forest", "pier", "sky"]
+    common = [False, False, False, True]
+    records = [{"index": 0, "half": "seed", "context": "beach"}, {"index": 1, "half": "seed", "context": "moon"},
+               {"index": 2, "half": "heldout", "context": "moon"}, {"index": 3, "half": "seed", "context": "moon"}]
+    assert attribution_top1(records, truth, common) == (0.5, 2)
+    assert attribution_top1([], truth, common) == (None, 0)
 
 
 def test_cli_parses_demo_options_and_rejects_unknown_worlds(capsys):

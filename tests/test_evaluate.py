@@ -88,7 +88,8 @@ def test_evaluate_end_to_end_and_skip_existing(world, tmp_path, monkeypatch):
     by = {(r["setting"], r["config"], r["params"].get("lam"), r["params"].get("k")): r for r in recs}
     assert set(by) == {("original", None, None, None), ("retrain", None, None, None),
                        ("debug", "test_convnext", 0.5, None), ("debug", "baseline", 0.5, None),
-                       ("debug", "random-context", 0.5, None), ("lambda-sweep", "test_convnext", 0.0, None), ("lambda-sweep", "test_convnext", 1.0, None),
+                       ("debug", "random-context", 0.5, None), ("lambda-sweep", "test_convnext", 0.0, None),
+                       ("lambda-sweep", "test_convnext", 1.0, None),
                        ("k-sweep", "test_convnext", 0.5, 1), ("k-sweep", "test_convnext", 0.5, 2)}
     orig = by[("original", None, None, None)]
     # failures are recomputed from the model's own predictions: its own head gets every one of them wrong

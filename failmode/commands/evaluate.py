@@ -58,6 +58,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-split", help="evaluation split of --dataset holding debug and test (default: the dataset's)")
     g.add_argument("--train-per-class", type=float, help="train subset per class (default: the dataset's recipe)")
     g.add_argument("--debug-per-class", type=float, help="debug split per class (default: the dataset's recipe)")
+    g.add_argument("--group-column", help="column of the evaluation split naming each image's group (e.g. context): "
+                   "per-group and worst-group test accuracy")
+    g.add_argument("--common-column", help="boolean column of the evaluation split: the image's group is its class's "
+                   "common one (test accuracy on common vs uncommon groups)")
     g.add_argument("--split-seed", type=int, default=0, help="seed of the splits and failure halves (default 0)")
     h = parser.add_argument_group("head training (defaults from the paper)")
     h.add_argument("--lam", type=float, default=0.5, help="weight of the debug loss (default 0.5)")
@@ -74,6 +78,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--lambda-sweep", type=_floats, default=[], metavar="L1,L2,...", help="lambdas to sweep (plot)")
     s.add_argument("--k-sweep", type=_ints, default=[], metavar="K1,K2,...",
                    help="top-k failure modes per class to sweep (plot)")
+    s.add_argument("--images-per-mode-sweep", type=_ints, default=[], metavar="N1,N2,...",
+                   help="first N images of each failure mode of the model's config to sweep (plot)")
     s.add_argument("--collective", metavar="CONFIG", help="the family's pooled config (e.g. collective-resnets): "
                    "debug every --model with it (type 1) and with one model's config (type 2)")
     s.add_argument("--type2-model", help="model whose config debugs the family in type 2 (default: the first)")
@@ -83,9 +89,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     r.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
                    help="feature extraction precision (auto: bf16/fp16 on GPU)")
-    r.add_argument("--batch-size", type=int, default=256, help="feature extraction batch size (default 256)")
+    r.add_argument("--batch-size", type=int, help="images per forward pass (default: 256 on a GPU, 64 on a CPU)")
     r.add_argument("--image-size", type=int, help="override the model's input size")
-    r.add_argument("--cache-dir", help="feature cache (default: $FAILMODE_CACHE_DIR or ~/.cache/failmode/features)")
+    r.add_argument("--crop-pct", type=float, help="override the model's centre-crop fraction (1.0: no border crop)")
+    r.add_argument("--cache-dir",
+                   help="cache folder, as mine and build take it (default: $FAILMODE_CACHE_DIR or ~/.cache/failmode)")
     r.add_argument("--num-workers", "--workers", dest="num_workers", type=int,
                    help="loader processes decoding images (default: 0 on CPU, up to 8 on a GPU)")
     r.add_argument("--decode", default="auto", choices=("auto", "cpu", "hybrid", "gpu"),
@@ -110,11 +118,14 @@ def run(args: argparse.Namespace) -> int:
         config=args.config, baseline_config=baseline, random_config=random_config, revision=args.revision,
         debug_split=args.debug_split, failures=args.failures, train_split=args.train_split, eval_split=args.eval_split,
         train_per_class=args.train_per_class, debug_per_class=args.debug_per_class, split_seed=args.split_seed,
-        image_size=args.image_size, batch_size=args.batch_size, device=args.device, precision=args.precision,
-        cache_dir=args.cache_dir, num_workers=args.num_workers, decode=args.decode)) for m in args.model]
+        image_size=args.image_size, crop_pct=args.crop_pct, batch_size=args.batch_size, device=args.device,
+        precision=args.precision, cache_dir=args.cache_dir, num_workers=args.num_workers, decode=args.decode,
+        group_column=args.group_column, common_column=args.common_column))
+        for m in args.model]
     params = HeadParams(lam=args.lam, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
                         epochs=args.epochs, seed=args.seed, init=args.init, precision=args.head_precision)
     written = run_suite(specs, params, args.out, lambdas=args.lambda_sweep, ks=args.k_sweep,
+                        images_per_mode=args.images_per_mode_sweep,
                         collective=args.collective, type2_model=args.type2_model, skip_existing=args.skip_existing)
     log.info("%d new results in %s/results.jsonl; table: %s/tables.md", len(written), args.out, args.out)
     return 0

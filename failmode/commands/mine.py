@@ -33,8 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug-per-class", type=float,
                    help="override the recipe: debug images per class (a count, or a fraction < 1)")
     p.add_argument("--image-size", type=int, help="override the model's input size")
+    p.add_argument("--crop-pct", type=float, help="override the model's centre-crop fraction (1.0: no border crop)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, help="images per forward pass (default: 256 on a GPU, 64 on a CPU)")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
     p.add_argument("--workers", "--num-workers", dest="workers", type=int,
                    help="loader processes decoding images (default: 0 on CPU, up to 8 on a GPU)")
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
             model, args.dataset, out_dir=out, weights=args.weights, split_seed=args.split_seed, device=args.device,
             batch_size=args.batch_size, cache_dir=args.cache_dir, head=args.head, split=args.split,
             train_split=args.train_split, train_per_class=args.train_per_class,
-            debug_per_class=args.debug_per_class, image_size=args.image_size, precision=args.precision,
-            num_workers=args.workers, decode=args.decode)
+            debug_per_class=args.debug_per_class, image_size=args.image_size, crop_pct=args.crop_pct,
+            precision=args.precision, num_workers=args.workers, decode=args.decode)
         print(path)
     return 0

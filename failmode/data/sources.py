@@ -74,6 +74,10 @@ class ImageSource(ABC):
         """The i-th image's encoded bytes (PNG/JPEG) when the source stores them, else None."""
         return None
 
+    def column(self, name: str) -> list[Any]:
+        """The values of a metadata column (e.g. `context`) for every image; ValidationError when there is none."""
+        raise ValidationError(f"{self.ident}: no column {name!r} (this source has no metadata columns)")
+
 
 class ListSource(ImageSource):
     """An in-memory source (generated worlds, tests)."""
@@ -114,6 +118,11 @@ class HFSource(ImageSource):
         self.ident = ident
         # Undecoded access: encoded bytes come straight from Arrow, decoding happens where it is needed.
         self._raw = ds.cast_column(self.image_column, datasets.Image(decode=False))
+
+    def column(self, name: str) -> list[Any]:
+        if name not in self._raw.column_names:
+            raise ValidationError(f"{self.ident}: no column {name!r} (columns: {', '.join(self._raw.column_names)})")
+        return list(self._raw[name])
 
     def encoded(self, i: int) -> bytes | None:
         rec = self._raw[int(i)][self.image_column]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from failmode.backends import GENERATORS, ImageGenerator
+from failmode.backends import GENERATORS, ImageGenerator, construct
 from failmode.dataset import Manifest, config_slug
 from failmode.errors import FailmodeError, UsageError
 from failmode.generation.plan import (
@@ -42,8 +42,20 @@ log = logging.getLogger(__name__)
 STAGES_FILE = "stages.json"
 
 
+def registered_generator(preset: Preset, *, device: str | None = None) -> ImageGenerator | None:
+    """The generator registered under `generation.generator` (e.g. the offline "composite" stand-in), built for
+    the preset's dataset; None when the name is a diffusers model (a Hub id or a folder)."""
+    name = preset.generation.generator
+    if name == "diffusers" or name not in GENERATORS:
+        return None
+    return construct(GENERATORS, name, dataset=preset.dataset.id, device=device)
+
+
 def make_generator(preset: Preset, *, device: str | None = None) -> ImageGenerator:
-    """The preset's diffusers generator with its render options on `device`."""
+    """The preset's generator: a registered one by name, else diffusers with its render options on `device`."""
+    registered = registered_generator(preset, device=device)
+    if registered is not None:
+        return registered
     g = preset.generation
     options = dataclasses.replace(preset.render, device=device, scheduler=g.scheduler)
     return GENERATORS.get("diffusers")(g.generator, revision=g.revision, options=options)
@@ -104,7 +116,8 @@ def model_stages(preset: Preset, work: Path, recipe: dict[str, float]) -> list[M
     d, a = preset.dataset, preset.attribution
     out = []
     for m in preset.models:
-        mine = stable_hash({"model": m.id, "weights": model_key(m.id, m.weights), "head": m.head, "dataset": d.id,
+        mine = stable_hash({"model": m.id, "weights": model_key(m.id, m.weights), "head": m.head,
+                            "image_size": m.image_size, "crop_pct": m.crop_pct, "dataset": d.id,
                             "split": d.split, "train_split": d.train_split, "recipe": recipe,
                             "split_seed": d.split_seed}, n=16)
         attribute = stable_hash({"mine": mine, "attribution": to_json(a), "k": preset.generation.k,
@@ -129,6 +142,7 @@ def analyse(preset: Preset, stages: list[ModelStages], recipe: dict[str, float],
         if not done["mine"]:
             log.info("%s: mining (%s)", st.model.id, "settings changed" if st.failures.exists() else "new")
             mine_failures(st.model.id, d.id, out_dir=st.folder, weights=st.model.weights, head=st.model.head,
+                          image_size=st.model.image_size, crop_pct=st.model.crop_pct,
                           split=d.split, train_split=d.train_split, split_seed=d.split_seed, device=device,
                           cache_dir=cache_dir, **recipe)
             st.stamp(mine=st.mine)
@@ -238,8 +252,8 @@ def build(preset: Preset, out: str | os.PathLike[str], *, work: str | os.PathLik
           cache_dir: str | os.PathLike[str] | None = None) -> bool:
     """Run the whole pipeline for `preset` into dataset folder `out`; True when the dataset is finalized.
 
-    `generator` replaces the preset's diffusers generator (another registered backend). Everything checkable is
-    checked before any model loads: the split recipe, the vocabulary against the dataset's class names.
+    `generator` replaces the preset's generator. Everything checkable is checked before any model loads: the split
+    recipe, the vocabulary against the dataset's class names.
     """
     from failmode.data.splits import resolve_recipe
     from failmode.vocab import load_vocabulary
@@ -255,6 +269,7 @@ def build(preset: Preset, out: str | os.PathLike[str], *, work: str | os.PathLik
     settings = with_vocabulary_template(preset.generation, preset.vocabulary.kind, vocab)
     analyse(preset, stages, recipe, device=device, worker=worker, cache_dir=cache_dir)
     sets = mode_sets(preset, stages, vocab, names)
+    generator = generator or registered_generator(preset, device=device)
     ident = generator.ident if generator is not None else pipeline_ident(settings.generator, settings.revision)
     rows = build_plan(sets, settings, generator_id=ident,
                       baseline_images_per_class=preset.baseline.images_per_class)
@@ -314,6 +329,6 @@ def render_dataset(rows: list[Any], out: str | os.PathLike[str], gen: ImageGener
     return finalize_if_complete(rows, out, manifest)
 
 
-__all__ = ["BASELINE_KIND", "ModelStages", "analyse", "build", "dataset_class_names",
-           "is_complete", "make_generator", "make_quality", "mode_sets", "mode_sets_from_files", "model_stages",
-           "render_dataset", "with_vocabulary_template"]
+__all__ = ["BASELINE_KIND", "ModelStages", "analyse", "build", "dataset_class_names", "is_complete", "make_generator",
+           "make_quality", "mode_sets", "mode_sets_from_files", "model_stages", "registered_generator", "render_dataset",
+           "with_vocabulary_template"]

@@ -51,6 +51,8 @@ class ModelSection:
     id: str
     weights: str | None = "timm"  # "timm" (pretrained), "none", a state-dict file or an offline provider
     head: str | None = None  # None: the model's own classifier; "train": fitted on the train split; or a head file
+    image_size: int | None = None  # override the model's input size
+    crop_pct: float | None = None  # override its centre-crop fraction (1.0: no border crop)
 
 
 @dataclass(frozen=True)

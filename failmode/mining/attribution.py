@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from failmode.backends import ATTRIBUTORS, Attributor
+from failmode.backends import ATTRIBUTORS, Attributor, construct
 from failmode.data.sources import ImageSource
 from failmode.errors import UsageError, ValidationError
 from failmode.io import atomic_path, stable_hash
@@ -135,25 +135,10 @@ def attribute(rows: Sequence[dict[str, Any]], source: ImageSource, vocabulary: A
 
 
 def make_attributor(name: str, options: dict[str, Any] | None = None, kind: str = "background",
-                    device: str | None = None) -> Attributor:
-    """Build a registered attributor; factories that take `kind` / `device` arguments get the vocabulary kind and
-    the device (unless `options` set them)."""
-    import inspect
-
-    factory = ATTRIBUTORS.get(name)
-    opts = dict(options or {})
-    try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        params = {}
-    if "kind" in params:
-        opts.setdefault("kind", kind)
-    if "device" in params and device is not None:
-        opts.setdefault("device", device)
-    try:
-        return factory(**opts)
-    except TypeError as e:
-        raise UsageError(f"attributor {name!r}: bad options {sorted(opts)} ({e})") from None
+                    device: str | None = None, **context: Any) -> Attributor:
+    """Build a registered attributor; its factory gets the vocabulary kind, the device and any `context` value
+    (`dataset`, `cache_dir`) it takes, unless `options` set them."""
+    return construct(ATTRIBUTORS, name, options, kind=kind, device=device, **context)
 
 
 def attribute_failures(
@@ -193,7 +178,8 @@ def attribute_failures(
     if k < 1:
         raise UsageError(f"k must be at least 1, not {k}")
     if not isinstance(attributor, Attributor):
-        attributor = make_attributor(attributor, attributor_options, kind, device)
+        attributor = make_attributor(attributor, attributor_options, kind, device, dataset=dataset or meta["dataset"],
+                                     cache_dir=Path(cache_dir or default_cache_dir()) / "features")
     result = attribute(rows, source, vocab, attributor, k=k, cache_dir=Path(cache_dir or default_cache_dir()),
                        halves=halves, vocabulary_name=str(vocabulary))
     table = Path(failures)

