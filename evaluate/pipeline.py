@@ -49,8 +49,20 @@ class HeadParams:
     precision: str = "auto"
 
     def __post_init__(self) -> None:
+        """Checked here, before any model or feature is loaded (one line naming the value)."""
+        import math
+
+        from failmode.head import PRECISIONS
+
         if self.init not in ("model", "random"):
             raise UsageError(f"head init must be 'model' or 'random', got {self.init!r}")
+        if not (math.isfinite(self.lam) and self.lam >= 0):
+            raise UsageError(f"lambda must be a finite number >= 0, got {self.lam}")
+        if not (self.lr > 0 and 0 <= self.momentum < 1 and self.weight_decay >= 0 and self.epochs >= 0):
+            raise UsageError(f"need lr > 0, 0 <= momentum < 1, weight decay >= 0 and epochs >= 0 (got lr {self.lr}, "
+                             f"momentum {self.momentum}, weight decay {self.weight_decay}, epochs {self.epochs})")
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"head precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
 @dataclass

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from failmode.dataset.layout import config_slug
+from failmode.errors import UsageError
 from failmode.evaluate.pipeline import EvalSpec, HeadParams, base_record, head_params_json
 from failmode.evaluate.results import METRICS, result_key
 from failmode.io import write_json
@@ -27,19 +28,27 @@ COLLECTIVE_SETTINGS = ("collective-individual", "collective-type1", "collective-
 
 
 def lambda_runs(spec: EvalSpec, params: HeadParams, lambdas: Sequence[float]) -> list[dict[str, Any]]:
-    """Planned runs of a lambda sweep on the model's config."""
+    """Planned runs of a lambda sweep on the model's config (each lambda checked as HeadParams checks it)."""
     return [base_record(spec, "lambda-sweep", spec.model_config,
                         head_params_json(dataclasses.replace(params, lam=float(lam)), True)) for lam in lambdas]
 
 
+def _at_least_one(values: Sequence[int], what: str) -> None:
+    bad = [v for v in values if int(v) < 1]
+    if bad:
+        raise UsageError(f"{what}: values must be >= 1, got {bad[0]}")
+
+
 def k_runs(spec: EvalSpec, params: HeadParams, ks: Sequence[int]) -> list[dict[str, Any]]:
     """Planned runs of a k sweep (top-k failure modes per class) on the model's config."""
+    _at_least_one(ks, "k sweep")
     return [base_record(spec, "k-sweep", spec.model_config, {**head_params_json(params, True), "k": int(k)})
             for k in ks]
 
 
 def images_per_mode_runs(spec: EvalSpec, params: HeadParams, counts: Sequence[int]) -> list[dict[str, Any]]:
     """Planned runs of an images-per-mode sweep: the first n images of each (class, context) of the model's config."""
+    _at_least_one(counts, "images-per-mode sweep")
     return [base_record(spec, "images-per-mode-sweep", spec.model_config,
                         {**head_params_json(params, True), "images_per_mode": int(n)}) for n in counts]
 

@@ -105,6 +105,17 @@ def test_demo_writes_results_report_plots_mining_and_a_loadable_dataset(demo):
 
 
 @pytest.mark.slow
+def test_the_demo_dataset_regenerates_bit_for_bit(demo, tmp_path):
+    """Every config of the demo's dataset, composite stand-in included, regenerates from its manifest and plan."""
+    from failmode.generation.regenerate import regenerate_shards
+
+    out, _, _ = demo
+    assert regenerate_shards(out / "dataset", ["random-context/train-00000", f"{MODEL}/train-00000"],
+                             tmp_path / "regen") == {"random-context/train-00000-of-00001": True,
+                                                     f"{MODEL}/train-00000-of-00001": True}
+
+
+@pytest.mark.slow
 def test_rerun_reads_the_caches_and_gives_the_same_numbers(demo):
     out, first, seconds = demo
     t0 = time.perf_counter()

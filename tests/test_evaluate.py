@@ -217,3 +217,19 @@ def test_align_labels_identity_with_duplicate_names_and_ambiguity_error():
     assert align_labels(["tench"], ["goldfish", "tench"], "x").tolist() == [1]
     with pytest.raises(ValidationError, match="'crane' occur more than once"):
         align_labels(["crane", "tench"], names, "x")
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--lam", "-1"], "lambda must be a finite number >= 0, got -1"),
+    (["--lambda-sweep", "0.5,-2"], "lambda must be a finite number >= 0, got -2"),
+    (["--lr", "-1"], "need lr > 0"),
+    (["--k-sweep", "0,1"], "k sweep: values must be >= 1, got 0"),
+    (["--images-per-mode-sweep", "0"], "images-per-mode sweep: values must be >= 1"),
+])
+def test_bad_head_settings_fail_before_any_model_loads(world, tmp_path, capsys, monkeypatch, extra, message):
+    out = tmp_path / "run"
+    monkeypatch.setattr("failmode.models.classifier.create_classifier", _no_model)
+    assert main(_args(world, out, *extra)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not (out / "results.jsonl").exists()

@@ -165,6 +165,11 @@ def _one_line_error(capsys, code, rc, *needles):
 def test_cli_unknown_model(cli, capsys, world, tmp_path):
     rc = cli(["mine", "--model", "resnet_not_a_model", "--dataset", str(world / "data"), "--out", str(tmp_path)])
     _one_line_error(capsys, 2, rc, "timm does not know", "resnet_not_a_model")
+    # with --models every name is checked before the first model is mined
+    rc = cli(["mine", "--models", ARCH, "resnet_not_a_model", "--dataset", str(world / "data"), "--out",
+              str(tmp_path / "many"), "--train-per-class", "1", "--debug-per-class", "1"])
+    _one_line_error(capsys, 2, rc, "timm does not know", "resnet_not_a_model")
+    assert not (tmp_path / "many").exists()
 
 
 def test_cli_dataset_without_expected_columns(cli, capsys, tmp_path):

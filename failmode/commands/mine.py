@@ -55,8 +55,11 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from failmode.mining import mine_failures
+    from failmode.models.classifier import known_model
 
     models = [args.model] if args.model else args.models
+    for model in models:  # every name checked before the first model is mined
+        known_model(model)
     for model in models:
         out = Path(args.out) if args.model else Path(args.out) / folder_name(model)
         path = mine_failures(

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from failmode.backends import GENERATORS, construct
 from failmode.dataset import Manifest, layout
 from failmode.errors import UsageError
 from failmode.generation.plan import PlanRow, read_plan_of
@@ -55,10 +56,15 @@ def regenerate_shards(root: str | os.PathLike[str], shards: Sequence[str], out: 
     rows = select_shards(read_plan_of(root), shards)
     g = manifest.generation
     fields = {f.name for f in dataclasses.fields(RenderOptions)} - {"device"}
-    options = RenderOptions(device=device, **{k: v for k, v in g.items() if k in fields})
-    # One pipeline and one quality scorer for every shard; only the kernel batch is set per shard.
-    gen = DiffusersGenerator(generator or manifest.generator["id"], revision=manifest.generator.get("revision") or None,
-                             options=options, ident=manifest.generator.get("ident"))
+    gen_id = generator or manifest.generator["id"]
+    if gen_id != "diffusers" and gen_id in GENERATORS:  # a registered backend (the demo's composite stand-in)
+        gen = construct(GENERATORS, gen_id, dataset=manifest.mining.get("id"), device=device)
+        options = RenderOptions(device=device, batch_size=int(g.get("batch_size", 16)))
+    else:
+        options = RenderOptions(device=device, **{k: v for k, v in g.items() if k in fields})
+        # One pipeline and one quality scorer for every shard; only the kernel batch is set per shard.
+        gen = DiffusersGenerator(gen_id, revision=manifest.generator.get("revision") or None, options=options,
+                                 ident=manifest.generator.get("ident"))
     quality = _quality(manifest, device)
     results: dict[str, bool] = {}
     for job in shard_jobs(rows):

@@ -178,17 +178,34 @@ def write_report(out: Path, results: dict[str, Any], world: Any, paths: Any) -> 
 
 
 def seeds_table(runs: Sequence[dict[str, Any]]) -> str:
-    """Markdown table of several demo results (one row per run, then the mean per world), accuracies in %."""
-    cols = ("heldout_acc_ours", "heldout_acc_random_context", "heldout_acc_class_only", "test_acc_before",
-            "test_acc_after", "test_common_acc_before", "test_common_acc_after", "attribution_top1")
-    head = ("| world | seed | heldout: ours | random-context | class-only | test before | test after "
-            "| test common before | after | attribution top-1 | seed / heldout failures | time (s) |")
-    lines = [head, "|---|---:|" + "---:|" * (len(cols) + 2)]
+    """Markdown table of several demo results (one row per run with its command, then the mean per world), in %."""
+    cols = ("heldout_acc_ours", "heldout_acc_random_context", "heldout_acc_class_only", "attribution_top1",
+            "test_acc_before", "test_acc_after", "worst_group_acc_before", "worst_group_acc_after",
+            "test_common_acc_before", "test_common_acc_after")
+    head = ("| world | seed | heldout: ours | random-context | class-only | attribution top-1 | test before | after "
+            "| worst context before | after | test common before | after | seed / heldout failures | command |")
+    lines = [head, "|---|---:|" + "---:|" * (len(cols) + 1) + "---|"]
     for r in runs:
         lines.append(f"| {r['world']} | {r['seed']} | " + " | ".join(_pct(r[c]) for c in cols)
-                     + f" | {r['n_failures_seed']} / {r['n_failures_heldout']} | {r['timings_s']['total']:.0f} |")
+                     + f" | {r['n_failures_seed']} / {r['n_failures_heldout']} "
+                     f"| `failmode demo --out runs/{r['world']}-{r['seed']} --world {r['world']} --seed {r['seed']}` |")
     for world in dict.fromkeys(r["world"] for r in runs):
         group = [r for r in runs if r["world"] == world]
         means = [float(np.mean([r[c] for r in group])) for c in cols]
         lines.append(f"| **{world} mean** | {len(group)} seeds | " + " | ".join(_pct(m) for m in means) + " | | |")
+    return "\n".join(lines) + "\n"
+
+
+def lambda_table(runs: Sequence[dict[str, Any]]) -> str:
+    """Markdown table of the lambda sweep (heldout / test accuracy of the model's config), mean over each world's runs."""
+    lams = [p["lam"] for p in runs[0]["lambda_sweep"]]
+    lines = ["| world | " + " | ".join(f"λ = {lam}" for lam in lams) + " |", "|---|" + "---:|" * len(lams)]
+    for world in dict.fromkeys(r["world"] for r in runs):
+        group = [r for r in runs if r["world"] == world]
+        cells = []
+        for j in range(len(lams)):
+            held = np.mean([r["lambda_sweep"][j]["heldout_acc"] for r in group])
+            test = np.mean([r["lambda_sweep"][j]["test_acc"] for r in group])
+            cells.append(f"{100 * held:.1f} / {100 * test:.1f}")
+        lines.append(f"| {world} (heldout / test) | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
