@@ -162,6 +162,11 @@ def test_generate_command_refuses_empty_or_unnamed_work(tmp_path):
 
     with pytest.raises(UsageError, match="nothing to generate"):
         generate.run(generate_args("--out", str(tmp_path / "ds")))
+    for bad, message in ((["--version", "banana"], "not semver"), (["--shard-index", "3", "--num-shards", "2"],
+                                                                      "invalid worker slot")):
+        with pytest.raises(UsageError, match=message):  # before the pipeline loads or anything renders
+            generate.run(generate_args("--baseline", "--vocab", "cifar10", "--out", str(tmp_path / "ds"),
+                                       "--generator", str(tmp_path / "no-pipeline"), *bad))
     with pytest.raises(UsageError, match="--vocab is required with --baseline alone"):
         generate.run(generate_args("--baseline", "--out", str(tmp_path / "ds"), "--plan-only"))
     assert not (tmp_path / "ds").exists()

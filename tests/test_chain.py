@@ -157,6 +157,16 @@ def test_cifar10_chain_with_a_trained_head(models, tmp_path, monkeypatch, capsys
                  str(tmp_path / "ds.work"), "--device", "cpu", "--cache-dir", str(tmp_path / "c")]) != 0
     assert not (tmp_path / "ds2" / "failmode.json").exists()
 
+    # A quality filter that drops every image leaves no finalized dataset (it used to finalize empty configs).
+    doc = json.loads((tmp_path / "preset.json").read_text())
+    doc["quality"]["min_class_score"] = 2.0  # above any cosine similarity
+    (tmp_path / "strict.json").write_text(json.dumps(doc))
+    capsys.readouterr()
+    assert main(["build", str(tmp_path / "strict.json"), "--out", str(tmp_path / "ds3"), "--work",
+                 str(tmp_path / "ds.work"), "--device", "cpu", "--cache-dir", str(tmp_path / "c")]) == 1
+    assert "hold no image" in capsys.readouterr().err
+    assert not (tmp_path / "ds3" / "failmode.json").exists() and not (tmp_path / "ds3" / "README.md").exists()
+
 
 @pytest.mark.slow
 def test_cifar100_chain_fine_labels(models, tmp_path):

@@ -92,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from failmode.backends import GENERATORS
+    from failmode.dataset.manifest import SEMVER_RE
     from failmode.errors import UsageError
     from failmode.generation import build as B
     from failmode.generation.plan import GenerationSettings, build_plan
@@ -105,6 +106,9 @@ def run(args: argparse.Namespace) -> int:
     configure_cpu_threads()
     if not args.modes and not args.baseline:
         raise UsageError("nothing to generate: pass --modes FILE and/or --baseline")
+    if not SEMVER_RE.match(args.version):  # checked before anything renders
+        raise UsageError(f"--version {args.version!r} is not semver (MAJOR.MINOR.PATCH, e.g. 1.0.0)")
+    worker = worker_slot(args.shard_index, args.num_shards)
     cfg = _preset_dict(args)
     _set(cfg["generation"], args, GEN_KEYS)
     _set(cfg["render"], args, RENDER_KEYS)
@@ -139,6 +143,6 @@ def run(args: argparse.Namespace) -> int:
                                    "template": vocab.template},
                        attribution={"k": settings.k, "modes": [str(f) for f, _ in modes_files]})
     B.render_dataset(rows, out, gen, info, settings, kinds={s.config: s.kind for s in sets}, quality=quality,
-                     quality_cfg=qsection, mode=args.mode, worker=worker_slot(args.shard_index, args.num_shards),
+                     quality_cfg=qsection, mode=args.mode, worker=worker,
                      encode_workers=args.encode_workers)
     return 0

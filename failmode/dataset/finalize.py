@@ -19,6 +19,7 @@ from failmode.dataset.card import render_card
 from failmode.dataset.manifest import Manifest
 from failmode.dataset.sample import CODECS
 from failmode.dataset.summary import ConfigSummary, collect_configs, discover_tables
+from failmode.errors import ValidationError
 from failmode.io import sha256_file, write_bytes_atomic, write_json
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,8 @@ PINNED_LIBRARIES = ("diffusers", "numpy", "open_clip_torch", "pillow", "pyarrow"
 def finalize(root: str | os.PathLike[str], manifest: Manifest) -> Manifest:
     """Write `_info.json` per image config, the example grids, `failmode.json` and `README.md`; return the manifest.
 
-    Every shard the manifest lists must be done; table configs written with `write_table_config` are added.
+    Every shard the manifest lists must be done; table configs written with `write_table_config` are added. An image
+    config with no sample is refused (ValidationError) before anything is written.
     The returned manifest has sample counts, library versions and file hashes filled in.
     """
     root = Path(root)
@@ -39,6 +41,12 @@ def finalize(root: str | os.PathLike[str], manifest: Manifest) -> Manifest:
     configs = {**manifest.configs, **discover_tables(root, manifest)}
     manifest = dataclasses.replace(manifest, configs={k: dataclasses.replace(v) for k, v in configs.items()})
     summaries = collect_configs(root, manifest)
+    empty = sorted(name for name, summary in summaries.items()
+                   if manifest.configs[name].kind != "table" and not any(v.num_samples for v in summary.splits.values()))
+    if empty:
+        raise ValidationError(f"{root}: config{'s' if len(empty) > 1 else ''} {', '.join(empty)} hold no image (every "
+                              "planned image was dropped by the quality filter or rejected; see the shards' stats in "
+                              "generation/stats/): nothing finalized")
     files: dict[str, str] = {}
     for name, summary in summaries.items():
         manifest.configs[name].num_samples = {s: v.num_samples for s, v in summary.splits.items()}
