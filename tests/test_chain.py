@@ -194,3 +194,20 @@ def test_imagenet_chain_native_head(models, tmp_path):
     check_common(manifest, records, data, models, n_classes=1000, n_used=5, baseline=False)
     assert manifest.mining["models"][0]["head"] == "native"
     assert all(r["params"]["head"] == "native" for r in records)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shipped,schema", [("cifar10-color-debug", "cifar10"), ("cifar100-color-debug", "cifar100")])
+def test_color_presets_chain(models, tmp_path, shipped, schema):
+    from failmode.vocab.classnames import label_names
+
+    names = label_names(schema)
+    used = 10 if schema == "cifar10" else 20
+    data, out, manifest, records = run_chain(tmp_path, shipped, schema, names, models, eval_split="test",
+                                             head="train", used=used)
+    check_common(manifest, records, data, models, n_classes=len(names), n_used=used)
+    assert manifest.vocabulary["kind"] == "color"
+    import pyarrow.parquet as pq
+
+    kinds = pq.read_table(next((out / "data" / SLUG).glob("*.parquet")), columns=["context_kind"]).column(0)
+    assert set(kinds.to_pylist()) == {"color"}
