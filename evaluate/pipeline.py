@@ -262,6 +262,8 @@ def load_model_features(spec: EvalSpec, configs: Sequence[str] = ()) -> ModelFea
     splits = make_splits(train_src.labels, eval_src.labels, seed=spec.split_seed, class_names=names,
                          where=f"{spec.dataset} (split {spec.eval_split or 'default'})", **spec.recipe())
     halves = _read_halves(spec, splits)
+    groups = _column(eval_src, spec.group_column, splits.test)  # columns checked before the model loads
+    common = _column(eval_src, spec.common_column, splits.test)
     given = _given_head(spec, len(names))
     net = create_classifier(spec.model, spec.weights)
     check_classes(net, spec.model, spec.head, len(names), spec.dataset)
@@ -289,8 +291,6 @@ def load_model_features(spec: EvalSpec, configs: Sequence[str] = ()) -> ModelFea
     half = {h: Labeled(debug.features[[pos[int(i)] for i in idx]], eval_src.labels[idx]) for h, idx in halves.items()}
     log.info("%s: %d train, %d test, %d seed and %d heldout failures", spec.model, len(splits.train),
              len(splits.test), len(half["seed"].y), len(half["heldout"].y))
-    groups = _column(eval_src, spec.group_column, splits.test)
-    common = _column(eval_src, spec.common_column, splits.test)
     return ModelFeatures(spec, names, head,
                          Labeled(feats["train"].features, feats["train"].labels),
                          Labeled(feats["test"].features, feats["test"].labels), half["seed"], half["heldout"],

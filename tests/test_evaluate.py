@@ -233,3 +233,10 @@ def test_bad_head_settings_fail_before_any_model_loads(world, tmp_path, capsys, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert not (out / "results.jsonl").exists()
+
+
+def test_unknown_group_column_fails_before_any_model_loads(world, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("failmode.models.classifier.create_classifier", _no_model)
+    assert main(_args(world, tmp_path / "run", "--group-column", "nosuch")) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no column 'nosuch'" in err[0]
