@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     modes_files = [(f, name) for f, _, name in (spec.partition("=") for spec in args.modes)]
     vocab, kind, sets = B.mode_sets_from_files(modes_files, k=settings.k, vocab=args.vocab, kind=args.kind,
                                               collective=args.collective, baseline=args.baseline)
-    names = B.dataset_class_names(vocab)
+    names = vocab.label_names()
     settings = B.with_vocabulary_template(settings, kind, vocab)
     render = {k: v for k, v in cfg["render"].items() if k != "batch_size"}
     options = RenderOptions(device=args.device, scheduler=settings.scheduler,

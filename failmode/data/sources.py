@@ -169,7 +169,7 @@ def _pick(cols: Sequence[str], candidates: Sequence[str], what: str, ident: str)
     raise ValidationError(f"{ident}: no {what} column (expected one of {', '.join(candidates)}; columns: {', '.join(cols)})")
 
 
-def _offline_datasets() -> Any:
+def offline_datasets() -> Any:
     """Import `datasets` with Hub calls off for local reads (no download-count request for local parquet)."""
     import datasets
 
@@ -182,7 +182,7 @@ def _offline_datasets() -> Any:
 
 
 def _open_local(path: Path, split: str | None, config: str | None) -> ImageSource:
-    datasets = _offline_datasets()
+    datasets = offline_datasets()
     if (path / "dataset_info.json").exists() or (path / "state.json").exists() or (path / "dataset_dict.json").exists():
         ds = datasets.load_from_disk(str(path))
         if isinstance(ds, datasets.DatasetDict):
@@ -225,7 +225,7 @@ def open_source(spec: str, split: str | None = None) -> ImageSource:
             f"unknown dataset {spec!r}: use {', '.join(KNOWN_DATASETS)}, hf:ORG/NAME, wds:DIR or an existing local folder"
         )
     split = split or (known.eval_split if known else None)
-    datasets = _offline_datasets()
+    datasets = offline_datasets()
 
     def load(ident: str, local_only: bool) -> Any:
         mode = datasets.DownloadMode.REUSE_DATASET_IF_EXISTS

@@ -164,9 +164,10 @@ def _wait_for(st: ModelStages, wait_s: float) -> None:
         time.sleep(10)
 
 
-def mode_sets(preset: Preset, stages: list[ModelStages], vocab: Any, class_names: list[str]) -> list[ModeSet]:
-    """Per-model configs, one collective config per family, the class-only and the random-context baselines."""
-    docs = {st.model.id: read_json(st.modes) for st in stages}
+def mode_sets(preset: Preset, stages: list[ModelStages], docs: dict[str, Any], vocab: Any,
+              class_names: list[str]) -> list[ModeSet]:
+    """Per-model configs (from each model's modes.json document in `docs`), one collective config per family, the
+    class-only and the random-context baselines."""
     k = preset.generation.k
     sets = [modes_from_json(docs[st.model.id], config=config_slug(st.model.id), k=k, source_model=st.model.id,
                             where=str(st.modes)) for st in stages]
@@ -204,13 +205,8 @@ def mode_sets_from_files(modes_files: list[tuple[str, str]], *, k: int, vocab: s
         sets.append(merge_modes([d for d, _, _ in loaded], config=config_slug(f"collective-{collective}"),
                                 family=collective, k=k))
     if baseline:
-        sets.append(baseline_modes(dataset_class_names(vocabulary), [c.prompt_name for c in vocabulary.classes]))
+        sets.append(baseline_modes(vocabulary.label_names(), [c.prompt_name for c in vocabulary.classes]))
     return vocabulary, kind, sets
-
-
-def dataset_class_names(vocab: Any) -> list[str]:
-    """The ClassLabel names of the vocabulary's dataset as the dataset spells them, else the vocabulary's names."""
-    return vocab.label_names()
 
 
 def _dataset_class_names(preset: Preset, stages: list[ModelStages]) -> list[str]:
@@ -268,7 +264,8 @@ def build(preset: Preset, out: str | os.PathLike[str], *, work: str | os.PathLik
     vocab.check_classes(names, d.id)
     settings = with_vocabulary_template(preset.generation, preset.vocabulary.kind, vocab)
     analyse(preset, stages, recipe, device=device, worker=worker, cache_dir=cache_dir)
-    sets = mode_sets(preset, stages, vocab, names)
+    modes_docs = {st.model.id: read_json(st.modes) for st in stages}
+    sets = mode_sets(preset, stages, modes_docs, vocab, names)
     generator = generator or registered_generator(preset, device=device)
     ident = generator.ident if generator is not None else pipeline_ident(settings.generator, settings.revision)
     rows = build_plan(sets, settings, generator_id=ident,
@@ -278,7 +275,6 @@ def build(preset: Preset, out: str | os.PathLike[str], *, work: str | os.PathLik
         return True
     gen = generator or make_generator(preset, device=device)
     scorer = make_quality(preset.quality, device=device) if quality else None
-    modes_docs = {st.model.id: read_json(st.modes) for st in stages}
     info = DatasetInfo(name=preset.name, version=preset.version, class_names=names,
                        image_format=preset.image_format, repo_id=preset.repo_id, pretty_name=preset.pretty_name,
                        description=preset.description, source_dataset=d.id,
@@ -329,6 +325,6 @@ def render_dataset(rows: list[Any], out: str | os.PathLike[str], gen: ImageGener
     return finalize_if_complete(rows, out, manifest)
 
 
-__all__ = ["BASELINE_KIND", "ModelStages", "analyse", "build", "dataset_class_names", "is_complete", "make_generator",
+__all__ = ["BASELINE_KIND", "ModelStages", "analyse", "build", "is_complete", "make_generator",
            "make_quality", "mode_sets", "mode_sets_from_files", "model_stages", "registered_generator", "render_dataset",
            "with_vocabulary_template"]

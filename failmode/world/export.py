@@ -83,11 +83,9 @@ def _describe(world: World) -> dict[str, Any]:
 def export_world(world: World, root: str | os.PathLike[str]) -> Path:
     """Write `world` into `root` as a local dataset (see the module docstring); a folder already holding this
     world is left as it is. Returns `root`."""
-    import datasets
+    from failmode.data.sources import offline_datasets
 
-    from failmode.data.sources import _offline_datasets
-
-    _offline_datasets()
+    datasets = offline_datasets()
     root = Path(root)
     info = _describe(world)
     files = [root / "data" / f"{split}-00000-of-00001.parquet" for split in EXPORT_SPLITS]
