@@ -216,3 +216,58 @@ def save_tiny_clip(path: str | Path, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(tiny_clip(seed).model.state_dict(), path)
     return path
+
+
+class SeedColorGenerator:
+    """An `ImageGenerator` that paints each image one colour from the first bytes of its seed (distinct seeds,
+    distinct images): the generation path (plan, shards, writer, card) without a diffusion model."""
+
+    ident = "testing:seed-color"
+
+    def __init__(self, size: int = 8) -> None:
+        self.size = size
+
+    def generate(self, requests: Any) -> list[Image.Image]:
+        """One solid `size` x `size` RGB image per request."""
+        return [Image.new("RGB", (self.size, self.size), tuple(r.seed.to_bytes(8, "big")[:3])) for r in requests]
+
+
+def write_debug_dataset(root: str | Path, *, class_names: list[str] | None = None, images_per_mode: int = 8,
+                        baseline_images_per_class: int = 16, shard_size: int = 1000) -> Path:
+    """A finalized failmode dataset written the way `failmode build` writes one (plan, shards, manifest, card):
+    one model config with two contexts per class, the random-context and class-only controls."""
+    from failmode.generation.build import render_dataset
+    from failmode.generation.plan import (
+        ClassModes,
+        GenerationSettings,
+        ModeSet,
+        baseline_modes,
+        build_plan,
+        random_context_modes,
+    )
+    from failmode.generation.presets import QualitySection
+    from failmode.generation.run import DatasetInfo
+
+    names = class_names or CIFAR10_CLASSES
+    contexts = ("in a desert", "on snow", "in a cave")
+
+    class Vocabulary:  # the two calls random_context_modes makes
+        def get(self, label: int) -> Any:
+            return ClassModes(label, names[label], names[label])
+
+        def contexts(self, label: int) -> tuple[str, ...]:
+            return contexts
+
+    settings = GenerationSettings(generator="testing:seed-color", size=8, images_per_mode=images_per_mode, k=2,
+                                  shard_size=shard_size)
+    model = ModeSet("tiny-model", "model", "tiny-model", "background",
+                    tuple(ClassModes(i, n, n, contexts[:2]) for i, n in enumerate(names)))
+    sets = [model, random_context_modes([model], Vocabulary(), names, base_seed=0, k=2,
+                                        images_per_mode=images_per_mode), baseline_modes(names)]
+    rows = build_plan(sets, settings, generator_id=SeedColorGenerator.ident,
+                      baseline_images_per_class=baseline_images_per_class)
+    info = DatasetInfo(name="tiny-debug", version="1.0.0", class_names=list(names), source_dataset="uoft-cs/cifar10",
+                       tags=["tiny"])
+    render_dataset(rows, root, SeedColorGenerator(), info, settings, kinds={s.config: s.kind for s in sets},
+                   quality=None, quality_cfg=QualitySection(enabled=False), encode_workers=2)
+    return Path(root)

@@ -48,9 +48,10 @@ def test_card_body_explains_and_shows_the_data(tiny_ds: Path) -> None:
     assert "failmode-tiny-clip" in body and "tiny-sd" in body  # attribution model, generator
     assert "seed = 1000 * base + index" in body
     assert "| 0 | tench | 3 | 1 |" in body  # per-class counts: test_resnet/train, baseline/train
-    assert 'load_dataset("failmode/tiny-debug", "test_resnet", revision="v1.0.0", split="train")' in body
+    assert 'load_dataset("failmode/tiny-debug", config, split="train", revision="v1.0.0")' in body
+    assert 'for config in ["test_resnet", "baseline"]:' in body
     assert "wds/test_resnet/train-{00000..00001}-of-00002.tar" in body
-    assert 'create_dataset("wds/tiny-debug", root=f"{local}/wds/test_resnet", split="train")' in body
+    assert 'create_dataset("wds/tiny-debug", root=f"{local}/wds/test_resnet", split="train"' in body
     assert "CreativeML OpenRAIL-M" in body and "@software{failmode" in body
     assert "![examples of test_resnet](assets/grid_test_resnet.png)" in body
     with Image.open(tiny_ds / "assets" / "grid_test_resnet.png") as grid:

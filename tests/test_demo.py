@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from failmode.errors import UsageError
+from failmode.io import read_json
 from failmode.world.demo import DemoConfig, attribution_top1, run_demo
 
 SMALL = dict(per_class={"train": 40, "debug": 40, "test": 20}, image_size=64, n_exemplars=8, images_per_mode=5,
@@ -110,9 +111,11 @@ def test_the_demo_dataset_regenerates_bit_for_bit(demo, tmp_path):
     from failmode.generation.regenerate import regenerate_shards
 
     out, _, _ = demo
-    assert regenerate_shards(out / "dataset", ["random-context/train-00000", f"{MODEL}/train-00000"],
-                             tmp_path / "regen") == {"random-context/train-00000-of-00001": True,
-                                                     f"{MODEL}/train-00000-of-00001": True}
+    shards = {c: read_json(out / "dataset/failmode.json")["configs"][c]["splits"]["train"]
+              for c in ("random-context", MODEL)}
+    assert regenerate_shards(out / "dataset", ["random-context/train-00000", f"{MODEL}/train-00001"],
+                             tmp_path / "regen") == {f"random-context/train-00000-of-{shards['random-context']:05d}": True,
+                                                     f"{MODEL}/train-00001-of-{shards[MODEL]:05d}": True}
 
 
 @pytest.mark.slow

@@ -93,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
 
     from failmode.backends import GENERATORS
     from failmode.dataset.manifest import SEMVER_RE
+    from failmode.data.sources import hub_dataset_id
     from failmode.errors import UsageError
     from failmode.generation import build as B
     from failmode.generation.plan import GenerationSettings, build_plan
@@ -138,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     qsection = from_mapping(QualitySection, qcfg, "quality settings")
     quality = None if args.no_quality else B.make_quality(qsection, device=args.device)
     info = DatasetInfo(name=args.name or out.name, version=args.version, class_names=names,
-                       image_format=args.image_format or cfg["image_format"], source_dataset=vocab.dataset,
+                       image_format=args.image_format or cfg["image_format"], source_dataset=hub_dataset_id(vocab.dataset),
                        vocabulary={"dataset": vocab.dataset, "kind": kind, "version": vocab.version,
                                    "template": vocab.template},
                        attribution={"k": settings.k, "modes": [str(f) for f, _ in modes_files]})

@@ -211,6 +211,14 @@ def _need_split(split: str | None, available: Sequence[str], where: object) -> s
     return split
 
 
+def hub_dataset_id(spec: str) -> str:
+    """The Hub id a dataset spec names ("cifar10" -> "uoft-cs/cifar10", "hf:ORG/NAME@rev" -> "ORG/NAME"); empty
+    for a local folder or a `wds:` spec (recorded as a card's `source_datasets` only when it is a Hub id)."""
+    if spec in KNOWN_DATASETS:
+        return KNOWN_DATASETS[spec].repo
+    return spec.removeprefix("hf:").partition("@")[0] if spec.startswith("hf:") else ""
+
+
 def open_source(spec: str, split: str | None = None) -> ImageSource:
     """Open a labelled image collection; see the module docstring for accepted specs."""
     if spec.startswith("wds:"):

@@ -10,12 +10,21 @@ from typing import Any
 import yaml
 
 from failmode.dataset import layout
-from failmode.dataset.manifest import Manifest
+from failmode.dataset.manifest import REPO_ID_RE, Manifest
 from failmode.dataset.sample import CODECS
 from failmode.dataset.summary import ConfigSummary
 from failmode.errors import ValidationError
 
-BASE_TAGS = ("synthetic", "failmode", "debug-dataset", "failure-modes", "stable-diffusion")
+BASE_TAGS = ("synthetic", "failmode", "debug-dataset", "failure-modes")
+#: the Hub's task id for single-label classification (`task_ids` in the card's metadata)
+TASK_IDS = ("multi-class-image-classification",)
+
+
+def card_tags(manifest: Manifest) -> list[str]:
+    """The tags of a dataset: failmode's, "stable-diffusion" when a diffusion model made the images, the preset's."""
+    generator = f"{manifest.generator.get('id', '')} {manifest.generator.get('ident', '')}".lower()
+    made_by = ["stable-diffusion"] if "diffusion" in generator else []
+    return list(dict.fromkeys([*BASE_TAGS, *made_by, *manifest.tags]))
 
 
 def card_template(name: str) -> str:
@@ -36,7 +45,6 @@ def render_card(manifest: Manifest, summaries: dict[str, ConfigSummary]) -> str:
         raise ValidationError(f"manifest: unknown license {manifest.license!r} (known: {known})")
     default = summaries[manifest.default()]
     split = "train" if "train" in default.splits else next(iter(default.splits))
-    num_shards = default.spec.splits[split]
     values = {
         "yaml_header": yaml_header(manifest, summaries),
         "title": manifest.pretty_name or manifest.name,
@@ -54,14 +62,42 @@ def render_card(manifest: Manifest, summaries: dict[str, ConfigSummary]) -> str:
         "plan_sha256": manifest.plan_sha256 or "not recorded",
         "grids": _grids(summaries), "num_classes": len(manifest.class_names),
         "counts_table": _counts_table(manifest, summaries),
-        "repo_id": manifest.repo_id or f"ORG/{manifest.name}", "name": manifest.name,
-        "config": default.name, "split": split,
-        "wds_pattern": f"{split}-{{00000..{num_shards - 1:05d}}}-of-{num_shards:05d}.tar",
+        **_recipe_values(manifest, summaries, default.name, split),
         "license_text": f"{lic['text']}" + (f" Licence: [{lic['name']}]({lic['url']})." if lic["url"] else ""),
         "citation": (manifest.citation or Template(card_template("citation.bib")).substitute(
             failmode_version=manifest.failmode_version, name=manifest.name, version=manifest.version)).strip(),
     }
     return Template(card_template("dataset_card.md")).substitute(values)
+
+
+def _recipe_values(manifest: Manifest, summaries: dict[str, ConfigSummary], config: str,
+                   split: str) -> dict[str, str]:
+    """The loading recipes' values: from the Hub at the version's tag when the repo id is known, else from the
+    dataset's own folder (the recipes then run from inside it)."""
+    images = [c.name for c in summaries.values() if c.has_images]
+    repo, tag = manifest.repo_id, manifest.tag
+    num_shards = summaries[config].spec.splits[split]
+    if repo:
+        hub, local = "from huggingface_hub import snapshot_download\n", (
+            f'local = snapshot_download("{repo}", repo_type="dataset", revision="{tag}")')
+        stream = (f"\nOr stream the shards from the Hub without a copy: `https://huggingface.co/datasets/{repo}/"
+                  f"resolve/{tag}/wds/{config}/{split}-{{00000..{num_shards - 1:05d}}}-of-{num_shards:05d}.tar`.\n")
+        heads = {"datasets_head": "from datasets import load_dataset",
+                 "timm_head": f"import timm.data\n{hub}\n{local}",
+                 "wds_head": f"import glob\n\nimport webdataset as wds\n{hub}\n{local}"}
+    else:
+        local = 'local = os.path.abspath(".")  # the dataset\'s folder (the one holding this README.md)'
+        stream = ""
+        heads = {"datasets_head": f"import os\n\nfrom datasets import load_dataset\n\n{local}",
+                 "timm_head": f"import os\n\nimport timm.data\n\n{local}",
+                 "wds_head": f"import glob\nimport os\n\nimport webdataset as wds\n\n{local}"}
+    return {
+        **heads, "source": f'"{repo}"' if repo else "local", "revision_arg": f', revision="{tag}"' if repo else "",
+        "name": manifest.name, "config": config, "split": split, "configs_list": ", ".join(f"`{c}`" for c in images),
+        "configs_py": ", ".join(f'"{c}"' for c in images), "stream_hint": stream,
+        "local_hint": ", e.g. from `snapshot_download` as above" if repo else ", the one holding this README.md",
+        "shard_counts": ", ".join(f"`{c}`: {sum(summaries[c].spec.splits.values())}" for c in images),
+    }
 
 
 def yaml_header(manifest: Manifest, summaries: dict[str, ConfigSummary]) -> str:
@@ -85,13 +121,14 @@ def yaml_header(manifest: Manifest, summaries: dict[str, ConfigSummary]) -> str:
     header = {
         "license": manifest.license, "pretty_name": manifest.pretty_name or manifest.name,
         "version": manifest.version,
-        "task_categories": ["image-classification"], "language": ["en"],
-        "tags": list(dict.fromkeys([*BASE_TAGS, *manifest.tags])),
+        "task_categories": ["image-classification"], "task_ids": list(TASK_IDS), "language": ["en"],
+        "annotations_creators": ["machine-generated"], "language_creators": ["machine-generated"],
+        "tags": card_tags(manifest),
         "size_categories": [_size_category(total)],
         "source_datasets": [manifest.source_dataset],
         "configs": configs, "dataset_info": infos,
     }
-    if not manifest.source_dataset:
+    if not REPO_ID_RE.match(manifest.source_dataset):  # a local folder is not a Hub source dataset
         del header["source_datasets"]
     return yaml.safe_dump(header, sort_keys=False, allow_unicode=True, width=1000, default_flow_style=False)
 

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageOps
 
 from failmode.dataset import layout
-from failmode.dataset.card import render_card
+from failmode.dataset.card import card_tags, render_card
 from failmode.dataset.manifest import Manifest
 from failmode.dataset.sample import CODECS
 from failmode.dataset.summary import ConfigSummary, collect_configs, discover_tables
@@ -32,6 +32,7 @@ PINNED_LIBRARIES = ("diffusers", "numpy", "open_clip_torch", "pillow", "pyarrow"
 def finalize(root: str | os.PathLike[str], manifest: Manifest) -> Manifest:
     """Write `_info.json` per image config, the example grids, `failmode.json` and `README.md`; return the manifest.
 
+    The manifest written names its default config and carries the card's tags (`card_tags`).
     Every shard the manifest lists must be done; table configs written with `write_table_config` are added. An image
     config with no sample is refused (ValidationError) before anything is written.
     The returned manifest has sample counts, library versions and file hashes filled in.
@@ -40,6 +41,8 @@ def finalize(root: str | os.PathLike[str], manifest: Manifest) -> Manifest:
     manifest.check()
     configs = {**manifest.configs, **discover_tables(root, manifest)}
     manifest = dataclasses.replace(manifest, configs={k: dataclasses.replace(v) for k, v in configs.items()})
+    # The manifest states what the card shows: the default config by name, every tag.
+    manifest = dataclasses.replace(manifest, default_config=manifest.default(), tags=card_tags(manifest))
     summaries = collect_configs(root, manifest)
     empty = sorted(name for name, summary in summaries.items()
                    if manifest.configs[name].kind != "table" and not any(v.num_samples for v in summary.splits.values()))

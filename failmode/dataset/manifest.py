@@ -62,7 +62,7 @@ class Manifest:
     description: str = ""
     image_format: str = "png"
     license: str = "creativeml-openrail-m"  # the generator's licence terms apply to its images
-    source_dataset: str = ""  # the classifier's training/validation dataset, e.g. "imagenet-1k"
+    source_dataset: str = ""  # Hub id of the classifier's dataset ("ILSVRC/imagenet-1k"); "" for a local folder
     generator: dict[str, Any] = field(default_factory=dict)  # {"id", "revision" or "sha256", ...}
     vocabulary: dict[str, Any] = field(default_factory=dict)  # {"source", "prompt", "sha256", ...}
     attribution: dict[str, Any] = field(default_factory=dict)  # {"attributor", "clip_model", "k", "used", ...}

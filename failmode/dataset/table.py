@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from failmode import __version__
 from failmode.dataset import layout
 from failmode.dataset.features import ArrowSchemaSpec, dtype_of
-from failmode.dataset.writer import PARQUET_OPTIONS, ROW_GROUP_SIZE
+from failmode.dataset.writer import PARQUET_OPTIONS, ROW_GROUP_SIZE, arrow_num_bytes
 from failmode.errors import ValidationError
 from failmode.io import atomic_path, sha256_file, write_json
 
@@ -49,9 +49,10 @@ def write_table_config(
     table = spec.table(rows)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, row_group_size=ROW_GROUP_SIZE * 100, **PARQUET_OPTIONS)
+        num_bytes = arrow_num_bytes(tmp)
     write_json(marker, {
         "kind": "table", "config": config, "split": split, "shard_index": 0, "num_shards": 1,
-        "num_samples": len(rows), "num_bytes": table.nbytes, "description": description,
+        "num_samples": len(rows), "num_bytes": num_bytes, "description": description,
         "features": spec.to_json(), "class_names": list(spec.class_names), "failmode_version": __version__,
         "files": {path.relative_to(root).as_posix(): {"sha256": sha256_file(path), "size": path.stat().st_size}},
     })

@@ -81,10 +81,11 @@ def write_shard(
             rejected = _fill(sink, samples, prefix, class_names, codec, where)
         finally:
             sink.close()
+        num_bytes = arrow_num_bytes(ptmp)
     root = Path(root)
     stats = {
         "kind": "images", "config": config, "split": split, "shard_index": shard_index, "num_shards": num_shards,
-        "image_format": codec.name, "num_samples": sink.num_rows, "num_bytes": sink.num_bytes,
+        "image_format": codec.name, "num_samples": sink.num_rows, "num_bytes": num_bytes,
         "label_counts": {str(k): v for k, v in sorted(sink.label_counts.items())},
         "features": sink.spec.to_json(), "rejected": rejected, "failmode_version": __version__,
         "files": {p.relative_to(root).as_posix(): {"sha256": sha256_file(p), "size": p.stat().st_size}
@@ -92,6 +93,18 @@ def write_shard(
     }
     write_json(paths["stats_path"], stats)
     return stats
+
+
+def arrow_num_bytes(path: str | os.PathLike[str]) -> int:
+    """The in-memory Arrow size of a parquet shard as `datasets` counts it for `dataset_info.num_bytes`: the file
+    read in batches of its first row group, each batch one contiguous table (validity bitmaps included)."""
+    import pyarrow as pa
+
+    pf = pq.ParquetFile(path)
+    if pf.metadata.num_rows == 0:
+        return 0
+    batch = pf.metadata.row_group(0).num_rows
+    return sum(pa.Table.from_batches([b]).combine_chunks().nbytes for b in pf.iter_batches(batch_size=batch))
 
 
 def _fill(sink: _ShardSink, samples: Iterable[Any], prefix: str, class_names: list[str], codec: ImageCodec,
@@ -128,7 +141,6 @@ class _ShardSink:
         self.writer: pq.ParquetWriter | None = None
         self.pending: list[dict[str, Any]] = []
         self.num_rows = 0
-        self.num_bytes = 0
         self.label_counts: Counter[int] = Counter()
 
     def add(self, row: dict[str, Any]) -> None:
@@ -169,7 +181,6 @@ class _ShardSink:
         if self.writer is None:
             self.writer = pq.ParquetWriter(self.parquet_file, table.schema, **PARQUET_OPTIONS)
         self.writer.write_table(table, row_group_size=ROW_GROUP_SIZE)
-        self.num_bytes += table.nbytes
         self.pending = []
 
     def close(self) -> None:

@@ -251,6 +251,7 @@ def build(preset: Preset, out: str | os.PathLike[str], *, work: str | os.PathLik
     `generator` replaces the preset's generator. Everything checkable is checked before any model loads: the split
     recipe, the vocabulary against the dataset's class names.
     """
+    from failmode.data.sources import hub_dataset_id
     from failmode.data.splits import resolve_recipe
     from failmode.vocab import load_vocabulary
 
@@ -277,7 +278,7 @@ def build(preset: Preset, out: str | os.PathLike[str], *, work: str | os.PathLik
     scorer = make_quality(preset.quality, device=device) if quality else None
     info = DatasetInfo(name=preset.name, version=preset.version, class_names=names,
                        image_format=preset.image_format, repo_id=preset.repo_id, pretty_name=preset.pretty_name,
-                       description=preset.description, source_dataset=d.id,
+                       description=preset.description, source_dataset=hub_dataset_id(d.id),
                        vocabulary={**to_json(preset.vocabulary), "version": getattr(vocab, "version", ""),
                                    "template": vocab.template},
                        attribution={**to_json(preset.attribution), "k": preset.generation.k,

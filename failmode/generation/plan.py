@@ -1,6 +1,11 @@
 """The sample plan: one row per image (prompt, negative prompt, seed, guidance, steps, size, generator), written
 before rendering so any shard can be regenerated bit for bit.
 
+Order and shards (ORDER_RULE, SHARD_RULE): a config's images are interleaved, not sorted by label, so every shard
+and every prefix holds each class (and each context of a class) in proportion; a config is cut into `shard_count`
+shards of equal size (within one sample), a multiple of 8 where it has enough images, so loaders that give each
+worker whole shards (timm's `wds/` reader, `webdataset.WebLoader`) split it evenly over 1, 2, 4 or 8 workers.
+
 Seeds are derived, not drawn: the seed of an image is a hash of (base seed, config, label, context kind, context,
 replica), so adding a class or a config never changes the seeds of the others. A sample that must be replaced
 (quality filter, safety checker) takes the next seed of its own reserve chain (`attempt_seed`).
@@ -32,6 +37,18 @@ BASELINE_KIND = "class-only"
 #: the random-context baseline's config name, kind and source (its seed stream tag: RANDOM_CONTEXT_STREAM)
 RANDOM_CONTEXT = "random-context"
 RANDOM_CONTEXT_STREAM = 11
+#: shard counts are a multiple of SHARD_MULTIPLE (or of the largest power of two below it that keeps
+#: MIN_SHARD_SAMPLES per shard), so common loader worker counts divide them
+SHARD_MULTIPLE = 8
+MIN_SHARD_SAMPLES = 16
+SHARD_RULE = (f"num_shards = m * ceil(n / (m * shard_size)) for a config of n images, where m is the largest of "
+              f"{SHARD_MULTIPLE}, 4, 2, 1 with n >= m * {MIN_SHARD_SAMPLES}; shard i holds positions "
+              "floor(i*n/num_shards) .. floor((i+1)*n/num_shards)-1 of the config's order")
+ORDER_RULE = ("within a config, each class's images are interleaved over its contexts and the classes over the "
+              "config: item j of a group of g items gets the key (j + u)/g, u uniform in [0, 1) from "
+              "numpy's default_rng([order seed, group]) with order seed = sha256 rule of '{base_seed}|{config}|order'; "
+              "images are sorted by key (context rank, replica within a context)")
+ORDER_STREAM = "order"
 DEFAULT_TEMPLATES = {
     "background": "a photo of a {class_name} {context}",
     "color": "a photo of a {class_name} {context}",
@@ -236,7 +253,7 @@ def random_context_modes(mode_sets: Sequence[ModeSet], vocabulary: Any, class_na
 
 def build_plan(mode_sets: Iterable[ModeSet], settings: GenerationSettings, *, generator_id: str,
                baseline_images_per_class: int | None = None) -> list[PlanRow]:
-    """Rows of every config in order (config, label, context rank, replica), cut into shards of `shard_size`."""
+    """Rows of every config in its interleaved order (ORDER_RULE), cut into equal shards (SHARD_RULE)."""
     rows: list[PlanRow] = []
     for ms in mode_sets:
         layout.check_config_name(ms.config)
@@ -244,12 +261,14 @@ def build_plan(mode_sets: Iterable[ModeSet], settings: GenerationSettings, *, ge
         if template is None:
             raise ValidationError(f"no prompt template for context kind {ms.context_kind!r} "
                                   f"(known: {', '.join(sorted(settings.prompt_templates))})")
-        items = _config_items(ms, settings, baseline_images_per_class)
-        num_shards = max(1, math.ceil(len(items) / settings.shard_size))
+        items = interleave(_config_items(ms, settings, baseline_images_per_class),
+                           hash_seed(settings.base_seed, ms.config, ORDER_STREAM))
+        num_shards = shard_count(len(items), settings.shard_size)
         for pos, (cm, context, replica) in enumerate(items):
+            shard, first = shard_of(pos, len(items), num_shards)
             rows.append(PlanRow(
-                config=ms.config, split=settings.split, shard_index=pos // settings.shard_size, num_shards=num_shards,
-                position=pos % settings.shard_size, source_model=ms.source_model, label=cm.label,
+                config=ms.config, split=settings.split, shard_index=shard, num_shards=num_shards,
+                position=pos - first, source_model=ms.source_model, label=cm.label,
                 class_name=cm.class_name, context=context, context_kind=ms.context_kind, replica=replica,
                 prompt=render_prompt(template, cm.prompt_name, "" if ms.context_kind == BASELINE_KIND else context),
                 negative_prompt=settings.negative_prompt,
@@ -258,6 +277,49 @@ def build_plan(mode_sets: Iterable[ModeSet], settings: GenerationSettings, *, ge
                 height=int(settings.size), width=int(settings.size), generator=generator_id,
             ))
     return rows
+
+
+def shard_count(n: int, shard_size: int) -> int:
+    """The number of shards of a config of `n` images with at most `shard_size` per shard (SHARD_RULE)."""
+    if n < 1 or shard_size < 1:
+        raise ValidationError(f"a config needs n >= 1 images and shard_size >= 1 (got {n}, {shard_size})")
+    m = next(m for m in (SHARD_MULTIPLE, 4, 2, 1) if n >= m * MIN_SHARD_SAMPLES or m == 1)
+    return m * math.ceil(n / (m * shard_size))
+
+
+def shard_bounds(n: int, num_shards: int) -> list[range]:
+    """Positions of each shard in a config of `n` images cut into `num_shards` equal shards (within one image)."""
+    return [range(i * n // num_shards, (i + 1) * n // num_shards) for i in range(num_shards)]
+
+
+def shard_of(position: int, n: int, num_shards: int) -> tuple[int, int]:
+    """(shard index, first position of that shard) of a position in a config of `n` images."""
+    shard = ((position + 1) * num_shards - 1) // n
+    return shard, shard * n // num_shards
+
+
+def interleave(items: Sequence[tuple[ClassModes, str, int]], order_seed: int) -> list[tuple[ClassModes, str, int]]:
+    """The items of one config in ORDER_RULE's order: contexts interleaved within each class, classes interleaved."""
+    by_class: dict[int, list[tuple[ClassModes, str, int]]] = {}
+    for item in items:
+        by_class.setdefault(item[0].label, []).append(item)
+    classes = []
+    for label, group in by_class.items():
+        by_context: dict[str, list[tuple[ClassModes, str, int]]] = {}
+        for item in group:
+            by_context.setdefault(item[1], []).append(item)
+        classes.append((label, _spread(list(by_context.values()), [order_seed, 1 + label])))
+    return _spread([g for _, g in classes], [order_seed, 0])
+
+
+def _spread(groups: list[list[Any]], seed: list[int]) -> list[Any]:
+    """Merge groups so each is spread evenly over the result: item j of group g sits at key (j + u) / len(g)."""
+    rng = np.random.default_rng(seed)
+    keyed = []
+    for g, group in enumerate(groups):
+        u = rng.random(len(group))
+        keyed += [((j + u[j]) / len(group), g, j, item) for j, item in enumerate(group)]
+    return [item for *_, item in sorted(keyed, key=lambda t: t[:3])]
 
 
 def render_prompt(template: str, prompt_name: str, context: str) -> str:
