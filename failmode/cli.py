@@ -92,6 +92,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"failmode {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # disk full, read-only or missing path, permission: one line naming the path
+        if e.filename is None:
+            raise
+        where = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 else "")
+        print(f"failmode {args.command}: error: {e.strerror or type(e).__name__}: {where}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
