@@ -92,8 +92,8 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from failmode.backends import GENERATORS
-    from failmode.dataset.manifest import SEMVER_RE
     from failmode.data.sources import hub_dataset_id
+    from failmode.dataset.manifest import SEMVER_RE
     from failmode.errors import UsageError
     from failmode.generation import build as B
     from failmode.generation.plan import GenerationSettings, build_plan
