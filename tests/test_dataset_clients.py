@@ -74,7 +74,10 @@ def test_plan_interleaves_classes_and_contexts_and_cuts_equal_shards():
     assert all(by_key[(r.label, r.context, r.replica)] == r.seed for r in alone)
 
 
-def test_shard_count_rule():
+def test_shard_count_rule(caplog):
+    empty = ModeSet("none", "model", "none", "background", ())
+    assert build_plan([empty], GenerationSettings(), generator_id="g") == []  # left out, with a warning
+    assert "config none has no image to render" in caplog.text
     assert [shard_count(n, 1000) for n in (1, 31, 32, 63, 64, 127, 128, 8000, 8001)] == [1, 1, 2, 2, 4, 4, 8, 8, 16]
     assert shard_count(600, 50) == 16 and shard_count(100, 10) == 12  # the shard_size cap, then the multiple
     for n in range(1, 400):

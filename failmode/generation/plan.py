@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -29,6 +30,8 @@ from failmode.dataset import layout
 from failmode.errors import ValidationError
 from failmode.io import atomic_path, read_json, sha256_file
 from failmode.prompts import fill_template
+
+log = logging.getLogger(__name__)
 
 SEED_MASK = (1 << 63) - 1
 SEED_RULE = ("seed = first 8 bytes (big-endian) of sha256('{base_seed}|{config}|{label}|{context_kind}|{context}|"
@@ -263,6 +266,9 @@ def build_plan(mode_sets: Iterable[ModeSet], settings: GenerationSettings, *, ge
                                   f"(known: {', '.join(sorted(settings.prompt_templates))})")
         items = interleave(_config_items(ms, settings, baseline_images_per_class),
                            hash_seed(settings.base_seed, ms.config, ORDER_STREAM))
+        if not items:
+            log.warning("config %s has no image to render (no class has a mode): left out of the plan", ms.config)
+            continue
         num_shards = shard_count(len(items), settings.shard_size)
         for pos, (cm, context, replica) in enumerate(items):
             shard, first = shard_of(pos, len(items), num_shards)
