@@ -280,6 +280,7 @@ class _Stub(http.server.BaseHTTPRequestHandler):
     script: list[int] = []
     bodies: list[dict] = []
     answer = ""
+    html = False
 
     def do_POST(self):  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -294,9 +295,9 @@ class _Stub(http.server.BaseHTTPRequestHandler):
             payload = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
                        "choices": [{"index": 0, "finish_reason": "stop",
                                     "message": {"role": "assistant", "content": content}}]}
-        data = json.dumps(payload).encode()
+        data = b"<html><body>502 Bad Gateway</body></html>" if self.html else json.dumps(payload).encode()
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", "text/html" if self.html else "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -307,7 +308,7 @@ class _Stub(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def stub():
-    _Stub.script, _Stub.bodies, _Stub.answer = [], [], STUB_ANSWER
+    _Stub.script, _Stub.bodies, _Stub.answer, _Stub.html = [], [], STUB_ANSWER, False
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Stub)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -329,6 +330,28 @@ def test_client_retries_with_backoff_then_caches(stub, tmp_path):
     other_model = ChatClient(stub, "m2", cache_dir=tmp_path)
     other_model.complete(request)
     assert other_model.stats.requests == 1  # the cache key includes the model
+
+
+def test_empty_answers_are_not_cached_and_html_is_one_line(stub, tmp_path):
+    request = {"messages": [{"role": "user", "content": "hi"}], "temperature": 0.0, "seed": 1}
+    _Stub.answer = ""
+    assert ChatClient(stub, "m", cache_dir=tmp_path).complete(request).text == ""
+    _Stub.answer = "1. on snow"  # the server is fixed: the rerun asks again instead of reading the empty answer
+    fixed = ChatClient(stub, "m", cache_dir=tmp_path)
+    assert fixed.complete(request).text == "1. on snow" and fixed.stats.requests == 1
+    _Stub.html = True
+    with pytest.raises(FailmodeError, match="not a chat completion") as e:
+        ChatClient(stub, "m", cache_dir=tmp_path / "other").complete(request)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("kwargs, message", [({"timeout": -1}, "--timeout must be > 0"),
+                                             ({"max_retries": -1}, "--retries must be >= 0")])
+def test_client_settings_are_checked(kwargs, message, tmp_path):
+    from failmode.errors import UsageError
+
+    with pytest.raises(UsageError, match=message):
+        ChatClient("http://127.0.0.1:9/v1", "m", cache_dir=tmp_path, **kwargs)
 
 
 def test_structured_output_rejection_is_remembered_per_endpoint(stub, tmp_path):

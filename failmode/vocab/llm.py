@@ -57,13 +57,22 @@ class StructuredOutputUnsupported(FailmodeError):
     """The endpoint rejected `response_format`; the caller may fall back to free text."""
 
 
+#: per-request timeout and retries: a hung server fails in about 2 x 15 s plus backoff at defaults
+DEFAULT_TIMEOUT = 15.0
+DEFAULT_RETRIES = 1
+
+
 class ChatClient:
     """Chat completions through the `openai` client against `endpoint`, cached on disk and retried with backoff."""
 
     def __init__(self, endpoint: str, model: str, *, api_key: str | None = None, cache_dir: str | Path | None = None,
-                 timeout: float = 120.0, max_retries: int = 4, backoff: float = 1.0) -> None:
+                 timeout: float = DEFAULT_TIMEOUT, max_retries: int = DEFAULT_RETRIES, backoff: float = 1.0) -> None:
         if not endpoint.startswith(("http://", "https://")):
             raise UsageError(f"--endpoint must be an http(s) URL, got {endpoint!r}")
+        if not timeout > 0:
+            raise UsageError(f"--timeout must be > 0 seconds, got {timeout!r}")
+        if max_retries < 0:
+            raise UsageError(f"--retries must be >= 0, got {max_retries!r}")
         import openai
 
         self.endpoint = endpoint.rstrip("/")
@@ -102,8 +111,9 @@ class ChatClient:
         except StructuredOutputUnsupported as e:  # remembered per endpoint, so no later request asks again
             write_json(rejection, {"endpoint": self.endpoint, "model": self.model, "rejected": str(e)})
             raise
-        write_json(path, {"endpoint": self.endpoint, "model": self.model, "request": request,
-                          "text": result.text, "finish_reason": result.finish_reason})
+        if result.text.strip():  # an empty answer is never cached: a rerun asks again
+            write_json(path, {"endpoint": self.endpoint, "model": self.model, "request": request,
+                              "text": result.text, "finish_reason": result.finish_reason})
         return result
 
     def _send_with_retries(self, request: dict[str, Any]) -> Completion:
@@ -133,7 +143,11 @@ class ChatClient:
         extra = {k: v for k, v in request.items() if k not in _STANDARD_ARGS}
         args = {k: v for k, v in request.items() if k in _STANDARD_ARGS}
         resp = self._client.chat.completions.create(model=self.model, extra_body=extra or None, **args)
-        if not resp.choices:
+        choices = getattr(resp, "choices", None)
+        if not isinstance(choices, list):  # an HTML page or plain text, e.g. a proxy's error page
+            raise FailmodeError(f"{self.endpoint}: the answer is not a chat completion (starts {str(resp)[:60]!r}); "
+                                "check --endpoint (an OpenAI-compatible base URL ending in /v1)")
+        if not choices:
             raise FailmodeError(f"{self.endpoint}: response without choices")
         choice = resp.choices[0]
         return Completion(choice.message.content or "", choice.finish_reason)
