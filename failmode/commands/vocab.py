@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from failmode.vocab.llm import DEFAULT_RETRIES, DEFAULT_TIMEOUT
+
 if TYPE_CHECKING:
     from failmode.vocab import Vocabulary
 
@@ -48,9 +50,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="response cache (default: $FAILMODE_CACHE_DIR/llm or ~/.cache/failmode/llm)")
     b.add_argument("--api-key-env", default="OPENAI_API_KEY",
                    help="environment variable holding the API key (default OPENAI_API_KEY; optional for local servers)")
-    b.add_argument("--timeout", type=float, default=15.0,
-                   help="seconds per request (default 15: a hung server fails in about 30 s; raise it for slow models)")
-    b.add_argument("--retries", type=int, default=1, help="retries of a failed request, with backoff (default 1)")
+    b.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+                   help=f"seconds per request (default {DEFAULT_TIMEOUT:g}: a hung server fails in about "
+                        f"{(DEFAULT_RETRIES + 1) * DEFAULT_TIMEOUT:g} s; raise it for slow models)")
+    b.add_argument("--retries", type=int, default=DEFAULT_RETRIES,
+                   help=f"retries of a failed request, with backoff (default {DEFAULT_RETRIES})")
     b.add_argument("--version", dest="vocab_version", default="0.1.0", help="version recorded in the file")
     b.add_argument("--strict", action="store_true", help="exit 1 when any class falls short of --min-contexts")
 

@@ -47,10 +47,11 @@ MIN_SHARD_SAMPLES = 16
 SHARD_RULE = (f"num_shards = m * ceil(n / (m * shard_size)) for a config of n images, where m is the largest of "
               f"{SHARD_MULTIPLE}, 4, 2, 1 with n >= m * {MIN_SHARD_SAMPLES}; shard i holds positions "
               "floor(i*n/num_shards) .. floor((i+1)*n/num_shards)-1 of the config's order")
-ORDER_RULE = ("within a config, each class's images are interleaved over its contexts and the classes over the "
-              "config: item j of a group of g items gets the key (j + u)/g, u uniform in [0, 1) from "
-              "numpy's default_rng([order seed, group]) with order seed = sha256 rule of '{base_seed}|{config}|order'; "
-              "images are sorted by key (context rank, replica within a context)")
+ORDER_RULE = ("within a config, each class's images are interleaved over its contexts, then the classes over the "
+              "config: item j of a group of g items (a context's images in replica order; a class's interleaved "
+              "images) gets the key (j + u)/g, u uniform in [0, 1) from numpy's default_rng([order seed, 1 + label]) "
+              "for a class's contexts and default_rng([order seed, 0]) for the classes, order seed = the seed rule's "
+              "hash of '{base_seed}|{config}|order'; items are sorted by (key, group rank, j)")
 ORDER_STREAM = "order"
 DEFAULT_TEMPLATES = {
     "background": "a photo of a {class_name} {context}",
@@ -270,11 +271,12 @@ def build_plan(mode_sets: Iterable[ModeSet], settings: GenerationSettings, *, ge
             log.warning("config %s has no image to render (no class has a mode): left out of the plan", ms.config)
             continue
         num_shards = shard_count(len(items), settings.shard_size)
-        for pos, (cm, context, replica) in enumerate(items):
-            shard, first = shard_of(pos, len(items), num_shards)
+        placed = [(shard, position) for shard, bounds in enumerate(shard_bounds(len(items), num_shards))
+                  for position in range(len(bounds))]
+        for (shard, position), (cm, context, replica) in zip(placed, items, strict=True):
             rows.append(PlanRow(
                 config=ms.config, split=settings.split, shard_index=shard, num_shards=num_shards,
-                position=pos - first, source_model=ms.source_model, label=cm.label,
+                position=position, source_model=ms.source_model, label=cm.label,
                 class_name=cm.class_name, context=context, context_kind=ms.context_kind, replica=replica,
                 prompt=render_prompt(template, cm.prompt_name, "" if ms.context_kind == BASELINE_KIND else context),
                 negative_prompt=settings.negative_prompt,
@@ -296,12 +298,6 @@ def shard_count(n: int, shard_size: int) -> int:
 def shard_bounds(n: int, num_shards: int) -> list[range]:
     """Positions of each shard in a config of `n` images cut into `num_shards` equal shards (within one image)."""
     return [range(i * n // num_shards, (i + 1) * n // num_shards) for i in range(num_shards)]
-
-
-def shard_of(position: int, n: int, num_shards: int) -> tuple[int, int]:
-    """(shard index, first position of that shard) of a position in a config of `n` images."""
-    shard = ((position + 1) * num_shards - 1) // n
-    return shard, shard * n // num_shards
 
 
 def interleave(items: Sequence[tuple[ClassModes, str, int]], order_seed: int) -> list[tuple[ClassModes, str, int]]:
