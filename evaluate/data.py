@@ -2,7 +2,8 @@
 
 A failmode debug dataset folder holds `data/<config>/<split>-NNNNN-of-MMMMM.parquet` (columns image, label,
 class_name, context, ...), `wds/<config>/` shards and a `failmode.json` manifest. A Hub id is fetched (only the
-chosen config) into the Hugging Face cache and read as such a folder.
+chosen config) into the Hugging Face cache and read as such a folder. Only a finalized folder is read: its manifest
+must list the config, with images, and the config's shards must be exactly the listed ones with their hashes.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from failmode.data.sources import ImageSource, open_source
+from failmode.dataset.validate import check_config_files, load_finalized
 from failmode.errors import ValidationError
 from failmode.hub import is_local, load_from_hub_or_local
 from failmode.io import read_json
@@ -54,9 +56,7 @@ def _source_spec(spec: str, config: str, revision: str | None) -> tuple[str, Pat
         per_config = root / "wds" / config
         return (f"wds:{per_config}" if (per_config / "_info.json").exists() else spec), None
     root = Path(spec).expanduser() if is_local(spec) else _fetch_hub(spec.removeprefix("hf:"), config, revision)
-    if not (root / "data" / config).is_dir():
-        configs = sorted(p.name for p in (root / "data").iterdir()) if (root / "data").is_dir() else []
-        raise ValidationError(f"{spec}: no config {config!r} (configs: {', '.join(configs) or 'none'})")
+    check_config_files(root, load_finalized(root), config)  # a finalized dataset, this config as its manifest says
     return f"{root}#{config}", root
 
 

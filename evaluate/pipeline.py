@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from failmode import __version__
-from failmode.data.sources import KNOWN_DATASETS, ImageSource, open_source
+from failmode.data.sources import KNOWN_DATASETS, ImageSource, check_disjoint_splits, open_source
 from failmode.data.splits import Splits, make_splits, resolve_recipe
 from failmode.dataset.layout import config_slug
 from failmode.errors import UsageError, ValidationError
@@ -213,7 +213,9 @@ def _sources(spec: EvalSpec) -> tuple[ImageSource, ImageSource]:
     known = KNOWN_DATASETS.get(spec.dataset)
     train_split = spec.train_split or (known.train_split if known else "train")
     eval_split = spec.eval_split or (known.eval_split if known else "validation")
-    return open_source(spec.dataset, train_split), open_source(spec.dataset, eval_split)
+    train, evaluation = open_source(spec.dataset, train_split), open_source(spec.dataset, eval_split)
+    check_disjoint_splits(train, evaluation, spec.dataset)
+    return train, evaluation
 
 
 def _halves(rows: Sequence[dict[str, Any]], splits: Splits, where: str) -> dict[str, np.ndarray]:

@@ -86,6 +86,7 @@ GENERATORS: Registry[Callable[..., ImageGenerator]] = Registry("generator")
 # Built-in backends, imported on first use.
 ATTRIBUTORS.register_lazy("clip", "failmode.mining.attribution:ClipAttributor")
 ATTRIBUTORS.register_lazy("exemplar", "failmode.world.backends:ExemplarAttributor")
+ATTRIBUTORS.register_lazy("pixels", "failmode.world.pixels:PixelAttributor")
 GENERATORS.register_lazy("diffusers", "failmode.generation.render:DiffusersGenerator")
 GENERATORS.register_lazy("composite", "failmode.world.backends:CompositeGenerator")
 

@@ -15,7 +15,6 @@ Normalisation (mean/std), the dtype cast and channels_last happen on the device.
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import os
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from failmode.data.sources import ImageSource
+from failmode.data.sources import ImageSource, decode_image
 
 log = logging.getLogger(__name__)
 
@@ -107,11 +106,9 @@ def decode_crop(source: ImageSource, i: int, prep: Preprocess) -> torch.Tensor:
     data = source.encoded(i)
     if data is None:
         img = source.image(i)
-    else:
-        img = Image.open(io.BytesIO(data))
-        if prep.draft and img.format == "JPEG":
-            # DCT-domain downscale, never below twice the target
-            img.draft("RGB", resized_size(*img.size, 2 * prep.short_side))
+    else:  # JPEGs downscaled in the DCT domain while decoding, never below twice the target
+        draft = (lambda size: resized_size(*size, 2 * prep.short_side)) if prep.draft else None
+        img = decode_image(data, source.where(i), draft=draft)
     return torch.from_numpy(crop_pil(img, prep).copy()).permute(2, 0, 1)
 
 
@@ -143,7 +140,7 @@ def decode_full(source: ImageSource, i: int) -> torch.Tensor:
             return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
         except RuntimeError:  # unusual JPEGs (CMYK, truncated): PIL below
             pass
-    img = source.image(i) if data is None else Image.open(io.BytesIO(data)).convert("RGB")
+    img = source.image(i) if data is None else decode_image(data, source.where(i))
     return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
 
 

@@ -56,8 +56,42 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ValidationError(f"{path}: file not found") from None
+    except UnicodeDecodeError as e:
+        raise ValidationError(f"{path}: not UTF-8 text (byte {e.object[e.start:e.start + 1]!r} at offset "
+                              f"{e.start}); JSON files must be UTF-8") from None
     except json.JSONDecodeError as e:
         raise ValidationError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+
+
+def read_tensors(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
+    """The tensors of a .safetensors, .npz or torch (.pt/.pth, weights only) file; a file that is none of these
+    (a JSON file, a truncated download) is one ValidationError naming it and `what` it should hold."""
+    import torch
+
+    path = Path(path)
+    head = path.open("rb").read(64).lstrip()
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return dict(load_file(str(path)))
+        if path.suffix == ".npz":
+            import numpy as np
+
+            with np.load(path) as z:
+                return {k: torch.from_numpy(z[k]) for k in z.files}
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any parser failure means the file is not what it should be
+        if head[:1] in (b"{", b"["):
+            raise ValidationError(f"{path}: a JSON file, not {what} (.safetensors, .npz or a torch state dict)") from None
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:100]
+        if detail.startswith("Weights only load failed"):  # torch's long hint for a file that is no state dict
+            detail = "not a torch state dict"
+        raise ValidationError(f"{path}: not readable as {what} (.safetensors, .npz or a torch state dict: "
+                              f"{detail})") from None
+    if not isinstance(state, dict):
+        raise ValidationError(f"{path}: holds a {type(state).__name__}, not {what} (a dict of tensors)")
+    return state
 
 
 def append_jsonl(path: str | os.PathLike[str], records: Iterable[dict[str, Any]]) -> None:

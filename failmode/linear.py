@@ -85,16 +85,9 @@ class LinearHead:
         path = Path(path)
         if not path.is_file():
             raise LoadError(f"head file {path} does not exist")
-        if path.suffix == ".npz":
-            with np.load(path) as z:
-                arrays = {k: torch.from_numpy(z[k]) for k in z.files}
-        elif path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+        from failmode.io import read_tensors
 
-            arrays = load_file(str(path))
-        else:
-            arrays = {k: v for k, v in torch.load(path, map_location="cpu", weights_only=True).items()
-                      if isinstance(v, torch.Tensor)}
+        arrays = {k: v for k, v in read_tensors(path, "a linear head").items() if isinstance(v, torch.Tensor)}
         arrays = {k.split(".")[-1]: v for k, v in arrays.items()}
         if "weight" not in arrays or "bias" not in arrays:
             found = ", ".join(arrays) or "none"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -271,3 +272,22 @@ def write_debug_dataset(root: str | Path, *, class_names: list[str] | None = Non
     render_dataset(rows, root, SeedColorGenerator(), info, settings, kinds={s.config: s.kind for s in sets},
                    quality=None, quality_cfg=QualitySection(enabled=False), encode_workers=2)
     return Path(root)
+
+
+def derive_preset(shipped: str, path: Path, dataset: Path, models: dict[str, Path], *, head: str | None,
+                  train_per_class: int, debug_per_class: int, baseline: bool = True) -> Path:
+    """The shipped preset `shipped` pointed at a local dataset and the tiny models saved on disk (`models`: weights,
+    clip, pipeline), with small counts: what a user edits to run the chain on their own copies."""
+    from failmode.generation.presets import BUILDERS_DIR
+
+    doc = json.loads((BUILDERS_DIR / f"{shipped}.json").read_text())
+    doc["dataset"].update(id=str(dataset), train_per_class=train_per_class, debug_per_class=debug_per_class)
+    doc["models"] = [{"id": "test_efficientnet", "weights": str(models["weights"]), "head": head}]
+    doc["families"] = {"tiny": ["test_efficientnet"]}
+    doc["attribution"].update(clip_model=TINY_CLIP, pretrained=str(models["clip"]))
+    doc["quality"].update(clip_model=TINY_CLIP, pretrained=str(models["clip"]), min_class_score=-1.0)
+    doc["generation"].update(generator=str(models["pipeline"]), steps=2, size=32, images_per_mode=1, k=1)
+    doc["baseline"] = {"enabled": baseline, "images_per_class": 1}
+    doc["render"]["batch_size"] = 8
+    path.write_text(json.dumps(doc))
+    return path

@@ -14,11 +14,11 @@ import pytest
 
 from failmode.cli import main
 from failmode.dataset import Manifest, validate_dataset_folder
-from failmode.generation.presets import BUILDERS_DIR
 from failmode.io import read_jsonl
 from failmode.testing import (
     CIFAR10_CLASSES,
     TINY_CLIP,
+    derive_preset,
     save_tiny_classifier,
     save_tiny_clip,
     save_tiny_pipeline,
@@ -35,22 +35,6 @@ def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     return {"weights": save_tiny_classifier(root / "classifier.safetensors", ARCH),
             "clip": save_tiny_clip(root / "clip.pt"), "pipeline": save_tiny_pipeline(root / "sd")}
-
-
-def derive_preset(shipped: str, path: Path, dataset: Path, models: dict[str, Path], *, head: str | None,
-                  train_per_class: int, debug_per_class: int, baseline: bool = True) -> Path:
-    """The shipped preset pointed at the local dataset and models (what a user edits), small counts."""
-    doc = json.loads((BUILDERS_DIR / f"{shipped}.json").read_text())
-    doc["dataset"].update(id=str(dataset), train_per_class=train_per_class, debug_per_class=debug_per_class)
-    doc["models"] = [{"id": ARCH, "weights": str(models["weights"]), "head": head}]
-    doc["families"] = {"tiny": [ARCH]}
-    doc["attribution"].update(clip_model=TINY_CLIP, pretrained=str(models["clip"]))
-    doc["quality"].update(clip_model=TINY_CLIP, pretrained=str(models["clip"]), min_class_score=-1.0)
-    doc["generation"].update(generator=str(models["pipeline"]), steps=2, size=32, images_per_mode=1, k=1)
-    doc["baseline"] = {"enabled": baseline, "images_per_class": 1}
-    doc["render"]["batch_size"] = 8
-    path.write_text(json.dumps(doc))
-    return path
 
 
 def run_chain(tmp_path: Path, shipped: str, schema: str, names: list[str], models: dict[str, Path], *,

@@ -157,3 +157,22 @@ def test_validate_checks_the_plan_hash(tmp_path: Path) -> None:
     (root / layout.PLAN_PATH).write_bytes(b"another plan")
     with pytest.raises(ValidationError, match="plan.parquet: content differs from the manifest's plan_sha256"):
         validate_dataset_folder(root, check_hashes=True)
+
+
+def test_validate_refuses_a_card_whose_counts_differ_and_an_empty_config(tmp_path: Path) -> None:
+    from failmode.dataset.validate import check_config_files
+
+    root = tmp_path / "ds"
+    build_tiny_dataset(root)
+    card = root / "README.md"
+    text = card.read_text()
+    card.write_text(text.replace("num_examples: 10", "num_examples: 11", 1))
+    with pytest.raises(ValidationError, match="config 'test_resnet' counts {'train': 11} differ"):
+        validate_dataset_folder(root)
+    card.write_text(text)
+    m = validate_dataset_folder(root)
+    m.configs["baseline"].num_samples = {"train": 0}
+    with pytest.raises(ValidationError, match="config 'baseline' holds no images"):
+        check_config_files(root, m, "baseline")
+    with pytest.raises(ValidationError, match="no config 'nope'"):
+        check_config_files(root, m, "nope")

@@ -154,6 +154,11 @@ def test_the_demo_preset_matches_the_demo_defaults():
     assert derived["models"] == shipped.record()["models"]
     assert {k: v for k, v in derived["dataset"].items() if k != "id"} == {
         k: v for k, v in shipped.record()["dataset"].items() if k != "id"}
+    gap_world = build_world("diffuse-gap", 0)
+    gap = demo_preset(DemoConfig.defaults(), gap_world, Paths(Path("x")))["attribution"]
+    assert (gap["attributor"], gap["options"]) == ("pixels", {"n_exemplars": 48})  # the world's attributor
+    chosen = demo_preset(DemoConfig.defaults(attributor="exemplar"), gap_world, Paths(Path("x")))["attribution"]
+    assert chosen == shipped.record()["attribution"]
 
 
 def test_world_export_is_deterministic(tmp_path):
@@ -189,3 +194,31 @@ def test_cli_parses_demo_options_and_rejects_unknown_worlds(capsys):
         main(["demo", "--out", "x", "--world", "uniform"])
     assert e.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_gap_world_demo_records_the_gap_and_an_attributor_without_classifier_weights(tmp_path):
+    """`failmode demo --world concentrated-gap` on a reduced world: the chain runs with the pixel attributor, and
+    results.json and report.md carry the measured real-vs-generated probe accuracy and the attributor."""
+    from failmode.cli import main
+
+    small = {**SMALL, "gap_probe_per_class": 16}
+    r = run_demo(tmp_path / "gap", DemoConfig.defaults(world="concentrated-gap", seed=1, **small))
+    assert r["world"] == "concentrated-gap" and r["attributor"] == "pixels"
+    assert r["stand_ins"]["attributor"].startswith("pixels:") and "no classifier weights" in r["stand_ins"]["attributor"]
+    assert "photo regions the splits do not use" in r["stand_ins"]["generator"]
+    assert r["gap_probe_acc"] >= 0.85 and r["gap_probe"]["n_eval"] == 160
+    assert r["parameters"]["world_preset"]["gap"]["generator_region"] == [0.6, 1.0]
+    modes = read_json(tmp_path / "gap" / "work" / "models" / MODEL / "modes.json")
+    assert modes["attributor"] == r["stand_ins"]["attributor"]
+    assert 0.3 < r["attribution_top1"] <= 1.0 and r["heldout_acc_ours"] > r["heldout_acc_class_only"]
+    report = (tmp_path / "gap" / "report.md").read_text()
+    assert "Synthetic-to-real gap" in report and f"{100 * r['gap_probe_acc']:.1f} %" in report
+    saved = read_json(tmp_path / "gap" / "results.json")
+    assert saved["gap_probe_acc"] == r["gap_probe_acc"]
+    # only the demo's stand-in attributors can be chosen, in one line
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--out", str(tmp_path / "x"), "--attributor", "clip"])
+    assert e.value.code == 2
+    with pytest.raises(UsageError, match="unknown demo attributor"):
+        DemoConfig.defaults(attributor="clip")

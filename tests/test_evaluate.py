@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from failmode.cli import main
+from failmode.dataset.testing import finalize_configs
+from failmode.errors import ValidationError
 from failmode.evaluate.results import KEY_FIELDS, ResultsLog, markdown_table, result_key
 from failmode.testing import synthetic_images
 
@@ -45,10 +47,14 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("world")
     datasets.DatasetDict({"train": _ds(16, 1), "validation": _ds(32, 2)}).save_to_disk(str(root / "dataset"))
     debug = root / "debug"
-    for k, config in enumerate(["test_convnext", "test_resnet", "baseline", "collective-fam", "random-context"]):
+    kinds = {"test_convnext": "model", "test_resnet": "model", "baseline": "baseline", "collective-fam": "collective",
+             "random-context": "random-context"}
+    for k, config in enumerate(kinds):
         _write_config(debug, config, 16, 10 + k)
-    (debug / "failmode.json").write_text(json.dumps({"name": "tiny-debug", "version": "1.2.3"}))
-    _write_config(root / "cifar-debug", "test_convnext", 8, 20, names=["airplane", "automobile", "bird", "c001"])
+    finalize_configs(debug, NAMES, kinds, version="1.2.3")
+    cifar = ["airplane", "automobile", "bird", "c001"]
+    _write_config(root / "cifar-debug", "test_convnext", 8, 20, names=cifar)
+    finalize_configs(root / "cifar-debug", cifar, {"test_convnext": "model"})
     return root
 
 
@@ -168,6 +174,9 @@ def test_webdataset_debug_data(world, tmp_path):
     ds = open_debug_set(f"wds:{tmp_path / 'ds'}", "test_convnext", NAMES)
     labels = np.arange(6) % USED
     assert np.array_equal(ds.labels, [NAMES.index(names[y]) for y in labels]) and ds.contexts is None
+    with pytest.raises(ValidationError, match="not a finalized failmode dataset"):
+        open_debug_set(str(tmp_path / "ds"), "test_convnext", NAMES)  # the parquet folder is trusted once finalized
+    finalize_configs(tmp_path / "ds", names, {"test_convnext": "model"})
     from_parquet = open_debug_set(str(tmp_path / "ds"), "test_convnext", NAMES)
     assert np.array_equal(from_parquet.labels, ds.labels) and from_parquet.contexts == ["ctx0"] * 4 + ["ctx1"] * 2
 

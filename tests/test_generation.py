@@ -206,6 +206,24 @@ def test_overwrite_mode_redoes_done_shards_and_a_changed_plan_needs_it(tmp_path)
         generate_dataset(changed, tmp_path, SolidGenerator(), class_names=CLASSES)
 
 
+def test_overwrite_with_another_shard_count_never_mixes_old_and_new_shards(tmp_path):
+    """An overwrite first removes the previous build's manifest, card and the shards the new plan does not have: a
+    run that stops half-way leaves no finalized-looking folder and no shard of the old count."""
+    generate_dataset(plan(), tmp_path, SolidGenerator(), class_names=CLASSES)  # resnet50: 2 shards of 3
+    (tmp_path / "failmode.json").write_text("{}")  # as finalize leaves it
+    (tmp_path / "README.md").write_text("the old card")
+    one_shard = plan(GenerationSettings(**{**SETTINGS.to_dict(), "shard_size": 100}))
+    with pytest.raises(RuntimeError, match="killed"):
+        generate_dataset(one_shard, tmp_path, SolidGenerator(fail_after=2), class_names=CLASSES, mode="overwrite")
+    assert not (tmp_path / "failmode.json").exists() and not (tmp_path / "README.md").exists()
+    left = sorted(p.name for p in (tmp_path / "data" / "resnet50").iterdir())
+    assert all("-of-00001" in name for name in left) and not list((tmp_path / "wds").rglob("*-of-00002*"))
+    assert not list((tmp_path / "generation" / "stats").rglob("*-of-00002.json"))
+    generate_dataset(one_shard, tmp_path, SolidGenerator(), class_names=CLASSES, mode="overwrite")
+    assert sorted(p.name for p in (tmp_path / "data" / "resnet50").iterdir()) == [
+        "train-00000-of-00001.parquet", "train-00000-of-00001_stats.json"]
+
+
 class SeedScorer:
     """Drops the images of chosen seeds (a stand-in for CLIP saying 'no object')."""
 
@@ -237,7 +255,8 @@ def test_quality_filter_replaces_drops_from_the_seed_reserve(tmp_path):
     assert t[0]["substitution"] == "quality@0,quality@1" and t[1]["substitution"] == ""
     assert t[0]["clip_class"] == pytest.approx(0.3) and t[0]["clip_context"] == pytest.approx(0.1)
     on_disk = read_json(tmp_path / "generation/stats/resnet50/train-00000-of-00002.json")
-    assert on_disk["failures"]["quality_dropped"] == 6 and set(on_disk["timings"]) >= {"render_s", "write_s"}
+    assert on_disk["failures"]["quality_dropped"] == 6 and on_disk["count"] == 2
+    assert "timings" not in on_disk and set(s0["timings"]) >= {"render_s", "write_s"}  # timings: returned, not kept
 
 
 def test_safety_checker_flags_are_regenerated_with_the_next_seed(tmp_path):

@@ -91,8 +91,12 @@ def test_open_clip_tag_with_unreachable_hub_is_one_line():
 
 
 def test_open_clip_unknown_tag_and_model():
-    with pytest.raises(UsageError, match="no pretrained tag"):
+    with pytest.raises(UsageError, match="'no-such-tag' is neither a local checkpoint file nor an open_clip tag of "
+                                         "ViT-B-32 \\(known: openai"):
         create_clip("ViT-B-32", pretrained="no-such-tag")
+    with pytest.raises(UsageError, match="open_clip has no pretrained tags for failmode-tiny-clip\\) \\(random "
+                                         "weights: null in a preset"):
+        create_clip("failmode-tiny-clip", pretrained="none")
     with pytest.raises(UsageError, match="does not know"):
         create_clip("ViT-Q-99", pretrained=None)
 

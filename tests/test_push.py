@@ -202,5 +202,74 @@ def test_bad_repo_id_and_invalid_folder(tmp_path: Path) -> None:
 
     with pytest.raises(UsageError, match="expected ORG/NAME"):
         push_dataset(tmp_path, "just-a-name")
-    with pytest.raises(ValidationError, match="failmode.json: file not found"):
+    with pytest.raises(ValidationError, match=r"not a finalized failmode dataset \(no failmode.json"):
         push_dataset(tmp_path, "org/name")
+
+
+@pytest.fixture
+def loopback_server():
+    """Start a loopback TCP server in a thread: `start("hang")` accepts and never answers, `start("empty")` answers
+    every HTTP request with 200 and `{}` (not what the Hub says); returns its URL."""
+    import http.server
+    import socket
+    import threading
+
+    closers = []
+
+    def start(kind: str) -> str:
+        if kind == "hang":
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sock.listen(16)
+            held: list[socket.socket] = []
+            threading.Thread(target=lambda: [held.append(sock.accept()[0]) for _ in iter(int, 1)], daemon=True).start()
+            closers.append(sock.close)
+            return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+        class Empty(http.server.BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            do_GET = do_POST = do_PUT = do_HEAD = _answer
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Empty)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        closers.append(srv.shutdown)
+        return f"http://127.0.0.1:{srv.server_address[1]}"
+
+    yield start
+    for close in closers:
+        close()
+
+
+def test_a_hung_hub_fails_the_push_within_the_request_timeout(tiny_ds: Path, tmp_path: Path, loopback_server) -> None:
+    from failmode.cli import build_parser
+    from failmode.dataset.publish import REQUEST_TIMEOUT_S
+
+    assert REQUEST_TIMEOUT_S <= 15  # a hung Hub fails at defaults in about this long (measured: 19 s)
+    assert build_parser().parse_args(["push", "x", "--repo", "a/b"]).timeout == REQUEST_TIMEOUT_S
+    url = loopback_server("hang")
+    proc, elapsed = _push_cli([str(tiny_ds), "--repo", "failmode/tiny-debug", "--timeout", "2"], tmp_path,
+                              HF_TOKEN="hf_test_token", HF_ENDPOINT=url)
+    assert proc.returncode == 1 and elapsed < 15, (elapsed, proc.stderr)
+    lines = [line for line in proc.stderr.splitlines() if "error:" in line]  # (other tests leave a warning line)
+    assert len(lines) == 1 and "did not complete (ReadTimeout" in lines[0] and "nothing was tagged" in lines[0], lines
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_server_that_is_not_the_hub_is_named_in_one_line(tiny_ds: Path, tmp_path: Path, loopback_server) -> None:
+    url = loopback_server("empty")
+    proc, _ = _push_cli([str(tiny_ds), "--repo", "failmode/tiny-debug"], tmp_path, HF_TOKEN="hf_test_token",
+                        HF_ENDPOINT=url)
+    assert proc.returncode == 1
+    lines = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert "Traceback" not in proc.stderr
+    assert len(lines) == 1 and f"the server at {url} does not answer as the Hugging Face Hub does" in lines[0], lines
+    assert "check HF_ENDPOINT" in lines[0]

@@ -452,3 +452,13 @@ def test_label_names_follow_each_datasets_classlabel():
     assert len(imagenet) == 1000 and imagenet[0] == "tench, Tinca tinca"
     assert load_vocabulary("imagenet-1k").class_names[0] == "tench"
     assert label_names("cifar10") == CIFAR10_CLASSES
+
+
+def test_a_build_with_no_usable_context_says_why_in_the_error(stub, tmp_path):
+    from failmode.vocab.build import BuildConfig, build_vocabulary, resolve_classes
+
+    _Stub.answer = "1. on the sea\n2. harbor"  # only what the server called the common contexts
+    with pytest.raises(FailmodeError, match=r"no class received any usable context .* every candidate was rejected: ") as e:
+        build_vocabulary(BuildConfig("cifar10", min_contexts=3, rounds=1),
+                         ChatClient(stub, "m", cache_dir=tmp_path), resolve_classes("cifar10", ["cat"]))
+    assert "see -v" not in str(e.value) and "\n" not in str(e.value)

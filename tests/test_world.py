@@ -77,11 +77,11 @@ def test_scenes_are_distinct_installed_photos():
 
 
 def test_presets_load_and_bad_presets_fail_in_one_line(tmp_path):
-    assert list_presets() == ["concentrated", "diffuse"]
+    assert list_presets() == ["concentrated", "concentrated-gap", "diffuse", "diffuse-gap"]
     conc, diff = load_preset("concentrated"), load_preset("diffuse")
     assert conc.uncommon_policy == "listed" and diff.uncommon_policy == "all_others"
     assert all(2 <= len(v) <= 3 for v in conc.uncommon.values())
-    with pytest.raises(UsageError, match="known: concentrated, diffuse"):
+    with pytest.raises(UsageError, match="known: concentrated, concentrated-gap, diffuse, diffuse-gap"):
         load_preset("uniform")
     doc = json.loads(json.dumps(conc.to_dict()))
     doc.update(format="failmode-world/1", description="")

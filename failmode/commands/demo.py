@@ -10,7 +10,9 @@ DESCRIPTION = (
     "frozen EfficientNet-Lite0, mine its failures, attribute them to contexts, render debug images, write the "
     "dataset (parquet + webdataset + card) and retrain the head with lambda. Writes OUT/results.json, "
     "OUT/report.md (tables, per-class failure modes, plots) and OUT/dataset/. Image generation and attribution use "
-    "stand-ins (composite images, exemplar features) named as such in every output. Stage outputs are cached "
+    "stand-ins (composite images; exemplar features or pixel descriptors) named as such in every output; "
+    "results.json records gap_probe_acc, how well a linear probe on the frozen features tells the generated "
+    "images from the world's photos. Stage outputs are cached "
     "under OUT, so a rerun is fast."
 )
 
@@ -18,8 +20,15 @@ DESCRIPTION = (
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `failmode demo`."""
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--world", choices=("concentrated", "diffuse"),
-                   help="world regime (default concentrated: failures concentrate in a few contexts per class)")
+    from failmode.world import list_presets
+    from failmode.world.demo import ATTRIBUTOR_OPTIONS
+
+    p.add_argument("--world", choices=list_presets(),
+                   help="world regime (default concentrated: failures concentrate in a few contexts per class; "
+                        "*-gap: the generator's images differ visibly from the world's photos)")
+    p.add_argument("--attributor", choices=tuple(ATTRIBUTOR_OPTIONS),
+                   help="attribution stand-in (default: the world's; exemplar uses the classifier's frozen "
+                        "features, pixels uses pixel descriptors and no classifier weights)")
     p.add_argument("--seed", type=int, help="seed of the world, the halves and generation (default 0)")
     p.add_argument("--images-per-mode", type=int, help="debug images per failure mode (default 20)")
     p.add_argument("--k", type=int, help="failure modes per class (default 3)")
@@ -33,12 +42,13 @@ def run(args: argparse.Namespace) -> int:
 
     configure_cpu_threads()
     config = DemoConfig.defaults(world=args.world, seed=args.seed, images_per_mode=args.images_per_mode, k=args.k,
-                                 lam=args.lam)
+                                 lam=args.lam, attributor=args.attributor)
     r = run_demo(args.out, config)
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
     print(f"world {r['world']} seed {r['seed']}: heldout failures ours {pct(r['heldout_acc_ours'])}, "
           f"random-context {pct(r['heldout_acc_random_context'])}, class-only {pct(r['heldout_acc_class_only'])}; "
           f"test {pct(r['test_acc_before'])} -> {pct(r['test_acc_after'])}; "
-          f"attribution top-1 {pct(r['attribution_top1'])}")
+          f"attribution top-1 {pct(r['attribution_top1'])} ({r['attributor']}); "
+          f"real-vs-generated probe {pct(r['gap_probe_acc'])}")
     print(f"report: {args.out}/report.md")
     return 0

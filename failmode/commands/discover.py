@@ -59,6 +59,7 @@ def _world_setup(args: argparse.Namespace) -> dict[str, Any]:
     from failmode.commands._discovery import setup_from_args
     from failmode.errors import UsageError
 
+    _params(args)  # checked before the world and its backends load
     ws = setup_from_args(args)
     names = ws.world.class_names
     unknown = sorted(set(args.classes or []) - set(names))

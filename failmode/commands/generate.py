@@ -53,8 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q = p.add_argument_group("filters")
     q.add_argument("--quality-threshold", type=float, help="drop images whose CLIP class score is below this")
     q.add_argument("--no-quality", action="store_true", help="no CLIP scores at all")
-    q.add_argument("--clip-model")
-    q.add_argument("--clip-pretrained")
+    q.add_argument("--clip-model", help="open_clip model of the quality filter (default: the preset's)")
+    q.add_argument("--clip-pretrained",
+                   help="its open_clip tag or local checkpoint; none: seeded random weights (default: the preset's)")
     q.add_argument("--reserve", type=int, help="replacement seeds per image (quality filter, safety checker)")
     q.add_argument("--safety-checker", action="store_true", default=None, help="run the pipeline's safety checker")
     w = p.add_argument_group("workers and resume")
@@ -134,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
     if args.quality_threshold is not None:
         qcfg.update(enabled=True, min_class_score=args.quality_threshold)
     qcfg.update({k: v for k, v in (("clip_model", args.clip_model), ("pretrained", args.clip_pretrained)) if v})
+    if args.clip_pretrained == "none":  # the command line's word for random weights (null in a preset)
+        qcfg["pretrained"] = None
     if args.reserve is not None:
         qcfg["reserve"] = args.reserve
     qsection = from_mapping(QualitySection, qcfg, "quality settings")

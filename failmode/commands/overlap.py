@@ -17,7 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("failures", nargs="*", help="failures.parquet files (or folders holding one)")
     p.add_argument("--runs", help="a folder of <model>/failures.parquet (every one found is compared)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--families", help='JSON mapping model names or name prefixes to families, e.g. {"vit_": "ViT"}')
+    p.add_argument("--families", help='model name (or name prefix) -> family: inline JSON such as {"vit_": "ViT"} '
+                   'or a JSON file')
     p.add_argument("--half", default="all", choices=("all", "seed", "heldout"), help="which failures to compare")
 
 

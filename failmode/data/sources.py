@@ -16,7 +16,7 @@ import io
 import logging
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from failmode.errors import LoadError, UsageError, ValidationError
+from failmode.errors import BadImageError, LoadError, UsageError, ValidationError
 from failmode.hub import load_from_hub_or_local
 from failmode.io import read_json, stable_hash
 
@@ -54,6 +54,23 @@ KNOWN_DATASETS: dict[str, KnownDataset] = {
 }
 
 
+def decode_image(data: bytes | str | os.PathLike[str], where: str, *,
+                 draft: Callable[[tuple[int, int]], tuple[int, int]] | None = None) -> Image.Image:
+    """Image bytes or a file decoded to RGB; an undecodable image (truncated, empty, not an image) is a
+    BadImageError naming `where` (the source and index, or the file). `draft(size)` gives the size a JPEG may be
+    downscaled to while decoding (DCT-domain)."""
+    try:
+        img = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
+        if draft is not None and img.format == "JPEG":
+            img.draft("RGB", draft(img.size))
+        return img.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        if isinstance(e, FileNotFoundError | PermissionError | IsADirectoryError):
+            raise
+        size = f"{len(data)} bytes" if isinstance(data, bytes) else f"{Path(data).stat().st_size} bytes"
+        raise BadImageError(f"{where}: cannot decode the image ({size}): {str(e) or type(e).__name__}") from None
+
+
 class ImageSource(ABC):
     """A labelled image collection: `len`, `labels`, `class_names`, stable `ids`, and images by position."""
 
@@ -73,6 +90,10 @@ class ImageSource(ABC):
     def encoded(self, i: int) -> bytes | None:
         """The i-th image's encoded bytes (PNG/JPEG) when the source stores them, else None."""
         return None
+
+    def where(self, i: int) -> str:
+        """Where image `i` comes from, for messages: the source and its index and id (a file path if it has one)."""
+        return f"{self.ident}: image {i} (id {self.ids[i]})"
 
     def column(self, name: str) -> list[Any]:
         """The values of a metadata column (e.g. `context`) for every image; ValidationError when there is none."""
@@ -134,7 +155,7 @@ class HFSource(ImageSource):
         data = self.encoded(i)
         if data is None:
             raise LoadError(f"{self.ident}: image {i} has neither bytes nor a path")
-        return Image.open(io.BytesIO(data)).convert("RGB")
+        return decode_image(data, self.where(i))
 
 
 class FolderSource(ImageSource):
@@ -158,8 +179,11 @@ class FolderSource(ImageSource):
     def encoded(self, i: int) -> bytes | None:
         return self.paths[i].read_bytes()
 
+    def where(self, i: int) -> str:
+        return str(self.paths[i])
+
     def image(self, i: int) -> Image.Image:
-        return Image.open(self.paths[i]).convert("RGB")
+        return decode_image(self.paths[i], self.where(i))
 
 
 def _pick(cols: Sequence[str], candidates: Sequence[str], what: str, ident: str) -> str:
@@ -202,7 +226,29 @@ def _open_local(path: Path, split: str | None, config: str | None) -> ImageSourc
         ds = datasets.Dataset.from_parquet(files, keep_in_memory=False)
         key = stable_hash([(f, os.path.getsize(f)) for f in files])
         return HFSource(ds, f"parquet:{path.resolve()}#{config or ''}:{split or ''}:{key}")
-    return FolderSource(path)
+    return _open_folder(path, split)
+
+
+def _open_folder(path: Path, split: str | None) -> ImageSource:
+    """An ImageFolder, or split `split` of a folder of ImageFolders (`path/<split>/<class>/...`). A folder without
+    split folders is one split: naming a split there is refused, as two names would read the same images."""
+    if split is None:
+        return FolderSource(path)
+    if (path / split).is_dir():
+        return FolderSource(path / split)
+    splits = sorted(p.name for p in path.iterdir()
+                    if p.is_dir() and any(c.is_dir() for c in p.iterdir()) and not p.name.startswith("."))
+    if splits:
+        raise UsageError(f"{path}: no split folder {split!r} (split folders: {', '.join(splits)})")
+    raise UsageError(f"{path} is one ImageFolder without split folders ({path}/<split>/<class>/...), so split "
+                     f"{split!r} would be the same images as any other split: give it split folders")
+
+
+def check_disjoint_splits(train: ImageSource | None, evaluation: ImageSource, dataset: str) -> None:
+    """The head's training images and the evaluation images must be different splits (UsageError otherwise)."""
+    if train is not None and train.ident == evaluation.ident:
+        raise UsageError(f"{dataset}: the train split and the evaluation split are the same images ({train.ident}); "
+                         "choose different splits (--train-split / --split)")
 
 
 def _need_split(split: str | None, available: Sequence[str], where: object) -> str:
@@ -265,7 +311,7 @@ def _open_wds(root: Path, split: str | None) -> ImageSource:
         key = next((k for k in ("png", "jpg", "jpeg", "webp") if k in sample), None)
         if key is None or "cls" not in sample:
             raise ValidationError(f"{root}: sample {sample.get('__key__')} has no image or cls field")
-        images.append(Image.open(io.BytesIO(sample[key])).convert("RGB"))
+        images.append(decode_image(sample[key], f"{sample.get('__url__', root)}: sample {sample['__key__']}"))
         labels.append(int(sample["cls"]))
         ids.append(sample["__key__"])
     return ListSource(images, labels, names, f"wds:{root.resolve()}:{split}:{stable_hash(ids)}", ids)

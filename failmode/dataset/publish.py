@@ -24,8 +24,10 @@ from failmode.hub import hub_endpoint, hub_offline, hub_unreachable_reason
 
 log = logging.getLogger(__name__)
 
-REQUEST_TIMEOUT_S = 60.0  # per HTTP request (huggingface_hub's own client has no timeout at all)
-CONNECT_TIMEOUT_S = 10.0
+#: seconds a push waits for any HTTP request to make progress (huggingface_hub's own client has no timeout at all):
+#: a hung Hub fails the push in about this long; a slow upload that keeps sending is not cut
+REQUEST_TIMEOUT_S = 15.0
+CONNECT_TIMEOUT_S = 5.0
 # generation/ holds the plan (pinned by the manifest's plan_sha256) and per-shard generation stats.
 UPLOAD_PATTERNS = [layout.CARD_NAME, layout.MANIFEST_NAME, "data/*", "wds/*", "assets/*", "generation/*"]
 # Remote files under these folders that the new version does not have are deleted (stale shards would
@@ -110,13 +112,23 @@ def _hub_errors(repo_id: str) -> Iterator[None]:
         yield
     except FailmodeError:
         raise
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        if getattr(e, "response", None) is not None:  # an HTTP error that is also a ValueError
+            raise _push_error(e, repo_id) from e
+        raise FailmodeError(f"push to {repo_id}: the server at {hub_endpoint()} does not answer as the Hugging Face "
+                            f"Hub does (unexpected reply, {type(e).__name__}: {e}); check HF_ENDPOINT. Nothing was "
+                            "tagged") from e
     except Exception as e:  # HfHubHTTPError, httpx2.TransportError, OfflineModeIsEnabled, OSError, ...
-        status = getattr(getattr(e, "response", None), "status_code", None)
-        hint = {401: "the token was rejected", 403: f"the token may not write to {repo_id}"}.get(status, "")
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise FailmodeError(f"push to {repo_id} did not complete ({type(e).__name__}: {first}"
-                            f"{'; ' + hint if hint else ''}); nothing was tagged, rerun the same command to resume"
-                            ) from e
+        raise _push_error(e, repo_id) from e
+
+
+def _push_error(e: Exception, repo_id: str) -> FailmodeError:
+    """The one-line error of a push that stopped on an HTTP or transport failure."""
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    hint = {401: "the token was rejected", 403: f"the token may not write to {repo_id}"}.get(status, "")
+    first = (str(e).strip().splitlines() or [""])[0][:200]
+    return FailmodeError(f"push to {repo_id} did not complete ({type(e).__name__}: {first}"
+                         f"{'; ' + hint if hint else ''}); nothing was tagged, rerun the same command to resume")
 
 
 def _check_remote(api: Any, repo_id: str, sha: str, root: str | os.PathLike[str], files: dict[str, str]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,4 +69,14 @@ def build_tiny_dataset(root: str | os.PathLike[str], *, n: int = 10, shard_size:
                  "context": TINY_CONTEXTS[i % 3], "half": "seed" if i % 2 else "heldout"} for i in range(1, 6)]
         write_table_config(root, "failures-test_resnet", "validation", rows, class_names=TINY_CLASSES,
                            description="failure records of test_resnet on the validation split (ids only)")
+    return finalize(root, manifest)
+
+
+def finalize_configs(root: str | os.PathLike[str], class_names: list[str], configs: dict[str, str], *,
+                     name: str = "tiny-debug", version: str = "1.0.0") -> Manifest:
+    """Finalize a folder whose configs (name -> kind) were written as one train shard each with `write_shard`."""
+    manifest = dataclasses.replace(
+        tiny_manifest(version), name=name, class_names=list(class_names), repo_id="",
+        configs={c: ConfigSpec(kind=kind, splits={"train": 1}, source_model=c if kind == "model" else kind)
+                 for c, kind in configs.items()})
     return finalize(root, manifest)

@@ -14,27 +14,66 @@ from failmode.io import sha256_file
 from failmode.progress import progress
 
 
-def validate_dataset_folder(root: str | os.PathLike[str], *, check_hashes: bool = False) -> Manifest:
-    """Return the folder's manifest, or raise ValidationError naming the first problem found.
-
-    Checks: `failmode.json` parses; `README.md` has a YAML header whose configs and version match the manifest;
-    every shard of every config exists with the manifest's shard count and sample count, with no stray shards;
-    every image config has `_info.json`. With `check_hashes`, every file's SHA-256 must match the manifest.
-    """
+def load_finalized(root: str | os.PathLike[str]) -> Manifest:
+    """The manifest of a finalized dataset folder; a folder without one (an interrupted build, another kind of
+    folder) is refused in one line."""
     root = Path(root)
     if not root.is_dir():
         raise ValidationError(f"{root}: not a directory")
-    manifest = Manifest.load(root)
-    _check_card(root, manifest)
+    if not (root / layout.MANIFEST_NAME).is_file():
+        shards = sorted(p.relative_to(root).as_posix() for p in (root / "data").glob("*/*.parquet")) \
+            if (root / "data").is_dir() else []
+        what = f"{len(shards)} shard(s) but " if shards else ""
+        raise ValidationError(f"{root}: not a finalized failmode dataset ({what}no {layout.MANIFEST_NAME}; an "
+                              "interrupted build finishes when it is run again)")
+    return Manifest.load(root)
+
+
+def check_config_files(root: str | os.PathLike[str], manifest: Manifest, config: str) -> None:
+    """Config `config` of a finalized folder is what its manifest lists: it holds images, every one of its data
+    files exists with the manifest's SHA-256 and no other shard lies beside them."""
+    root = Path(root)
+    if config not in manifest.configs:
+        raise ValidationError(f"{root}: no config {config!r} in {layout.MANIFEST_NAME} "
+                              f"(configs: {', '.join(sorted(manifest.configs)) or 'none'})")
+    if not sum(manifest.configs[config].num_samples.values()):
+        raise ValidationError(f"{root}: config {config!r} holds no images")
+    prefix = f"data/{config}/"
+    listed = {rel: digest for rel, digest in manifest.files.items() if rel.startswith(prefix)}
+    present = {p.relative_to(root).as_posix() for p in (root / "data" / config).glob("*.parquet")}
+    stray = sorted(present - set(listed))
+    if stray:
+        raise ValidationError(f"{root}: {stray[0]} is not in {layout.MANIFEST_NAME} (a shard of another build?)")
+    for rel, digest in sorted(listed.items()):
+        if not (root / rel).is_file():
+            raise ValidationError(f"{root}: {rel} is missing (listed in {layout.MANIFEST_NAME})")
+        if sha256_file(root / rel) != digest:
+            raise ValidationError(f"{root}: {rel} differs from {layout.MANIFEST_NAME} (SHA-256 mismatch)")
+
+
+def validate_dataset_folder(root: str | os.PathLike[str], *, check_hashes: bool = False) -> Manifest:
+    """Return the folder's manifest, or raise ValidationError naming the first problem found.
+
+    Checks: `failmode.json` parses; `README.md` has a YAML header whose configs, version and per-split counts
+    match the manifest; every shard of every config exists with the manifest's shard count and sample count, with
+    no stray shards; no config is empty;
+    every image config has `_info.json`. With `check_hashes`, every file's SHA-256 must match the manifest.
+    """
+    root = Path(root)
+    manifest = load_finalized(root)
+    header = _check_card(root, manifest)
     summaries = collect_configs(root, manifest)
     for name, summary in summaries.items():
         counts = {s: v.num_samples for s, v in summary.splits.items()}
+        if not sum(counts.values()):
+            raise ValidationError(f"config {name!r} holds no images (every planned image was dropped?)")
         if counts != manifest.configs[name].num_samples:
             raise ValidationError(f"config {name!r}: shards hold {counts} samples, the manifest says "
                                   f"{manifest.configs[name].num_samples} (was finalize run after the last shard?)")
         info = layout.wds_dir(root, name) / layout.INFO_NAME
         if summary.has_images and not info.exists():
             raise ValidationError(f"config {name!r}: {info.relative_to(root)} is missing (run finalize)")
+    _check_card_counts(root, manifest, header)
     missing = [p for p in manifest.files if not (root / p).exists()]
     if missing:
         raise ValidationError(f"{len(missing)} file(s) listed in the manifest are missing, e.g. {missing[0]}")
@@ -43,7 +82,19 @@ def validate_dataset_folder(root: str | os.PathLike[str], *, check_hashes: bool 
     return manifest
 
 
-def _check_card(root: Path, manifest: Manifest) -> None:
+def _check_card_counts(root: Path, manifest: Manifest, header: dict) -> None:
+    card = root / layout.CARD_NAME
+    for info in header.get("dataset_info") or []:
+        name = info.get("config_name") if isinstance(info, dict) else None
+        if name not in manifest.configs:
+            continue
+        counts = {s.get("name"): s.get("num_examples") for s in info.get("splits") or [] if isinstance(s, dict)}
+        if counts != manifest.configs[name].num_samples:
+            raise ValidationError(f"{card}: config {name!r} counts {counts} differ from the manifest's "
+                                  f"{manifest.configs[name].num_samples}")
+
+
+def _check_card(root: Path, manifest: Manifest) -> dict:
     card = root / layout.CARD_NAME
     if not card.exists():
         raise ValidationError(f"{card}: dataset card not found (run finalize)")
@@ -55,6 +106,7 @@ def _check_card(root: Path, manifest: Manifest) -> None:
         value, expected = header.get(key), getattr(manifest, key)
         if str(value) != expected:
             raise ValidationError(f"{card}: {key} {value!r} differs from the manifest's {expected!r}")
+    return header
 
 
 def _check_hashes(root: Path, manifest: Manifest) -> None:

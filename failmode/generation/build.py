@@ -24,6 +24,7 @@ from failmode.generation.plan import (
     ModeSet,
     baseline_modes,
     build_plan,
+    check_mode_set,
     merge_modes,
     modes_from_json,
     plan_path,
@@ -170,7 +171,9 @@ def mode_sets(preset: Preset, stages: list[ModelStages], docs: dict[str, Any], v
     class-only and the random-context baselines."""
     k = preset.generation.k
     sets = [modes_from_json(docs[st.model.id], config=config_slug(st.model.id), k=k, source_model=st.model.id,
-                            where=str(st.modes)) for st in stages]
+                            where=str(st.modes), allow_empty=True) for st in stages]
+    for ms, st in zip(sets, stages, strict=True):
+        check_mode_set(ms, vocab, str(st.modes))
     for fam, members in sorted(preset.families.items()):
         sets.append(merge_modes([docs[m] for m in members], config=config_slug(f"collective-{fam}"), family=fam, k=k))
     if preset.baseline.enabled:
@@ -193,14 +196,15 @@ def mode_sets_from_files(modes_files: list[tuple[str, str]], *, k: int, vocab: s
     from failmode.vocab import load_vocabulary
 
     loaded = [(read_json(f), name, f) for f, name in modes_files]
-    first = loaded[0][0].get("vocabulary", {}) if loaded else {}
+    sets = [modes_from_json(d, config=name or None, k=k, where=str(f)) for d, name, f in loaded]
+    first = loaded[0][0].get("vocabulary") or {} if loaded else {}
     vocab_name = vocab or first.get("dataset")
     if not vocab_name:
         raise UsageError("--vocab is required with --baseline alone (it names the classes)")
     kind = kind or first.get("kind") or "background"
     vocabulary = load_vocabulary(vocab_name, kind)
-    sets = [modes_from_json(d, config=name or config_slug(str(d.get("source_model"))), k=k, where=str(f))
-            for d, name, f in loaded]
+    for ms, (_, _, f) in zip(sets, loaded, strict=True):
+        check_mode_set(ms, vocabulary, str(f))
     if collective:
         sets.append(merge_modes([d for d, _, _ in loaded], config=config_slug(f"collective-{collective}"),
                                 family=collective, k=k))

@@ -183,21 +183,71 @@ def attempt_seed(seed: int, attempt: int) -> int:
     return seed if attempt == 0 else hash_seed(seed, "reserve", attempt)
 
 
-def modes_from_json(data: Mapping[str, Any], *, config: str, k: int, kind: str = "model",
-                    source_model: str | None = None, where: str = "modes.json") -> ModeSet:
-    """A ModeSet from a `failmode-modes/1` document, keeping the top `k` contexts of each class."""
+def modes_from_json(data: Any, *, config: str | None = None, k: int, kind: str = "model",
+                    source_model: str | None = None, where: str = "modes.json", allow_empty: bool = False) -> ModeSet:
+    """A ModeSet from a `failmode-modes/1` document, keeping the top `k` contexts of each class.
+
+    The structure is checked strictly (one line naming the file and class): an object with a `classes` list
+    (non-empty unless `allow_empty`: a model without seed failures), integer labels >= 0 without repeats, string
+    class names and non-empty string contexts. Whether labels, names and contexts belong to the dataset is
+    `check_mode_set`'s job (it needs the vocabulary). `config` defaults to the slug of the source model."""
+    if not isinstance(data, Mapping):
+        raise ValidationError(f"{where}: expected a JSON object (a failmode-modes/1 file), got {type(data).__name__}")
     if data.get("format") != "failmode-modes/1":
         raise ValidationError(f"{where}: not a failmode-modes/1 file (format {data.get('format')!r})")
-    try:
-        classes = tuple(
-            ClassModes(int(c["label"]), str(c["class_name"]), str(c.get("prompt_name") or c["class_name"]),
-                       tuple(str(m["context"]) for m in c.get("modes", [])[:k]))
-            for c in data["classes"]
-        )
-        context_kind = str(data.get("vocabulary", {}).get("kind") or "background")
-        return ModeSet(config, kind, source_model or str(data["source_model"]), context_kind, classes)
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValidationError(f"{where}: malformed modes file ({type(e).__name__}: {e})") from None
+    entries = data.get("classes")
+    if not isinstance(entries, list) or not (entries or allow_empty):
+        raise ValidationError(f"{where}: 'classes' must be a non-empty list of classes")
+    classes, seen = [], set()
+    for pos, c in enumerate(entries):
+        at = f"{where}: classes[{pos}]"
+        if not isinstance(c, Mapping):
+            raise ValidationError(f"{at}: expected an object, got {type(c).__name__}")
+        label, name = c.get("label"), c.get("class_name")
+        if not isinstance(label, int) or isinstance(label, bool) or label < 0:
+            raise ValidationError(f"{at}: label must be an integer >= 0, not {label!r}")
+        if label in seen:
+            raise ValidationError(f"{at}: label {label} is listed twice")
+        seen.add(label)
+        if not isinstance(name, str) or not name.strip():
+            raise ValidationError(f"{at}: class_name must be a non-empty string, not {name!r}")
+        modes = c.get("modes", [])
+        if not isinstance(modes, list):
+            raise ValidationError(f"{at}: 'modes' must be a list")
+        contexts = []
+        for j, m in enumerate(modes[:k]):
+            ctx = m.get("context") if isinstance(m, Mapping) else None
+            if not isinstance(ctx, str) or not ctx.strip():
+                raise ValidationError(f"{at}.modes[{j}]: context must be a non-empty string, not {ctx!r}")
+            contexts.append(ctx)
+        prompt = c.get("prompt_name") or name
+        classes.append(ClassModes(label, name, str(prompt), tuple(contexts)))
+    vocabulary = data.get("vocabulary") or {}
+    context_kind = str(vocabulary.get("kind") or "background") if isinstance(vocabulary, Mapping) else "background"
+    source = source_model or data.get("source_model")
+    if not isinstance(source, str) or not source:
+        raise ValidationError(f"{where}: source_model must be a non-empty string, not {source!r}")
+    return ModeSet(config or layout.config_slug(source), kind, source, context_kind, tuple(classes))
+
+
+def check_mode_set(ms: ModeSet, vocabulary: Any, where: str) -> None:
+    """Every class of `ms` must be a class of `vocabulary` (the dataset's) by label and name, and every context one
+    of that class's vocabulary contexts; one-line ValidationError naming `where` otherwise."""
+    names = vocabulary.label_names()
+    for cm in ms.classes:
+        at = f"{where}: class {cm.label} {cm.class_name!r}"
+        if cm.label >= len(names):
+            raise ValidationError(f"{at}: label {cm.label} is not a class of {vocabulary.dataset} "
+                                  f"(labels 0..{len(names) - 1})")
+        entry = vocabulary.get(cm.label)
+        if cm.class_name not in {names[cm.label], entry.name, entry.prompt_name}:
+            raise ValidationError(f"{at}: label {cm.label} is {names[cm.label]!r} in {vocabulary.dataset}, not "
+                                  f"{cm.class_name!r} (a modes file of another dataset?)")
+        known = set(entry.contexts)
+        unknown = [c for c in cm.contexts if c not in known]
+        if unknown:
+            raise ValidationError(f"{at}: context {unknown[0]!r} is not in the {vocabulary.dataset} "
+                                  f"{vocabulary.kind} vocabulary of this class ({vocabulary.source})")
 
 
 def merge_modes(sets: Sequence[Mapping[str, Any]], *, config: str, family: str, k: int) -> ModeSet:

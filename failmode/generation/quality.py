@@ -31,6 +31,10 @@ class QualityScorer(Protocol):
         """True if the image passes the filter."""
 
 
+#: texts per text-encoder call of the quality scorer (a fixed shape: batch-independent embeddings)
+TEXT_BATCH = 16
+
+
 @dataclass
 class ClipQuality:
     """CLIP cosine similarity of image to class prompt and to context phrase; drops images below `min_class_score`."""
@@ -49,11 +53,15 @@ class ClipQuality:
         self._prep = Preprocess.from_open_clip(self.clip.model, draft=False)
 
     def _encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """Embeddings of `texts`, each computed once, in batches of exactly TEXT_BATCH (padded with ""): a text's
+        embedding does not depend on which texts were encoded before it (a resumed build scores as a fresh one)."""
         new = sorted({t for t in texts if t not in self._text})
-        if new:
+        for i in range(0, len(new), TEXT_BATCH):
+            chunk = new[i:i + TEXT_BATCH]
+            padded = chunk + [""] * (TEXT_BATCH - len(chunk))
             with torch.inference_mode():
-                emb = self.clip.model.encode_text(self.clip.tokenizer(new).to(self.device)).float()
-            for t, e in zip(new, torch.nn.functional.normalize(emb, dim=-1), strict=True):
+                emb = self.clip.model.encode_text(self.clip.tokenizer(padded).to(self.device)).float()
+            for t, e in zip(chunk, torch.nn.functional.normalize(emb[:len(chunk)], dim=-1), strict=True):
                 self._text[t] = e
         return torch.stack([self._text[t] for t in texts])
 

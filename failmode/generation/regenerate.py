@@ -11,6 +11,7 @@ from typing import Any
 
 from failmode.backends import GENERATORS, construct
 from failmode.dataset import Manifest, layout
+from failmode.dataset.validate import load_finalized
 from failmode.errors import UsageError
 from failmode.generation.plan import PlanRow, read_plan_of
 from failmode.generation.render import RenderOptions, safety_function
@@ -52,7 +53,7 @@ def regenerate_shards(root: str | os.PathLike[str], shards: Sequence[str], out: 
     from failmode.generation.render import DiffusersGenerator
 
     root, out = Path(root), Path(out)
-    manifest = Manifest.load(root)
+    manifest = load_finalized(root)
     rows = select_shards(read_plan_of(root), shards)
     g = manifest.generation
     fields = {f.name for f in dataclasses.fields(RenderOptions)} - {"device"}

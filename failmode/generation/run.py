@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from failmode.backends import ImageGenerator
-from failmode.dataset import ConfigSpec, Manifest, finalize, shard_done
+from failmode.dataset import ConfigSpec, Manifest, finalize, layout, shard_done
 from failmode.errors import ValidationError
 from failmode.generation.plan import SEED_RULE, GenerationSettings, PlanRow, plan_path, read_plan, write_plan
 from failmode.generation.quality import QualityScorer
@@ -29,7 +29,36 @@ def save_plan(rows: Sequence[PlanRow], root: str | os.PathLike[str], mode: str =
             raise ValidationError(f"{path} holds a different plan (settings or modes changed); rerun with "
                                   "--mode overwrite or use another output folder")
         return sha256_file(path)
+    if mode == "overwrite":
+        clear_stale(rows, root)
     return write_plan(rows, path)
+
+
+def clear_stale(rows: Sequence[PlanRow], root: str | os.PathLike[str]) -> list[str]:
+    """Before an overwrite: remove the old manifest, card and grids (the folder is no longer a finalized dataset
+    until the new plan is finalized) and every shard file of a config, split or shard count the new plan does not
+    have, so old and new shards never mix. Idempotent (workers of one job may all call it). Returns what went."""
+    root = Path(root)
+    planned = {(j.config, layout.shard_stem(j.split, j.shard_index, j.num_shards)) for j in shard_jobs(rows)}
+    tables = {m.parent.name for m in (root / "data").glob("*/*_stats.json") if read_json(m).get("kind") == "table"}
+    gone = [root / layout.MANIFEST_NAME, root / layout.CARD_NAME, *sorted((root / "assets").glob("grid_*.png"))]
+    for base, pattern in (("data", "*"), ("wds", "*"), ("generation/stats", "*.json")):
+        for f in sorted((root / base).glob(f"*/{pattern}")):
+            parsed = layout.parse_shard_name(f.name)
+            if f.parent.name in tables:  # metadata tables written into the folder are not generation's to remove
+                continue
+            if parsed is not None and (f.parent.name, layout.shard_stem(*parsed[:3])) not in planned:
+                gone.append(f)
+            elif parsed is None and f.name == layout.INFO_NAME:
+                gone.append(f)  # a config's wds _info.json: finalize writes it again
+    removed = []
+    for f in gone:
+        if f.is_file():
+            f.unlink(missing_ok=True)
+            removed.append(f.relative_to(root).as_posix())
+    if removed:
+        log.info("overwrite: removed %d file(s) of the previous build (manifest, card, stale shards)", len(removed))
+    return removed
 
 
 def generate_dataset(rows: Sequence[PlanRow], root: str | os.PathLike[str], generator: ImageGenerator, *,
@@ -60,6 +89,7 @@ def quality_summary(rows: Sequence[PlanRow], root: str | os.PathLike[str]) -> di
         s = read_json(path)
         for key in ("planned", "count", "substituted"):
             total[key] += int(s[key])
+        total["count"] -= int(s.get("rejected", 0))  # samples the writer refused are not in the shard
         for key, v in s["failures"].items():
             total[key] += int(v)
     return total

@@ -241,15 +241,17 @@ class GenerationRun:
         t1 = time.perf_counter()
         gen["timings"].update(encode_s=round(encode_s, 3), encode_wait_s=round(t1 - t0, 3))
         # The marker written by write_shard comes last; the generation stats go first so a done shard has both.
+        # Timings stay out of the file (they differ between runs; the folder is deterministic): they are logged
+        # and returned.
         path = gen_stats_path(self.root, job.config, job.split, job.shard_index, job.num_shards)
-        gen["timings"]["write_s"] = None
-        write_json(path, gen)
+        write_json(path, {k: v for k, v in gen.items() if k != "timings"})
         written = write_shard(self.root, job.config, job.split, job.shard_index, job.num_shards, samples,
                               class_names=self.class_names, image_format=self.image_format)
         gen["timings"]["write_s"] = round(time.perf_counter() - t1, 3)
         gen["rejected"] = len(written.get("rejected", []))
-        write_json(path, gen)
+        write_json(path, {k: v for k, v in gen.items() if k != "timings"})
         log.info("%s: %d/%d images (%s)", job.name, gen["count"], gen["planned"], gen["failures"])
+        log.debug("%s: timings %s", job.name, gen["timings"])
         return gen
 
 
@@ -265,5 +267,5 @@ def _chunks(items: list[Any], n: int) -> Iterator[list[Any]]:
 
 
 def gen_stats_path(root: str | os.PathLike[str], config: str, split: str, shard_index: int, num_shards: int) -> Path:
-    """Where a shard's generation stats (counts, failures, substitutions, timings) are kept."""
+    """Where a shard's generation stats are kept (counts, failures, substitutions, batch size; no timings)."""
     return Path(root) / "generation" / "stats" / config / f"{layout.shard_stem(split, shard_index, num_shards)}.json"

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from failmode.data.sources import KNOWN_DATASETS, ImageSource, open_source
+from failmode.data.sources import KNOWN_DATASETS, ImageSource, check_disjoint_splits, open_source
 from failmode.data.splits import make_splits, resolve_recipe
 from failmode.errors import UsageError, ValidationError
 from failmode.io import write_json
@@ -111,6 +111,7 @@ def mine_failures(
     source = open_source(dataset, split)
     needs_train = isinstance(head, str) and head == "train"
     train = _train_source(dataset, train_split) if needs_train else None
+    check_disjoint_splits(train, source, dataset)
     if train is not None and train.class_names != source.class_names:
         raise ValidationError(f"{dataset}: the training split's classes differ from the evaluation split's")
     splits = make_splits(train.labels if train is not None else np.zeros(0, np.int64), source.labels,

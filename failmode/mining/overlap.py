@@ -181,13 +181,26 @@ def plot_heatmap(path: Path, names: Sequence[str], fams: Sequence[str], matrix: 
 
 
 def load_families(spec: str | os.PathLike[str] | None) -> dict[str, str] | None:
-    """A name -> family mapping from a JSON file ({"resnet50": "cnn", "vit_": "transformer"}), or None."""
+    """A name -> family mapping ({"resnet50": "cnn", "vit_": "transformer"}) given inline as JSON or as a JSON
+    file, or None."""
     if spec is None:
         return None
+    import json
+
     from failmode.io import read_json
 
-    data = read_json(spec)
+    text = os.fspath(spec)
+    if text.lstrip()[:1] in ("{", "["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValidationError(f"--families {text!r}: invalid JSON ({e.msg} at column {e.colno})") from None
+        where = f"--families {text!r}"
+    else:
+        data, where = read_json(spec), str(spec)
     if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
-        raise ValidationError(f"{spec}: a families file maps model names (or name prefixes) to family names")
+        got = type(data).__name__ if not isinstance(data, dict) else "non-string family names"
+        raise ValidationError(f"{where}: families map model names (or name prefixes) to family names, e.g. "
+                              f'{{"vit_": "ViT"}} (got {got})')
     return data
 

@@ -129,12 +129,10 @@ def create_classifier(name: str, weights: str | None = "timm", num_classes: int 
 
 
 def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+    from failmode.io import read_tensors
 
-        return load_file(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return state.get("state_dict", state) if isinstance(state, dict) else state
+    state = read_tensors(path, "classifier weights")
+    return state.get("state_dict", state)
 
 
 def model_data_config(model: torch.nn.Module) -> dict[str, Any]:

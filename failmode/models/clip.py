@@ -83,8 +83,12 @@ def create_clip(name: str = "ViT-B-32", pretrained: str | None = "openai", devic
         )
     else:
         if not name.startswith("hf-hub:") and pretrained not in open_clip.list_pretrained_tags_by_model(name):
-            tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
-            raise UsageError(f"open_clip has no pretrained tag {pretrained!r} for {name} (known: {tags})")
+            tags = open_clip.list_pretrained_tags_by_model(name)
+            known = f"known: {', '.join(tags)}" if tags else f"open_clip has no pretrained tags for {name}"
+            hint = (" (random weights: null in a preset, --clip-pretrained none on the command line)"
+                    if pretrained.lower() in ("none", "null", "random") else "")
+            raise UsageError(f"pretrained {pretrained!r} is neither a local checkpoint file nor an open_clip tag of "
+                             f"{name} ({known}){hint}")
         model, preprocess = load_from_hub_or_local(
             f"{name}/{pretrained}",
             lambda _ident, local_only: load(pretrained, local_only),

@@ -340,6 +340,10 @@ def build_vocabulary(config: BuildConfig, client: ChatClient, classes: list[Clas
         raise UsageError("no classes to build")
     report = VocabularyBuilder(config, client).run(classes)
     if report.vocabulary is None:
+        rejected: dict[str, str] = {}
+        for r in report.results:
+            rejected.update(r.rejected)
+        why = f"every candidate was rejected: {_reason_counts(rejected)}" if rejected else "the answers held no list"
         raise FailmodeError(f"no class received any usable context from {client.endpoint} "
-                            f"({report.requests} requests); see -v output")
+                            f"({report.requests} requests; {why})")
     return report

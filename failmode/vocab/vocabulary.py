@@ -286,7 +286,11 @@ def _class_problems(kind_name: str, c: VocabClass, lo: int, hi: int | None) -> l
         if not key:
             problems.append(f"context {ctx!r} has no content words")
         elif key in seen:
-            problems.append(f"contexts {seen[key]!r} and {ctx!r} are duplicates after normalisation")
+            first = seen[key]
+            problem = (f"context {ctx!r} is listed more than once" if first == ctx
+                       else f"contexts {first!r} and {ctx!r} are duplicates after normalisation")
+            if problem not in problems:  # each duplicate named once, however often it repeats
+                problems.append(problem)
         seen.setdefault(key, ctx)
         if not kind.is_phrased(ctx):
             problems.append(f"context {ctx!r} is not phrased as a {kind.name} entry ({kind.rule})")

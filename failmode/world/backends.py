@@ -6,7 +6,9 @@ request's seed, pasted on a seeded crop of the named context's scene; a plain cl
 baseline, no context) shows the class where this world's photos of it usually are: on its common scene.
 `ExemplarAttributor` stands in for CLIP: a context is embedded as the mean frozen feature of exemplar crops of its
 scene, images by their frozen feature, both after subtracting the mean training feature. Both say "stand-in" in
-their `ident`, which every output records.
+their `ident`, which every output records. In a gap world the generator crops another region of each photo than the
+splits, with its own layout and rendered look; exemplars come from that region too (what CLIP learnt from is not
+the test photos). `failmode.world.pixels.PixelAttributor` is the attributor that uses no classifier weights.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from failmode.errors import ValidationError
 from failmode.generation.plan import BASELINE_KIND
 from failmode.world.composite import composite
 from failmode.world.fashion import FASHION_CLASSES, load_fashion_mnist
-from failmode.world.scenes import scene_pixels
 from failmode.world.world import OBJECT_RANGES, WORLD_NAME, World, build_world
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,9 @@ class CompositeGenerator(ImageGenerator):
     def __init__(self, world: World | None = None, *, dataset: str | None = None, preset: str = "concentrated",
                  seed: int = 0) -> None:
         self.world = _world(world, preset, seed, dataset)
+        gap = " from photo regions the splits do not use, with a rendered look" if self.world.preset.gap else ""
         self.ident = (f"composite:{WORLD_NAME}/{self.world.preset.name} "
-                      "(stand-in for Stable Diffusion: Fashion-MNIST pool object pasted on the named scene)")
+                      f"(stand-in for Stable Diffusion: Fashion-MNIST pool object pasted on the named scene{gap})")
 
     def _object(self, label: int, rng: np.random.Generator) -> np.ndarray:
         if label not in self.world.pool:
@@ -72,17 +74,39 @@ class CompositeGenerator(ImageGenerator):
 
         A request without a context (class-only baseline) renders on the class's common scene."""
         if request.context_kind == BASELINE_KIND or request.context in NO_CONTEXT:
-            scene = self.world.scenes[int(self.world.common_scene[int(request.label)])]
+            scene = int(self.world.common_scene[int(request.label)])
         else:
-            scene = self.world.scenes[self.world.scene_index(request.context)]
+            scene = self.world.scene_index(request.context)
         rng = np.random.default_rng(int(request.seed))
         obj = self._object(int(request.label), rng)
-        return composite(obj, scene_pixels(scene), rng, int(request.width), int(request.height),
-                         self.world.preset.layout)
+        return self.render_object(obj, scene, rng, int(request.width), int(request.height))
+
+    def render_object(self, obj: np.ndarray, scene: int, rng: np.random.Generator, width: int,
+                      height: int) -> Image.Image:
+        """Object `obj` [28, 28] on scene `scene` as this generator renders it: its photo region, layout and look."""
+        image = composite(obj, self.world.generator_pixels(scene), rng, width, height, self.world.generator_layout)
+        return self.world.generator_look.apply(image)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Image.Image]:
         """One RGB image per request, in order."""
         return [self.render(r) for r in requests]
+
+
+def exemplar_images(world: World, n_exemplars: int) -> ListSource:
+    """`n_exemplars` seeded crops per scene (scene-major; label = scene index), each with a pool object of a random
+    class pasted on in the world's layout, cropped from the generator's photo region (no rendered look)."""
+    images, labels = [], []
+    fm_images, _ = load_fashion_mnist(OBJECT_RANGES["pool"][0])
+    size = world.preset.image_size
+    for s in range(len(world.scenes)):
+        for j in range(n_exemplars):
+            rng = np.random.default_rng([world.seed, EXEMPLAR_STREAM, s, j])
+            pool = world.pool[int(rng.integers(len(world.pool)))]
+            obj = fm_images[pool[int(rng.integers(len(pool)))]]
+            images.append(composite(obj, world.generator_pixels(s), rng, size, size, world.preset.layout))
+            labels.append(s)
+    names = [s.name for s in world.scenes]
+    return ListSource(images, labels, names, f"world-exemplars:{world.key}:{n_exemplars}")
 
 
 class ExemplarAttributor(Attributor):
@@ -133,18 +157,7 @@ class ExemplarAttributor(Attributor):
 
     def exemplars(self) -> ListSource:
         """The exemplar images: `n_exemplars` per scene, scene-major; label = scene index."""
-        images, labels = [], []
-        fm_images, _ = load_fashion_mnist(OBJECT_RANGES["pool"][0])
-        size = self.world.preset.image_size
-        for s, scene in enumerate(self.world.scenes):
-            for j in range(self.n_exemplars):
-                rng = np.random.default_rng([self.world.seed, EXEMPLAR_STREAM, s, j])
-                pool = self.world.pool[int(rng.integers(len(self.world.pool)))]
-                obj = fm_images[pool[int(rng.integers(len(pool)))]]
-                images.append(composite(obj, scene_pixels(scene), rng, size, size, self.world.preset.layout))
-                labels.append(s)
-        names = [s.name for s in self.world.scenes]
-        return ListSource(images, labels, names, f"world-exemplars:{self.world.key}:{self.n_exemplars}")
+        return exemplar_images(self.world, self.n_exemplars)
 
     def prototypes(self) -> np.ndarray:
         """L2-normalised context prototypes [n_scenes, D] (computed once)."""

@@ -1,11 +1,16 @@
-"""Paste a Fashion-MNIST object onto a random crop of a scene: the single image-making step of the world."""
+"""Paste a Fashion-MNIST object onto a random crop of a scene: the single image-making step of the world.
+
+A gap world's generator also draws from another region of each photo (`region`) and gives its images a rendered
+look (`Look`: smoothing, saturation, contrast, tint), so its images differ from the world's photos as Stable
+Diffusion's differ from real ones.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageEnhance, ImageFilter
 from scipy import ndimage
 
 #: Pixels darker than this (of 255) are Fashion-MNIST's black background, not the object.
@@ -14,12 +19,53 @@ MASK_THRESHOLD = 12
 MAX_FILLED_HOLE = 12
 
 
+#: Layout placements: "random" anywhere in the image, "centre" within a quarter of the free margin of the centre.
+PLACEMENTS = ("random", "centre")
+
+
 @dataclass(frozen=True)
 class Layout:
-    """Ranges the random layout is drawn from: object side / image side, crop side / scene short side."""
+    """Ranges the random layout is drawn from: object side / image side, crop side / scene short side; where the
+    object goes."""
 
     object_scale: tuple[float, float] = (0.55, 0.8)
     crop_scale: tuple[float, float] = (0.25, 0.6)
+    placement: str = "random"
+
+
+@dataclass(frozen=True)
+class Look:
+    """A global rendered look: Gaussian blur (radius in px), colour saturation and contrast factors, an RGB tint
+    (per-channel gain). The identity look changes nothing."""
+
+    blur: float = 0.0
+    saturation: float = 1.0
+    contrast: float = 1.0
+    tint: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    def apply(self, image: Image.Image) -> Image.Image:
+        """`image` with the look applied (deterministic)."""
+        if self.blur > 0:
+            image = image.filter(ImageFilter.GaussianBlur(self.blur))
+        if self.saturation != 1.0:
+            image = ImageEnhance.Color(image).enhance(self.saturation)
+        if self.contrast != 1.0:
+            image = ImageEnhance.Contrast(image).enhance(self.contrast)
+        if tuple(self.tint) != (1.0, 1.0, 1.0):
+            arr = np.asarray(image, dtype=np.float32) * np.asarray(self.tint, dtype=np.float32)
+            image = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))
+        return image
+
+
+def region(scene: np.ndarray, span: tuple[float, float]) -> np.ndarray:
+    """The part [lo, hi) (fractions) of a scene photo along its long side; (0, 1) is the whole photo."""
+    lo, hi = span
+    if (lo, hi) == (0.0, 1.0):
+        return scene
+    h, w = scene.shape[:2]
+    if w >= h:
+        return scene[:, round(lo * w):round(hi * w)]
+    return scene[round(lo * h):round(hi * h)]
 
 
 def object_mask(obj: np.ndarray) -> np.ndarray:
@@ -54,6 +100,9 @@ def composite(obj: np.ndarray, scene: np.ndarray, rng: np.random.Generator, widt
     side = max(4, round(float(rng.uniform(*layout.object_scale)) * min(width, height)))
     x = int(rng.integers(0, width - side + 1))
     y = int(rng.integers(0, height - side + 1))
+    if layout.placement == "centre":
+        x = round((width - side) / 2 + (x - (width - side) / 2) / 4)
+        y = round((height - side) / 2 + (y - (height - side) / 2) / 4)
     grey = Image.fromarray(np.ascontiguousarray(obj)).resize((side, side), Image.Resampling.BILINEAR)
     alpha = Image.fromarray((object_mask(obj) * 255).astype(np.uint8)).resize((side, side), Image.Resampling.BILINEAR)
     background.paste(grey.convert("RGB"), (x, y), alpha)

@@ -39,6 +39,8 @@ PRESET = "fashion-scenes-debug"
 STAGES = ("world", "build", "evaluate", "report")
 #: the demo's names of the configs evaluate compares, by their setting and config in the results lines
 METHODS = ("before", "ours", "class-only", "random-context")
+#: the attributors the demo can use and their options besides `n_exemplars` (a world preset names its default)
+ATTRIBUTOR_OPTIONS: dict[str, dict[str, Any]] = {"exemplar": {"center": "train"}, "pixels": {}}
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,8 @@ class DemoConfig:
     n_exemplars: int = 48
     epochs: int = 100
     grid_examples: int = 4
+    attributor: str | None = None  # None: the world preset's
+    gap_probe_per_class: int = 80
 
     @classmethod
     def defaults(cls, **overrides: Any) -> DemoConfig:
@@ -79,6 +83,10 @@ class DemoConfig:
             raise UsageError("lambda values must be >= 0")
         if any(not 1 <= n <= self.images_per_mode for n in self.images_per_mode_sweep):
             raise UsageError(f"images_per_mode_sweep values must lie in [1, images_per_mode = {self.images_per_mode}]")
+        if self.attributor is not None and self.attributor not in ATTRIBUTOR_OPTIONS:
+            raise UsageError(f"unknown demo attributor {self.attributor!r} (known: {', '.join(ATTRIBUTOR_OPTIONS)})")
+        if self.gap_probe_per_class < 2:
+            raise UsageError("gap_probe_per_class must be >= 2")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -134,13 +142,15 @@ def demo_preset(config: DemoConfig, world: Any, paths: Paths) -> dict[str, Any]:
     from failmode.generation.presets import PRESET_FORMAT, load_preset
 
     p, c = world.preset, config
+    attributor = c.attributor or p.attributor
     preset = load_preset(PRESET)
     preset = preset.replace(
         dataset={"id": str(paths.world), "train_per_class": p.per_class["train"],
                  "debug_per_class": p.per_class["debug"], "split_seed": c.seed},
         generation={"images_per_mode": c.images_per_mode, "k": c.k, "base_seed": c.seed, "size": p.image_size},
         baseline={"images_per_class": c.k * c.images_per_mode},
-        attribution={"options": {**preset.attribution.options, "n_exemplars": c.n_exemplars}})
+        attribution={"attributor": attributor,
+                     "options": {**ATTRIBUTOR_OPTIONS[attributor], "n_exemplars": c.n_exemplars}})
     doc = {"format": PRESET_FORMAT, **{k: v for k, v in preset.record().items() if k != "source"}}
     doc["render"] = {k: v for k, v in doc["render"].items() if k not in ("device", "scheduler")}
     doc["models"] = [{**m, "image_size": p.image_size} for m in doc["models"]]
@@ -201,7 +211,12 @@ def run_demo(out: str | Path, config: DemoConfig | None = None) -> dict[str, Any
             run_suite([spec], params, paths.evaluate, lambdas=c.lambdas, images_per_mode=c.images_per_mode_sweep,
                       skip_existing=True)
         with _stage(timings, "report", progress):
+            from failmode.world.gap import measure_gap
+
+            gap = measure_gap(world, per_class=c.gap_probe_per_class, cache_dir=paths.cache)
             results = collect_results(paths, c, world, spec, params, preset)
+            results["gap_probe_acc"] = gap.gap_probe_acc
+            results["gap_probe"] = gap.record()
             results["commands"] = lines
             results["timings_s"] = {**timings, "total": round(time.perf_counter() - t0, 2)}
             results["machine"] = {**machine, "loadavg_end": _loadavg()}
@@ -311,5 +326,6 @@ def collect_results(paths: Paths, config: DemoConfig, world: Any, spec: Any, par
                        "head": {**dataclasses.asdict(params), "before": meta["head"]},
                        "backbone": f"{spec.model}@{spec.weights}", "attributor": modes.get("attributor"),
                        "generation": manifest["generation"], "vocabulary": preset.vocabulary.dataset},
+        "attributor": preset.attribution.attributor,
         "stand_ins": {"generator": manifest["generator"]["ident"], "attributor": modes.get("attributor")},
     }

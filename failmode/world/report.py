@@ -127,7 +127,10 @@ def report_markdown(results: dict[str, Any]) -> str:
         f"Backbone `{p['backbone']}` (frozen) + linear head ({p['head']['before']}); failures mined on the debug "
         f"split: {results['n_failures_seed']} seed, {results['n_failures_heldout']} heldout. Attribution top-1 "
         f"(seed failures in an uncommon context, n = {results['n_attribution_top1']}): "
-        f"**{_pct(results['attribution_top1'])} %**.", "",
+        f"**{_pct(results['attribution_top1'])} %** (attributor `{results['attributor']}`).", "",
+        "Synthetic-to-real gap: a linear probe on the frozen features tells the generator's images from the world's "
+        f"photos of held-out objects with **{_pct(results['gap_probe_acc'])} %** held-out accuracy "
+        f"(n = {results['gap_probe']['n_eval']}; 50 % = no visible gap).", "",
         "## Accuracy (%) after retraining the head with lambda = "
         f"{p['demo']['lam']}, {p['demo']['images_per_mode']} images per mode", "",
         *_table(results), "",
@@ -180,9 +183,10 @@ def write_report(out: Path, results: dict[str, Any], world: Any, paths: Any) -> 
 def seeds_table(runs: Sequence[dict[str, Any]]) -> str:
     """Markdown table of several demo results (one row per run with its command, then the mean per world), in %."""
     cols = ("heldout_acc_ours", "heldout_acc_random_context", "heldout_acc_class_only", "attribution_top1",
-            "test_acc_before", "test_acc_after", "worst_group_acc_before", "worst_group_acc_after",
+            "gap_probe_acc", "test_acc_before", "test_acc_after", "worst_group_acc_before", "worst_group_acc_after",
             "test_common_acc_before", "test_common_acc_after")
-    head = ("| world | seed | heldout: ours | random-context | class-only | attribution top-1 | test before | after "
+    head = ("| world | seed | heldout: ours | random-context | class-only | attribution top-1 | gap probe "
+            "| test before | after "
             "| worst context before | after | test common before | after | seed / heldout failures | command |")
     lines = [head, "|---|---:|" + "---:|" * (len(cols) + 1) + "---|"]
     for r in runs:

@@ -4,6 +4,10 @@ Objects come from disjoint parts of Fashion-MNIST: train split objects from its 
 from [30000, 45000), the generator pool (the composite generator's objects) from [45000, 60000), test from its
 test images. Each image's context (scene) is drawn per the preset and recorded, so ground truth is known.
 Images are rendered on demand from (object, scene, seed); nothing is stored but those three numbers.
+
+A preset with a `gap` section is a gap world: the splits crop one region of each scene photo and the generator
+(with the attributors' exemplars) another, disjoint one, and the generator's images get their own layout and a
+rendered look (`failmode.world.composite.Look`).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from PIL import Image
 from failmode.data.sources import ImageSource
 from failmode.errors import UsageError, ValidationError
 from failmode.io import read_json, stable_hash
-from failmode.world.composite import Layout, composite
+from failmode.world.composite import PLACEMENTS, Layout, Look, composite, region
 from failmode.world.fashion import FASHION_CLASSES, load_fashion_mnist
 from failmode.world.scenes import Scene, load_scenes, scene_pixels
 
@@ -39,6 +43,50 @@ UNCOMMON_POLICIES = ("listed", "all_others")
 
 
 @dataclass(frozen=True)
+class Gap:
+    """How a gap world's generator differs from its photos: the photo regions (fractions of each scene photo's long
+    side) the splits and the generator crop from, the generator's layout and its rendered look."""
+
+    world_region: tuple[float, float] = (0.0, 1.0)
+    generator_region: tuple[float, float] = (0.0, 1.0)
+    layout: Layout | None = None  # the generator's layout; None: the world's
+    look: Look = Look()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict, recorded in results (the preset file's `gap` section)."""
+        out: dict[str, Any] = {"world_region": list(self.world_region),
+                               "generator_region": list(self.generator_region),
+                               "look": {"blur": self.look.blur, "saturation": self.look.saturation,
+                                        "contrast": self.look.contrast, "tint": list(self.look.tint)}}
+        if self.layout is not None:
+            out["layout"] = _layout_dict(self.layout)
+        return out
+
+
+def _layout_dict(layout: Layout) -> dict[str, Any]:
+    out: dict[str, Any] = {"object_scale": list(layout.object_scale), "crop_scale": list(layout.crop_scale)}
+    if layout.placement != "random":
+        out["placement"] = layout.placement
+    return out
+
+
+def _layout(doc: dict[str, Any]) -> Layout:
+    return Layout(tuple(doc.get("object_scale", Layout.object_scale)),  # type: ignore[arg-type]
+                  tuple(doc.get("crop_scale", Layout.crop_scale)),  # type: ignore[arg-type]
+                  str(doc.get("placement", "random")))
+
+
+def _gap(doc: dict[str, Any]) -> Gap:
+    look = doc.get("look", {})
+    return Gap(world_region=tuple(float(v) for v in doc["world_region"]),  # type: ignore[arg-type]
+               generator_region=tuple(float(v) for v in doc["generator_region"]),  # type: ignore[arg-type]
+               layout=_layout(doc["layout"]) if "layout" in doc else None,
+               look=Look(float(look.get("blur", 0.0)), float(look.get("saturation", 1.0)),
+                         float(look.get("contrast", 1.0)),
+                         tuple(float(v) for v in look.get("tint", (1.0, 1.0, 1.0)))))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
 class WorldPreset:
     """A world regime, read from `failmode/world/data/presets/<name>.json`."""
 
@@ -52,14 +100,19 @@ class WorldPreset:
     common: dict[str, str]
     uncommon: dict[str, list[str]] = field(default_factory=dict)
     layout: Layout = Layout()
+    gap: Gap | None = None
+    attributor: str = "exemplar"  # the attributor `failmode demo` uses on this world unless told otherwise
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict, recorded in results."""
-        return {"name": self.name, "image_size": self.image_size, "per_class": dict(self.per_class),
-                "train_common_fraction": self.train_common_fraction,
-                "eval_uncommon_fraction": self.eval_uncommon_fraction, "uncommon_policy": self.uncommon_policy,
-                "common": dict(self.common), "uncommon": {k: list(v) for k, v in self.uncommon.items()},
-                "layout": {"object_scale": list(self.layout.object_scale), "crop_scale": list(self.layout.crop_scale)}}
+        """Plain dict, recorded in results (and hashed into the world's key)."""
+        out = {"name": self.name, "image_size": self.image_size, "per_class": dict(self.per_class),
+               "train_common_fraction": self.train_common_fraction,
+               "eval_uncommon_fraction": self.eval_uncommon_fraction, "uncommon_policy": self.uncommon_policy,
+               "common": dict(self.common), "uncommon": {k: list(v) for k, v in self.uncommon.items()},
+               "layout": _layout_dict(self.layout)}
+        if self.gap is not None:
+            out["gap"] = self.gap.to_dict()
+        return out
 
 
 def _presets_dir() -> Path:
@@ -89,8 +142,8 @@ def load_preset(name_or_path: str | Path) -> WorldPreset:
             train_common_fraction=float(doc["train_common_fraction"]),
             eval_uncommon_fraction=float(doc["eval_uncommon_fraction"]), uncommon_policy=doc["uncommon_policy"],
             common=dict(doc["common"]), uncommon={k: list(v) for k, v in doc.get("uncommon", {}).items()},
-            layout=Layout(tuple(lay.get("object_scale", Layout.object_scale)),  # type: ignore[arg-type]
-                          tuple(lay.get("crop_scale", Layout.crop_scale))),  # type: ignore[arg-type]
+            layout=_layout(lay), gap=_gap(doc["gap"]) if "gap" in doc else None,
+            attributor=str(doc.get("attributor", "exemplar")),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise ValidationError(f"{path}: malformed world preset ({type(e).__name__}: {e})") from None
@@ -118,6 +171,18 @@ def _check_preset(p: WorldPreset, where: object) -> None:
             raise ValidationError(f"{where}: per_class.{key} must be >= 1")
     if not (0 <= p.train_common_fraction <= 1 and 0 <= p.eval_uncommon_fraction <= 1):
         raise ValidationError(f"{where}: fractions must lie in [0, 1]")
+    for key, lay in (("layout", p.layout), ("gap.layout", p.gap.layout if p.gap else None)):
+        if lay is not None and lay.placement not in PLACEMENTS:
+            raise ValidationError(f"{where}: {key}.placement must be one of {', '.join(PLACEMENTS)}")
+    if p.gap is not None:
+        a, b = p.gap.world_region, p.gap.generator_region
+        if not all(len(r) == 2 and 0 <= r[0] < r[1] <= 1 for r in (a, b)):
+            raise ValidationError(f"{where}: gap regions must be [lo, hi] with 0 <= lo < hi <= 1")
+        if a[0] < b[1] and b[0] < a[1]:
+            raise ValidationError(f"{where}: gap.world_region {list(a)} and gap.generator_region {list(b)} overlap")
+        lk = p.gap.look
+        if lk.blur < 0 or lk.saturation < 0 or lk.contrast < 0 or len(lk.tint) != 3 or min(lk.tint) < 0:
+            raise ValidationError(f"{where}: gap.look needs blur, saturation, contrast >= 0 and 3 tint gains >= 0")
 
 
 class WorldSource(ImageSource):
@@ -137,9 +202,9 @@ class WorldSource(ImageSource):
         fm_split = OBJECT_RANGES[self.split][0]
         images, _ = load_fashion_mnist(fm_split)
         rng = np.random.default_rng([self.world.seed, SPLIT_CODES[self.split], int(i)])
-        scene = self.world.scenes[int(self.scenes[i])]
         size = self.world.preset.image_size
-        return composite(images[self.objects[i]], scene_pixels(scene), rng, size, size, self.world.preset.layout)
+        return composite(images[self.objects[i]], self.world.split_pixels(int(self.scenes[i])), rng, size, size,
+                         self.world.preset.layout)
 
     def contexts(self) -> list[str]:
         """The ground-truth context phrase of every image."""
@@ -175,6 +240,28 @@ class World:
                 return i
         raise ValidationError(f"unknown context {context_or_name!r} in world {WORLD_NAME} "
                               f"(known: {', '.join(s.context for s in self.scenes)})")
+
+    def split_pixels(self, scene: int) -> np.ndarray:
+        """The pixels of scene `scene` that the train / debug / test images are cropped from."""
+        gap = self.preset.gap
+        return region(scene_pixels(self.scenes[scene]), gap.world_region if gap else (0.0, 1.0))
+
+    def generator_pixels(self, scene: int) -> np.ndarray:
+        """The pixels of scene `scene` that the generator and the attributors' exemplars crop from (in a gap world
+        disjoint from `split_pixels`; else the same)."""
+        gap = self.preset.gap
+        return region(scene_pixels(self.scenes[scene]), gap.generator_region if gap else (0.0, 1.0))
+
+    @property
+    def generator_layout(self) -> Layout:
+        """The layout of the generator's images (a gap world's own, else the world's)."""
+        gap = self.preset.gap
+        return gap.layout if gap is not None and gap.layout is not None else self.preset.layout
+
+    @property
+    def generator_look(self) -> Look:
+        """The rendered look of the generator's images (the identity outside gap worlds)."""
+        return self.preset.gap.look if self.preset.gap is not None else Look()
 
     def common_context(self, label: int) -> str:
         """The context phrase of class `label`'s common scene."""
