@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from failmode import __version__
-from failmode.data.sources import KNOWN_DATASETS, ImageSource, check_disjoint_splits, open_source
+from failmode.data.sources import KNOWN_DATASETS, BadImages, ImageSource, check_disjoint_splits, open_source
 from failmode.data.splits import Splits, make_splits, resolve_recipe
 from failmode.dataset.layout import config_slug
 from failmode.errors import UsageError, ValidationError
@@ -95,6 +95,7 @@ class EvalSpec:
     decode: str = "auto"  # image decoder of the feature extractor (failmode.images; auto: hybrid on CUDA, else cpu)
     group_column: str | None = None  # a column of the evaluation split naming each image's group (e.g. context)
     common_column: str | None = None  # a boolean column: the image's group is its class's common one
+    on_bad_image: str = "error"  # an undecodable image: "error" or "skip" (failmode.data.sources.BadImages)
 
     @property
     def model_config(self) -> str:
@@ -179,6 +180,7 @@ class ModelFeatures:
     test_common: np.ndarray | None = None  # whether each test image is in its class's common group
     net: Any = None
     features_kw: dict[str, Any] = field(default_factory=dict)
+    bad: BadImages = field(default_factory=BadImages)  # images left out under --on-bad-image skip
 
     def evals(self) -> dict[str, Labeled]:
         """The evaluation sets by metric name."""
@@ -255,6 +257,7 @@ def load_model_features(spec: EvalSpec, configs: Sequence[str] = ()) -> ModelFea
     from failmode.models.classifier import create_classifier, eval_preprocess, known_model
 
     known_model(spec.model)
+    bad = BadImages(spec.on_bad_image)
     train_src, eval_src = _sources(spec)
     names = eval_src.class_names
     debug_sets = {c: open_debug_set(spec.debug_data, c, names, revision=spec.revision, split=spec.debug_split)
@@ -275,9 +278,16 @@ def load_model_features(spec: EvalSpec, configs: Sequence[str] = ()) -> ModelFea
           "num_workers": spec.num_workers, "decode": spec.decode,
           "cache_dir": Path(spec.cache_dir or default_cache_dir()) / "features"}
     native = spec.head is None
-    feats = {name: extract_features(net, src, idx, desc=f"{name} features", with_logits=native, **kw)
-             for name, src, idx in (("train", train_src, splits.train), ("debug", eval_src, splits.debug),
-                                    ("test", eval_src, splits.test))}
+
+    def extract(name: str, src: ImageSource, idx: np.ndarray) -> Any:
+        return bad.run(src, idx, lambda i: extract_features(net, src, i, desc=f"{name} features",
+                                                            with_logits=native, **kw))[0]
+
+    feats = {name: extract(name, src, idx) for name, src, idx in
+             (("train", train_src, splits.train), ("debug", eval_src, splits.debug), ("test", eval_src, splits.test))}
+    if bad.skipped:  # the images left out are not in any set: groups and failure halves follow what was read
+        groups = _column(eval_src, spec.group_column, feats["test"].indices)
+        common = _column(eval_src, spec.common_column, feats["test"].indices)
     if native:
         head = LinearHead.from_module(net.get_classifier())
     else:
@@ -288,8 +298,10 @@ def load_model_features(spec: EvalSpec, configs: Sequence[str] = ()) -> ModelFea
                                   f"{feats['train'].features.shape[1]}-d")
     debug = feats["debug"]
     logits = debug.logits if native else head.logits(debug.features)
-    halves = halves if halves is not None else _predicted_halves(spec, eval_src, splits, logits)
-    pos = {int(i): j for j, i in enumerate(splits.debug)}
+    read = dataclasses.replace(splits, debug=debug.indices) if bad.skipped else splits
+    halves = halves if halves is not None else _predicted_halves(spec, eval_src, read, logits)
+    pos = {int(i): j for j, i in enumerate(debug.indices)}
+    halves = {h: np.asarray([i for i in idx if int(i) in pos], dtype=np.int64) for h, idx in halves.items()}
     half = {h: Labeled(debug.features[[pos[int(i)] for i in idx]], eval_src.labels[idx]) for h, idx in halves.items()}
     log.info("%s: %d train, %d test, %d seed and %d heldout failures", spec.model, len(splits.train),
              len(splits.test), len(half["seed"].y), len(half["heldout"].y))
@@ -297,7 +309,7 @@ def load_model_features(spec: EvalSpec, configs: Sequence[str] = ()) -> ModelFea
                          Labeled(feats["train"].features, feats["train"].labels),
                          Labeled(feats["test"].features, feats["test"].labels), half["seed"], half["heldout"],
                          debug_sets=debug_sets, net=net, features_kw=kw, test_groups=groups,
-                         test_common=None if common is None else common.astype(bool))
+                         test_common=None if common is None else common.astype(bool), bad=bad)
 
 
 def _debug_features(mf: ModelFeatures, config: str) -> DebugFeatures:
@@ -308,9 +320,10 @@ def _debug_features(mf: ModelFeatures, config: str) -> DebugFeatures:
         mf.debug_sets[config] = open_debug_set(spec.debug_data, config, mf.class_names, revision=spec.revision,
                                                split=spec.debug_split)
     ds = mf.debug_sets[config]
-    f = extract_features(mf.net, ds.source, None, desc=f"debug features ({config})", with_logits=False,
-                         **mf.features_kw)
-    return DebugFeatures(config, Labeled(f.features, ds.labels), ds.contexts, ds.revision)
+    f, idx = mf.bad.run(ds.source, np.arange(len(ds.source)), lambda i: extract_features(
+        mf.net, ds.source, i, desc=f"debug features ({config})", with_logits=False, **mf.features_kw))
+    contexts = None if ds.contexts is None else [ds.contexts[int(i)] for i in idx]
+    return DebugFeatures(config, Labeled(f.features, ds.labels[idx]), contexts, ds.revision)
 
 
 def _column(source: ImageSource, name: str | None, indices: np.ndarray) -> np.ndarray | None:
@@ -391,6 +404,7 @@ def run_one(mf: ModelFeatures, run: dict[str, Any], params: HeadParams) -> tuple
     rec = {**run, **evaluate_head(head, mf), "n_train": len(mf.train.y), "n_test": len(mf.test.y),
            "n_seed": len(mf.seed.y), "n_heldout": len(mf.heldout.y), "n_debug": 0 if data is None else len(data.y),
            "dataset_version": debug.version if debug else None, "model_key": mf.features_kw.get("model_key"),
+           "bad_images_skipped": len(mf.bad.skipped),
            "failmode_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     return rec, head
 

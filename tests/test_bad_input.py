@@ -314,3 +314,51 @@ def test_discover_refuses_max_clusters_0_before_loading_anything(tmp_path, capsy
     monkeypatch.setattr(setup, "setup_from_args", refuse)
     _one_line_error(capsys, ["discover", "--world", "concentrated", "--max-clusters", "0", "--out", str(tmp_path)],
                     "max_clusters must be >= 1, got 0")
+
+
+def test_on_bad_image_skip_leaves_corrupt_images_out_and_records_them(tmp_path, capsys, caplog):
+    from failmode.mining.failures import read_failures
+    from failmode.testing import jpeg_folder
+
+    for split in ("train", "test"):
+        jpeg_folder(tmp_path / "data" / split, 40, unique=4, size=(40, 30), classes=4, seed=split == "test")
+    damaged = sorted((tmp_path / "data" / "test" / "class002").iterdir()) + [  # 5 in the debug split, 5 in test
+        sorted((tmp_path / "data" / "train" / "class001").iterdir())[0]]
+    for path in damaged:
+        path.write_bytes(path.read_bytes()[:200])
+    out = tmp_path / "mined"
+    args = _mine(tmp_path / "data", out, "--split", "test", "--train-per-class", "10", "--debug-per-class", "5")
+    _one_line_error(capsys, args, "cannot decode the image")  # the default stops, naming the file
+    assert main(args + ["--on-bad-image", "skip"]) == 0
+    _, meta = read_failures(out / "failures.parquet")
+    bad = meta["bad_images"]
+    assert bad["policy"] == "skip" and bad["skipped"] == 6  # the train image and the 5 of the debug split
+    assert set(bad["examples"]) <= {str(p) for p in damaged} and str(damaged[-1]) in bad["examples"]
+    assert meta["n_debug"] == 4 * 5 - 5
+    assert any("--on-bad-image skip" in r.getMessage() for r in caplog.records)
+
+
+def test_evaluate_on_bad_image_skip_counts_what_it_left_out(finalized, tmp_path, capsys):
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from failmode.io import read_jsonl
+
+    data = shutil.copytree(finalized["data"], tmp_path / "data")
+    path = data / "data" / "test-00000-of-00001.parquet"
+    table = pq.read_table(path)
+    rows = table.column("img").to_pylist()
+    labels = table.column("label").to_pylist()
+    rows = [{"bytes": r["bytes"][:30], "path": None} if y == 3 else r for r, y in zip(rows, labels)]  # class 3
+    column = table.schema.get_field_index("img")
+    pq.write_table(table.set_column(column, "img", pa.array(rows, type=table.schema.field("img").type)), path)
+    out = tmp_path / "eval"
+    args = _evaluate({**finalized, "data": data}, finalized["debug"], out)
+    _one_line_error(capsys, args, "cannot decode the image")
+    assert not (out / "results.jsonl").exists()
+    assert main(args + ["--on-bad-image", "skip"]) == 0
+    records = read_jsonl(out / "results.jsonl")
+    assert records and all(r["bad_images_skipped"] == 4 for r in records)  # 2 debug-split + 2 test images
+    assert all(r["n_test"] == 10 * 2 - 2 for r in records)

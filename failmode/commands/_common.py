@@ -24,6 +24,13 @@ def parse_options(items: list[str], flag: str) -> dict[str, Any]:
     return out
 
 
+def add_bad_image_argument(p: argparse.ArgumentParser) -> None:
+    """--on-bad-image error|skip (failmode.data.sources.BadImages)."""
+    p.add_argument("--on-bad-image", default="error", choices=("error", "skip"),
+                   help="an image that cannot be decoded: error (default: stop, naming it) or skip (leave it out; "
+                        "the outputs record how many and which)")
+
+
 #: --clip-* flags (argparse dest -> ClipAttributor option) that every attributing command has
 CLIP_FLAGS = {"clip_model": "model", "clip_pretrained": "pretrained", "templates": "templates", "device": "device"}
 

@@ -99,6 +99,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--decode", default="auto", choices=("auto", "cpu", "hybrid", "gpu"),
                    help="cpu: resize in the workers (timm's exact pixels); hybrid: resize on the device; gpu: also "
                         "decode JPEGs there (default auto: hybrid on CUDA, else cpu)")
+    from failmode.commands._common import add_bad_image_argument
+
+    add_bad_image_argument(r)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -120,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         train_per_class=args.train_per_class, debug_per_class=args.debug_per_class, split_seed=args.split_seed,
         image_size=args.image_size, crop_pct=args.crop_pct, batch_size=args.batch_size, device=args.device,
         precision=args.precision, cache_dir=args.cache_dir, num_workers=args.num_workers, decode=args.decode,
-        group_column=args.group_column, common_column=args.common_column))
+        group_column=args.group_column, common_column=args.common_column, on_bad_image=args.on_bad_image))
         for m in args.model]
     params = HeadParams(lam=args.lam, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
                         epochs=args.epochs, seed=args.seed, init=args.init, precision=args.head_precision)

@@ -16,6 +16,8 @@ DESCRIPTION = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `failmode mine`."""
+    from failmode.commands._common import add_bad_image_argument
+
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--model", help="a timm model name, e.g. resnet50")
     which.add_argument("--models", nargs="+", metavar="MODEL", help="several timm models (OUT/<model>/ each)")
@@ -43,6 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="cpu: resize in the workers (timm's exact pixels); hybrid: resize on the device; gpu: also "
                         "decode JPEGs there (default auto: hybrid on CUDA, else cpu)")
     p.add_argument("--cache-dir", help="feature cache (default: $FAILMODE_CACHE_DIR or ~/.cache/failmode)")
+    add_bad_image_argument(p)
 
 
 def folder_name(model: str) -> str:
@@ -67,6 +70,6 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size, cache_dir=args.cache_dir, head=args.head, split=args.split,
             train_split=args.train_split, train_per_class=args.train_per_class,
             debug_per_class=args.debug_per_class, image_size=args.image_size, crop_pct=args.crop_pct,
-            precision=args.precision, num_workers=args.workers, decode=args.decode)
+            precision=args.precision, num_workers=args.workers, decode=args.decode, on_bad_image=args.on_bad_image)
         print(path)
     return 0

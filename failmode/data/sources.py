@@ -17,7 +17,7 @@ import logging
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,53 @@ def decode_image(data: bytes | str | os.PathLike[str], where: str, *,
             raise
         size = f"{len(data)} bytes" if isinstance(data, bytes) else f"{Path(data).stat().st_size} bytes"
         raise BadImageError(f"{where}: cannot decode the image ({size}): {str(e) or type(e).__name__}") from None
+
+
+#: what `--on-bad-image` may say: "error" (one line naming the image) or "skip" (left out, counted in the outputs)
+BAD_IMAGE_POLICIES = ("error", "skip")
+
+
+@dataclass
+class BadImages:
+    """The `--on-bad-image` policy of one run and the images it skipped (each named by `ImageSource.where`)."""
+
+    policy: str = "error"
+    skipped: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.policy not in BAD_IMAGE_POLICIES:
+            raise UsageError(f"--on-bad-image {self.policy!r}: use one of {', '.join(BAD_IMAGE_POLICIES)}")
+
+    def run(self, source: ImageSource, indices: Sequence[int] | np.ndarray,
+            fn: Callable[[np.ndarray], Any]) -> tuple[Any, np.ndarray]:
+        """(fn(indices), indices used). Under "skip", an undecodable image makes this scan `indices` (each image
+        decoded once), leave the bad ones out, log and record them, and call `fn` again; under "error" the
+        BadImageError goes up. Runs without a bad image cost nothing extra."""
+        idx = np.asarray(indices, dtype=np.int64)
+        try:
+            return fn(idx), idx
+        except BadImageError:
+            if self.policy != "skip":
+                raise
+        from failmode.progress import bar
+
+        good = []
+        with bar("checking images", total=len(idx), unit="img") as b:
+            for i in idx:
+                try:
+                    source.image(int(i))
+                    good.append(int(i))
+                except BadImageError:
+                    self.skipped.append(source.where(int(i)))
+                b.update(1)
+        log.warning("%s: skipped %d image(s) that cannot be decoded (--on-bad-image skip), e.g. %s", source.ident,
+                    len(idx) - len(good), self.skipped[-1] if self.skipped else "-")
+        idx = np.asarray(good, dtype=np.int64)
+        return fn(idx), idx
+
+    def record(self) -> dict[str, Any]:
+        """What the outputs record: the policy, how many images were skipped and the first ten of them."""
+        return {"policy": self.policy, "skipped": len(self.skipped), "examples": self.skipped[:10]}
 
 
 class ImageSource(ABC):

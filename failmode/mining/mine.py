@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from failmode.data.sources import KNOWN_DATASETS, ImageSource, check_disjoint_splits, open_source
+from failmode.data.sources import KNOWN_DATASETS, BadImages, ImageSource, check_disjoint_splits, open_source
 from failmode.data.splits import make_splits, resolve_recipe
 from failmode.errors import UsageError, ValidationError
 from failmode.io import write_json
@@ -56,9 +56,9 @@ def _resolve_head(head: Any, train: ImageSource | None, train_idx: np.ndarray, o
         fitted = train_dataset_head(feats.features, feats.labels, len(train.class_names),
                                     device=record.get("device"))
         meta = {**{k: v for k, v in record.items() if k != "device"}, "train_source": train.ident,
-                "n_train": len(train_idx), "recipe": DATASET_HEAD_RECIPE, "class_names": train.class_names}
+                "n_train": len(feats.labels), "recipe": DATASET_HEAD_RECIPE, "class_names": train.class_names}
         fitted.save(out / HEAD_FILE, metadata=meta)
-        return fitted, f"linear head trained on {len(train_idx)} train images ({HEAD_FILE})"
+        return fitted, f"linear head trained on {len(feats.labels)} train images ({HEAD_FILE})"
     if isinstance(head, (str, os.PathLike)):
         return load_head(head), f"file:{os.path.abspath(head)}"
     return head, f"object:{type(head).__name__}"
@@ -93,6 +93,7 @@ def mine_failures(
     precision: str = "auto",
     num_workers: int | None = None,
     decode: str = "auto",
+    on_bad_image: str = "error",
 ) -> Path:
     """Mine a timm model's failures on the debug split of `dataset`; returns out_dir/failures.parquet.
 
@@ -101,12 +102,15 @@ def mine_failures(
     otherwise `head` is required: a head file, "train" (fit on the train split with
     `failmode.head.train_dataset_head` and saved as out_dir/head.safetensors, with what it was trained on), or a
     head object (see `failmode.mining.heads`). Features are cached under `cache_dir`/features (default
-    `default_cache_dir()`). Inputs are checked (recipe, splits) before the model is loaded.
+    `default_cache_dir()`). Inputs are checked (recipe, splits) before the model is loaded. An image that cannot
+    be decoded stops the run with one line naming it; `on_bad_image="skip"` leaves such images out instead (train
+    and debug split alike), and mining.json / failures.parquet record how many and which.
     """
     from failmode.features import extract_features
     from failmode.models.classifier import create_classifier, eval_preprocess, known_model
 
     known_model(model)
+    bad = BadImages(on_bad_image)
     recipe = resolve_recipe(dataset, train_per_class, debug_per_class)
     source = open_source(dataset, split)
     needs_train = isinstance(head, str) and head == "train"
@@ -129,17 +133,17 @@ def mine_failures(
               "split_seed": split_seed, **recipe, "device": device}
     head_obj, head_desc = _resolve_head(
         head, train, splits.train, out, record,
-        lambda src, idx, desc: extract_features(net, src, idx, desc=desc, **features_kw))
-    preds = predict(net, source, splits.debug, head=head_obj, **features_kw)
+        lambda src, idx, desc: bad.run(src, idx, lambda i: extract_features(net, src, i, desc=desc, **features_kw))[0])
+    preds, debug_idx = bad.run(source, splits.debug, lambda i: predict(net, source, i, head=head_obj, **features_kw))
     rows = failures_from_predictions(source, preds, seed=split_seed)
     write_json(out / "splits.json", splits.to_json())
     write_predictions(out / "predictions.npz", preds)
     meta = {"model": model, "weights": weights, "model_key": key, "dataset": dataset, "split": split,
             "source": source.ident, "class_names": source.class_names, "split_seed": split_seed, "head": head_desc,
             "head_file": HEAD_FILE if needs_train else None, "train_split": train_split, "recipe": recipe,
-            "n_debug": len(splits.debug), "accuracy": preds.accuracy, "image_size": image_size,
-            "crop_pct": crop_pct}
+            "n_debug": len(debug_idx), "accuracy": preds.accuracy, "image_size": image_size,
+            "crop_pct": crop_pct, "bad_images": bad.record()}
     path = write_failures(out, rows, meta)
     log.info("%s on %s: %d of %d debug images misclassified (accuracy %.4f) -> %s", model, dataset, len(rows),
-             len(splits.debug), preds.accuracy, path)
+             len(debug_idx), preds.accuracy, path)
     return path
