@@ -15,15 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from failmode.data.sources import ImageSource, open_source
+from failmode.dataset.layout import MANIFEST_NAME
 from failmode.dataset.validate import check_config_files, load_finalized
 from failmode.errors import ValidationError
 from failmode.hub import is_local, load_from_hub_or_local
 from failmode.io import read_json
 
 log = logging.getLogger(__name__)
-
-MANIFEST = "failmode.json"
-
 
 @dataclass
 class DebugSet:
@@ -43,7 +41,7 @@ def _fetch_hub(repo: str, config: str, revision: str | None) -> Path:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(ident, repo_type="dataset", revision=revision, local_files_only=local_only,
-                                      allow_patterns=[f"data/{config}/*", MANIFEST]))
+                                      allow_patterns=[f"data/{config}/*", MANIFEST_NAME]))
 
     what = f"the debug dataset {repo!r} (config {config}, revision {revision or 'main'})"
     return load_from_hub_or_local(repo, load, what=what, local_hint="pass a local copy as --debug-data /path/to/folder")
@@ -73,9 +71,9 @@ def _contexts(root: Path, config: str, split: str, n: int) -> list[str] | None:
 
 def manifest_revision(root: Path | None) -> str | None:
     """The dataset version recorded in the folder's manifest (`version` or `revision`), if any."""
-    if root is None or not (root / MANIFEST).exists():
+    if root is None or not (root / MANIFEST_NAME).exists():
         return None
-    m = read_json(root / MANIFEST)
+    m = read_json(root / MANIFEST_NAME)
     return m.get("version") or m.get("revision") if isinstance(m, dict) else None
 
 

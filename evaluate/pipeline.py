@@ -23,14 +23,15 @@ import numpy as np
 from failmode import __version__
 from failmode.data.sources import KNOWN_DATASETS, BadImages, ImageSource, check_disjoint_splits, open_source
 from failmode.data.splits import Splits, make_splits, resolve_recipe
-from failmode.dataset.layout import config_slug
+from failmode.dataset.layout import MANIFEST_NAME, config_slug
 from failmode.errors import UsageError, ValidationError
-from failmode.evaluate.data import MANIFEST, DebugSet, first_n_mask, open_debug_set, top_k_mask
+from failmode.evaluate.data import DebugSet, first_n_mask, open_debug_set, top_k_mask
 from failmode.evaluate.results import METRICS, ResultsLog, clean_metric, result_key
-from failmode.head import LinearHead, accuracy, train_dataset_head, train_head
-from failmode.io import write_json
+from failmode.head import accuracy, train_dataset_head, train_head
+from failmode.io import default_cache_dir, write_json
+from failmode.linear import LinearHead
 from failmode.mining.failures import HALVES, Predictions, failures_from_predictions, read_failures
-from failmode.mining.mine import check_classes, default_cache_dir, model_key
+from failmode.mining.mine import check_classes, model_key
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ def recorded_splits(spec: EvalSpec) -> EvalSpec:
     from failmode.hub import is_local
     from failmode.io import read_json
 
-    path = Path(spec.debug_data).expanduser() / MANIFEST
+    path = Path(spec.debug_data).expanduser() / MANIFEST_NAME
     if spec.debug_data.startswith("wds:") or not is_local(spec.debug_data) or not path.is_file():
         return spec
     mining = read_json(path).get("mining") or {}

@@ -21,15 +21,12 @@ import numpy as np
 import torch
 
 from failmode.data.sources import ImageSource
-from failmode.images import Preprocess, default_workers, resolve_decode
+from failmode.images import Preprocess, Transform, default_workers, resolve_decode
 from failmode.io import atomic_path, stable_hash
 from failmode.progress import bar
 from failmode.runtime import HostArrays, autocast, autocast_dtype, pick_device
 
 log = logging.getLogger(__name__)
-
-#: how images become model inputs: a per-image callable (PIL -> tensor) or the device-side `Preprocess`
-Transform = Callable[[Any], torch.Tensor] | Preprocess
 
 
 @dataclass

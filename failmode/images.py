@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,6 +82,10 @@ class Preprocess:
         crop_pct = data_config.get("crop_pct") or 0.875
         return cls(int(h), tuple(data_config["mean"]), tuple(data_config["std"]), interpolation, draft,
                    resize=math.floor(h / crop_pct))
+
+
+#: how images become model inputs: a per-image callable (PIL -> tensor) or the device-side `Preprocess`
+Transform = Callable[[Any], torch.Tensor] | Preprocess
 
 
 def resized_size(w: int, h: int, size: int) -> tuple[int, int]:
@@ -215,12 +219,19 @@ def default_workers(device: torch.device) -> int:
 
 
 def resolve_decode(decode: str, device: torch.device) -> str:
-    """"auto" -> "hybrid" on CUDA (resize on the GPU), "cpu" elsewhere (timm's exact pixels); others unchanged."""
+    """"auto" -> "hybrid" on CUDA (resize on the GPU), "cpu" elsewhere (timm's exact pixels); others unchanged.
+
+    "gpu" (nvJPEG) needs a CUDA device: asked for elsewhere it is refused in one line rather than replaced."""
+    from failmode.errors import UsageError
+
     if decode == "auto":
         return "hybrid" if device.type == "cuda" else "cpu"
     if decode not in DECODERS:
-        raise ValueError(f"decode must be auto or one of {', '.join(DECODERS)}, not {decode!r}")
-    return "hybrid" if decode == "gpu" and device.type != "cuda" else decode
+        raise UsageError(f"--decode must be auto or one of {', '.join(DECODERS)}, not {decode!r}")
+    if decode == "gpu" and device.type != "cuda":
+        raise UsageError(f"--decode gpu decodes JPEGs with nvJPEG on a CUDA device, and the device is {device}: use "
+                         "--decode hybrid (or cpu, or auto)")
+    return decode
 
 
 #: decoder name -> the per-image dataset its workers run
@@ -232,7 +243,7 @@ def iter_crops(source: ImageSource, indices: Sequence[int] | np.ndarray, prep: P
     """uint8 batches [B, 3, size, size] on `device`, in `indices` order; decoding runs ahead in workers.
 
     `decode`: "cpu" (decode + resize in workers, PIL: the exact preprocessing), "hybrid" (workers
-    decode, the device resizes), "gpu" (nvJPEG decode and resize on a CUDA device; elsewhere as "hybrid"), "auto"
+    decode, the device resizes), "gpu" (nvJPEG decode and resize on a CUDA device; refused elsewhere), "auto"
     (`resolve_decode`).
     """
     decode = resolve_decode(decode, device)

@@ -14,6 +14,13 @@ from typing import Any
 from failmode.errors import ValidationError
 
 
+def default_cache_dir() -> Path:
+    """$FAILMODE_CACHE_DIR, else $XDG_CACHE_HOME/failmode, else ~/.cache/failmode (features, embeddings, LLM)."""
+    if os.environ.get("FAILMODE_CACHE_DIR"):
+        return Path(os.environ["FAILMODE_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "failmode"
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is renamed onto `path`, on error removed.

@@ -116,8 +116,13 @@ def test_device_side_preprocessing_matches_timms_eval_transform(tmp_path):
     assert not extract_features(model, src, model_key="m", transform=prep, decode="hybrid", cache_dir=tmp_path).cached
     cfg = {**model_data_config(model), "crop_mode": "squash"}
     assert Preprocess.from_timm(cfg) is None and Preprocess.from_timm({**cfg, "crop_mode": "center"}) is not None
-    with pytest.raises(ValueError, match="decode must be auto or one of cpu, hybrid, gpu"):
+    from failmode.errors import UsageError
+
+    with pytest.raises(UsageError, match="decode must be auto or one of cpu, hybrid, gpu"):
         extract_features(model, src, model_key="m", transform=prep, decode="nvjpeg")
+    with pytest.raises(UsageError, match="--decode gpu decodes JPEGs with nvJPEG on a CUDA device, and the device is "
+                                         "cpu: use --decode hybrid"):  # refused, not silently replaced
+        extract_features(model, src, model_key="m", transform=prep, decode="gpu", device="cpu")
 
 
 def test_feature_cache_without_logits_is_recomputed_when_logits_are_asked_for(tmp_path):

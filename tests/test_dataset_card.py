@@ -11,7 +11,7 @@ from PIL import Image
 
 from failmode.dataset import Manifest, ValidationError, config_slug, layout, validate_dataset_folder
 from failmode.dataset.card import parse_card_header
-from failmode.dataset.testing import TINY_CLASSES, build_tiny_dataset, tiny_manifest
+from failmode.testing import TINY_CLASSES, build_tiny_dataset, tiny_manifest
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +127,8 @@ def test_validate_needs_finalize_after_the_last_shard(tmp_path: Path) -> None:
 
 def test_unknown_license_is_refused(tmp_path: Path) -> None:
     from failmode.dataset import finalize
-    from failmode.dataset.testing import tiny_debug_samples
     from failmode.dataset.writer import write_shard
+    from failmode.testing import tiny_debug_samples
 
     manifest = dataclasses.replace(tiny_manifest(shards=1), license="free-for-all")
     for config, model in (("test_resnet", "m"), ("baseline", "baseline")):

@@ -26,8 +26,8 @@ from failmode.dataset import (
     write_shard,
     write_table_config,
 )
-from failmode.dataset.testing import TINY_CLASSES, build_tiny_dataset, tiny_debug_samples, tiny_manifest
 from failmode.io import sha256_tree
+from failmode.testing import TINY_CLASSES, build_tiny_dataset, tiny_debug_samples, tiny_manifest
 
 MODEL = "timm/test_resnet.r160_in1k"
 
@@ -108,7 +108,7 @@ def test_write_shard_stats_and_tar_headers(tmp_path: Path) -> None:
 _KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys, tarfile
     from failmode.dataset import DatasetWriter
-    from failmode.dataset.testing import TINY_CLASSES, tiny_debug_samples
+    from failmode.testing import TINY_CLASSES, tiny_debug_samples
     calls = {"n": 0}
     real = tarfile.TarFile.addfile
     def addfile(self, info, fileobj=None):

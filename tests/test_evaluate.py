@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 
 from failmode.cli import main
-from failmode.dataset.testing import finalize_configs
 from failmode.errors import ValidationError
 from failmode.evaluate.results import KEY_FIELDS, ResultsLog, markdown_table, result_key
-from failmode.testing import synthetic_images
+from failmode.testing import finalize_configs, synthetic_images
 
 NAMES = [f"c{i:03d}" for i in range(1000)]  # a 1000-class dataset, as the tiny timm models have 1000 outputs
 USED = 4  # classes that have images

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from failmode.errors import UsageError
-from failmode.head import LinearHead, accuracy, head_objective, train_head
+from failmode.head import accuracy, head_objective, train_head
+from failmode.linear import LinearHead
 
 
 def _blobs(n: int, d: int, c: int, seed: int, spread: float = 3.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,13 +115,14 @@ def test_numpy_inputs_init_and_save_load(tmp_path):
 
 def test_one_linear_head_reads_safetensors_npz_and_torch_files(tmp_path):
     from failmode.errors import LoadError, ValidationError
-    from failmode.mining.heads import apply_head, load_head
+    from failmode.linear import LinearHead
+    from failmode.mining.heads import apply_head
 
     w, b = torch.randn(3, 4), torch.randn(3)
     np.savez(tmp_path / "h.npz", weight=w.numpy(), bias=b.numpy())
     torch.save({"fc.weight": w, "fc.bias": b, "step": 3}, tmp_path / "h.pth")  # prefixed keys, a non-tensor entry
     for name in ("h.npz", "h.pth"):
-        head = load_head(tmp_path / name)
+        head = LinearHead.load(tmp_path / name)
         assert isinstance(head, LinearHead) and torch.equal(head.weight, w) and torch.equal(head.bias, b)
     x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
     preds, logits = apply_head(head, x, 3)  # mining's predictions through the evaluate package's head type
@@ -128,7 +130,7 @@ def test_one_linear_head_reads_safetensors_npz_and_torch_files(tmp_path):
     assert list(preds) == list(logits.argmax(1))
     np.savez(tmp_path / "bad.npz", w=w.numpy())
     with pytest.raises(ValidationError, match="bad.npz: a head file needs 'weight' and 'bias' arrays \\(found w\\)"):
-        load_head(tmp_path / "bad.npz")
+        LinearHead.load(tmp_path / "bad.npz")
     with pytest.raises(LoadError, match="head file .*missing.npz does not exist"):
         LinearHead.load(tmp_path / "missing.npz")
 

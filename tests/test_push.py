@@ -12,8 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from failmode.dataset.testing import build_tiny_dataset
 from failmode.errors import FailmodeError, UsageError, ValidationError
+from failmode.testing import build_tiny_dataset
 
 # The real `failmode` entry point, restricted to the push command (other stages' modules are not needed).
 _CLI = "import sys, failmode.cli as c; c.COMMANDS = ('push',); sys.exit(c.main(sys.argv[1:]))"

@@ -103,7 +103,7 @@ def test_slices_on_a_mined_run_through_the_cli(mined, tiny_pipeline_dir, tmp_pat
     assert meta["check_mode"] == "test"
     assert meta["n_find"] == meta["n_debug"] == meta["n_tagged_debug"] == len(splits["debug"]) == 32
     assert meta["n_check"] == len(splits["test"]) == 32
-    assert meta["attributor"] == "clip:failmode-tiny-clip/random-init"
+    assert meta["attributor"] == "clip:failmode-tiny-clip/random-init-seed0"
     assert set(doc["thresholds"]) == {"in a forest", "on a beach", "in the snow", "at night"}
     preds = np.load(mined / "run" / "predictions.npz")
     assert meta["find_accuracy"] == pytest.approx(float((preds["labels"] == preds["predictions"]).mean()))

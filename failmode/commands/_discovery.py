@@ -100,7 +100,7 @@ def cache_dir(args: argparse.Namespace) -> Any:
     """--cache-dir, else the toolkit's default cache (real-data mode)."""
     from pathlib import Path
 
-    from failmode.mining.mine import default_cache_dir
+    from failmode.io import default_cache_dir
 
     return Path(args.cache_dir) if args.cache_dir else default_cache_dir()
 

@@ -66,8 +66,11 @@ def tables(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     """Attribute each failures table with one shared attributor."""
     from failmode.mining import attribute_failures, make_attributor
+    from failmode.mining.attribution import check_attribution_inputs
 
     paths = tables(args)
+    for path in paths:  # every input checked before the attributor (CLIP) loads
+        check_attribution_inputs(path, args.vocabulary, args.kind, args.k, dataset=args.dataset, split=args.split)
     options = attributor_options(args, CLIP_FLAGS, "--attributor-option")
     attributor = make_attributor(args.attributor, options, args.kind)
     halves = ("seed", "heldout") if args.include_heldout else ("seed",)

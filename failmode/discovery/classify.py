@@ -68,12 +68,12 @@ class TimmClassifier:
                  image_size: int | None = None, device: str | None = None, batch_size: int = 64,
                  precision: str = "auto", cache_dir: str | Path | None = None, num_classes: int | None = None) -> None:
         from failmode.errors import UsageError
-        from failmode.mining.heads import load_head
+        from failmode.linear import LinearHead
         from failmode.mining.mine import model_key
         from failmode.models.classifier import create_classifier, eval_preprocess
 
         self.net = create_classifier(model, weights)
-        self.head = load_head(head) if isinstance(head, (str, Path)) else head
+        self.head = LinearHead.load(head) if isinstance(head, (str, Path)) else head
         outputs = getattr(self.net, "num_classes", None)
         if self.head is None and num_classes is not None and outputs != num_classes:
             raise UsageError(f"{model} has {outputs} outputs but there are {num_classes} classes: pass a head "

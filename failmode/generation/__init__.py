@@ -1,8 +1,10 @@
 """Debug-image generation: sample plans, diffusers rendering, resumable rank-assigned shards, quality filter,
 presets (`builders/`) and the `build` orchestration.
 
-    rows = build_plan([modes_from_json(doc, config="resnet50", k=3)], GenerationSettings(), generator_id=g.ident)
-    generate_dataset(rows, "out/ds", DiffusersGenerator(), class_names=names)   # plan.parquet + shards
+    gen = DiffusersGenerator("stable-diffusion-v1-5/stable-diffusion-v1-5")
+    modes = modes_from_json(read_json("modes.json"), k=3)                        # a model's failure modes
+    rows = build_plan([modes], GenerationSettings(), generator_id=gen.ident)     # the seeded sample plan
+    generate_dataset(rows, "out/ds", gen, class_names=names)                     # plan.parquet + shards
 """
 
 from failmode.generation.plan import (

@@ -22,14 +22,13 @@ from failmode.mining.failures import (
     read_failures,
     write_failures,
 )
-from failmode.mining.heads import LinearHead, load_head
-from failmode.mining.mine import default_cache_dir, mine_failures
+from failmode.mining.mine import mine_failures
 from failmode.mining.overlap import failure_overlap, iou_matrix, model_family
 from failmode.mining.report import write_attribution
 
 __all__ = [
-    "MODES_FORMAT", "Attribution", "ClipAttributor", "LinearHead", "Predictions", "assign_halves", "attribute",
-    "attribute_failures", "default_cache_dir", "failure_overlap", "failures_from_predictions", "iou_matrix",
-    "load_head", "make_attributor", "mine_failures", "model_family", "predict", "read_failures", "top_k_modes",
+    "MODES_FORMAT", "Attribution", "ClipAttributor", "Predictions", "assign_halves", "attribute",
+    "attribute_failures", "failure_overlap", "failures_from_predictions", "iou_matrix",
+"make_attributor", "mine_failures", "model_family", "predict", "read_failures", "top_k_modes",
     "write_attribution", "write_failures",
 ]

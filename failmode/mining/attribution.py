@@ -162,21 +162,10 @@ def attribute_failures(
     `out_dir` defaults to the folder of `failures`; `dataset`/`split` override where the images are read from
     (by default the dataset the failures were mined on). Image embeddings are cached under `cache_dir`.
     """
-    from failmode.data.sources import open_source
-    from failmode.mining.failures import read_failures
-    from failmode.mining.mine import default_cache_dir
+    from failmode.io import default_cache_dir
     from failmode.mining.report import write_attribution
-    from failmode.vocab import load_vocabulary
 
-    rows, meta = read_failures(failures)
-    vocab = load_vocabulary(vocabulary, kind)
-    if vocab.kind != kind:
-        raise UsageError(f"vocabulary {vocabulary} is of kind {vocab.kind!r}, not {kind!r} (pass --kind {vocab.kind})")
-    source = open_source(dataset or meta["dataset"], split if split is not None else meta.get("split"))
-    check_same_images(rows, source, failures)
-    vocab.check_classes(source.class_names, str(dataset or meta["dataset"]))
-    if k < 1:
-        raise UsageError(f"k must be at least 1, not {k}")
+    rows, meta, vocab, source = check_attribution_inputs(failures, vocabulary, kind, k, dataset=dataset, split=split)
     if not isinstance(attributor, Attributor):
         attributor = make_attributor(attributor, attributor_options, kind, device, dataset=dataset or meta["dataset"],
                                      cache_dir=Path(cache_dir or default_cache_dir()) / "features")
@@ -185,6 +174,26 @@ def attribute_failures(
     table = Path(failures)
     out = Path(out_dir) if out_dir is not None else table.parent if table.is_file() else table
     return write_attribution(out, result, meta, rows, vocab)
+
+
+def check_attribution_inputs(failures: str | os.PathLike[str], vocabulary: str, kind: str, k: int, *,
+                             dataset: str | None = None, split: str | None = None) -> tuple[Any, Any, Any, Any]:
+    """(failure rows, their metadata, vocabulary, image source) once everything checkable without a model is
+    checked: k, the vocabulary (its kind, its classes against the dataset's by name), the failures' images."""
+    from failmode.data.sources import open_source
+    from failmode.mining.failures import read_failures
+    from failmode.vocab import load_vocabulary
+
+    if k < 1:
+        raise UsageError(f"k must be at least 1, not {k}")
+    vocab = load_vocabulary(vocabulary, kind)
+    if vocab.kind != kind:
+        raise UsageError(f"vocabulary {vocabulary} is of kind {vocab.kind!r}, not {kind!r} (pass --kind {vocab.kind})")
+    rows, meta = read_failures(failures)
+    source = open_source(dataset or meta["dataset"], split if split is not None else meta.get("split"))
+    check_same_images(rows, source, failures)
+    vocab.check_classes(source.class_names, str(dataset or meta["dataset"]))
+    return rows, meta, vocab, source
 
 
 def check_same_images(rows: Sequence[dict[str, Any]], source: ImageSource, where: object) -> None:

@@ -21,7 +21,7 @@ from failmode.errors import UsageError, ValidationError
 from failmode.io import write_json
 
 if TYPE_CHECKING:
-    from failmode.features import Transform
+    from failmode.images import Transform
 
 log = logging.getLogger(__name__)
 

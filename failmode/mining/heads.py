@@ -1,15 +1,14 @@
 """Classification heads for mining on datasets the model was not trained for (CIFAR, custom folders).
 
 A head maps frozen features [N, D] to class scores. Accepted forms, in order of preference:
-  - an object with `weight` [C, D] and `bias` [C] (a linear head: the evaluate package's `train_head` result,
-    or `LinearHead` read from a file by `load_head`),
+  - an object with `weight` [C, D] and `bias` [C] (a `failmode.linear.LinearHead`: `train_head`'s result, or one
+    read from a file by `LinearHead.load`),
   - a callable `features -> logits [N, C]`,
   - an object with `predict(features) -> labels [N]` (then no confidences are recorded).
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
@@ -19,11 +18,6 @@ from failmode.linear import LinearHead
 
 #: where `mine_failures(head="train")` saves the head it fitted (beside failures.parquet)
 HEAD_FILE = "head.safetensors"
-
-
-def load_head(path: str | os.PathLike[str]) -> LinearHead:
-    """Read a linear head from .npz, .safetensors or a torch .pt/.pth file holding `weight` [C, D] and `bias` [C]."""
-    return LinearHead.load(path)
 
 
 def apply_head(head: Any, features: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray | None]:

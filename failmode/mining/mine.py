@@ -12,18 +12,11 @@ import numpy as np
 from failmode.data.sources import KNOWN_DATASETS, BadImages, ImageSource, check_disjoint_splits, open_source
 from failmode.data.splits import make_splits, resolve_recipe
 from failmode.errors import UsageError, ValidationError
-from failmode.io import write_json
+from failmode.io import default_cache_dir, write_json
 from failmode.mining.failures import failures_from_predictions, predict, write_failures, write_predictions
 from failmode.mining.heads import HEAD_FILE
 
 log = logging.getLogger(__name__)
-
-
-def default_cache_dir() -> Path:
-    """$FAILMODE_CACHE_DIR, else $XDG_CACHE_HOME/failmode, else ~/.cache/failmode (features and embeddings)."""
-    if os.environ.get("FAILMODE_CACHE_DIR"):
-        return Path(os.environ["FAILMODE_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "failmode"
 
 
 def model_key(model: str, weights: str | None) -> str:
@@ -44,7 +37,8 @@ def _train_source(dataset: str, train_split: str | None) -> ImageSource:
 def _resolve_head(head: Any, train: ImageSource | None, train_idx: np.ndarray, out: Path, record: dict[str, Any],
                   features: Any) -> tuple[Any, str]:
     """(head object or None, description recorded in the outputs); a trained head is saved as out/head.safetensors."""
-    from failmode.mining.heads import HEAD_FILE, load_head
+    from failmode.linear import LinearHead
+    from failmode.mining.heads import HEAD_FILE
 
     if head is None:
         return None, "native"
@@ -60,7 +54,7 @@ def _resolve_head(head: Any, train: ImageSource | None, train_idx: np.ndarray, o
         fitted.save(out / HEAD_FILE, metadata=meta)
         return fitted, f"linear head trained on {len(feats.labels)} train images ({HEAD_FILE})"
     if isinstance(head, (str, os.PathLike)):
-        return load_head(head), f"file:{os.path.abspath(head)}"
+        return LinearHead.load(head), f"file:{os.path.abspath(head)}"
     return head, f"object:{type(head).__name__}"
 
 

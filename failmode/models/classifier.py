@@ -17,7 +17,7 @@ from failmode.hub import load_from_hub_or_local
 from failmode.registry import Registry
 
 if TYPE_CHECKING:
-    from failmode.features import Transform
+    from failmode.images import Transform
 
 log = logging.getLogger(__name__)
 

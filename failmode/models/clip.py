@@ -25,11 +25,12 @@ class Clip:
     tokenizer: Callable[..., torch.Tensor]
     name: str
     pretrained: str | None
+    seed: int = 0  # of the random init when `pretrained` is None
 
     @property
     def ident(self) -> str:
-        """`name/pretrained`, recorded in outputs."""
-        return f"{self.name}/{self.pretrained or 'random-init'}"
+        """`name/pretrained` (`name/random-init-seed<N>` for seeded random weights), recorded in outputs."""
+        return f"{self.name}/{self.pretrained or f'random-init-seed{self.seed}'}"
 
 
 @functools.cache
@@ -96,4 +97,4 @@ def create_clip(name: str = "ViT-B-32", pretrained: str | None = "openai", devic
             local_hint="download the checkpoint elsewhere and pass its path as --clip-pretrained /path/to/open_clip_model.bin",
         )
     model.eval()
-    return Clip(model, preprocess, open_clip.get_tokenizer(name), name, pretrained)
+    return Clip(model, preprocess, open_clip.get_tokenizer(name), name, pretrained, seed)

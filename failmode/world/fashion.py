@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 
 from failmode.errors import LoadError, ValidationError
+from failmode.vocab.classnames import class_names
 
-#: Class names as they appear in prompts ("a photo of a {class_name} {context}"), in label order.
-FASHION_CLASSES: list[str] = [
-    "t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot",
-]
+#: Class names as they appear in prompts ("a photo of a {class_name} {context}"), in label order (data:
+#: failmode/vocab/classnames.json, where the vocabulary of the world finds them too).
+FASHION_CLASSES: list[str] = class_names("fashion-scenes")
 
 DEFAULT_ROOT = Path("/usr/share/datasets/fashion-mnist")
 _FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
