@@ -113,3 +113,16 @@ def to_json(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: to_json(v) for k, v in obj.items()}
     return obj
+
+
+def labelled_entry(entry: Any, where: str, index_key: str, name_key: str) -> tuple[int, str]:
+    """(index, name) of one class entry of a JSON file: an object whose `index_key` is an integer >= 0 and whose
+    `name_key` is a non-empty string; ValidationError naming `where` otherwise."""
+    if not isinstance(entry, Mapping):
+        raise ValidationError(f"{where}: expected an object, got {type(entry).__name__}")
+    index, name = entry.get(index_key), entry.get(name_key)
+    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+        raise ValidationError(f"{where}: {index_key} must be an integer >= 0, not {index!r}")
+    if not isinstance(name, str) or not name.strip():
+        raise ValidationError(f"{where}: {name_key} must be a non-empty string, not {name!r}")
+    return index, name

@@ -256,14 +256,23 @@ def test_kill_9_during_failmode_build_then_rerun_gives_the_same_folder_every_fil
     doc["quality"].update(enabled=True, pretrained=None)  # the seeded random-weight scorer (recorded)
     preset.write_text(json.dumps(doc))
 
+    logs = tmp_path / "logs"
+    logs.mkdir()
+
     def build(out: Path) -> subprocess.Popen:
+        log = (logs / f"{out.name}-{len(list(logs.iterdir()))}.log").open("wb")
         return subprocess.Popen([sys.executable, "-m", "failmode", "build", str(preset), "--out", str(out),
                                  "--work", str(out.parent / f"{out.name}.work"), "--device", "cpu",
                                  "--cache-dir", str(tmp_path / f"cache-{out.name}")],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
+                                stdout=subprocess.DEVNULL, stderr=log, env={**os.environ})
+
+    def finished(proc: subprocess.Popen) -> bool:
+        code = proc.wait(timeout=300)
+        assert code == 0, [p.read_text()[-2000:] for p in sorted(logs.iterdir())][-1]
+        return True
 
     ref = tmp_path / "ref"
-    assert build(ref).wait(timeout=300) == 0
+    assert finished(build(ref))
     expected = _files(ref)
     assert any(k.startswith("generation/stats/") for k in expected) and "failmode.json" in expected
     killed = tmp_path / "killed"
@@ -275,7 +284,7 @@ def test_kill_9_during_failmode_build_then_rerun_gives_the_same_folder_every_fil
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert not (killed / "failmode.json").exists()  # killed before the end
-    assert build(killed).wait(timeout=300) == 0
+    assert finished(build(killed))
     got = _files(killed)
     assert sorted(got) == sorted(expected)
     assert [k for k in expected if got[k] != expected[k]] == []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -111,4 +112,20 @@ def test_commands_end_to_end(ws, cache, tmp_path):
         assert mod.run(p.parse_args([*world, *extra, "--out", str(out)])) == 0
         manifest = validate_dataset_folder(out / "debug-dataset")
         assert sum(manifest.configs[next(iter(manifest.configs))].num_samples.values()) > 0
+        assert_regenerates(out / "debug-dataset", tmp_path / f"regen-{out.name}")
     assert (tmp_path / "slices" / "slices.parquet").exists() and (tmp_path / "discover" / "bugs.parquet").exists()
+
+
+def assert_regenerates(root, regen, *extra):
+    """Every shard of the folder's one config, through scripts/regenerate_shards.py as a user runs it: the plan
+    (shard rule included) and the manifest give the same bytes again."""
+    import runpy
+
+    from failmode.generation.plan import read_plan_of, shard_count
+
+    rows = read_plan_of(root)
+    (config,) = {r.config for r in rows}
+    assert rows[0].num_shards == shard_count(len(rows), 1000)
+    shards = sorted({f"{config}/{r.split}-{r.shard_index:05d}-of-{r.num_shards:05d}" for r in rows})
+    script = runpy.run_path(str(Path(__file__).parents[1] / "scripts" / "regenerate_shards.py"))
+    assert script["main"]([str(root), *shards, "--out", str(regen), "--device", "cpu", *extra]) == 0

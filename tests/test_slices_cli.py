@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -121,6 +122,13 @@ def test_slices_on_a_mined_run_through_the_cli(mined, tiny_pipeline_dir, tmp_pat
     assert manifest.class_names == TOY_CLASSES and manifest.configs["slices"].num_samples == {"train": 4}
     plan = pq.read_table(next((out / "debug-dataset" / "data" / "slices").glob("*.parquet"))).to_pylist()
     assert sorted({r["prompt"] for r in plan}) == sorted(s["description"] for s in doc["slices"][:2])
+    # the config went through the generation plan: it regenerates bit for bit from its manifest (the local pipeline)
+    import runpy
+
+    script = runpy.run_path(str(Path(__file__).parents[1] / "scripts" / "regenerate_shards.py"))
+    assert (out / "debug-dataset" / "generation" / "plan.parquet").is_file()
+    assert script["main"]([str(out / "debug-dataset"), "slices/train-00000", "--out", str(tmp_path / "regen"),
+                           "--device", "cpu"]) == 0
 
 
 def test_generate_top_on_a_mined_run_needs_a_generator(mined, tmp_path, capsys):

@@ -147,7 +147,7 @@ def test_empty_class_names_file_and_class(tmp_path):
     (lambda d: d.update(kind="smell"), "unknown kind 'smell'"),
     (lambda d: d.update(template="a photo of {context}"), "template must contain"),
     (lambda d: d["classes"].reverse(), "strictly increasing index order"),
-    (lambda d: d["classes"][0].update(index=-1), r"classes\[0\]: 'index' must be"),
+    (lambda d: d["classes"][0].update(index=-1), r"classes\[0\]: index must be an integer >= 0, not -1"),
     (lambda d: d["classes"][2]["contexts"].append(""), "class 2 'bird': every context must be a non-empty string"),
 ])
 def test_structural_errors(mutate, message):

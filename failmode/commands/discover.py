@@ -99,21 +99,31 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     from failmode.commands._discovery import check_mode
-    from failmode.discovery.discover import bug_requests, discover, write_bug_report
+    from failmode.discovery.discover import bug_modes, discover, write_bug_report
     from failmode.discovery.outputs import write_debug_config
     from failmode.errors import FailmodeError
+    from failmode.generation.plan import GenerationSettings
+    from failmode.models.diffusion import DEFAULT_GENERATOR
 
     log = logging.getLogger("failmode.discover")
-    s = _world_setup(args) if check_mode(args, "--model") else _real_setup(args)
+    world = check_mode(args, "--model")
+    s = _world_setup(args) if world else _real_setup(args)
     report = discover(s["generator"], s["classifier"], s["attributor"], s["vocabularies"], s["class_names"],
                       labels=s["labels"], params=s["params"])
     paths = write_bug_report(args.out, report)
     if args.debug_images:
         if not report.confirmed:
             raise FailmodeError("no confirmed bugs to render into a debug config")
-        requests = bug_requests(report.confirmed, per_bug=args.debug_images, params=s["params"])
-        write_debug_config(f"{args.out}/debug-dataset", name=s["name"], config="discovered", requests=requests,
-                           generator=s["generator"], class_names=s["label_names"],
-                           source_model=s["classifier"].ident, description="confirmed bugs of generate-then-discover")
+        modes = bug_modes(report.confirmed, per_bug=args.debug_images, source_model=s["classifier"].ident)
+        p = s["params"]
+        settings = GenerationSettings(
+            generator="composite" if world else args.generator or DEFAULT_GENERATOR,
+            revision=None if world else args.revision,
+            scheduler="none" if world else args.scheduler, steps=p.steps, guidance=p.guidance, size=p.size,
+            base_seed=p.seed).check()
+        write_debug_config(f"{args.out}/debug-dataset", name=s["name"], modes=modes,
+                           generator=s["generator"].inner if world else s["generator"], settings=settings,
+                           class_names=s["label_names"], description="confirmed bugs of generate-then-discover",
+                           generator_options={"preset": args.world, "seed": args.seed} if world else None)
     log.info("%d confirmed bugs of %d candidates -> %s", len(report.confirmed), len(report.bugs), paths["report"])
     return 0

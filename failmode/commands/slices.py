@@ -80,8 +80,10 @@ def _world_slices(args: argparse.Namespace, ws: Any, params: Any) -> tuple[Any, 
     report = run_slices(ws.attributor, ws.classifier, [ws.vocabulary], find=(split_of(ws, args.find), None),
                         check=check, params=params, calibration=_calibration(args, ws),
                         min_check_size=args.min_check_size)
-    render = {"generator": lambda: ws.generator, "class_names": ws.world.class_names, "name": "fashion-scenes-slices",
-              "size": ws.world.preset.image_size, "steps": 25, "guidance": 7.5, "kinds": _kinds([ws.vocabulary])}
+    render = {"generator": lambda: ws.generator.inner, "generator_id": "composite", "scheduler": "none",
+              "generator_options": {"preset": args.world, "seed": args.seed}, "class_names": ws.world.class_names,
+              "name": "fashion-scenes-slices", "size": ws.world.preset.image_size, "steps": 1, "guidance": 0.0,
+              "kinds": _kinds([ws.vocabulary])}
     return report, render
 
 
@@ -107,9 +109,9 @@ def _mined_slices(args: argparse.Namespace, params: Any) -> tuple[Any, dict[str,
                               check=args.check or "auto", seed=args.seed, min_check_size=args.min_check_size,
                               classifier_options=options)
     name = f"{Path(str(run.meta.get('dataset'))).name}-slices"
-    render = {"generator": lambda: generator_from_args(args), "class_names": run.source.class_names, "name": name,
-              "size": args.size, "steps": args.steps, "guidance": args.guidance,
-              "kinds": _kinds(vocabularies)}
+    render = {"generator": lambda: generator_from_args(args), "generator_id": args.generator, "revision": args.revision,
+              "scheduler": args.scheduler, "class_names": run.source.class_names, "name": name, "size": args.size,
+              "steps": args.steps, "guidance": args.guidance, "kinds": _kinds(vocabularies)}
     return report, render
 
 
@@ -121,8 +123,9 @@ def run(args: argparse.Namespace) -> int:
 
     from failmode.commands._discovery import check_mode, setup_from_args
     from failmode.discovery.outputs import write_debug_config
-    from failmode.discovery.slicing import slice_requests, write_slice_report
+    from failmode.discovery.slicing import slice_modes, write_slice_report
     from failmode.errors import FailmodeError
+    from failmode.generation.plan import GenerationSettings
     from failmode.slices import SliceParams
 
     log = logging.getLogger("failmode.slices")
@@ -138,14 +141,17 @@ def run(args: argparse.Namespace) -> int:
     paths = write_slice_report(args.out, report)
     if args.generate_top:
         top = report.slices[: args.generate_top]
-        requests = slice_requests(top, per_slice=args.images_per_slice, base_seed=args.seed, size=render["size"],
-                                  steps=render["steps"], guidance=render["guidance"], kinds=render["kinds"])
-        if not requests:
+        if not top:
             raise FailmodeError("no slices to render: lower -m or -d, or raise -s")
-        root = write_debug_config(f"{args.out}/debug-dataset", name=render["name"], config="slices",
-                                  requests=requests, generator=render["generator"](),
-                                  class_names=render["class_names"], source_model=classifier_ident,
-                                  description="top minimal failure slices")
+        modes = slice_modes(top, per_slice=args.images_per_slice, source_model=classifier_ident,
+                            kinds=render["kinds"])
+        settings = GenerationSettings(generator=render["generator_id"], revision=render.get("revision"),
+                                      scheduler=render["scheduler"], steps=render["steps"],
+                                      guidance=render["guidance"], size=render["size"], base_seed=args.seed).check()
+        root = write_debug_config(f"{args.out}/debug-dataset", name=render["name"], modes=modes,
+                                  generator=render["generator"](), settings=settings,
+                                  class_names=render["class_names"], description="top minimal failure slices",
+                                  generator_options=render.get("generator_options"))
         log.info("debug config: %s", root)
     g = report.generalisation
     log.info("%d slices -> %s (check-split drop correlation: Pearson %s)", len(report.slices), paths["report"],

@@ -37,6 +37,7 @@ from failmode.discovery.outputs import image_grid, requests_for, save_png, write
 from failmode.discovery.slicing import _clean
 from failmode.discovery.tagging import ContextVocabulary
 from failmode.errors import UsageError
+from failmode.generation.plan import ModeSet, prompted_modes
 from failmode.io import write_bytes_atomic, write_json
 from failmode.progress import progress
 from failmode.prompts import fill_template
@@ -355,12 +356,10 @@ def write_bug_report(out_dir: str | Path, report: DiscoverReport) -> dict[str, P
     return paths
 
 
-def bug_requests(bugs: Sequence[Bug], *, per_bug: int, params: DiscoverParams) -> list[GenerationRequest]:
-    """Generation requests for a debug config from bugs (fresh seeds, correct labels)."""
-    out = []
-    for b in bugs:
-        kind = b.kinds[0] if len(set(b.kinds)) == 1 else "discovered"
-        out += requests_for(b.prompt, label=b.label, class_name=b.class_name, context=" ".join(b.phrases),
-                            context_kind=kind, n=per_bug, seed_parts=(params.seed, "debug", b.label, b.prompt),
-                            size=params.size, steps=params.steps, guidance=params.guidance)
-    return out
+def bug_modes(bugs: Sequence[Bug], *, per_bug: int, source_model: str, config: str = "discovered") -> ModeSet:
+    """The debug config of confirmed bugs (rendered through the generation plan: fresh seeds, correct labels): per
+    bug `per_bug` images of its prompt, its phrases as the context."""
+    kinds = {k for b in bugs for k in b.kinds}
+    kind = kinds.pop() if len(kinds) == 1 else "discovered"
+    items = [(b.label, b.class_name, " ".join(b.phrases), b.prompt, per_bug) for b in bugs]
+    return prompted_modes(config, source_model, kind, items)

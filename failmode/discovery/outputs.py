@@ -1,4 +1,8 @@
-"""Outputs shared by `failmode slices` and `failmode discover`: seeds, example grids, tables, debug configs."""
+"""Outputs shared by `failmode slices` and `failmode discover`: requests, example grids, tables, debug configs.
+
+A debug config goes the way every failmode dataset goes (`ModeSet` -> plan -> shards -> finalize, through
+`failmode.generation`), so it follows the plan's order and shard rule and regenerates bit for bit from its manifest.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,8 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageOps
 
 from failmode.backends import GenerationRequest, ImageGenerator
-from failmode.generation.plan import hash_seed
+from failmode.errors import FailmodeError
+from failmode.generation.plan import GenerationSettings, ModeSet, hash_seed
 from failmode.io import atomic_path, write_bytes_atomic
 
 log = logging.getLogger(__name__)
@@ -22,15 +27,10 @@ THUMB_PX = 96
 SEED_MASK = (1 << 63) - 1
 
 
-def derive_seed(*parts: Any) -> int:
-    """A seed from its parts, by the generation plan's rule (adding a part never moves others)."""
-    return hash_seed(*parts)
-
-
 def requests_for(prompt: str, *, label: int, class_name: str, context: str, context_kind: str, n: int,
                  seed_parts: Sequence[Any], size: int, steps: int, guidance: float) -> list[GenerationRequest]:
-    """`n` requests for one prompt, seeds derived from `seed_parts` + replica index."""
-    return [GenerationRequest(prompt=prompt, seed=derive_seed(*seed_parts, r), label=label, class_name=class_name,
+    """`n` requests for one prompt (discover's own renders), seeds hashed from `seed_parts` + replica index."""
+    return [GenerationRequest(prompt=prompt, seed=hash_seed(*seed_parts, r), label=label, class_name=class_name,
                               context=context, context_kind=context_kind, guidance_scale=guidance,
                               num_inference_steps=steps, height=size, width=size) for r in range(n)]
 
@@ -71,21 +71,24 @@ def write_parquet(path: str | os.PathLike[str], rows: Sequence[dict[str, Any]]) 
     return Path(path)
 
 
-def write_debug_config(root: str | os.PathLike[str], *, name: str, config: str, requests: Sequence[GenerationRequest],
-                       generator: ImageGenerator, class_names: list[str], source_model: str,
-                       description: str, version: str = "1.0.0") -> Path:
-    """Render `requests` and write them as one debug config of a finalized dataset folder (parquet + wds + card)."""
-    from failmode.dataset import ConfigSpec, DebugSample, Manifest, finalize, write_shard
+def write_debug_config(root: str | os.PathLike[str], *, name: str, modes: ModeSet, generator: ImageGenerator,
+                       settings: GenerationSettings, class_names: list[str], description: str,
+                       generator_options: dict[str, Any] | None = None, version: str = "1.0.0") -> Path:
+    """Render `modes` as the one config of a finalized dataset folder, through the generation stage (plan.parquet,
+    shards by the shard rule, manifest, card); `generator_options` rebuild a registered stand-in on regeneration."""
+    from failmode.generation.build import render_dataset
+    from failmode.generation.plan import build_plan
+    from failmode.generation.presets import QualitySection
+    from failmode.generation.run import DatasetInfo
 
-    images = generator.generate(requests)
-    samples = [DebugSample(image=im, label=r.label, class_name=r.class_name, context=r.context,
-                           context_kind=r.context_kind, prompt=r.prompt, seed=r.seed, generator=generator.ident,
-                           source_model=source_model) for r, im in zip(requests, images)]
-    write_shard(root, config, "train", 0, 1, samples, class_names=class_names)
-    manifest = Manifest(name=name, version=version, class_names=class_names, description=description,
-                        configs={config: ConfigSpec(kind="model", splits={"train": 1}, source_model=source_model,
-                                                    description=description)},
-                        generator={"id": generator.ident})
-    finalize(root, manifest)
-    log.info("debug config %s: %d images -> %s", config, len(samples), root)
+    rows = build_plan([modes], settings, generator_id=generator.ident)
+    if not rows:
+        raise FailmodeError(f"debug config {modes.config}: nothing to render")
+    info = DatasetInfo(name=name, version=version, class_names=list(class_names), description=description,
+                       generator_options=dict(generator_options or {}))
+    done = render_dataset(rows, root, generator, info, settings, kinds={modes.config: modes.kind}, quality=None,
+                          quality_cfg=QualitySection(enabled=False))
+    if not done:
+        raise FailmodeError(f"{root}: the debug config was not finalized")
+    log.info("debug config %s: %d images -> %s", modes.config, len(rows), root)
     return Path(root)

@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from failmode.backends import Attributor, GenerationRequest
+from failmode.backends import Attributor
 from failmode.data.sources import ImageSource
 from failmode.discovery.classify import Classifier
-from failmode.discovery.outputs import requests_for, write_parquet
+from failmode.discovery.outputs import write_parquet
 from failmode.discovery.tagging import (
     ContextVocabulary,
     TagScores,
@@ -28,6 +28,7 @@ from failmode.discovery.tagging import (
     score_tags,
     truth_matrix,
 )
+from failmode.generation.plan import ModeSet, prompted_modes
 from failmode.io import write_bytes_atomic, write_json
 from failmode.slices import Slice, SliceParams, find_slices, pearson, slice_members, spearman
 
@@ -141,18 +142,15 @@ def run_slices(attributor: Attributor, classifier: Classifier, vocabularies: Seq
     return SliceReport(slices, thresholds, params, generalisation, meta)
 
 
-def slice_requests(slices: Sequence[Slice], *, per_slice: int, base_seed: int = 0, size: int = 512,
-                   steps: int = 25, guidance: float = 7.5, kinds: Mapping[str, str] | None = None) -> list[GenerationRequest]:
-    """Generation requests for slices: prompt = the slice's description, context = its tags in order."""
-    out = []
-    for sl in slices:
-        tag_kinds = {(kinds or {}).get(t, "slice") for t in sl.tags}
-        kind = tag_kinds.pop() if len(tag_kinds) == 1 else "slice"
-        context = " ".join(sl.tags)
-        out += requests_for(sl.description, label=sl.label, class_name=sl.class_name, context=context,
-                            context_kind=kind, n=per_slice, seed_parts=(base_seed, "slice", sl.label, context),
-                            size=size, steps=steps, guidance=guidance)
-    return out
+def slice_modes(slices: Sequence[Slice], *, per_slice: int, source_model: str,
+                kinds: Mapping[str, str] | None = None, config: str = "slices") -> ModeSet:
+    """The debug config of `slices` (rendered through the generation plan): per slice `per_slice` images of its
+    description (the prompt), its tags in order as the context; the context kind is the tags' vocabulary kind when
+    they share one, else "slice"."""
+    tag_kinds = {(kinds or {}).get(t, "slice") for sl in slices for t in sl.tags}
+    kind = tag_kinds.pop() if len(tag_kinds) == 1 else "slice"
+    items = [(sl.label, sl.class_name, " ".join(sl.tags), sl.description, per_slice) for sl in slices]
+    return prompted_modes(config, source_model, kind, items)
 
 
 def _fmt(x: Any) -> str:

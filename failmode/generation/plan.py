@@ -30,6 +30,7 @@ from failmode.dataset import layout
 from failmode.errors import ValidationError
 from failmode.io import atomic_path, read_json, sha256_file
 from failmode.prompts import fill_template
+from failmode.typed import labelled_entry
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,8 @@ class ClassModes:
     """One class and its contexts in rank order (empty for the class-only baseline).
 
     `counts`, when given, is the number of images of each context (the random-context baseline); otherwise every
-    one of the first k contexts gets `images_per_mode` images.
+    one of the first k contexts gets `images_per_mode` images. `prompts`, when given, is each context's own
+    prompt (a slice's description, a discovered bug's prompt) instead of the context kind's template.
     """
 
     label: int
@@ -126,6 +128,7 @@ class ClassModes:
     prompt_name: str
     contexts: tuple[str, ...] = ()
     counts: tuple[int, ...] = ()
+    prompts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -201,16 +204,10 @@ def modes_from_json(data: Any, *, config: str | None = None, k: int, kind: str =
     classes, seen = [], set()
     for pos, c in enumerate(entries):
         at = f"{where}: classes[{pos}]"
-        if not isinstance(c, Mapping):
-            raise ValidationError(f"{at}: expected an object, got {type(c).__name__}")
-        label, name = c.get("label"), c.get("class_name")
-        if not isinstance(label, int) or isinstance(label, bool) or label < 0:
-            raise ValidationError(f"{at}: label must be an integer >= 0, not {label!r}")
+        label, name = labelled_entry(c, at, "label", "class_name")
         if label in seen:
             raise ValidationError(f"{at}: label {label} is listed twice")
         seen.add(label)
-        if not isinstance(name, str) or not name.strip():
-            raise ValidationError(f"{at}: class_name must be a non-empty string, not {name!r}")
         modes = c.get("modes", [])
         if not isinstance(modes, list):
             raise ValidationError(f"{at}: 'modes' must be a list")
@@ -312,7 +309,7 @@ def build_plan(mode_sets: Iterable[ModeSet], settings: GenerationSettings, *, ge
     for ms in mode_sets:
         layout.check_config_name(ms.config)
         template = settings.prompt_templates.get(ms.context_kind)
-        if template is None:
+        if template is None and not all(cm.prompts for cm in ms.classes):
             raise ValidationError(f"no prompt template for context kind {ms.context_kind!r} "
                                   f"(known: {', '.join(sorted(settings.prompt_templates))})")
         items = interleave(_config_items(ms, settings, baseline_images_per_class),
@@ -328,13 +325,35 @@ def build_plan(mode_sets: Iterable[ModeSet], settings: GenerationSettings, *, ge
                 config=ms.config, split=settings.split, shard_index=shard, num_shards=num_shards,
                 position=position, source_model=ms.source_model, label=cm.label,
                 class_name=cm.class_name, context=context, context_kind=ms.context_kind, replica=replica,
-                prompt=render_prompt(template, cm.prompt_name, "" if ms.context_kind == BASELINE_KIND else context),
+                prompt=_prompt(cm, context, template, ms.context_kind),
                 negative_prompt=settings.negative_prompt,
                 seed=derive_seed(settings.base_seed, ms.config, cm.label, ms.context_kind, context, replica),
                 guidance_scale=float(settings.guidance), num_inference_steps=int(settings.steps),
                 height=int(settings.size), width=int(settings.size), generator=generator_id,
             ))
     return rows
+
+
+def _prompt(cm: ClassModes, context: str, template: str | None, context_kind: str) -> str:
+    if cm.prompts:
+        return cm.prompts[cm.contexts.index(context)]
+    assert template is not None
+    return render_prompt(template, cm.prompt_name, "" if context_kind == BASELINE_KIND else context)
+
+
+def prompted_modes(config: str, source_model: str, context_kind: str,
+                   items: Sequence[tuple[int, str, str, str, int]]) -> ModeSet:
+    """A model config of explicitly prompted images: `items` are (label, class name, context, prompt, images), in
+    rank order within each class (slices, discovered bugs). Repeated (label, context) pairs are refused."""
+    by_label: dict[int, list[tuple[str, str, str, int]]] = {}
+    for label, name, context, prompt, n in items:
+        entries = by_label.setdefault(int(label), [])
+        if any(c == context for _, c, _, _ in entries):
+            raise ValidationError(f"config {config}: context {context!r} of class {label} is listed twice")
+        entries.append((name, context, prompt, int(n)))
+    classes = tuple(ClassModes(label, e[0][0], e[0][0], tuple(c for _, c, _, _ in e), tuple(n for *_, n in e),
+                               tuple(p for _, _, p, _ in e)) for label, e in sorted(by_label.items()))
+    return ModeSet(config, "model", source_model, context_kind, classes)
 
 
 def shard_count(n: int, shard_size: int) -> int:

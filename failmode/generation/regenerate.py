@@ -59,7 +59,8 @@ def regenerate_shards(root: str | os.PathLike[str], shards: Sequence[str], out: 
     fields = {f.name for f in dataclasses.fields(RenderOptions)} - {"device"}
     gen_id = generator or manifest.generator["id"]
     if gen_id != "diffusers" and gen_id in GENERATORS:  # a registered backend (the demo's composite stand-in)
-        gen = construct(GENERATORS, gen_id, dataset=manifest.mining.get("id"), device=device)
+        gen = construct(GENERATORS, gen_id, manifest.generator.get("options"), dataset=manifest.mining.get("id"),
+                        device=device)
         options = RenderOptions(device=device, batch_size=int(g.get("batch_size", 16)))
     else:
         options = RenderOptions(device=device, **{k: v for k, v in g.items() if k in fields})

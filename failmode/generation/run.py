@@ -111,6 +111,8 @@ class DatasetInfo:
     attribution: dict[str, Any] = field(default_factory=dict)
     mining: dict[str, Any] = field(default_factory=dict)
     tags: list[str] = field(default_factory=list)
+    #: keyword arguments that rebuild a registered generator (e.g. the composite stand-in's world preset and seed)
+    generator_options: dict[str, Any] = field(default_factory=dict)
 
 
 def make_manifest(rows: Sequence[PlanRow], root: str | os.PathLike[str], info: DatasetInfo,
@@ -130,7 +132,8 @@ def make_manifest(rows: Sequence[PlanRow], root: str | os.PathLike[str], info: D
         name=info.name, version=info.version, class_names=list(info.class_names), configs=configs,
         repo_id=info.repo_id, pretty_name=info.pretty_name, description=info.description,
         image_format=info.image_format, source_dataset=info.source_dataset,
-        generator={"id": settings.generator, "revision": settings.revision or "", "ident": generator_ident},
+        generator={"id": settings.generator, "revision": settings.revision or "", "ident": generator_ident,
+                   **({"options": dict(info.generator_options)} if info.generator_options else {})},
         vocabulary=dict(info.vocabulary), attribution=dict(info.attribution), mining=dict(info.mining),
         generation=generation,
         seeds={"base_seed": settings.base_seed, "rule": SEED_RULE}, plan_sha256=sha256_file(plan_path(root)),

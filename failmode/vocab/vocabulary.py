@@ -19,6 +19,7 @@ from typing import Any
 from failmode.errors import UsageError, ValidationError
 from failmode.io import read_json, write_json
 from failmode.prompts import fill_template
+from failmode.typed import labelled_entry
 from failmode.vocab import text
 from failmode.vocab.classnames import CLASS_LISTS, known_datasets, label_names
 from failmode.vocab.classnames import class_names as dataset_class_names
@@ -189,14 +190,7 @@ def from_dict(doc: Any, source: str = "<memory>") -> Vocabulary:
 
 
 def _parse_class(c: Any, pos: int, source: str) -> VocabClass:
-    where = f"{source}: classes[{pos}]"
-    if not isinstance(c, dict):
-        raise ValidationError(f"{where}: expected an object")
-    index, name = c.get("index"), c.get("name")
-    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
-        raise ValidationError(f"{where}: 'index' must be a non-negative integer")
-    if not isinstance(name, str) or not name.strip():
-        raise ValidationError(f"{where} (index {index}): missing class 'name'")
+    index, name = labelled_entry(c, f"{source}: classes[{pos}]", "index", "name")
     where = f"{source}: class {index} {name!r}"
     contexts = c.get("contexts")
     if not isinstance(contexts, list) or not contexts:
