@@ -27,8 +27,9 @@ from failmode.dataset.layout import MANIFEST_NAME, config_slug
 from failmode.errors import UsageError, ValidationError
 from failmode.evaluate.data import DebugSet, first_n_mask, open_debug_set, top_k_mask
 from failmode.evaluate.results import METRICS, ResultsLog, clean_metric, result_key
+from failmode.feature_options import FeatureOptions
 from failmode.head import accuracy, train_dataset_head, train_head
-from failmode.io import default_cache_dir, write_json
+from failmode.io import write_json
 from failmode.linear import LinearHead
 from failmode.mining.failures import HALVES, Predictions, failures_from_predictions, read_failures
 from failmode.mining.mine import check_classes, model_key
@@ -97,6 +98,11 @@ class EvalSpec:
     group_column: str | None = None  # a column of the evaluation split naming each image's group (e.g. context)
     common_column: str | None = None  # a boolean column: the image's group is its class's common one
     on_bad_image: str = "error"  # an undecodable image: "error" or "skip" (failmode.data.sources.BadImages)
+
+    def extraction(self) -> FeatureOptions:
+        """The feature-extraction options of this spec (the fields mine and build take as one object)."""
+        return FeatureOptions(device=self.device, batch_size=self.batch_size, precision=self.precision,
+                              num_workers=self.num_workers, decode=self.decode, cache_dir=self.cache_dir)
 
     @property
     def model_config(self) -> str:
@@ -274,10 +280,7 @@ def load_model_features(spec: EvalSpec, configs: Sequence[str] = ()) -> ModelFea
     net = create_classifier(spec.model, spec.weights)
     check_classes(net, spec.model, spec.head, len(names), spec.dataset)
     kw = {"model_key": model_key(spec.model, spec.weights),
-          "transform": eval_preprocess(net, spec.image_size, spec.crop_pct),
-          "batch_size": spec.batch_size, "device": spec.device, "precision": spec.precision,
-          "num_workers": spec.num_workers, "decode": spec.decode,
-          "cache_dir": Path(spec.cache_dir or default_cache_dir()) / "features"}
+          "transform": eval_preprocess(net, spec.image_size, spec.crop_pct), **spec.extraction().extract_kwargs()}
     native = spec.head is None
 
     def extract(name: str, src: ImageSource, idx: np.ndarray) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -54,6 +55,17 @@ def dumps_json(obj: Any) -> str:
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write `obj` as canonical JSON, atomically."""
     write_bytes_atomic(path, dumps_json(obj).encode("utf-8"))
+
+
+def finite_json(x: Any) -> Any:
+    """`x` (nested dicts and lists) with NaN and infinities replaced by None: JSON has neither."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: finite_json(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [finite_json(v) for v in x]
+    return x
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:

@@ -18,7 +18,6 @@ so a large, clearly failing slice outranks a tiny one with the same point estima
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -26,27 +25,13 @@ from typing import Any
 import numpy as np
 
 from failmode.errors import UsageError
+from failmode.stats import wilson_interval
 
 log = logging.getLogger(__name__)
 
 WORD_BITS = 64
 #: Bytes of intermediate bitsets one vectorised step may allocate (chunks of sets are processed in turn).
 CHUNK_BYTES = 32 << 20
-Z_95 = 1.959963984540054
-
-
-def wilson_interval(successes: np.ndarray | int, n: np.ndarray | int, z: float = Z_95) -> tuple[np.ndarray, np.ndarray]:
-    """Wilson score interval (lower, upper) of a binomial proportion; n = 0 gives (0, 1)."""
-    k = np.asarray(successes, dtype=np.float64)
-    n = np.asarray(n, dtype=np.float64)
-    safe = np.maximum(n, 1.0)
-    p = k / safe
-    denom = 1.0 + z * z / safe
-    centre = (p + z * z / (2 * safe)) / denom
-    half = z * np.sqrt(p * (1 - p) / safe + z * z / (4 * safe * safe)) / denom
-    lo = np.where(n > 0, np.clip(centre - half, 0.0, 1.0), 0.0)
-    hi = np.where(n > 0, np.clip(centre + half, 0.0, 1.0), 1.0)
-    return lo, hi
 
 
 @dataclass(frozen=True)
@@ -286,28 +271,3 @@ def slice_members(tags: np.ndarray, tag_names: Sequence[str], slice_tags: Sequen
             return np.zeros(len(tags), dtype=bool)
         out &= np.asarray(tags[:, index[t]], dtype=bool)
     return out
-
-
-def pearson(x: Sequence[float], y: Sequence[float]) -> float:
-    """Pearson correlation; NaN with fewer than 3 pairs or a constant side."""
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    if len(x) < 3 or x.std() == 0 or y.std() == 0:
-        return math.nan
-    return float(np.corrcoef(x, y)[0, 1])
-
-
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman rank correlation (average ranks for ties); NaN as for `pearson`."""
-    def ranks(a: np.ndarray) -> np.ndarray:
-        order = np.argsort(a, kind="stable")
-        r = np.empty(len(a), dtype=np.float64)
-        r[order] = np.arange(len(a), dtype=np.float64)
-        for v in np.unique(a):
-            tie = a == v
-            r[tie] = r[tie].mean()
-        return r
-
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    if len(x) < 3:
-        return math.nan
-    return pearson(ranks(x), ranks(y))

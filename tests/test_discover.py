@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from failmode.discovery.discover import DiscoverParams, spherical_kmeans, two_proportion_p
+from failmode.discovery.discover import DiscoverParams, spherical_kmeans
 from failmode.discovery.tagging import TagScores, apply_thresholds, calibrate, precision_threshold, truth_matrix
 from failmode.errors import UsageError
+from failmode.stats import two_proportion_p
 
 
 def scores_two_classes() -> TagScores:

@@ -10,6 +10,7 @@ import torch
 
 from failmode.data.sources import ListSource
 from failmode.errors import UsageError, ValidationError
+from failmode.feature_options import FeatureOptions
 from failmode.mining import Predictions, assign_halves, failures_from_predictions, mine_failures, read_failures
 from failmode.mining.heads import LinearHead, apply_head
 from failmode.testing import synthetic_images
@@ -38,10 +39,11 @@ def world(tmp_path_factory):
     return root
 
 
-def _mine(world, out, cache, **kw):
+def _mine(world, out, cache, decode="cpu", **kw):
     kw = {"weights": str(world / "w.pth"), "head": str(world / "head.npz"), "train_per_class": 1,
-          "debug_per_class": 0.75, "device": "cpu", "batch_size": 16} | kw
-    return mine_failures(ARCH, str(world / "data"), out_dir=out, cache_dir=cache, **kw)
+          "debug_per_class": 0.75} | kw
+    extraction = FeatureOptions(device="cpu", batch_size=16, decode=decode, cache_dir=str(cache))
+    return mine_failures(ARCH, str(world / "data"), out_dir=out, extraction=extraction, **kw)
 
 
 def test_halves_are_per_class_ceil_half_and_seeded():
@@ -203,8 +205,8 @@ def test_head_trained_on_the_train_split(world, tmp_path):
                                "test": tiny_image_dataset("cifar10", n=20, seed=2)})
     dd.save_to_disk(str(tmp_path / "dd"))
     p = mine_failures(ARCH, str(tmp_path / "dd"), out_dir=tmp_path / "o", weights=str(world / "w.pth"), head="train",
-                      split="test", train_split="train", train_per_class=2, debug_per_class=1, device="cpu",
-                      cache_dir=tmp_path / "c")
+                      split="test", train_split="train", train_per_class=2, debug_per_class=1,
+                      extraction=FeatureOptions(device="cpu", cache_dir=str(tmp_path / "c")))
     rows, meta = read_failures(p)
     splits = json.loads((p.parent / "splits.json").read_text())
     assert len(splits["train"]) == 20 and len(splits["debug"]) == 10 and meta["n_debug"] == 10

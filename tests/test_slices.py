@@ -16,11 +16,9 @@ from failmode.slices import (
     frequent_sets,
     minimal_mask,
     pack_columns,
-    pearson,
     slice_members,
-    spearman,
-    wilson_interval,
 )
+from failmode.stats import pearson, spearman, wilson_interval
 
 
 def brute_force(tags: np.ndarray, correct: np.ndarray, p: SliceParams) -> dict[tuple[int, ...], tuple[int, int]]:

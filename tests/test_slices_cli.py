@@ -13,6 +13,7 @@ import torch
 
 from failmode.cli import main
 from failmode.errors import UsageError
+from failmode.feature_options import FeatureOptions
 
 ARCH = "test_efficientnet"
 TOY_CLASSES = ["red thing", "blue thing"]
@@ -72,8 +73,8 @@ def mined(tmp_path_factory):
     torch.save(net.state_dict(), root / "w.pth")
     np.savez(root / "head.npz", **coin_flip_head(net, root / "data"))
     mine_failures(ARCH, str(root / "data"), out_dir=root / "run", weights=str(root / "w.pth"),
-                  head=str(root / "head.npz"), train_per_class=1, debug_per_class=0.5, device="cpu",
-                  batch_size=32, cache_dir=root / "cache")
+                  head=str(root / "head.npz"), train_per_class=1, debug_per_class=0.5,
+                  extraction=FeatureOptions(device="cpu", batch_size=32, cache_dir=str(root / "cache")))
     vocabulary(root / "vocab.json", "toy", list(enumerate(TOY_CLASSES)),
                ["in a forest", "on a beach", "in the snow", "at night"], prompt_names={"blue thing": "azure object"})
     vocabulary(root / "colors.json", "toy", list(enumerate(TOY_CLASSES)), ["that is pink", "that is green"],
@@ -193,7 +194,7 @@ def test_mined_run_errors_are_one_line(mined, tmp_path, capsys):
 def test_discover_on_a_timm_model_with_a_diffusers_pipeline(tiny_pipeline_dir, tmp_path):
     import timm
 
-    from failmode.slices import wilson_interval
+    from failmode.stats import wilson_interval
 
     torch.manual_seed(0)
     torch.save(timm.create_model(ARCH, pretrained=False).state_dict(), tmp_path / "w.pth")  # 1000 ImageNet logits

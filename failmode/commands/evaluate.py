@@ -86,29 +86,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r = parser.add_argument_group("run")
     r.add_argument("--out", default="runs/evaluate", help="output folder (default runs/evaluate)")
     r.add_argument("--skip-existing", action="store_true", help="skip runs already in OUT/results.jsonl")
-    r.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
-    r.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default="auto",
-                   help="feature extraction precision (auto: bf16/fp16 on GPU)")
-    r.add_argument("--batch-size", type=int, help="images per forward pass (default: 256 on a GPU, 64 on a CPU)")
     r.add_argument("--image-size", type=int, help="override the model's input size")
     r.add_argument("--crop-pct", type=float, help="override the model's centre-crop fraction (1.0: no border crop)")
-    r.add_argument("--cache-dir",
-                   help="cache folder, as mine and build take it (default: $FAILMODE_CACHE_DIR or ~/.cache/failmode)")
-    r.add_argument("--num-workers", "--workers", dest="num_workers", type=int,
-                   help="loader processes decoding images (default: 0 on CPU, up to 8 on a GPU)")
-    r.add_argument("--decode", default="auto", choices=("auto", "cpu", "hybrid", "gpu"),
-                   help="cpu: resize in the workers (timm's exact pixels); hybrid: resize on the device; gpu: also "
-                        "decode JPEGs there (default auto: hybrid on CUDA, else cpu)")
     from failmode.commands._common import add_bad_image_argument
+    from failmode.feature_options import FeatureOptions
+
+    FeatureOptions.add_arguments(r)
 
     add_bad_image_argument(r)
 
 
 def run(args: argparse.Namespace) -> int:
     """Build the specs and head parameters from the arguments and run the evaluation suite."""
+    import dataclasses
+
     from failmode.errors import UsageError
     from failmode.evaluate.pipeline import EvalSpec, HeadParams, recorded_splits
     from failmode.evaluate.suite import run_suite
+    from failmode.feature_options import FeatureOptions
 
     if args.failures and len(args.model) > 1:
         raise UsageError("--failures belongs to one model; with several --model the failures are recomputed")
@@ -121,8 +116,7 @@ def run(args: argparse.Namespace) -> int:
         config=args.config, baseline_config=baseline, random_config=random_config, revision=args.revision,
         debug_split=args.debug_split, failures=args.failures, train_split=args.train_split, eval_split=args.eval_split,
         train_per_class=args.train_per_class, debug_per_class=args.debug_per_class, split_seed=args.split_seed,
-        image_size=args.image_size, crop_pct=args.crop_pct, batch_size=args.batch_size, device=args.device,
-        precision=args.precision, cache_dir=args.cache_dir, num_workers=args.num_workers, decode=args.decode,
+        image_size=args.image_size, crop_pct=args.crop_pct, **dataclasses.asdict(FeatureOptions.from_args(args)),
         group_column=args.group_column, common_column=args.common_column, on_bad_image=args.on_bad_image))
         for m in args.model]
     params = HeadParams(lam=args.lam, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,

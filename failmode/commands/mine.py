@@ -17,6 +17,7 @@ DESCRIPTION = (
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `failmode mine`."""
     from failmode.commands._common import add_bad_image_argument
+    from failmode.feature_options import FeatureOptions
 
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--model", help="a timm model name, e.g. resnet50")
@@ -36,15 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="override the recipe: debug images per class (a count, or a fraction < 1)")
     p.add_argument("--image-size", type=int, help="override the model's input size")
     p.add_argument("--crop-pct", type=float, help="override the model's centre-crop fraction (1.0: no border crop)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
-    p.add_argument("--batch-size", type=int, help="images per forward pass (default: 256 on a GPU, 64 on a CPU)")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
-    p.add_argument("--workers", "--num-workers", dest="workers", type=int,
-                   help="loader processes decoding images (default: 0 on CPU, up to 8 on a GPU)")
-    p.add_argument("--decode", default="auto", choices=("auto", "cpu", "hybrid", "gpu"),
-                   help="cpu: resize in the workers (timm's exact pixels); hybrid: resize on the device; gpu: also "
-                        "decode JPEGs there (default auto: hybrid on CUDA, else cpu)")
-    p.add_argument("--cache-dir", help="feature cache (default: $FAILMODE_CACHE_DIR or ~/.cache/failmode)")
+    FeatureOptions.add_arguments(p)
     add_bad_image_argument(p)
 
 
@@ -57,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     """Mine each model in turn."""
     from pathlib import Path
 
+    from failmode.feature_options import FeatureOptions
     from failmode.mining import mine_failures
     from failmode.models.classifier import known_model
 
@@ -66,10 +60,10 @@ def run(args: argparse.Namespace) -> int:
     for model in models:
         out = Path(args.out) if args.model else Path(args.out) / folder_name(model)
         path = mine_failures(
-            model, args.dataset, out_dir=out, weights=args.weights, split_seed=args.split_seed, device=args.device,
-            batch_size=args.batch_size, cache_dir=args.cache_dir, head=args.head, split=args.split,
+            model, args.dataset, out_dir=out, weights=args.weights, split_seed=args.split_seed,
+            extraction=FeatureOptions.from_args(args), head=args.head, split=args.split,
             train_split=args.train_split, train_per_class=args.train_per_class,
             debug_per_class=args.debug_per_class, image_size=args.image_size, crop_pct=args.crop_pct,
-            precision=args.precision, num_workers=args.workers, decode=args.decode, on_bad_image=args.on_bad_image)
+            on_bad_image=args.on_bad_image)
         print(path)
     return 0

@@ -5,14 +5,13 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
-import math
 import os
 import platform
 from importlib import metadata
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from PIL import Image, ImageOps
+from PIL import Image
 
 from failmode.dataset import layout
 from failmode.dataset.card import card_tags, render_card
@@ -20,6 +19,7 @@ from failmode.dataset.manifest import Manifest
 from failmode.dataset.sample import CODECS
 from failmode.dataset.summary import ConfigSummary, collect_configs, discover_tables
 from failmode.errors import ValidationError
+from failmode.grids import image_grid
 from failmode.io import sha256_file, write_bytes_atomic, write_json
 
 log = logging.getLogger(__name__)
@@ -96,12 +96,11 @@ def _write_grid(root: Path, summary: ConfigSummary) -> dict[str, str]:
     path = layout.grid_path(root, summary.name)
     if not images:
         return {}
-    cols = min(4, len(images))
-    grid = Image.new("RGB", (cols * THUMB_PX, math.ceil(len(images) / cols) * THUMB_PX), "white")
-    for i, data in enumerate(images):
+    decoded = []
+    for data in images:
         with Image.open(io.BytesIO(data)) as im:
-            thumb = ImageOps.fit(im.convert("RGB"), (THUMB_PX, THUMB_PX), Image.Resampling.BICUBIC)
-        grid.paste(thumb, ((i % cols) * THUMB_PX, (i // cols) * THUMB_PX))
+            decoded.append(im.convert("RGB"))
+    grid = image_grid(decoded, cols=4, thumb=THUMB_PX)
     write_bytes_atomic(path, CODECS.get("png").encode(grid))
     return {path.relative_to(root).as_posix(): sha256_file(path)}
 

@@ -21,7 +21,6 @@ z-test p-value is reported beside it. Bugs rank by (lower bound of failure rate)
 from __future__ import annotations
 
 import logging
-import math
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -33,15 +32,16 @@ from PIL import Image
 
 from failmode.backends import Attributor, GenerationRequest, ImageGenerator
 from failmode.discovery.classify import Classifier, images_source
-from failmode.discovery.outputs import image_grid, requests_for, save_png, write_parquet
-from failmode.discovery.slicing import _clean
+from failmode.discovery.outputs import requests_for, save_png
 from failmode.discovery.tagging import ContextVocabulary
 from failmode.errors import UsageError
 from failmode.generation.plan import ModeSet, prompted_modes
-from failmode.io import write_bytes_atomic, write_json
+from failmode.grids import image_grid
+from failmode.io import finite_json, write_bytes_atomic, write_json
+from failmode.mining.tables import write_table
 from failmode.progress import progress
 from failmode.prompts import fill_template
-from failmode.slices import wilson_interval
+from failmode.stats import two_proportion_p, wilson_interval
 from failmode.vocab.vocabulary import DEFAULT_TEMPLATE
 
 log = logging.getLogger(__name__)
@@ -154,22 +154,6 @@ def spherical_kmeans(x: np.ndarray, k: int, seed: int = 0, iters: int = 50) -> n
                 m = members.sum(0)
                 c[j] = m / max(np.linalg.norm(m), 1e-12)
     return assign
-
-
-def two_proportion_p(k1: int, n1: int, k0: int, n0: int) -> float:
-    """One-sided p-value that rate k1/n1 exceeds k0/n0 (pooled two-proportion z-test)."""
-    if n1 == 0 or n0 == 0:
-        return 1.0
-    p = (k1 + k0) / (n1 + n0)
-    se = math.sqrt(max(p * (1 - p) * (1 / n1 + 1 / n0), 1e-300))
-    z = (k1 / n1 - k0 / n0) / se
-    return 0.5 * math.erfc(z / math.sqrt(2))
-
-
-def _phrase_table(attributor: Attributor, class_name: str, label: int,
-                  vocabularies: Sequence[ContextVocabulary]) -> list[tuple[str, str, np.ndarray]]:
-    return [(v.kind, c, e) for v in vocabularies
-            for c, e in zip(v.contexts(label), attributor.encode_contexts(class_name, v.contexts(label)))]
 
 
 def describe_cluster(centroid: np.ndarray, attributor: Attributor, class_name: str, label: int,
@@ -350,8 +334,8 @@ def write_bug_report(out_dir: str | Path, report: DiscoverReport) -> dict[str, P
     doc = {"format": BUGS_FORMAT, "params": asdict(report.params), "meta": report.meta, "classes": report.classes,
            "bugs": rows}
     paths = {"json": out / "bugs.json", "parquet": out / "bugs.parquet", "report": out / "report.md"}
-    write_json(paths["json"], _clean(doc))
-    write_parquet(paths["parquet"], rows)
+    write_json(paths["json"], finite_json(doc))
+    write_table(paths["parquet"], rows, {"format": BUGS_FORMAT})
     write_bytes_atomic(paths["report"], report_markdown(report).encode("utf-8"))
     return paths
 

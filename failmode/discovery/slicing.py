@@ -19,7 +19,6 @@ import numpy as np
 from failmode.backends import Attributor
 from failmode.data.sources import ImageSource
 from failmode.discovery.classify import Classifier
-from failmode.discovery.outputs import write_parquet
 from failmode.discovery.tagging import (
     ContextVocabulary,
     TagScores,
@@ -29,8 +28,10 @@ from failmode.discovery.tagging import (
     truth_matrix,
 )
 from failmode.generation.plan import ModeSet, prompted_modes
-from failmode.io import write_bytes_atomic, write_json
-from failmode.slices import Slice, SliceParams, find_slices, pearson, slice_members, spearman
+from failmode.io import finite_json, write_bytes_atomic, write_json
+from failmode.mining.tables import write_table
+from failmode.slices import Slice, SliceParams, find_slices, slice_members
+from failmode.stats import pearson, spearman
 
 log = logging.getLogger(__name__)
 
@@ -186,17 +187,6 @@ def report_markdown(report: SliceReport, top: int = 30) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _clean(x: Any) -> Any:
-    """JSON-safe: NaN and inf become None."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_clean(v) for v in x]
-    return x
-
-
 def write_slice_report(out_dir: str | Path, report: SliceReport) -> dict[str, Path]:
     """Write slices.json (everything), slices.parquet (one row per slice) and report.md into `out_dir`."""
     out = Path(out_dir)
@@ -204,7 +194,7 @@ def write_slice_report(out_dir: str | Path, report: SliceReport) -> dict[str, Pa
     doc = {"format": SLICES_FORMAT, "params": report.params.__dict__, "meta": report.meta,
            "generalisation": report.generalisation, "thresholds": report.thresholds, "slices": rows}
     paths = {"json": out / "slices.json", "parquet": out / "slices.parquet", "report": out / "report.md"}
-    write_json(paths["json"], _clean(doc))
-    write_parquet(paths["parquet"], rows)
+    write_json(paths["json"], finite_json(doc))
+    write_table(paths["parquet"], rows, {"format": SLICES_FORMAT})
     write_bytes_atomic(paths["report"], report_markdown(report).encode("utf-8"))
     return paths

@@ -18,6 +18,7 @@ from typing import Any
 from failmode.backends import GENERATORS, ImageGenerator, construct
 from failmode.dataset import Manifest, config_slug
 from failmode.errors import FailmodeError, UsageError
+from failmode.feature_options import FeatureOptions
 from failmode.generation.plan import (
     BASELINE_KIND,
     GenerationSettings,
@@ -144,8 +145,9 @@ def analyse(preset: Preset, stages: list[ModelStages], recipe: dict[str, float],
             log.info("%s: mining (%s)", st.model.id, "settings changed" if st.failures.exists() else "new")
             mine_failures(st.model.id, d.id, out_dir=st.folder, weights=st.model.weights, head=st.model.head,
                           image_size=st.model.image_size, crop_pct=st.model.crop_pct,
-                          split=d.split, train_split=d.train_split, split_seed=d.split_seed, device=device,
-                          cache_dir=cache_dir, **recipe)
+                          split=d.split, train_split=d.train_split, split_seed=d.split_seed,
+                          extraction=FeatureOptions(device=device, cache_dir=None if cache_dir is None else str(cache_dir)),
+                          **recipe)
             st.stamp(mine=st.mine)
         if not done["attribute"]:
             log.info("%s: attributing (%s)", st.model.id, "settings changed" if st.modes.exists() else "new")

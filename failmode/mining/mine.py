@@ -12,7 +12,8 @@ import numpy as np
 from failmode.data.sources import KNOWN_DATASETS, BadImages, ImageSource, check_disjoint_splits, open_source
 from failmode.data.splits import make_splits, resolve_recipe
 from failmode.errors import UsageError, ValidationError
-from failmode.io import default_cache_dir, write_json
+from failmode.feature_options import FeatureOptions
+from failmode.io import write_json
 from failmode.mining.failures import failures_from_predictions, predict, write_failures, write_predictions
 from failmode.mining.heads import HEAD_FILE
 
@@ -74,9 +75,7 @@ def mine_failures(
     out_dir: str | os.PathLike[str],
     weights: str | None = "timm",
     split_seed: int = 0,
-    device: str | None = None,
-    batch_size: int | None = None,
-    cache_dir: str | os.PathLike[str] | None = None,
+    extraction: FeatureOptions = FeatureOptions(),
     head: Any | None = None,
     split: str | None = None,
     train_split: str | None = None,
@@ -84,9 +83,6 @@ def mine_failures(
     debug_per_class: float | None = None,
     image_size: int | None = None,
     crop_pct: float | None = None,
-    precision: str = "auto",
-    num_workers: int | None = None,
-    decode: str = "auto",
     on_bad_image: str = "error",
 ) -> Path:
     """Mine a timm model's failures on the debug split of `dataset`; returns out_dir/failures.parquet.
@@ -95,10 +91,11 @@ def mine_failures(
     predictions.npz and mining.json. The model's own logits are used when its classes are the dataset's;
     otherwise `head` is required: a head file, "train" (fit on the train split with
     `failmode.head.train_dataset_head` and saved as out_dir/head.safetensors, with what it was trained on), or a
-    head object (see `failmode.mining.heads`). Features are cached under `cache_dir`/features (default
-    `default_cache_dir()`). Inputs are checked (recipe, splits) before the model is loaded. An image that cannot
-    be decoded stops the run with one line naming it; `on_bad_image="skip"` leaves such images out instead (train
-    and debug split alike), and mining.json / failures.parquet record how many and which.
+    head object (see `failmode.mining.heads`). `extraction` says how images become features (device, batch,
+    precision, workers, decoder; cached under its cache_dir/features, default `default_cache_dir()`). Inputs are
+    checked (recipe, splits) before the model is loaded. An image that cannot be decoded
+    stops the run with one line naming it; `on_bad_image="skip"` leaves such images out instead (train and debug
+    split alike), and mining.json / failures.parquet record how many and which.
     """
     from failmode.features import extract_features
     from failmode.models.classifier import create_classifier, eval_preprocess, known_model
@@ -119,12 +116,10 @@ def mine_failures(
     check_classes(net, model, head, len(source.class_names), dataset)
     key = model_key(model, weights)
     features_kw = {"model_key": key, "transform": eval_preprocess(net, image_size, crop_pct),
-                   "batch_size": batch_size,
-                   "device": device, "precision": precision, "num_workers": num_workers, "decode": decode,
-                   "cache_dir": Path(cache_dir or default_cache_dir()) / "features"}
+                   **extraction.extract_kwargs()}
     out = Path(out_dir)
     record = {"model": model, "weights": weights, "model_key": key, "dataset": dataset, "train_split": train_split,
-              "split_seed": split_seed, **recipe, "device": device}
+              "split_seed": split_seed, **recipe, "device": extraction.device}
     head_obj, head_desc = _resolve_head(
         head, train, splits.train, out, record,
         lambda src, idx, desc: bad.run(src, idx, lambda i: extract_features(net, src, i, desc=desc, **features_kw))[0])
