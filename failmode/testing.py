@@ -8,9 +8,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
+import itertools
 import json
+import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,9 @@ from failmode.dataset.finalize import finalize
 from failmode.dataset.manifest import ConfigSpec, Manifest
 from failmode.dataset.sample import DebugSample
 from failmode.dataset.table import write_table_config
-from failmode.dataset.writer import DatasetWriter
+from failmode.dataset.writer import shard_done, write_shard
+from failmode.errors import ValidationError
+from failmode.progress import progress
 
 TINY_CLIP = "failmode-tiny-clip"
 
@@ -369,3 +373,53 @@ def finalize_configs(root: str | os.PathLike[str], class_names: list[str], confi
         configs={c: ConfigSpec(kind=kind, splits={"train": 1}, source_model=c if kind == "model" else kind)
                  for c, kind in configs.items()})
     return finalize(root, manifest)
+
+
+class DatasetWriter:
+    """Test helper: cuts a stream of samples into shards of `shard_size` and writes them with `write_shard`;
+    resumable (done shards are skipped). Generation writes shards from its plan instead.
+
+    `num_samples` fixes the number of shards up front (file names say `-of-0000M`).
+    """
+
+    def __init__(self, root: str | os.PathLike[str], config: str, split: str, *, class_names: list[str],
+                 num_samples: int, shard_size: int = 1000, image_format: str = "png") -> None:
+        if num_samples < 1 or shard_size < 1:
+            raise ValidationError(f"num_samples ({num_samples}) and shard_size ({shard_size}) must be positive")
+        self.root, self.config, self.split = Path(root), config, split
+        self.class_names, self.image_format = list(class_names), image_format
+        self.num_samples, self.shard_size = num_samples, shard_size
+        self.num_shards = math.ceil(num_samples / shard_size)
+
+    def shard_range(self, shard_index: int) -> range:
+        """Positions in the stream of the samples that go into shard `shard_index`."""
+        start = shard_index * self.shard_size
+        return range(start, min(start + self.shard_size, self.num_samples))
+
+    def pending_shards(self) -> list[int]:
+        """Indices of shards not written yet."""
+        return [i for i in range(self.num_shards)
+                if not shard_done(self.root, self.config, self.split, i, self.num_shards)]
+
+    def write(self, samples: Iterable[DebugSample | Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Consume the whole stream (exactly `num_samples` items), writing pending shards; returns their stats."""
+        it = iter(samples)
+        pending, out = set(self.pending_shards()), []
+        for i in progress(range(self.num_shards), desc=f"{self.config}/{self.split} shards", unit="shard"):
+            chunk = list(itertools.islice(it, len(self.shard_range(i))))
+            if len(chunk) < len(self.shard_range(i)):
+                raise ValidationError(f"the sample stream ended early: expected {self.num_samples} samples")
+            if i in pending:
+                out.append(self._write(i, chunk))
+        if next(it, None) is not None:
+            raise ValidationError(f"the sample stream has more than the expected {self.num_samples} samples")
+        return out
+
+    def write_ranges(self, produce: Callable[[range], Iterable[DebugSample]]) -> list[dict[str, Any]]:
+        """Write each pending shard from `produce(positions)`: nothing is generated for shards already done."""
+        return [self._write(i, produce(self.shard_range(i)))
+                for i in progress(self.pending_shards(), desc=f"{self.config}/{self.split} shards", unit="shard")]
+
+    def _write(self, shard_index: int, samples: Iterable[Any]) -> dict[str, Any]:
+        return write_shard(self.root, self.config, self.split, shard_index, self.num_shards, samples,
+                           class_names=self.class_names, image_format=self.image_format)

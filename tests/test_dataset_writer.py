@@ -16,7 +16,6 @@ import pytest
 from PIL import Image
 
 from failmode.dataset import (
-    DatasetWriter,
     DebugSample,
     ValidationError,
     finalize,
@@ -27,7 +26,7 @@ from failmode.dataset import (
     write_table_config,
 )
 from failmode.io import sha256_tree
-from failmode.testing import TINY_CLASSES, build_tiny_dataset, tiny_debug_samples, tiny_manifest
+from failmode.testing import TINY_CLASSES, DatasetWriter, build_tiny_dataset, tiny_debug_samples, tiny_manifest
 
 MODEL = "timm/test_resnet.r160_in1k"
 
@@ -107,8 +106,7 @@ def test_write_shard_stats_and_tar_headers(tmp_path: Path) -> None:
 
 _KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys, tarfile
-    from failmode.dataset import DatasetWriter
-    from failmode.testing import TINY_CLASSES, tiny_debug_samples
+    from failmode.testing import TINY_CLASSES, DatasetWriter, tiny_debug_samples
     calls = {"n": 0}
     real = tarfile.TarFile.addfile
     def addfile(self, info, fileobj=None):

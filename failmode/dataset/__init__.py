@@ -10,11 +10,11 @@ from failmode.dataset.manifest import ConfigSpec, Manifest
 from failmode.dataset.sample import CODECS, DebugSample, SampleError
 from failmode.dataset.table import write_table_config
 from failmode.dataset.validate import validate_dataset_folder
-from failmode.dataset.writer import DatasetWriter, read_shard_stats, shard_done, write_shard
+from failmode.dataset.writer import read_shard_stats, shard_done, write_shard
 from failmode.errors import ValidationError
 
 __all__ = [
-    "CODECS", "ConfigSpec", "DatasetWriter", "DebugSample", "Manifest", "SampleError", "ValidationError",
+    "CODECS", "ConfigSpec", "DebugSample", "Manifest", "SampleError", "ValidationError",
     "config_slug", "finalize", "read_shard_stats", "shard_done", "validate_dataset_folder", "write_shard",
     "write_table_config",
 ]

@@ -9,14 +9,12 @@ writer settings, tar members with a fixed mtime/owner, and canonical JSON.
 from __future__ import annotations
 
 import io
-import itertools
 import json
 import logging
-import math
 import os
 import tarfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +24,7 @@ from failmode import __version__
 from failmode.dataset import layout
 from failmode.dataset.features import ArrowSchemaSpec, feature_spec_from_row
 from failmode.dataset.sample import CODECS, DebugSample, ImageCodec, SampleError, describe, sample_to_row
-from failmode.errors import ValidationError
 from failmode.io import atomic_path, read_json, sha256_file, write_json
-from failmode.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -192,52 +188,3 @@ class _ShardSink:
             self.writer = pq.ParquetWriter(self.parquet_file, self.spec.schema(), **PARQUET_OPTIONS)
         self.writer.close()
         self.tar.close()
-
-
-class DatasetWriter:
-    """Cuts a stream of samples into shards of `shard_size` and writes them; resumable (done shards are skipped).
-
-    `num_samples` fixes the number of shards up front (file names say `-of-0000M`).
-    """
-
-    def __init__(self, root: str | os.PathLike[str], config: str, split: str, *, class_names: list[str],
-                 num_samples: int, shard_size: int = 1000, image_format: str = "png") -> None:
-        if num_samples < 1 or shard_size < 1:
-            raise ValidationError(f"num_samples ({num_samples}) and shard_size ({shard_size}) must be positive")
-        self.root, self.config, self.split = Path(root), config, split
-        self.class_names, self.image_format = list(class_names), image_format
-        self.num_samples, self.shard_size = num_samples, shard_size
-        self.num_shards = math.ceil(num_samples / shard_size)
-
-    def shard_range(self, shard_index: int) -> range:
-        """Positions in the stream of the samples that go into shard `shard_index`."""
-        start = shard_index * self.shard_size
-        return range(start, min(start + self.shard_size, self.num_samples))
-
-    def pending_shards(self) -> list[int]:
-        """Indices of shards not written yet."""
-        return [i for i in range(self.num_shards)
-                if not shard_done(self.root, self.config, self.split, i, self.num_shards)]
-
-    def write(self, samples: Iterable[DebugSample | Mapping[str, Any]]) -> list[dict[str, Any]]:
-        """Consume the whole stream (exactly `num_samples` items), writing pending shards; returns their stats."""
-        it = iter(samples)
-        pending, out = set(self.pending_shards()), []
-        for i in progress(range(self.num_shards), desc=f"{self.config}/{self.split} shards", unit="shard"):
-            chunk = list(itertools.islice(it, len(self.shard_range(i))))
-            if len(chunk) < len(self.shard_range(i)):
-                raise ValidationError(f"the sample stream ended early: expected {self.num_samples} samples")
-            if i in pending:
-                out.append(self._write(i, chunk))
-        if next(it, None) is not None:
-            raise ValidationError(f"the sample stream has more than the expected {self.num_samples} samples")
-        return out
-
-    def write_ranges(self, produce: Callable[[range], Iterable[DebugSample]]) -> list[dict[str, Any]]:
-        """Write each pending shard from `produce(positions)`: nothing is generated for shards already done."""
-        return [self._write(i, produce(self.shard_range(i)))
-                for i in progress(self.pending_shards(), desc=f"{self.config}/{self.split} shards", unit="shard")]
-
-    def _write(self, shard_index: int, samples: Iterable[Any]) -> dict[str, Any]:
-        return write_shard(self.root, self.config, self.split, shard_index, self.num_shards, samples,
-                           class_names=self.class_names, image_format=self.image_format)

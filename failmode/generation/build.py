@@ -50,6 +50,8 @@ def registered_generator(preset: Preset, *, device: str | None = None) -> ImageG
     name = preset.generation.generator
     if name == "diffusers" or name not in GENERATORS:
         return None
+    log.info("generator %r is a registered backend: the preset's render section and its scheduler, steps and "
+             "guidance are for diffusers and do not apply", name)
     return construct(GENERATORS, name, dataset=preset.dataset.id, device=device)
 
 
