@@ -339,3 +339,33 @@ def test_random_context_config_spreads_the_model_configs_count_over_the_vocabula
     rows = build_plan([ms], GenerationSettings(k=3, images_per_mode=5), generator_id="g")
     assert sorted(r.context for r in rows if r.label == 5) == sorted(by[5].contexts)
     assert all(r.class_name == names[r.label] for r in rows) and len(rows) == sum(by[3].counts) + 2
+
+
+def test_failmode_generate_renders_a_finalized_dataset_that_regenerates(tiny_pipeline_dir, tmp_path):
+    """`failmode generate` as a user runs it: a modes file and the class-only control, a saved pipeline, the
+    quality filter with seeded random CLIP weights; the folder validates and a shard regenerates bit for bit."""
+    import json
+
+    from failmode.cli import main
+    from failmode.dataset import validate_dataset_folder
+    from failmode.generation.regenerate import regenerate_shards
+    from failmode.testing import TINY_CLIP
+    from failmode.vocab import load_vocabulary
+
+    vocab = load_vocabulary("cifar10", "background")
+    doc = {"format": "failmode-modes/1", "source_model": "resnet18", "vocabulary": {"dataset": "cifar10"},
+           "classes": [{"label": c.index, "class_name": c.name, "modes": [{"context": c.contexts[0], "count": 1}]}
+                       for c in vocab.classes[:2]]}
+    modes = tmp_path / "modes.json"
+    modes.write_text(json.dumps(doc))
+    out = tmp_path / "ds"
+    assert main(["generate", "--modes", str(modes), "--baseline", "--baseline-images", "1", "--out", str(out),
+                 "--generator", str(tiny_pipeline_dir), "--steps", "2", "--size", "32", "--images-per-mode", "2",
+                 "--batch-size", "4", "--device", "cpu", "--quality-threshold", "-1", "--clip-model", TINY_CLIP,
+                 "--clip-pretrained", "none", "--version", "1.2.0"]) == 0
+    manifest = validate_dataset_folder(out, check_hashes=True)
+    assert manifest.version == "1.2.0" and set(manifest.configs) == {"resnet18", "baseline"}
+    assert manifest.configs["resnet18"].num_samples == {"train": 4} and manifest.configs["baseline"].num_samples == {
+        "train": 10}
+    assert manifest.generation["quality_filter"] == f"clip:{TINY_CLIP}/random-init-seed0"
+    assert all(regenerate_shards(out, ["resnet18/train-00000"], tmp_path / "regen", device="cpu").values())

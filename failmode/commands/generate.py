@@ -71,82 +71,30 @@ GEN_KEYS = ("generator", "revision", "scheduler", "steps", "guidance", "size", "
 RENDER_KEYS = ("precision", "batch_size", "compile", "channels_last", "fuse_qkv", "safety_checker")
 
 
-def _preset_dict(args: argparse.Namespace) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    from failmode.generation.presets import load_preset
-
-    if args.preset:
-        pr = load_preset(args.preset)
-        render = {k: v for k, v in asdict(pr.render).items() if k not in ("device", "scheduler")}
-        return {"generation": asdict(pr.generation), "render": render, "quality": asdict(pr.quality),
-                "image_format": pr.image_format}
-    return {"generation": {}, "render": {}, "quality": {}, "image_format": "png"}
-
-
-def _set(d: dict[str, Any], args: argparse.Namespace, keys: tuple[str, ...]) -> None:
-    d.update({k: getattr(args, k) for k in keys if getattr(args, k) is not None})
+def _given(args: argparse.Namespace, keys: tuple[str, ...]) -> dict[str, Any]:
+    return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
 
 
 def run(args: argparse.Namespace) -> int:
-    """Plan, render this worker's shards, and finalize when every shard is done."""
-    from pathlib import Path
-
-    from failmode.backends import GENERATORS
-    from failmode.data.sources import hub_dataset_id
-    from failmode.dataset.manifest import SEMVER_RE
-    from failmode.errors import UsageError
-    from failmode.generation import build as B
-    from failmode.generation.plan import GenerationSettings, build_plan
-    from failmode.generation.presets import QualitySection
-    from failmode.generation.render import RenderOptions, pipeline_ident
-    from failmode.generation.run import DatasetInfo, save_plan
-    from failmode.generation.shards import worker_slot
+    """Parse the arguments into a `GenerateJob` and run it (plan, render this worker's shards, finalize)."""
+    from failmode.generation.build import GenerateJob, generate
     from failmode.runtime import configure_cpu_threads
-    from failmode.typed import from_mapping
 
     configure_cpu_threads()
-    if not args.modes and not args.baseline:
-        raise UsageError("nothing to generate: pass --modes FILE and/or --baseline")
-    if not SEMVER_RE.match(args.version):  # checked before anything renders
-        raise UsageError(f"--version {args.version!r} is not semver (MAJOR.MINOR.PATCH, e.g. 1.0.0)")
-    worker = worker_slot(args.shard_index, args.num_shards)
-    cfg = _preset_dict(args)
-    _set(cfg["generation"], args, GEN_KEYS)
-    _set(cfg["render"], args, RENDER_KEYS)
-    settings = GenerationSettings.from_dict(cfg["generation"])
-    modes_files = [(f, name) for f, _, name in (spec.partition("=") for spec in args.modes)]
-    vocab, kind, sets = B.mode_sets_from_files(modes_files, k=settings.k, vocab=args.vocab, kind=args.kind,
-                                              collective=args.collective, baseline=args.baseline)
-    names = vocab.label_names()
-    settings = B.with_vocabulary_template(settings, kind, vocab)
-    render = {k: v for k, v in cfg["render"].items() if k != "batch_size"}
-    options = RenderOptions(device=args.device, scheduler=settings.scheduler,
-                            batch_size=cfg["render"].get("batch_size", 16), **render)
-    ident = pipeline_ident(settings.generator, settings.revision)
-    rows = build_plan(sets, settings, generator_id=ident, baseline_images_per_class=args.baseline_images)
-    out = Path(args.out)
-    if args.plan_only:
-        save_plan(rows, out, args.mode)
-        return 0
-
-    gen = GENERATORS.get("diffusers")(settings.generator, revision=settings.revision, options=options, ident=ident)
-    qcfg = dict(cfg["quality"])
+    quality: dict[str, Any] = {}
     if args.quality_threshold is not None:
-        qcfg.update(enabled=True, min_class_score=args.quality_threshold)
-    qcfg.update({k: v for k, v in (("clip_model", args.clip_model), ("pretrained", args.clip_pretrained)) if v})
+        quality.update(enabled=True, min_class_score=args.quality_threshold)
+    quality.update({k: v for k, v in (("clip_model", args.clip_model), ("pretrained", args.clip_pretrained)) if v})
     if args.clip_pretrained == "none":  # the command line's word for random weights (null in a preset)
-        qcfg["pretrained"] = None
+        quality["pretrained"] = None
     if args.reserve is not None:
-        qcfg["reserve"] = args.reserve
-    qsection = from_mapping(QualitySection, qcfg, "quality settings")
-    quality = None if args.no_quality else B.make_quality(qsection, device=args.device)
-    info = DatasetInfo(name=args.name or out.name, version=args.version, class_names=names,
-                       image_format=args.image_format or cfg["image_format"], source_dataset=hub_dataset_id(vocab.dataset),
-                       vocabulary={"dataset": vocab.dataset, "kind": kind, "version": vocab.version,
-                                   "template": vocab.template},
-                       attribution={"k": settings.k, "modes": [str(f) for f, _ in modes_files]})
-    B.render_dataset(rows, out, gen, info, settings, kinds={s.config: s.kind for s in sets}, quality=quality,
-                     quality_cfg=qsection, mode=args.mode, worker=worker,
-                     encode_workers=args.encode_workers)
+        quality["reserve"] = args.reserve
+    job = GenerateJob(
+        modes=tuple((f, name) for f, _, name in (spec.partition("=") for spec in args.modes)), out=args.out,
+        preset=args.preset, generation=_given(args, GEN_KEYS), render=_given(args, RENDER_KEYS), quality=quality,
+        vocab=args.vocab, kind=args.kind, collective=args.collective, baseline=args.baseline,
+        baseline_images=args.baseline_images, name=args.name, version=args.version, image_format=args.image_format,
+        device=args.device, mode=args.mode, shard_index=args.shard_index, num_shards=args.num_shards,
+        plan_only=args.plan_only, no_quality=args.no_quality, encode_workers=args.encode_workers)
+    generate(job)
     return 0

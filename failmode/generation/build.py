@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -334,6 +334,91 @@ def render_dataset(rows: list[Any], out: str | os.PathLike[str], gen: ImageGener
     return finalize_if_complete(rows, out, manifest)
 
 
-__all__ = ["BASELINE_KIND", "ModelStages", "analyse", "build", "is_complete", "make_generator",
+@dataclass(frozen=True)
+class GenerateJob:
+    """Everything `failmode generate` is asked: modes files (path, config name or ""), the output folder, a preset
+    whose generation / render / quality sections the given overrides change, the controls, the dataset's name and
+    version, and how this worker runs."""
+
+    modes: tuple[tuple[str, str], ...]
+    out: str
+    preset: str | None = None
+    generation: dict[str, Any] = field(default_factory=dict)
+    render: dict[str, Any] = field(default_factory=dict)
+    quality: dict[str, Any] = field(default_factory=dict)
+    vocab: str | None = None
+    kind: str | None = None
+    collective: str | None = None
+    baseline: bool = False
+    baseline_images: int | None = None
+    name: str | None = None
+    version: str = "0.1.0"
+    image_format: str | None = None
+    device: str | None = None
+    mode: str = "incremental"
+    shard_index: int | None = None
+    num_shards: int | None = None
+    plan_only: bool = False
+    no_quality: bool = False
+    encode_workers: int | None = None
+
+
+def _preset_sections(path: str | None) -> dict[str, Any]:
+    """The generation / render / quality sections and image format of a preset file, as plain dicts (defaults
+    without one)."""
+    if not path:
+        return {"generation": {}, "render": {}, "quality": {}, "image_format": "png"}
+    from failmode.generation.presets import load_preset
+
+    pr = load_preset(path)
+    render = {k: v for k, v in dataclasses.asdict(pr.render).items() if k not in ("device", "scheduler")}
+    return {"generation": dataclasses.asdict(pr.generation), "render": render,
+            "quality": dataclasses.asdict(pr.quality), "image_format": pr.image_format}
+
+
+def generate(job: GenerateJob) -> bool:
+    """`failmode generate`: check everything, plan the modes files (and controls), then render this worker's shards
+    and finalize when all are done; True when the dataset is finalized (False for a plan only or other shards left).
+    """
+    from failmode.data.sources import hub_dataset_id
+    from failmode.dataset.manifest import SEMVER_RE
+    from failmode.generation.render import RenderOptions, pipeline_ident
+    from failmode.generation.run import DatasetInfo, save_plan
+    from failmode.generation.shards import worker_slot
+    from failmode.typed import from_mapping
+
+    if not job.modes and not job.baseline:
+        raise UsageError("nothing to generate: pass --modes FILE and/or --baseline")
+    if not SEMVER_RE.match(job.version):  # checked before anything renders
+        raise UsageError(f"--version {job.version!r} is not semver (MAJOR.MINOR.PATCH, e.g. 1.0.0)")
+    worker = worker_slot(job.shard_index, job.num_shards)
+    cfg = _preset_sections(job.preset)
+    settings = GenerationSettings.from_dict({**cfg["generation"], **job.generation})
+    vocab, kind, sets = mode_sets_from_files(list(job.modes), k=settings.k, vocab=job.vocab, kind=job.kind,
+                                             collective=job.collective, baseline=job.baseline)
+    settings = with_vocabulary_template(settings, kind, vocab)
+    render = {**cfg["render"], **job.render}
+    options = RenderOptions(device=job.device, scheduler=settings.scheduler, batch_size=render.pop("batch_size", 16),
+                            **render)
+    ident = pipeline_ident(settings.generator, settings.revision)
+    rows = build_plan(sets, settings, generator_id=ident, baseline_images_per_class=job.baseline_images)
+    out = Path(job.out)
+    if job.plan_only:
+        save_plan(rows, out, job.mode)
+        return False
+    gen = GENERATORS.get("diffusers")(settings.generator, revision=settings.revision, options=options, ident=ident)
+    qsection = from_mapping(QualitySection, {**cfg["quality"], **job.quality}, "quality settings")
+    quality = None if job.no_quality else make_quality(qsection, device=job.device)
+    info = DatasetInfo(name=job.name or out.name, version=job.version, class_names=vocab.label_names(),
+                       image_format=job.image_format or cfg["image_format"],
+                       source_dataset=hub_dataset_id(vocab.dataset),
+                       vocabulary={"dataset": vocab.dataset, "kind": kind, "version": vocab.version,
+                                   "template": vocab.template},
+                       attribution={"k": settings.k, "modes": [str(f) for f, _ in job.modes]})
+    return render_dataset(rows, out, gen, info, settings, kinds={s.config: s.kind for s in sets}, quality=quality,
+                          quality_cfg=qsection, mode=job.mode, worker=worker, encode_workers=job.encode_workers)
+
+
+__all__ = ["GenerateJob", "generate", "BASELINE_KIND", "ModelStages", "analyse", "build", "is_complete", "make_generator",
            "make_quality", "mode_sets", "mode_sets_from_files", "model_stages", "registered_generator", "render_dataset",
            "with_vocabulary_template"]
