@@ -65,7 +65,7 @@ def _world_setup(args: argparse.Namespace) -> dict[str, Any]:
     unknown = sorted(set(args.classes or []) - set(names))
     if unknown:
         raise UsageError(f"unknown class(es) {', '.join(unknown)} (known: {', '.join(names)})")
-    return {"generator": ws.generator, "classifier": ws.classifier, "attributor": ws.attributor,
+    return {"setup": ws, "generator": ws.generator, "classifier": ws.classifier, "attributor": ws.attributor,
             "vocabularies": [ws.vocabulary], "class_names": names, "label_names": names,
             "labels": [names.index(c) for c in args.classes] if args.classes else None,
             "params": _params(args, size=ws.world.preset.image_size), "name": "fashion-scenes-discovered"}
@@ -100,9 +100,8 @@ def run(args: argparse.Namespace) -> int:
 
     from failmode.commands._discovery import check_mode
     from failmode.discovery.discover import bug_modes, discover, write_bug_report
-    from failmode.discovery.outputs import write_debug_config
+    from failmode.discovery.outputs import diffusers_render, world_render, write_debug_config
     from failmode.errors import FailmodeError
-    from failmode.generation.plan import GenerationSettings
     from failmode.models.diffusion import DEFAULT_GENERATOR
 
     log = logging.getLogger("failmode.discover")
@@ -116,14 +115,10 @@ def run(args: argparse.Namespace) -> int:
             raise FailmodeError("no confirmed bugs to render into a debug config")
         modes = bug_modes(report.confirmed, per_bug=args.debug_images, source_model=s["classifier"].ident)
         p = s["params"]
-        settings = GenerationSettings(
-            generator="composite" if world else args.generator or DEFAULT_GENERATOR,
-            revision=None if world else args.revision,
-            scheduler="none" if world else args.scheduler, steps=p.steps, guidance=p.guidance, size=p.size,
-            base_seed=p.seed).check()
-        write_debug_config(f"{args.out}/debug-dataset", name=s["name"], modes=modes,
-                           generator=s["generator"].inner if world else s["generator"], settings=settings,
-                           class_names=s["label_names"], description="confirmed bugs of generate-then-discover",
-                           generator_options={"preset": args.world, "seed": args.seed} if world else None)
+        render = world_render(s["setup"], args.world, args.seed) if world else diffusers_render(
+            args.generator or DEFAULT_GENERATOR, lambda: s["generator"], revision=args.revision,
+            scheduler=args.scheduler, steps=p.steps, guidance=p.guidance, size=p.size, seed=p.seed)
+        write_debug_config(f"{args.out}/debug-dataset", name=s["name"], modes=modes, render=render,
+                           class_names=s["label_names"], description="confirmed bugs of generate-then-discover")
     log.info("%d confirmed bugs of %d candidates -> %s", len(report.confirmed), len(report.bugs), paths["report"])
     return 0

@@ -73,6 +73,7 @@ def _kinds(vocabularies: Any) -> dict[str, str]:
 def _world_slices(args: argparse.Namespace, ws: Any, params: Any) -> tuple[Any, dict[str, Any]]:
     """Slices on the world; returns the report and what rendering the top slices needs."""
     from failmode.commands._discovery import split_of
+    from failmode.discovery.outputs import world_render
     from failmode.discovery.slicing import run_slices
 
     check_name = args.check or "test"
@@ -80,10 +81,8 @@ def _world_slices(args: argparse.Namespace, ws: Any, params: Any) -> tuple[Any, 
     report = run_slices(ws.attributor, ws.classifier, [ws.vocabulary], find=(split_of(ws, args.find), None),
                         check=check, params=params, calibration=_calibration(args, ws),
                         min_check_size=args.min_check_size)
-    render = {"generator": lambda: ws.generator.inner, "generator_id": "composite", "scheduler": "none",
-              "generator_options": {"preset": args.world, "seed": args.seed}, "class_names": ws.world.class_names,
-              "name": "fashion-scenes-slices", "size": ws.world.preset.image_size, "steps": 1, "guidance": 0.0,
-              "kinds": _kinds([ws.vocabulary])}
+    render = {"debug": world_render(ws, args.world, args.seed), "class_names": ws.world.class_names,
+              "name": "fashion-scenes-slices", "kinds": _kinds([ws.vocabulary])}
     return report, render
 
 
@@ -94,6 +93,7 @@ def _mined_slices(args: argparse.Namespace, params: Any) -> tuple[Any, dict[str,
     from failmode.commands._discovery import attributor_from_args, cache_dir, generator_from_args
     from failmode.discovery.inputs import load_vocabularies
     from failmode.discovery.mined import load_mined_run, run_mined_slices
+    from failmode.discovery.outputs import diffusers_render
     from failmode.errors import UsageError
 
     if args.find != "debug":
@@ -109,9 +109,10 @@ def _mined_slices(args: argparse.Namespace, params: Any) -> tuple[Any, dict[str,
                               check=args.check or "auto", seed=args.seed, min_check_size=args.min_check_size,
                               classifier_options=options)
     name = f"{Path(str(run.meta.get('dataset'))).name}-slices"
-    render = {"generator": lambda: generator_from_args(args), "generator_id": args.generator, "revision": args.revision,
-              "scheduler": args.scheduler, "class_names": run.source.class_names, "name": name, "size": args.size,
-              "steps": args.steps, "guidance": args.guidance, "kinds": _kinds(vocabularies)}
+    debug = diffusers_render(args.generator, lambda: generator_from_args(args), revision=args.revision,
+                             scheduler=args.scheduler, steps=args.steps, guidance=args.guidance, size=args.size,
+                             seed=args.seed) if args.generate_top else None
+    render = {"debug": debug, "class_names": run.source.class_names, "name": name, "kinds": _kinds(vocabularies)}
     return report, render
 
 
@@ -125,7 +126,6 @@ def run(args: argparse.Namespace) -> int:
     from failmode.discovery.outputs import write_debug_config
     from failmode.discovery.slicing import slice_modes, write_slice_report
     from failmode.errors import FailmodeError
-    from failmode.generation.plan import GenerationSettings
     from failmode.slices import SliceParams
 
     log = logging.getLogger("failmode.slices")
@@ -145,13 +145,9 @@ def run(args: argparse.Namespace) -> int:
             raise FailmodeError("no slices to render: lower -m or -d, or raise -s")
         modes = slice_modes(top, per_slice=args.images_per_slice, source_model=classifier_ident,
                             kinds=render["kinds"])
-        settings = GenerationSettings(generator=render["generator_id"], revision=render.get("revision"),
-                                      scheduler=render["scheduler"], steps=render["steps"],
-                                      guidance=render["guidance"], size=render["size"], base_seed=args.seed).check()
         root = write_debug_config(f"{args.out}/debug-dataset", name=render["name"], modes=modes,
-                                  generator=render["generator"](), settings=settings,
-                                  class_names=render["class_names"], description="top minimal failure slices",
-                                  generator_options=render.get("generator_options"))
+                                  render=render["debug"], class_names=render["class_names"],
+                                  description="top minimal failure slices")
         log.info("debug config: %s", root)
     g = report.generalisation
     log.info("%d slices -> %s (check-split drop correlation: Pearson %s)", len(report.slices), paths["report"],

@@ -9,7 +9,8 @@ from __future__ import annotations
 import io
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,23 +41,49 @@ def save_png(path: str | os.PathLike[str], image: Image.Image) -> Path:
     return Path(path)
 
 
-def write_debug_config(root: str | os.PathLike[str], *, name: str, modes: ModeSet, generator: ImageGenerator,
-                       settings: GenerationSettings, class_names: list[str], description: str,
-                       generator_options: dict[str, Any] | None = None, version: str = "1.0.0") -> Path:
+@dataclass(frozen=True)
+class DebugRender:
+    """How `slices` / `discover` render a debug config: the generation settings the manifest records, how to make
+    the generator (only when something is rendered), and the options that rebuild a registered one on regeneration."""
+
+    settings: GenerationSettings
+    make_generator: Callable[[], ImageGenerator]
+    generator_options: dict[str, Any] = field(default_factory=dict)
+
+
+def world_render(setup: Any, preset: str, seed: int) -> DebugRender:
+    """The offline world's composite stand-in (a `failmode.discovery.world.WorldSetup`): rebuilt on regeneration
+    from the world preset and seed."""
+    settings = GenerationSettings(generator="composite", scheduler="none", steps=1, guidance=0.0,
+                                  size=setup.world.preset.image_size, base_seed=seed).check()
+    return DebugRender(settings, lambda: setup.generator.inner, {"preset": preset, "seed": seed})
+
+
+def diffusers_render(generator: str, make: Callable[[], ImageGenerator], *, revision: str | None, scheduler: str,
+                     steps: int, guidance: float, size: int, seed: int) -> DebugRender:
+    """A diffusers pipeline (Hub id or local folder) with the render settings the command line gave."""
+    settings = GenerationSettings(generator=generator, revision=revision, scheduler=scheduler, steps=steps,
+                                  guidance=guidance, size=size, base_seed=seed).check()
+    return DebugRender(settings, make)
+
+
+def write_debug_config(root: str | os.PathLike[str], *, name: str, modes: ModeSet, render: DebugRender,
+                       class_names: list[str], description: str, version: str = "1.0.0") -> Path:
     """Render `modes` as the one config of a finalized dataset folder, through the generation stage (plan.parquet,
-    shards by the shard rule, manifest, card); `generator_options` rebuild a registered stand-in on regeneration."""
+    shards by the shard rule, manifest, card), with `render`'s generator and settings."""
     from failmode.generation.build import render_dataset
     from failmode.generation.plan import build_plan
     from failmode.generation.presets import QualitySection
     from failmode.generation.run import DatasetInfo
 
-    rows = build_plan([modes], settings, generator_id=generator.ident)
+    generator = render.make_generator()
+    rows = build_plan([modes], render.settings, generator_id=generator.ident)
     if not rows:
         raise FailmodeError(f"debug config {modes.config}: nothing to render")
     info = DatasetInfo(name=name, version=version, class_names=list(class_names), description=description,
-                       generator_options=dict(generator_options or {}))
-    done = render_dataset(rows, root, generator, info, settings, kinds={modes.config: modes.kind}, quality=None,
-                          quality_cfg=QualitySection(enabled=False))
+                       generator_options=dict(render.generator_options))
+    done = render_dataset(rows, root, generator, info, render.settings, kinds={modes.config: modes.kind},
+                          quality=None, quality_cfg=QualitySection(enabled=False))
     if not done:
         raise FailmodeError(f"{root}: the debug config was not finalized")
     log.info("debug config %s: %d images -> %s", modes.config, len(rows), root)
