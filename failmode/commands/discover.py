@@ -54,9 +54,11 @@ def _params(args: argparse.Namespace, **kw: Any) -> Any:
                           base=args.base, seed=args.seed, **kw).check()
 
 
-def _world_setup(args: argparse.Namespace) -> dict[str, Any]:
+def _world_setup(args: argparse.Namespace) -> Any:
     """Backends, classes and parameters of a world run."""
     from failmode.commands._discovery import setup_from_args
+    from failmode.discovery.discover import DiscoverSetup
+    from failmode.discovery.outputs import world_render
     from failmode.errors import UsageError
 
     _params(args)  # checked before the world and its backends load
@@ -65,19 +67,22 @@ def _world_setup(args: argparse.Namespace) -> dict[str, Any]:
     unknown = sorted(set(args.classes or []) - set(names))
     if unknown:
         raise UsageError(f"unknown class(es) {', '.join(unknown)} (known: {', '.join(names)})")
-    return {"setup": ws, "generator": ws.generator, "classifier": ws.classifier, "attributor": ws.attributor,
-            "vocabularies": [ws.vocabulary], "class_names": names, "label_names": names,
-            "labels": [names.index(c) for c in args.classes] if args.classes else None,
-            "params": _params(args, size=ws.world.preset.image_size), "name": "fashion-scenes-discovered"}
+    return DiscoverSetup(ws.generator, ws.classifier, ws.attributor, [ws.vocabulary], names, names,
+                         [names.index(c) for c in args.classes] if args.classes else None,
+                         _params(args, size=ws.world.preset.image_size), "fashion-scenes-discovered",
+                         world_render(ws, args.world, args.seed))
 
 
-def _real_setup(args: argparse.Namespace) -> dict[str, Any]:
+def _real_setup(args: argparse.Namespace) -> Any:
     """Backends, classes and parameters of a run on a timm model with a diffusers generator and CLIP."""
     from pathlib import Path
 
     from failmode.commands._discovery import attributor_from_args, cache_dir, generator_from_args
     from failmode.discovery.classify import TimmClassifier
+    from failmode.discovery.discover import DiscoverSetup
     from failmode.discovery.inputs import check_class_names, dataset_classes, load_vocabularies, pick_labels
+    from failmode.discovery.outputs import diffusers_render
+    from failmode.models.diffusion import DEFAULT_GENERATOR
 
     params = _params(args, size=args.size, steps=args.steps, guidance=args.guidance)
     vocabularies = load_vocabularies(args.vocabulary, args.kinds)
@@ -89,9 +94,12 @@ def _real_setup(args: argparse.Namespace) -> dict[str, Any]:
                                 image_size=args.image_size, device=args.device,
                                 cache_dir=cache_dir(args) / "features", num_classes=len(names))
     attributor = attributor_from_args(args, vocabularies[0].kind)
-    return {"generator": generator_from_args(args), "classifier": classifier, "attributor": attributor,
-            "vocabularies": vocabularies, "class_names": names, "label_names": label_names, "labels": labels,
-            "params": params, "name": f"{Path(spec).stem}-discovered"}
+    generator = generator_from_args(args)
+    render = diffusers_render(args.generator or DEFAULT_GENERATOR, lambda: generator, revision=args.revision,
+                              scheduler=args.scheduler, steps=params.steps, guidance=params.guidance,
+                              size=params.size, seed=params.seed)
+    return DiscoverSetup(generator, classifier, attributor, vocabularies, names, label_names, labels, params,
+                         f"{Path(spec).stem}-discovered", render)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -100,25 +108,20 @@ def run(args: argparse.Namespace) -> int:
 
     from failmode.commands._discovery import check_mode
     from failmode.discovery.discover import bug_modes, discover, write_bug_report
-    from failmode.discovery.outputs import diffusers_render, world_render, write_debug_config
+    from failmode.discovery.outputs import write_debug_config
     from failmode.errors import FailmodeError
-    from failmode.models.diffusion import DEFAULT_GENERATOR
 
     log = logging.getLogger("failmode.discover")
     world = check_mode(args, "--model")
     s = _world_setup(args) if world else _real_setup(args)
-    report = discover(s["generator"], s["classifier"], s["attributor"], s["vocabularies"], s["class_names"],
-                      labels=s["labels"], params=s["params"])
+    report = discover(s.generator, s.classifier, s.attributor, s.vocabularies, s.class_names, labels=s.labels,
+                      params=s.params)
     paths = write_bug_report(args.out, report)
     if args.debug_images:
         if not report.confirmed:
             raise FailmodeError("no confirmed bugs to render into a debug config")
-        modes = bug_modes(report.confirmed, per_bug=args.debug_images, source_model=s["classifier"].ident)
-        p = s["params"]
-        render = world_render(s["setup"], args.world, args.seed) if world else diffusers_render(
-            args.generator or DEFAULT_GENERATOR, lambda: s["generator"], revision=args.revision,
-            scheduler=args.scheduler, steps=p.steps, guidance=p.guidance, size=p.size, seed=p.seed)
-        write_debug_config(f"{args.out}/debug-dataset", name=s["name"], modes=modes, render=render,
-                           class_names=s["label_names"], description="confirmed bugs of generate-then-discover")
+        modes = bug_modes(report.confirmed, per_bug=args.debug_images, source_model=s.classifier.ident)
+        write_debug_config(f"{args.out}/debug-dataset", name=s.name, modes=modes, render=s.render,
+                           class_names=s.label_names, description="confirmed bugs of generate-then-discover")
     log.info("%d confirmed bugs of %d candidates -> %s", len(report.confirmed), len(report.bugs), paths["report"])
     return 0

@@ -117,6 +117,23 @@ class Bug:
 
 
 @dataclass
+class DiscoverSetup:
+    """What one generate-then-discover run needs: backends, vocabularies, classes, parameters, and how its debug
+    config would be rendered (`failmode.discovery.outputs.DebugRender`)."""
+
+    generator: ImageGenerator
+    classifier: Classifier
+    attributor: Attributor
+    vocabularies: list[Any]
+    class_names: list[str]
+    label_names: list[str]
+    labels: list[int] | None
+    params: DiscoverParams
+    name: str
+    render: Any
+
+
+@dataclass
 class DiscoverReport:
     """All candidate bugs (confirmed ones first, ranked), per-class broad-set figures, and run metadata."""
 
