@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PROBE_TIMEOUT_S = 3.0
+#: seconds any Hub HTTP request of a push may go without progress (huggingface_hub's own client has no timeout):
+#: a hung Hub fails the push in about this long; a slow upload that keeps sending is not cut
+REQUEST_TIMEOUT_S = 15.0
 
 
 def hub_offline() -> bool:

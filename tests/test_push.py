@@ -251,7 +251,7 @@ def loopback_server():
 
 def test_a_hung_hub_fails_the_push_within_the_request_timeout(tiny_ds: Path, tmp_path: Path, loopback_server) -> None:
     from failmode.cli import build_parser
-    from failmode.dataset.publish import REQUEST_TIMEOUT_S
+    from failmode.hub import REQUEST_TIMEOUT_S
 
     assert REQUEST_TIMEOUT_S <= 15  # a hung Hub fails at defaults in about this long (measured: 19 s)
     assert build_parser().parse_args(["push", "x", "--repo", "a/b"]).timeout == REQUEST_TIMEOUT_S

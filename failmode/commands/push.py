@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tag", metavar="vX.Y.Z", help="tag to create (default and only accepted value: "
                         "v<version> from the folder's failmode.json)")
     parser.add_argument("--private", action="store_true", help="create the repository as private")
-    from failmode.dataset.publish import REQUEST_TIMEOUT_S
+    from failmode.hub import REQUEST_TIMEOUT_S
 
     parser.add_argument("--timeout", type=float, default=REQUEST_TIMEOUT_S, metavar="S",
                         help="seconds any HTTP request may go without progress before the push fails "

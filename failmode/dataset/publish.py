@@ -20,13 +20,10 @@ from failmode.dataset import layout
 from failmode.dataset.manifest import REPO_ID_RE
 from failmode.dataset.validate import validate_dataset_folder
 from failmode.errors import FailmodeError, UsageError
-from failmode.hub import hub_endpoint, hub_offline, hub_unreachable_reason
+from failmode.hub import REQUEST_TIMEOUT_S, hub_endpoint, hub_offline, hub_unreachable_reason
 
 log = logging.getLogger(__name__)
 
-#: seconds a push waits for any HTTP request to make progress (huggingface_hub's own client has no timeout at all):
-#: a hung Hub fails the push in about this long; a slow upload that keeps sending is not cut
-REQUEST_TIMEOUT_S = 15.0
 CONNECT_TIMEOUT_S = 5.0
 # generation/ holds the plan (pinned by the manifest's plan_sha256) and per-shard generation stats.
 UPLOAD_PATTERNS = [layout.CARD_NAME, layout.MANIFEST_NAME, "data/*", "wds/*", "assets/*", "generation/*"]
