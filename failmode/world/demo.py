@@ -213,7 +213,7 @@ def run_demo(out: str | Path, config: DemoConfig | None = None) -> dict[str, Any
         with _stage(timings, "report", progress):
             from failmode.world.gap import measure_gap
 
-            gap = measure_gap(world, per_class=c.gap_probe_per_class, cache_dir=paths.cache)
+            gap = measure_gap(world, per_class=c.gap_probe_per_class, cache_dir=paths.cache / "features")
             results = collect_results(paths, c, world, spec, params, preset)
             results["gap_probe_acc"] = gap.gap_probe_acc
             results["gap_probe"] = gap.record()
