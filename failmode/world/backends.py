@@ -37,7 +37,7 @@ EXEMPLAR_STREAM = 5
 NO_CONTEXT = ("", "none")
 
 
-def _world(world: World | None, preset: str, seed: int, dataset: str | None = None) -> World:
+def resolve_world(world: World | None, preset: str, seed: int, dataset: str | None = None) -> World:
     """The given world, else the one an exported dataset folder holds, else the preset's world at `seed`."""
     if world is not None:
         return world
@@ -48,7 +48,8 @@ def _world(world: World | None, preset: str, seed: int, dataset: str | None = No
     return build_world(preset, seed)
 
 
-def _normalise(x: np.ndarray) -> np.ndarray:
+def normalise_rows(x: np.ndarray) -> np.ndarray:
+    """Each row of `x` scaled to unit L2 norm (zero rows stay zero)."""
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
@@ -57,7 +58,7 @@ class CompositeGenerator(ImageGenerator):
 
     def __init__(self, world: World | None = None, *, dataset: str | None = None, preset: str = "concentrated",
                  seed: int = 0) -> None:
-        self.world = _world(world, preset, seed, dataset)
+        self.world = resolve_world(world, preset, seed, dataset)
         gap = " from photo regions the splits do not use, with a rendered look" if self.world.preset.gap else ""
         self.ident = (f"composite:{WORLD_NAME}/{self.world.preset.name} "
                       f"(stand-in for Stable Diffusion: Fashion-MNIST pool object pasted on the named scene{gap})")
@@ -123,7 +124,7 @@ class ExemplarAttributor(Attributor):
                  cache_dir: str | Path | None = None, preset: str = "concentrated", seed: int = 0) -> None:
         from failmode.world.backbone import load_backbone
 
-        self.world = _world(world, preset, seed, dataset)
+        self.world = resolve_world(world, preset, seed, dataset)
         self.model = model if model is not None else load_backbone()
         self.cache_dir = cache_dir
         if isinstance(center, str):
@@ -153,7 +154,7 @@ class ExemplarAttributor(Attributor):
                        desc=desc).features
         if self.center is not None:
             feats = feats - self.center
-        return _normalise(feats.astype(np.float32))
+        return normalise_rows(feats.astype(np.float32))
 
     def exemplars(self) -> ListSource:
         """The exemplar images: `n_exemplars` per scene, scene-major; label = scene index."""
@@ -164,7 +165,7 @@ class ExemplarAttributor(Attributor):
         if self._prototypes is None:
             emb = self._embed(self.exemplars(), None, "exemplars")
             groups = emb.reshape(len(self.world.scenes), self.n_exemplars, -1).mean(axis=1)
-            self._prototypes = _normalise(groups)
+            self._prototypes = normalise_rows(groups)
         return self._prototypes
 
     def encode_images(self, source: ImageSource, indices: Sequence[int]) -> np.ndarray:

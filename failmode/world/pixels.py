@@ -18,7 +18,7 @@ from failmode.backends import Attributor
 from failmode.data.sources import ImageSource
 from failmode.errors import ValidationError
 from failmode.progress import bar
-from failmode.world.backends import _normalise, _world, exemplar_images
+from failmode.world.backends import exemplar_images, normalise_rows, resolve_world
 from failmode.world.fashion import FASHION_CLASSES
 from failmode.world.world import WORLD_NAME, World
 
@@ -62,7 +62,7 @@ class PixelAttributor(Attributor):
                  preset: str = "concentrated", seed: int = 0) -> None:
         if n_exemplars < 1:
             raise ValidationError(f"pixels attributor: n_exemplars must be >= 1, not {n_exemplars}")
-        self.world = _world(world, preset, seed, dataset)
+        self.world = resolve_world(world, preset, seed, dataset)
         self.n_exemplars = int(n_exemplars)
         self._center: np.ndarray | None = None
         self._prototypes: np.ndarray | None = None
@@ -76,15 +76,15 @@ class PixelAttributor(Attributor):
             ex = exemplar_images(self.world, self.n_exemplars)
             d = describe_all(ex, range(len(ex)), "exemplar descriptors")
             self._center = d.mean(axis=0)
-            groups = _normalise(d - self._center).reshape(len(self.world.scenes), self.n_exemplars, -1).mean(axis=1)
-            self._prototypes = _normalise(groups)
+            groups = normalise_rows(d - self._center).reshape(len(self.world.scenes), self.n_exemplars, -1).mean(axis=1)
+            self._prototypes = normalise_rows(groups)
         return self._prototypes
 
     def encode_images(self, source: ImageSource, indices: Sequence[int]) -> np.ndarray:
         """Centred, L2-normalised pixel descriptors of `source[indices]`."""
         self.prototypes()
         assert self._center is not None
-        return _normalise(describe_all(source, indices) - self._center)
+        return normalise_rows(describe_all(source, indices) - self._center)
 
     def encode_contexts(self, class_name: str, contexts: Sequence[str]) -> np.ndarray:
         """The prototypes of `contexts` (class-agnostic: `class_name` only has to be a world class)."""
