@@ -27,12 +27,12 @@ from failmode.dataset.layout import MANIFEST_NAME, config_slug
 from failmode.errors import UsageError, ValidationError
 from failmode.evaluate.data import DebugSet, first_n_mask, open_debug_set, top_k_mask
 from failmode.evaluate.results import METRICS, ResultsLog, clean_metric, result_key
-from failmode.feature_options import FeatureOptions
 from failmode.head import accuracy, train_dataset_head, train_head
 from failmode.io import write_json
 from failmode.linear import LinearHead
 from failmode.mining.failures import HALVES, Predictions, failures_from_predictions, read_failures
 from failmode.mining.mine import check_classes, model_key
+from failmode.options import FeatureOptions
 
 log = logging.getLogger(__name__)
 
@@ -185,8 +185,7 @@ class ModelFeatures:
     debug_sets: dict[str, DebugSet] = field(default_factory=dict)
     test_groups: np.ndarray | None = None  # group of each test image (spec.group_column)
     test_common: np.ndarray | None = None  # whether each test image is in its class's common group
-    net: Any = None
-    features_kw: dict[str, Any] = field(default_factory=dict)
+    extractor: Any = None  # the model's FeatureExtractor (debug configs are extracted on first use)
     bad: BadImages = field(default_factory=BadImages)  # images left out under --on-bad-image skip
 
     def evals(self) -> dict[str, Labeled]:
@@ -260,7 +259,7 @@ def load_model_features(spec: EvalSpec, configs: Sequence[str] = ()) -> ModelFea
 
     The debug `configs` (class names checked) and a --failures file are read first, before the model is loaded.
     """
-    from failmode.features import extract_features
+    from failmode.features import FeatureExtractor
     from failmode.models.classifier import create_classifier, eval_preprocess, known_model
 
     known_model(spec.model)
@@ -279,13 +278,12 @@ def load_model_features(spec: EvalSpec, configs: Sequence[str] = ()) -> ModelFea
     given = _given_head(spec, len(names))
     net = create_classifier(spec.model, spec.weights)
     check_classes(net, spec.model, spec.head, len(names), spec.dataset)
-    kw = {"model_key": model_key(spec.model, spec.weights),
-          "transform": eval_preprocess(net, spec.image_size, spec.crop_pct), **spec.extraction().extract_kwargs()}
+    extractor = FeatureExtractor(net, model_key(spec.model, spec.weights),
+                                 eval_preprocess(net, spec.image_size, spec.crop_pct), spec.extraction())
     native = spec.head is None
 
     def extract(name: str, src: ImageSource, idx: np.ndarray) -> Any:
-        return bad.run(src, idx, lambda i: extract_features(net, src, i, desc=f"{name} features",
-                                                            with_logits=native, **kw))[0]
+        return bad.run(src, idx, lambda i: extractor(src, i, desc=f"{name} features", with_logits=native))[0]
 
     feats = {name: extract(name, src, idx) for name, src, idx in
              (("train", train_src, splits.train), ("debug", eval_src, splits.debug), ("test", eval_src, splits.test))}
@@ -312,20 +310,18 @@ def load_model_features(spec: EvalSpec, configs: Sequence[str] = ()) -> ModelFea
     return ModelFeatures(spec, names, head,
                          Labeled(feats["train"].features, feats["train"].labels),
                          Labeled(feats["test"].features, feats["test"].labels), half["seed"], half["heldout"],
-                         debug_sets=debug_sets, net=net, features_kw=kw, test_groups=groups,
+                         debug_sets=debug_sets, extractor=extractor, test_groups=groups,
                          test_common=None if common is None else common.astype(bool), bad=bad)
 
 
 def _debug_features(mf: ModelFeatures, config: str) -> DebugFeatures:
-    from failmode.features import extract_features
-
     spec = mf.spec
     if config not in mf.debug_sets:
         mf.debug_sets[config] = open_debug_set(spec.debug_data, config, mf.class_names, revision=spec.revision,
                                                split=spec.debug_split)
     ds = mf.debug_sets[config]
-    f, idx = mf.bad.run(ds.source, np.arange(len(ds.source)), lambda i: extract_features(
-        mf.net, ds.source, i, desc=f"debug features ({config})", with_logits=False, **mf.features_kw))
+    f, idx = mf.bad.run(ds.source, np.arange(len(ds.source)), lambda i: mf.extractor(
+        ds.source, i, desc=f"debug features ({config})", with_logits=False))
     contexts = None if ds.contexts is None else [ds.contexts[int(i)] for i in idx]
     return DebugFeatures(config, Labeled(f.features, ds.labels[idx]), contexts, ds.revision)
 
@@ -407,7 +403,7 @@ def run_one(mf: ModelFeatures, run: dict[str, Any], params: HeadParams) -> tuple
         mf, dataclasses.replace(params, lam=lam if lam is not None else params.lam), data)
     rec = {**run, **evaluate_head(head, mf), "n_train": len(mf.train.y), "n_test": len(mf.test.y),
            "n_seed": len(mf.seed.y), "n_heldout": len(mf.heldout.y), "n_debug": 0 if data is None else len(data.y),
-           "dataset_version": debug.version if debug else None, "model_key": mf.features_kw.get("model_key"),
+           "dataset_version": debug.version if debug else None, "model_key": mf.extractor.model_key if mf.extractor else None,
            "bad_images_skipped": len(mf.bad.skipped),
            "failmode_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     return rec, head

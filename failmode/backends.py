@@ -72,10 +72,20 @@ class ImageGenerator(ABC):
 
     #: recorded in every output, e.g. "diffusers:stable-diffusion-v1-5/stable-diffusion-v1-5@<rev>"
     ident: str
+    #: requests per `generate` call in a generation run (its fixed kernel batch; halved on out-of-memory)
+    batch_size: int = 16
 
     @abstractmethod
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Image.Image]:
         """One RGB image per request, in order."""
+
+    def safety_checker(self) -> Callable[[Sequence[Image.Image]], list[bool]] | None:
+        """A function flagging unsafe images (one bool per image), or None when the generator has none or it is off."""
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        """How this generator renders, as the manifest records it (speed options, precision; JSON-ready)."""
+        return {}
 
 
 #: name -> factory(**options) returning an Attributor ("clip", "exemplar", ...)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import torch
 from failmode.data.sources import ImageSource
 from failmode.images import Preprocess, Transform, default_workers, resolve_decode
 from failmode.io import atomic_path, stable_hash
+from failmode.options import FeatureOptions
 from failmode.progress import bar
 from failmode.runtime import HostArrays, autocast, autocast_dtype, pick_device
 
@@ -156,3 +157,21 @@ def extract_features(
             with open(tmp, "wb") as f:
                 np.savez(f, **arrays)
     return out
+
+
+@dataclass(frozen=True)
+class FeatureExtractor:
+    """A frozen model bound to how its images become features: its cache key (model and weights), its evaluation
+    transform (None: timm's for the model) and the extraction settings (device, batch, precision, workers, decoder,
+    cache: `failmode.options.FeatureOptions`). Mining, evaluation and the classifiers of slices / discover use it."""
+
+    model: torch.nn.Module
+    model_key: str
+    transform: Transform | None = None
+    options: FeatureOptions = field(default_factory=FeatureOptions)
+
+    def __call__(self, source: ImageSource, indices: Sequence[int] | np.ndarray | None = None, *,
+                 with_logits: bool = True, desc: str = "features") -> Features:
+        """`extract_features` of `source[indices]` (all images if None) with these settings."""
+        return extract_features(self.model, source, indices, model_key=self.model_key, transform=self.transform,
+                                with_logits=with_logits, desc=desc, **self.options.extract_kwargs())

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from failmode.backends import ImageGenerator
 from failmode.dataset.finalize import finalize
 from failmode.dataset.manifest import ConfigSpec, Manifest
 from failmode.dataset.sample import DebugSample
@@ -232,7 +233,7 @@ def save_tiny_clip(path: str | Path, seed: int = 0) -> Path:
     return path
 
 
-class SeedColorGenerator:
+class SeedColorGenerator(ImageGenerator):
     """An `ImageGenerator` that paints each image one colour from the first bytes of its seed (distinct seeds,
     distinct images): the generation path (plan, shards, writer, card) without a diffusion model."""
 
@@ -250,7 +251,6 @@ def write_debug_dataset(root: str | Path, *, class_names: list[str] | None = Non
                         baseline_images_per_class: int = 16, shard_size: int = 1000) -> Path:
     """A finalized failmode dataset written the way `failmode build` writes one (plan, shards, manifest, card):
     one model config with two contexts per class, the random-context and class-only controls."""
-    from failmode.generation.build import render_dataset
     from failmode.generation.plan import (
         ClassModes,
         GenerationSettings,
@@ -259,8 +259,7 @@ def write_debug_dataset(root: str | Path, *, class_names: list[str] | None = Non
         build_plan,
         random_context_modes,
     )
-    from failmode.generation.presets import QualitySection
-    from failmode.generation.run import DatasetInfo
+    from failmode.generation.run import DatasetInfo, generate_dataset
 
     names = class_names or CIFAR10_CLASSES
     contexts = ("in a desert", "on snow", "in a cave")
@@ -282,8 +281,8 @@ def write_debug_dataset(root: str | Path, *, class_names: list[str] | None = Non
                       baseline_images_per_class=baseline_images_per_class)
     info = DatasetInfo(name="tiny-debug", version="1.0.0", class_names=list(names), source_dataset="uoft-cs/cifar10",
                        tags=["tiny"])
-    render_dataset(rows, root, SeedColorGenerator(), info, settings, kinds={s.config: s.kind for s in sets},
-                   quality=None, quality_cfg=QualitySection(enabled=False), encode_workers=2)
+    generate_dataset(rows, root, SeedColorGenerator(), info, settings, kinds={s.config: s.kind for s in sets},
+                     encode_workers=2)
     return Path(root)
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from failmode.generation import GenerationRun, GenerationSettings, baseline_modes, build_plan
+from failmode.generation import GenerationSettings, ShardRun, baseline_modes, build_plan
 from failmode.generation.render import PRECISIONS, DiffusersGenerator, RenderOptions
 from failmode.runtime import pick_device
 
@@ -94,12 +94,12 @@ def bench_toolkit(pipe: Any, args: argparse.Namespace, out: Path) -> dict[str, A
         from failmode.models.clip import create_clip
 
         quality = ClipQuality(create_clip(args.quality, pretrained=None, device=gen.device), device=gen.device)
-    kw = {"batch_size": args.batch_size, "encode_workers": args.encode_workers, "quality": quality}
-    warm = GenerationRun(out / "warmup", gen, CLASSES, **kw)
+    kw = {"encode_workers": args.encode_workers, "quality": quality}
+    warm = ShardRun(out / "warmup", gen, CLASSES, **kw)
     t0 = time.perf_counter()
     warm.run(rows(args.batch_size, "warmup"))  # compile + autotune happen here
     warmup_s = time.perf_counter() - t0
-    run = GenerationRun(out / "ds", gen, CLASSES, **kw)
+    run = ShardRun(out / "ds", gen, CLASSES, **kw)
     plan = rows(args.images, "bench")
     sync(gen.device)
     t0 = time.perf_counter()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import ipaddress
 import os
+import shutil
 import socket
+import tempfile
 
 import pytest
 
@@ -15,6 +18,10 @@ os.environ.setdefault("HF_UPDATE_DOWNLOAD_COUNTS", "0")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ["HF_ENDPOINT"] = "http://127.0.0.1:9"
 os.environ.setdefault("FAILMODE_PROGRESS", "0")
+# The default cache (features, embeddings) of anything a test runs without naming one: a folder of this run, never
+# the user's ~/.cache/failmode (no stale entry from another checkout can make a test pass).
+os.environ["FAILMODE_CACHE_DIR"] = tempfile.mkdtemp(prefix="failmode-test-cache-")
+atexit.register(shutil.rmtree, os.environ["FAILMODE_CACHE_DIR"], True)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402

@@ -14,8 +14,9 @@ from PIL import Image
 from failmode.backends import GenerationRequest, ImageGenerator
 from failmode.errors import LoadError, ValidationError
 from failmode.generation import (
-    GenerationRun,
+    DatasetInfo,
     GenerationSettings,
+    ShardRun,
     attempt_seed,
     baseline_modes,
     build_plan,
@@ -41,11 +42,18 @@ MODES = {
     ],
 }
 SETTINGS = GenerationSettings(steps=2, size=32, images_per_mode=2, k=2, shard_size=3, scheduler="dpmsolver++")
+INFO = DatasetInfo(name="tiny", version="1.0.0", class_names=CLASSES)
 
 
 def plan(settings: GenerationSettings = SETTINGS, ident: str = "diffusers:tiny") -> list:
     sets = [modes_from_json(MODES, config="resnet50", k=settings.k), baseline_modes(CLASSES)]
     return build_plan(sets, settings, generator_id=ident, baseline_images_per_class=1)
+
+
+def generate(rows: list, root: Path, gen: ImageGenerator, settings: GenerationSettings = SETTINGS,
+             **kw) -> list[dict]:
+    """`generate_dataset` with the tests' dataset info; the generation stats of the shards it wrote."""
+    return generate_dataset(rows, root, gen, INFO, settings, **kw).stats
 
 
 class SolidGenerator(ImageGenerator):
@@ -112,14 +120,20 @@ def test_same_pixels_alone_in_a_batch_of_4_and_on_rank_1_of_2(tiny_gen, tmp_path
         assert np.array_equal(np.asarray(tiny_gen.generate([r])[0]), np.asarray(batch[i]))
     # Across ranks: shard 1 of the plan is rendered by worker 1 of 2 (alone) and by a single worker (after shard 0).
     one, two = tmp_path / "one", tmp_path / "two"
-    generate_dataset(plan(), one, tiny_gen, class_names=CLASSES, batch_size=4)
+    assert generate_dataset(plan(), one, tiny_gen, INFO, SETTINGS).finalized
     assert worker_slot(env={"RANK": "1", "WORLD_SIZE": "2"}) == (1, 2)
-    stats = generate_dataset(plan(), two, tiny_gen, class_names=CLASSES, batch_size=4, worker=(1, 2))
-    assert [(s["config"], s["shard_index"]) for s in stats] == [("resnet50", 1)]
+    second = generate_dataset(plan(), two, tiny_gen, INFO, SETTINGS, worker=(1, 2))
+    assert [(s["config"], s["shard_index"]) for s in second.stats] == [("resnet50", 1)]
+    assert not second.finalized and not (two / "failmode.json").exists()  # shards of the other worker are missing
     rel = "data/resnet50/train-00001-of-00002.parquet"
     assert sha256_file(one / rel) == sha256_file(two / rel)
-    generate_dataset(plan(), two, tiny_gen, class_names=CLASSES, batch_size=4, worker=(0, 2))
+    assert generate_dataset(plan(), two, tiny_gen, INFO, SETTINGS, worker=(0, 2)).finalized  # the last one finalizes
     assert tree(one) == tree(two)
+    assert (one / "failmode.json").read_bytes() == (two / "failmode.json").read_bytes()
+    recorded = read_json(one / "failmode.json")["generation"]  # the generator's own description of how it renders
+    assert {k: recorded[k] for k in ("batch_size", "precision", "scheduler", "safety_checker", "quality_filter")} == {
+        "batch_size": 4, "precision": "fp32", "scheduler": "dpmsolver++", "safety_checker": False,
+        "quality_filter": None}
 
 
 def test_device_side_decode_gives_the_pipelines_own_pil_pixels(tiny_gen):
@@ -174,14 +188,15 @@ def test_kill_during_a_shard_then_resume_gives_the_same_bytes(tiny_gen, tmp_path
             self.left -= len(requests)
             return tiny_gen.generate(requests)
 
+    Killing.batch_size = 2
     ref, resumed = tmp_path / "ref", tmp_path / "resumed"
-    generate_dataset(plan(), ref, tiny_gen, class_names=CLASSES, batch_size=2)
+    generate(plan(), ref, tiny_gen)
     with pytest.raises(RuntimeError, match="killed"):
-        generate_dataset(plan(), resumed, Killing(after=4), class_names=CLASSES, batch_size=2)
+        generate(plan(), resumed, Killing(after=4))
     partial = tree(resumed)
     assert "data/resnet50/train-00000-of-00002_stats.json" in partial
     assert "data/resnet50/train-00001-of-00002_stats.json" not in partial
-    stats = generate_dataset(plan(), resumed, tiny_gen, class_names=CLASSES, batch_size=2)
+    stats = generate(plan(), resumed, tiny_gen)
     assert [(s["config"], s["shard_index"]) for s in stats] == [("resnet50", 1), ("baseline", 0)]
     assert tree(resumed) == tree(ref)
     assert not list(resumed.rglob("*.tmp"))
@@ -189,37 +204,38 @@ def test_kill_during_a_shard_then_resume_gives_the_same_bytes(tiny_gen, tmp_path
 
 def test_out_of_memory_halves_the_batch_instead_of_dying(tmp_path):
     gen = SolidGenerator(max_batch=2)
-    stats = generate_dataset(plan(), tmp_path, gen, class_names=CLASSES, batch_size=8)
+    gen.batch_size = 8
+    stats = generate(plan(), tmp_path, gen)
     assert all(s["batch_size"] == 2 for s in stats) and max(gen.calls) == 2
     assert sum(s["count"] for s in stats) == len(plan())
     with pytest.raises(torch.cuda.OutOfMemoryError):
-        GenerationRun(tmp_path / "x", SolidGenerator(max_batch=0), CLASSES, batch_size=4).run(plan())
+        ShardRun(tmp_path / "x", SolidGenerator(max_batch=0), CLASSES).run(plan())
 
 
 def test_overwrite_mode_redoes_done_shards_and_a_changed_plan_needs_it(tmp_path):
-    generate_dataset(plan(), tmp_path, SolidGenerator(), class_names=CLASSES)
-    assert generate_dataset(plan(), tmp_path, SolidGenerator(), class_names=CLASSES) == []
-    redone = generate_dataset(plan(), tmp_path, SolidGenerator(), class_names=CLASSES, mode="overwrite")
+    generate(plan(), tmp_path, SolidGenerator())
+    assert generate(plan(), tmp_path, SolidGenerator()) == []
+    redone = generate(plan(), tmp_path, SolidGenerator(), mode="overwrite")
     assert len(redone) == 3
     changed = plan(GenerationSettings(**{**SETTINGS.to_dict(), "guidance": 5.0}))
     with pytest.raises(ValidationError, match="different plan"):
-        generate_dataset(changed, tmp_path, SolidGenerator(), class_names=CLASSES)
+        generate(changed, tmp_path, SolidGenerator())
 
 
 def test_overwrite_with_another_shard_count_never_mixes_old_and_new_shards(tmp_path):
     """An overwrite first removes the previous build's manifest, card and the shards the new plan does not have: a
     run that stops half-way leaves no finalized-looking folder and no shard of the old count."""
-    generate_dataset(plan(), tmp_path, SolidGenerator(), class_names=CLASSES)  # resnet50: 2 shards of 3
+    generate(plan(), tmp_path, SolidGenerator())  # resnet50: 2 shards of 3
     (tmp_path / "failmode.json").write_text("{}")  # as finalize leaves it
     (tmp_path / "README.md").write_text("the old card")
     one_shard = plan(GenerationSettings(**{**SETTINGS.to_dict(), "shard_size": 100}))
     with pytest.raises(RuntimeError, match="killed"):
-        generate_dataset(one_shard, tmp_path, SolidGenerator(fail_after=2), class_names=CLASSES, mode="overwrite")
+        generate(one_shard, tmp_path, SolidGenerator(fail_after=2), mode="overwrite")
     assert not (tmp_path / "failmode.json").exists() and not (tmp_path / "README.md").exists()
     left = sorted(p.name for p in (tmp_path / "data" / "resnet50").iterdir())
     assert all("-of-00001" in name for name in left) and not list((tmp_path / "wds").rglob("*-of-00002*"))
     assert not list((tmp_path / "generation" / "stats").rglob("*-of-00002.json"))
-    generate_dataset(one_shard, tmp_path, SolidGenerator(), class_names=CLASSES, mode="overwrite")
+    generate(one_shard, tmp_path, SolidGenerator(), mode="overwrite")
     assert sorted(p.name for p in (tmp_path / "data" / "resnet50").iterdir()) == [
         "train-00000-of-00001.parquet", "train-00000-of-00001_stats.json"]
 
@@ -245,7 +261,7 @@ def test_quality_filter_replaces_drops_from_the_seed_reserve(tmp_path):
     rows = plan()
     first, second = rows[0], rows[1]
     bad = {first.seed, attempt_seed(first.seed, 1), second.seed, *(attempt_seed(second.seed, a) for a in (1, 2, 3))}
-    stats = generate_dataset(rows, tmp_path, SolidGenerator(), class_names=CLASSES, quality=SeedScorer(bad))
+    stats = generate(rows, tmp_path, SolidGenerator(), quality=SeedScorer(bad))
     s0 = stats[0]
     assert s0["failures"] == {"quality_dropped": 6, "unsafe_flagged": 0, "unfilled": 1}
     assert s0["count"] == 2 and s0["substituted"] == 1
@@ -270,10 +286,13 @@ def test_safety_checker_flags_are_regenerated_with_the_next_seed(tmp_path):
             self.last = list(requests)
             return super().generate(requests)
 
+        def safety_checker(self):
+            return lambda imgs: [r.seed in flagged for r in self.last]
+
     gen = Gen()
-    stats = generate_dataset(rows, tmp_path, gen, class_names=CLASSES,
-                             safety=lambda imgs: [r.seed in flagged for r in gen.last])
+    stats = generate(rows, tmp_path, gen)
     assert stats[0]["failures"]["unsafe_flagged"] == 1 and stats[0]["count"] == 3
+    assert stats[0]["safety_checker"] and read_json(tmp_path / "failmode.json")["generation"]["safety_checker"]
     t = pq.read_table(tmp_path / "data/resnet50/train-00000-of-00002.parquet").to_pylist()
     assert t[1]["seed"] == attempt_seed(rows[1].seed, 1) and t[1]["substitution"] == "unsafe@0"
 

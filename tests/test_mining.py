@@ -10,9 +10,9 @@ import torch
 
 from failmode.data.sources import ListSource
 from failmode.errors import UsageError, ValidationError
-from failmode.feature_options import FeatureOptions
 from failmode.mining import Predictions, assign_halves, failures_from_predictions, mine_failures, read_failures
 from failmode.mining.heads import LinearHead, apply_head
+from failmode.options import FeatureOptions
 from failmode.testing import synthetic_images
 
 ARCH = "test_efficientnet"
@@ -108,7 +108,8 @@ def test_split_seed_changes_split(world, tmp_path):
     assert a["debug"] != b["debug"] and len(a["debug"]) == len(b["debug"])
 
 
-def test_native_logits_and_missing_head():
+def test_native_logits_and_missing_head(tmp_path):
+    from failmode.features import FeatureExtractor
     from failmode.mining import predict
     from failmode.testing import tiny_classifier
 
@@ -116,7 +117,8 @@ def test_native_logits_and_missing_head():
     names = [f"c{i}" for i in range(10)]
     model = tiny_classifier(10)
     src = ListSource(images, labels, names, "mem:native")
-    p = predict(model, src, range(8), model_key="tiny@0", device="cpu")
+    extractor = FeatureExtractor(model, "tiny@0", options=FeatureOptions(device="cpu", cache_dir=str(tmp_path)))
+    p = predict(extractor, src, range(8))
     with torch.inference_mode():
         from failmode.models.classifier import eval_transform
 
@@ -126,7 +128,7 @@ def test_native_logits_and_missing_head():
     src3 = ListSource(images, labels, names[:3] * 1, "mem:three")
     src3.labels = np.asarray(labels) % 3
     with pytest.raises(UsageError, match="pass a head"):
-        predict(model, src3, range(8), model_key="tiny@0", device="cpu")
+        predict(extractor, src3, range(8))
 
 
 def test_head_forms_agree():

@@ -13,7 +13,7 @@ import torch
 
 from failmode.cli import main
 from failmode.errors import UsageError
-from failmode.feature_options import FeatureOptions
+from failmode.options import FeatureOptions
 
 ARCH = "test_efficientnet"
 TOY_CLASSES = ["red thing", "blue thing"]
@@ -162,7 +162,7 @@ def test_auto_check_falls_back_to_debug_halves(mined):
     from failmode.discovery.mined import load_mined_run, resolve_check, split_debug
 
     run = load_mined_run(mined / "run")
-    assert resolve_check(run, "auto", device="cpu")[0] == "test"
+    assert resolve_check(run, "auto", FeatureOptions(device="cpu"))[0] == "test"
     trained = replace(run, meta={**run.meta, "head": "linear head trained on 2 train images"})
     assert resolve_check(trained, "auto") == ("debug-half", None)
     with pytest.raises(UsageError, match="head .* was not saved"):

@@ -10,10 +10,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from failmode.commands._common import CLIP_FLAGS, add_attributor_arguments, attributor_options
 from failmode.errors import UsageError
-
-#: --clip-* flags and the ClipAttributor options they set (as `failmode attribute`)
+from failmode.options import AttributionOptions
 
 
 def add_world_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,7 +36,7 @@ def add_real_arguments(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
                    help="shipped vocabularies by dataset name (one per --kinds) and/or vocabulary JSON files")
     g.add_argument("--kinds", nargs="+", default=["background"], metavar="KIND",
                    help="vocabulary kinds of the shipped names: background, color (default background)")
-    add_attributor_arguments(g)
+    AttributionOptions.add_arguments(g)
     g.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     return g
 
@@ -89,13 +87,6 @@ def setup_from_args(args: argparse.Namespace) -> Any:
                        image_size=args.image_size, cache_dir=args.cache_dir, n_exemplars=args.exemplars)
 
 
-def split_of(ws: Any, name: str) -> Any:
-    """A split of the world by name, or a UsageError listing the splits."""
-    if name not in ws.world.splits:
-        raise UsageError(f"unknown split {name!r} (known: {', '.join(ws.world.splits)})")
-    return ws.world.splits[name]
-
-
 def cache_dir(args: argparse.Namespace) -> Any:
     """--cache-dir, else the toolkit's default cache (real-data mode)."""
     from pathlib import Path
@@ -109,16 +100,23 @@ def attributor_from_args(args: argparse.Namespace, kind: str) -> Any:
     """The attributor the options name (CLIP by default), its image embeddings cached under `cache_dir(args)`."""
     from failmode.discovery.mined import CachedAttributor
     from failmode.mining.attribution import make_attributor
+    from failmode.options import FeatureOptions
 
-    options = attributor_options(args, CLIP_FLAGS, "--attributor-option")
-    return CachedAttributor(make_attributor(args.attributor, options, kind), cache_dir(args))
+    attributor = make_attributor(AttributionOptions.from_args(args), kind, features=FeatureOptions(device=args.device))
+    return CachedAttributor(attributor, cache_dir(args))
 
 
-def generator_from_args(args: argparse.Namespace) -> Any:
-    """A DiffusersGenerator from --generator and the render options."""
-    from failmode.generation.render import DiffusersGenerator, RenderOptions
+def render_from_args(args: argparse.Namespace) -> Any:
+    """The diffusers generator (--generator, default SD 1.5) and generation settings the render flags name, as a
+    `failmode.discovery.outputs.DebugRender` (the pipeline loads on first use)."""
+    from failmode.discovery.outputs import diffusers_render
+    from failmode.generation.plan import GenerationSettings
+    from failmode.generation.render import RenderOptions
     from failmode.models.diffusion import DEFAULT_GENERATOR
 
+    settings = GenerationSettings(generator=args.generator or DEFAULT_GENERATOR, revision=args.revision,
+                                  scheduler=args.scheduler, steps=args.steps, guidance=args.guidance, size=args.size,
+                                  base_seed=args.seed)
     options = RenderOptions(device=args.device, precision=args.render_precision, batch_size=args.batch_size,
                             scheduler=None if args.scheduler == "pipeline" else args.scheduler)
-    return DiffusersGenerator(args.generator or DEFAULT_GENERATOR, revision=args.revision, options=options)
+    return diffusers_render(settings, options)

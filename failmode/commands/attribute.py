@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from failmode.commands._common import CLIP_FLAGS as COMMON_CLIP_FLAGS
-from failmode.commands._common import add_attributor_arguments, attributor_options
+from failmode.options import AttributionOptions, FeatureOptions
 
 HELP = "attribute seed failures to vocabulary contexts (CLIP zero-shot); write modes.json and a failure report"
 DESCRIPTION = (
@@ -16,11 +15,6 @@ DESCRIPTION = (
     "embedding cache."
 )
 
-#: --clip-* flags and the ClipAttributor options they set
-CLIP_FLAGS = {**COMMON_CLIP_FLAGS, "batch_size": "batch_size", "workers": "num_workers", "decode": "decode",
-              "precision": "precision"}
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `failmode attribute`."""
     p.add_argument("failures", nargs="*", help="failures.parquet files (or folders holding one)")
@@ -30,20 +24,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kind", default="background", help="vocabulary kind: background, color (default background)")
     p.add_argument("-k", type=int, default=3, help="failure modes (contexts) kept per class (default 3)")
     p.add_argument("--out", help="output folder (only with one failures table; default: beside the table)")
-    add_attributor_arguments(p)
+    AttributionOptions.add_arguments(p)
     p.add_argument("--dataset", help="read images from here instead of the dataset the failures were mined on")
     p.add_argument("--split", help="split of --dataset")
     p.add_argument("--include-heldout", action="store_true",
                    help="also attribute heldout failures (not counted in modes)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--workers", "--num-workers", dest="workers", type=int,
-                   help="loader processes decoding images (default: 0 on CPU, up to 8 on a GPU)")
-    p.add_argument("--decode", default="auto", choices=("auto", "cpu", "hybrid", "gpu"),
-                   help="cpu: workers decode and resize (open_clip's exact preprocessing); hybrid: workers decode, "
-                        "the device resizes; gpu: nvJPEG decode on the GPU (default auto: hybrid on CUDA, else cpu)")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
-    p.add_argument("--cache-dir", help="embedding cache (default: $FAILMODE_CACHE_DIR or ~/.cache/failmode)")
+    FeatureOptions.add_arguments(p.add_argument_group("image embeddings"), batch_default="256")
 
 
 def tables(args: argparse.Namespace) -> list[str]:
@@ -71,12 +57,12 @@ def run(args: argparse.Namespace) -> int:
     paths = tables(args)
     for path in paths:  # every input checked before the attributor (CLIP) loads
         check_attribution_inputs(path, args.vocabulary, args.kind, args.k, dataset=args.dataset, split=args.split)
-    options = attributor_options(args, CLIP_FLAGS, "--attributor-option")
-    attributor = make_attributor(args.attributor, options, args.kind)
+    features = FeatureOptions.from_args(args)
+    attributor = make_attributor(AttributionOptions.from_args(args), args.kind, features=features)
     halves = ("seed", "heldout") if args.include_heldout else ("seed",)
     for path in paths:
         modes = attribute_failures(path, vocabulary=args.vocabulary, kind=args.kind, attributor=attributor, k=args.k,
-                                   out_dir=args.out, cache_dir=args.cache_dir, dataset=args.dataset,
+                                   out_dir=args.out, cache_dir=features.cache_dir, dataset=args.dataset,
                                    split=args.split, halves=halves)
         print(modes)
     return 0

@@ -77,12 +77,11 @@ def _real_setup(args: argparse.Namespace) -> Any:
     """Backends, classes and parameters of a run on a timm model with a diffusers generator and CLIP."""
     from pathlib import Path
 
-    from failmode.commands._discovery import attributor_from_args, cache_dir, generator_from_args
+    from failmode.commands._discovery import attributor_from_args, cache_dir, render_from_args
     from failmode.discovery.classify import TimmClassifier
     from failmode.discovery.discover import DiscoverSetup
     from failmode.discovery.inputs import check_class_names, dataset_classes, load_vocabularies, pick_labels
-    from failmode.discovery.outputs import diffusers_render
-    from failmode.models.diffusion import DEFAULT_GENERATOR
+    from failmode.options import FeatureOptions
 
     params = _params(args, size=args.size, steps=args.steps, guidance=args.guidance)
     vocabularies = load_vocabularies(args.vocabulary, args.kinds)
@@ -91,15 +90,12 @@ def _real_setup(args: argparse.Namespace) -> Any:
     check_class_names(vocabularies, names)
     labels = pick_labels(args.classes, names, vocabularies)
     classifier = TimmClassifier(args.model, None if args.weights == "none" else args.weights, head=args.head,
-                                image_size=args.image_size, device=args.device,
-                                cache_dir=cache_dir(args) / "features", num_classes=len(names))
+                                image_size=args.image_size, num_classes=len(names),
+                                extraction=FeatureOptions(device=args.device, cache_dir=str(cache_dir(args))))
     attributor = attributor_from_args(args, vocabularies[0].kind)
-    generator = generator_from_args(args)
-    render = diffusers_render(args.generator or DEFAULT_GENERATOR, lambda: generator, revision=args.revision,
-                              scheduler=args.scheduler, steps=params.steps, guidance=params.guidance,
-                              size=params.size, seed=params.seed)
-    return DiscoverSetup(generator, classifier, attributor, vocabularies, names, label_names, labels, params,
-                         f"{Path(spec).stem}-discovered", render)
+    render = render_from_args(args)
+    return DiscoverSetup(render.make_generator(), classifier, attributor, vocabularies, names, label_names, labels,
+                         params, f"{Path(spec).stem}-discovered", render)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -107,21 +103,10 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     from failmode.commands._discovery import check_mode
-    from failmode.discovery.discover import bug_modes, discover, write_bug_report
-    from failmode.discovery.outputs import write_debug_config
-    from failmode.errors import FailmodeError
+    from failmode.discovery.discover import discover_run
 
-    log = logging.getLogger("failmode.discover")
-    world = check_mode(args, "--model")
-    s = _world_setup(args) if world else _real_setup(args)
-    report = discover(s.generator, s.classifier, s.attributor, s.vocabularies, s.class_names, labels=s.labels,
-                      params=s.params)
-    paths = write_bug_report(args.out, report)
-    if args.debug_images:
-        if not report.confirmed:
-            raise FailmodeError("no confirmed bugs to render into a debug config")
-        modes = bug_modes(report.confirmed, per_bug=args.debug_images, source_model=s.classifier.ident)
-        write_debug_config(f"{args.out}/debug-dataset", name=s.name, modes=modes, render=s.render,
-                           class_names=s.label_names, description="confirmed bugs of generate-then-discover")
-    log.info("%d confirmed bugs of %d candidates -> %s", len(report.confirmed), len(report.bugs), paths["report"])
+    setup = _world_setup(args) if check_mode(args, "--model") else _real_setup(args)
+    report, paths = discover_run(setup, args.out, debug_images=args.debug_images)
+    logging.getLogger("failmode.discover").info("%d confirmed bugs of %d candidates -> %s", len(report.confirmed),
+                                                len(report.bugs), paths["report"])
     return 0

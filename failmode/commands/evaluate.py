@@ -89,7 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--image-size", type=int, help="override the model's input size")
     r.add_argument("--crop-pct", type=float, help="override the model's centre-crop fraction (1.0: no border crop)")
     from failmode.commands._common import add_bad_image_argument
-    from failmode.feature_options import FeatureOptions
+    from failmode.options import FeatureOptions
 
     FeatureOptions.add_arguments(r)
 
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     from failmode.errors import UsageError
     from failmode.evaluate.pipeline import EvalSpec, HeadParams, recorded_splits
     from failmode.evaluate.suite import run_suite
-    from failmode.feature_options import FeatureOptions
+    from failmode.options import FeatureOptions
 
     if args.failures and len(args.model) > 1:
         raise UsageError("--failures belongs to one model; with several --model the failures are recomputed")

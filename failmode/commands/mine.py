@@ -17,7 +17,7 @@ DESCRIPTION = (
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `failmode mine`."""
     from failmode.commands._common import add_bad_image_argument
-    from failmode.feature_options import FeatureOptions
+    from failmode.options import FeatureOptions
 
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--model", help="a timm model name, e.g. resnet50")
@@ -50,9 +50,9 @@ def run(args: argparse.Namespace) -> int:
     """Mine each model in turn."""
     from pathlib import Path
 
-    from failmode.feature_options import FeatureOptions
     from failmode.mining import mine_failures
     from failmode.models.classifier import known_model
+    from failmode.options import FeatureOptions
 
     models = [args.model] if args.model else args.models
     for model in models:  # every name checked before the first model is mined

@@ -51,8 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _calibration(args: argparse.Namespace, ws: Any) -> Any:
     """The tag calibration the options name (precision: the world's train split with its known contexts)."""
-    from failmode.commands._discovery import split_of
     from failmode.discovery.slicing import Calibration
+    from failmode.discovery.world import world_split
     from failmode.errors import UsageError
 
     options = {"robust-z": {"z": args.z}, "precision": {"precision": args.precision},
@@ -61,59 +61,41 @@ def _calibration(args: argparse.Namespace, ws: Any) -> Any:
         return Calibration(args.calibration, options)
     if ws is None:
         raise UsageError("--calibration precision needs images with known contexts: only with --world")
-    train = split_of(ws, "train")
+    train = world_split(ws, "train")
     return Calibration(args.calibration, options, train, None, [[c] for c in train.contexts()])
 
 
-def _kinds(vocabularies: Any) -> dict[str, str]:
-    """Context phrase -> its vocabulary's kind (the context kind of rendered slice images)."""
-    return {c: v.kind for v in vocabularies for cls in v.classes for c in cls.contexts}
+def _world(args: argparse.Namespace, params: Any) -> Any:
+    """The slice run on the offline world."""
+    from failmode.commands._discovery import setup_from_args
+    from failmode.discovery.world import slice_world
+
+    ws = setup_from_args(args)
+    check = args.check or "test"
+    return slice_world(ws, args.world, args.seed, find=args.find, check=None if check == "none" else check,
+                       params=params, calibration=_calibration(args, ws), min_check_size=args.min_check_size)
 
 
-def _world_slices(args: argparse.Namespace, ws: Any, params: Any) -> tuple[Any, dict[str, Any]]:
-    """Slices on the world; returns the report and what rendering the top slices needs."""
-    from failmode.commands._discovery import split_of
-    from failmode.discovery.outputs import world_render
-    from failmode.discovery.slicing import run_slices
-
-    check_name = args.check or "test"
-    check = None if check_name == "none" else (split_of(ws, check_name), None)
-    report = run_slices(ws.attributor, ws.classifier, [ws.vocabulary], find=(split_of(ws, args.find), None),
-                        check=check, params=params, calibration=_calibration(args, ws),
-                        min_check_size=args.min_check_size)
-    render = {"debug": world_render(ws, args.world, args.seed), "class_names": ws.world.class_names,
-              "name": "fashion-scenes-slices", "kinds": _kinds([ws.vocabulary])}
-    return report, render
-
-
-def _mined_slices(args: argparse.Namespace, params: Any) -> tuple[Any, dict[str, Any]]:
-    """Slices on a mined run; returns the report and what rendering the top slices needs."""
-    from pathlib import Path
-
-    from failmode.commands._discovery import attributor_from_args, cache_dir, generator_from_args
+def _mined(args: argparse.Namespace, params: Any) -> Any:
+    """The slice run on a mined run (CLIP attributor; a diffusers generator with --generate-top)."""
+    from failmode.commands._discovery import attributor_from_args, cache_dir, render_from_args
     from failmode.discovery.inputs import load_vocabularies
-    from failmode.discovery.mined import load_mined_run, run_mined_slices
-    from failmode.discovery.outputs import diffusers_render
+    from failmode.discovery.mined import load_mined_run, slice_mined_run
     from failmode.errors import UsageError
+    from failmode.options import FeatureOptions
 
     if args.find != "debug":
         raise UsageError("--find is for --world; a mined run is searched on its debug split")
     if args.generate_top and not args.generator:
         raise UsageError("--generate-top on a mined run needs --generator (a diffusers model id or folder)")
-    cal = _calibration(args, None)
+    calibration = _calibration(args, None)
     run = load_mined_run(args.mined)
     vocabularies = load_vocabularies(args.vocabulary, args.kinds)
-    attributor = attributor_from_args(args, vocabularies[0].kind)
-    options = {"device": args.device, "cache_dir": cache_dir(args)}
-    report = run_mined_slices(run, attributor, vocabularies, params=params, calibration=cal,
-                              check=args.check or "auto", seed=args.seed, min_check_size=args.min_check_size,
-                              classifier_options=options)
-    name = f"{Path(str(run.meta.get('dataset'))).name}-slices"
-    debug = diffusers_render(args.generator, lambda: generator_from_args(args), revision=args.revision,
-                             scheduler=args.scheduler, steps=args.steps, guidance=args.guidance, size=args.size,
-                             seed=args.seed) if args.generate_top else None
-    render = {"debug": debug, "class_names": run.source.class_names, "name": name, "kinds": _kinds(vocabularies)}
-    return report, render
+    return slice_mined_run(run, attributor_from_args(args, vocabularies[0].kind), vocabularies,
+                           render=render_from_args(args) if args.generate_top else None, params=params,
+                           calibration=calibration, check=args.check or "auto", seed=args.seed,
+                           min_check_size=args.min_check_size,
+                           extraction=FeatureOptions(device=args.device, cache_dir=str(cache_dir(args))))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -122,34 +104,18 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from failmode.commands._discovery import check_mode, setup_from_args
-    from failmode.discovery.outputs import write_debug_config
-    from failmode.discovery.slicing import slice_modes, write_slice_report
-    from failmode.errors import FailmodeError
+    from failmode.commands._discovery import check_mode
+    from failmode.discovery.slicing import write_slice_outputs
     from failmode.slices import SliceParams
 
-    log = logging.getLogger("failmode.slices")
     world = check_mode(args, "--mined")
     params = SliceParams(args.order, args.min_size, args.min_drop, args.gain).check()
-    if world:
-        ws = setup_from_args(args)
-        report, render = _world_slices(args, ws, params)
-        classifier_ident = ws.classifier.ident
-    else:
-        report, render = _mined_slices(args, params)
-        classifier_ident = report.meta["classifier"]
-    paths = write_slice_report(args.out, report)
-    if args.generate_top:
-        top = report.slices[: args.generate_top]
-        if not top:
-            raise FailmodeError("no slices to render: lower -m or -d, or raise -s")
-        modes = slice_modes(top, per_slice=args.images_per_slice, source_model=classifier_ident,
-                            kinds=render["kinds"])
-        root = write_debug_config(f"{args.out}/debug-dataset", name=render["name"], modes=modes,
-                                  render=render["debug"], class_names=render["class_names"],
-                                  description="top minimal failure slices")
-        log.info("debug config: %s", root)
-    g = report.generalisation
-    log.info("%d slices -> %s (check-split drop correlation: Pearson %s)", len(report.slices), paths["report"],
-             "n/a" if not g or np.isnan(g.get("pearson", np.nan)) else f"{g['pearson']:.3f}")
+    result = _world(args, params) if world else _mined(args, params)
+    paths = write_slice_outputs(args.out, result, generate_top=args.generate_top,
+                                images_per_slice=args.images_per_slice)
+    g = result.report.generalisation
+    logging.getLogger("failmode.slices").info(
+        "%d slices -> %s (check-split drop correlation: Pearson %s)%s", len(result.report.slices), paths["report"],
+        "n/a" if not g or np.isnan(g.get("pearson", np.nan)) else f"{g['pearson']:.3f}",
+        f"; debug config: {paths['debug']}" if "debug" in paths else "")
     return 0

@@ -11,6 +11,7 @@ from PIL import Image
 
 from failmode.data.sources import ImageSource, ListSource
 from failmode.io import stable_hash
+from failmode.options import FeatureOptions
 
 
 class Classifier(Protocol):
@@ -61,38 +62,36 @@ class TimmClassifier:
 
     Built from names with `failmode.models.classifier.create_classifier` (weights "timm", a file, a provider or
     None) and preprocessed with its `eval_preprocess`; predictions go through `failmode.mining.failures.predict`
-    (batched, mixed precision, feature cache under `cache_dir` when set).
+    (batched, mixed precision, the feature cache and device of `extraction`).
     """
 
     def __init__(self, model: str, weights: str | None = "timm", *, head: Any | None = None,
-                 image_size: int | None = None, device: str | None = None, batch_size: int = 64,
-                 precision: str = "auto", cache_dir: str | Path | None = None, num_classes: int | None = None) -> None:
+                 image_size: int | None = None, extraction: FeatureOptions | None = None,
+                 num_classes: int | None = None) -> None:
         from failmode.errors import UsageError
+        from failmode.features import FeatureExtractor
         from failmode.linear import LinearHead
         from failmode.mining.mine import model_key
         from failmode.models.classifier import create_classifier, eval_preprocess
 
-        self.net = create_classifier(model, weights)
+        net = create_classifier(model, weights)
         self.head = LinearHead.load(head) if isinstance(head, (str, Path)) else head
-        outputs = getattr(self.net, "num_classes", None)
+        outputs = getattr(net, "num_classes", None)
         if self.head is None and num_classes is not None and outputs != num_classes:
             raise UsageError(f"{model} has {outputs} outputs but there are {num_classes} classes: pass a head "
                              "file (--head) or the class list the model was trained on")
-        self.model_key = model_key(model, weights)
-        self.transform = eval_preprocess(self.net, image_size)
-        self.device, self.batch_size, self.precision, self.cache_dir = device, batch_size, precision, cache_dir
+        self.extractor = FeatureExtractor(net, model_key(model, weights), eval_preprocess(net, image_size),
+                                          extraction or FeatureOptions())
         head_name = head if isinstance(head, (str, Path)) else type(head).__name__
-        self.ident = self.model_key if self.head is None else f"{self.model_key}+head:{head_name}"
+        key = self.extractor.model_key
+        self.ident = key if self.head is None else f"{key}+head:{head_name}"
 
     def predict(self, source: ImageSource, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         """Predicted labels [N] of `source[indices]`."""
         from failmode.mining.failures import predict
 
         idx = np.arange(len(source)) if indices is None else np.asarray(indices, dtype=np.int64)
-        preds = predict(self.net, source, idx, model_key=self.model_key, head=self.head, transform=self.transform,
-                        device=self.device, batch_size=self.batch_size, precision=self.precision,
-                        cache_dir=self.cache_dir)
-        return preds.predictions
+        return predict(self.extractor, source, idx, head=self.head).predictions
 
 
 class RecordedClassifier:

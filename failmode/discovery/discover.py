@@ -32,9 +32,9 @@ from PIL import Image
 
 from failmode.backends import Attributor, GenerationRequest, ImageGenerator
 from failmode.discovery.classify import Classifier, images_source
-from failmode.discovery.outputs import requests_for, save_png
+from failmode.discovery.outputs import DebugRender, requests_for, save_png, write_debug_config
 from failmode.discovery.tagging import ContextVocabulary
-from failmode.errors import UsageError
+from failmode.errors import FailmodeError, UsageError
 from failmode.generation.plan import ModeSet, prompted_modes
 from failmode.grids import image_grid
 from failmode.io import finite_json, write_bytes_atomic, write_json
@@ -130,7 +130,7 @@ class DiscoverSetup:
     labels: list[int] | None
     params: DiscoverParams
     name: str
-    render: Any
+    render: DebugRender
 
 
 @dataclass
@@ -355,6 +355,24 @@ def write_bug_report(out_dir: str | Path, report: DiscoverReport) -> dict[str, P
     write_table(paths["parquet"], rows, {"format": BUGS_FORMAT})
     write_bytes_atomic(paths["report"], report_markdown(report).encode("utf-8"))
     return paths
+
+
+def discover_run(setup: DiscoverSetup, out_dir: str | Path, *, debug_images: int = 0) -> tuple[DiscoverReport,
+                                                                                              dict[str, Path]]:
+    """`discover` with the setup's backends, its bug report in `out_dir` and, with `debug_images`, that many images
+    per confirmed bug rendered into out_dir/debug-dataset (a finalized dataset folder); the report and the paths."""
+    s = setup
+    report = discover(s.generator, s.classifier, s.attributor, s.vocabularies, s.class_names, labels=s.labels,
+                      params=s.params)
+    paths = write_bug_report(out_dir, report)
+    if debug_images:
+        if not report.confirmed:
+            raise FailmodeError("no confirmed bugs to render into a debug config")
+        modes = bug_modes(report.confirmed, per_bug=debug_images, source_model=s.classifier.ident)
+        paths["debug"] = write_debug_config(Path(out_dir) / "debug-dataset", name=s.name, modes=modes,
+                                            render=s.render, class_names=s.label_names,
+                                            description="confirmed bugs of generate-then-discover")
+    return report, paths
 
 
 def bug_modes(bugs: Sequence[Bug], *, per_bug: int, source_model: str, config: str = "discovered") -> ModeSet:

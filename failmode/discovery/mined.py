@@ -26,11 +26,13 @@ from failmode.backends import Attributor
 from failmode.data.sources import ImageSource
 from failmode.data.splits import Splits, stratified_take
 from failmode.discovery.classify import Classifier, RecordedClassifier, TimmClassifier
-from failmode.discovery.slicing import Calibration, SliceReport, run_slices
+from failmode.discovery.outputs import DebugRender
+from failmode.discovery.slicing import Calibration, SliceReport, SliceRun, run_slices, vocabulary_kinds
 from failmode.discovery.tagging import ContextVocabulary
 from failmode.errors import LoadError, UsageError, ValidationError
 from failmode.io import read_json
 from failmode.mining.failures import Predictions, read_predictions
+from failmode.options import FeatureOptions
 from failmode.slices import SliceParams
 
 log = logging.getLogger(__name__)
@@ -100,9 +102,9 @@ def check_vocabularies(run: MinedRun, vocabularies: Sequence[Any]) -> None:
         check_vocabulary(v, labels, run.source.class_names, str(where))
 
 
-def live_classifier(run: MinedRun, *, device: str | None = None, batch_size: int = 64, precision: str = "auto",
-                    cache_dir: str | os.PathLike[str] | None = None) -> tuple[TimmClassifier | None, str]:
-    """The mined classifier rebuilt from the run's metadata, or (None, why it cannot be)."""
+def live_classifier(run: MinedRun, extraction: FeatureOptions | None = None) -> tuple[TimmClassifier | None, str]:
+    """The mined classifier rebuilt from the run's metadata (extracting with `extraction`), or (None, why it
+    cannot be)."""
     from failmode.mining.mine import model_key
 
     head = str(run.meta.get("head", "native"))
@@ -116,9 +118,8 @@ def live_classifier(run: MinedRun, *, device: str | None = None, batch_size: int
     model, weights = run.meta["model"], run.meta.get("weights")
     if model_key(model, weights) != run.meta.get("model_key"):
         return None, f"its weights {weights} changed since mining"
-    feature_cache = None if cache_dir is None else Path(cache_dir) / "features"
-    return TimmClassifier(model, weights, head=head_file, image_size=run.meta.get("image_size"), device=device,
-                          batch_size=batch_size, precision=precision, cache_dir=feature_cache), ""
+    return TimmClassifier(model, weights, head=head_file, image_size=run.meta.get("image_size"),
+                          extraction=extraction), ""
 
 
 def split_debug(run: MinedRun, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -128,7 +129,7 @@ def split_debug(run: MinedRun, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return debug[first], debug[second]
 
 
-def resolve_check(run: MinedRun, check: str, **classifier_options: Any) -> tuple[str, Classifier | None]:
+def resolve_check(run: MinedRun, check: str, extraction: FeatureOptions | None = None) -> tuple[str, Classifier | None]:
     """(check mode actually used, live classifier for the test split or None); see the module docstring."""
     if check not in CHECK_MODES:
         raise UsageError(f"unknown check {check!r} for a mined run (known: {', '.join(CHECK_MODES)})")
@@ -139,7 +140,7 @@ def resolve_check(run: MinedRun, check: str, **classifier_options: Any) -> tuple
             raise UsageError(f"{run.root}: the mined run recorded no test split; use --check debug-half")
         log.info("no test split recorded: checking on the other half of the debug split")
         return "debug-half", None
-    live, why = live_classifier(run, **classifier_options)
+    live, why = live_classifier(run, extraction)
     if live is None:
         if check == "test":
             raise UsageError(f"{run.root}: cannot predict the test split: {why}; use --check debug-half")
@@ -151,10 +152,10 @@ def resolve_check(run: MinedRun, check: str, **classifier_options: Any) -> tuple
 def run_mined_slices(run: MinedRun, attributor: Attributor, vocabularies: Sequence[ContextVocabulary], *,
                      params: SliceParams | None = None, calibration: Calibration | None = None,
                      check: str = "auto", seed: int = 0, min_check_size: int = 5,
-                     classifier_options: dict[str, Any] | None = None) -> SliceReport:
+                     extraction: FeatureOptions | None = None) -> SliceReport:
     """Tag every debug image of a mined run, search minimal slices, check them (see the module docstring)."""
     check_vocabularies(run, vocabularies)
-    mode, live = resolve_check(run, check, **(classifier_options or {}))
+    mode, live = resolve_check(run, check, extraction)
     classifier = RecordedClassifier(run.predictions.indices, run.predictions.predictions,
                                     source_ident=run.source.ident, ident=run.ident, fallback=live)
     debug = np.sort(run.splits.debug)
@@ -174,6 +175,15 @@ def run_mined_slices(run: MinedRun, attributor: Attributor, vocabularies: Sequen
                        n_check=0 if check_idx is None else len(check_idx),
                        n_tagged_debug=len(find_idx) + (len(check_idx) if mode == "debug-half" else 0))
     return report
+
+
+def slice_mined_run(run: MinedRun, attributor: Attributor, vocabularies: Sequence[ContextVocabulary], *,
+                    render: DebugRender | None = None, **options: Any) -> SliceRun:
+    """`run_mined_slices` (its `options`: params, calibration, check, seed, min_check_size, extraction) as
+    a `SliceRun` whose top slices `render` can draw into a debug config named after the run's dataset."""
+    report = run_mined_slices(run, attributor, vocabularies, **options)
+    return SliceRun(report, report.meta["classifier"], run.source.class_names,
+                    f"{Path(str(run.meta.get('dataset'))).name}-slices", vocabulary_kinds(vocabularies), render)
 
 
 class CachedAttributor(Attributor):

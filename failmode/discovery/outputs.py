@@ -6,13 +6,14 @@ A debug config goes the way every failmode dataset goes (`ModeSet` -> plan -> sh
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
@@ -20,6 +21,9 @@ from failmode.backends import GenerationRequest, ImageGenerator
 from failmode.errors import FailmodeError
 from failmode.generation.plan import GenerationSettings, ModeSet, hash_seed
 from failmode.io import write_bytes_atomic
+
+if TYPE_CHECKING:
+    from failmode.generation.render import RenderOptions
 
 log = logging.getLogger(__name__)
 
@@ -59,22 +63,25 @@ def world_render(setup: Any, preset: str, seed: int) -> DebugRender:
     return DebugRender(settings, lambda: setup.generator.inner, {"preset": preset, "seed": seed})
 
 
-def diffusers_render(generator: str, make: Callable[[], ImageGenerator], *, revision: str | None, scheduler: str,
-                     steps: int, guidance: float, size: int, seed: int) -> DebugRender:
-    """A diffusers pipeline (Hub id or local folder) with the render settings the command line gave."""
-    settings = GenerationSettings(generator=generator, revision=revision, scheduler=scheduler, steps=steps,
-                                  guidance=guidance, size=size, base_seed=seed).check()
-    return DebugRender(settings, make)
+def diffusers_render(settings: GenerationSettings, options: RenderOptions) -> DebugRender:
+    """The diffusers pipeline `settings.generator` names (Hub id or local folder) rendering with `options`, loaded on
+    the first `make_generator()` call and shared by later ones."""
+
+    @functools.cache
+    def make() -> ImageGenerator:
+        from failmode.generation.render import DiffusersGenerator
+
+        return DiffusersGenerator(settings.generator, revision=settings.revision, options=options)
+
+    return DebugRender(settings.check(), make)
 
 
 def write_debug_config(root: str | os.PathLike[str], *, name: str, modes: ModeSet, render: DebugRender,
                        class_names: list[str], description: str, version: str = "1.0.0") -> Path:
     """Render `modes` as the one config of a finalized dataset folder, through the generation stage (plan.parquet,
     shards by the shard rule, manifest, card), with `render`'s generator and settings."""
-    from failmode.generation.build import render_dataset
     from failmode.generation.plan import build_plan
-    from failmode.generation.presets import QualitySection
-    from failmode.generation.run import DatasetInfo
+    from failmode.generation.run import DatasetInfo, generate_dataset
 
     generator = render.make_generator()
     rows = build_plan([modes], render.settings, generator_id=generator.ident)
@@ -82,9 +89,7 @@ def write_debug_config(root: str | os.PathLike[str], *, name: str, modes: ModeSe
         raise FailmodeError(f"debug config {modes.config}: nothing to render")
     info = DatasetInfo(name=name, version=version, class_names=list(class_names), description=description,
                        generator_options=dict(render.generator_options))
-    done = render_dataset(rows, root, generator, info, render.settings, kinds={modes.config: modes.kind},
-                          quality=None, quality_cfg=QualitySection(enabled=False))
-    if not done:
+    if not generate_dataset(rows, root, generator, info, render.settings, kinds={modes.config: modes.kind}).finalized:
         raise FailmodeError(f"{root}: the debug config was not finalized")
     log.info("debug config %s: %d images -> %s", modes.config, len(rows), root)
     return Path(root)

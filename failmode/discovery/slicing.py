@@ -19,6 +19,7 @@ import numpy as np
 from failmode.backends import Attributor
 from failmode.data.sources import ImageSource
 from failmode.discovery.classify import Classifier
+from failmode.discovery.outputs import DebugRender, write_debug_config
 from failmode.discovery.tagging import (
     ContextVocabulary,
     TagScores,
@@ -27,6 +28,7 @@ from failmode.discovery.tagging import (
     score_tags,
     truth_matrix,
 )
+from failmode.errors import FailmodeError, UsageError
 from failmode.generation.plan import ModeSet, prompted_modes
 from failmode.io import finite_json, write_bytes_atomic, write_json
 from failmode.mining.tables import write_table
@@ -115,6 +117,25 @@ def check_slices(slices: Sequence[Slice], split: TaggedSplit, params: SliceParam
             "n_check_drop_at_least_half_d": int(held)}
 
 
+@dataclass(frozen=True)
+class SliceRun:
+    """A slice search's report and what rendering its top slices into a debug config takes: the classifier's
+    ident (the config's source model), the class names, the dataset's name, each context's vocabulary kind, and the
+    generator (None: nothing can be rendered)."""
+
+    report: SliceReport
+    classifier: str
+    class_names: list[str]
+    name: str
+    kinds: dict[str, str]
+    render: DebugRender | None = None
+
+
+def vocabulary_kinds(vocabularies: Sequence[Any]) -> dict[str, str]:
+    """Context phrase -> its vocabulary's kind (the context kind of rendered slice images)."""
+    return {c: v.kind for v in vocabularies for cls in v.classes for c in cls.contexts}
+
+
 def run_slices(attributor: Attributor, classifier: Classifier, vocabularies: Sequence[ContextVocabulary], *,
                find: tuple[ImageSource, np.ndarray | None], check: tuple[ImageSource, np.ndarray | None] | None = None,
                params: SliceParams = SliceParams(), calibration: Calibration | None = None,
@@ -185,6 +206,24 @@ def report_markdown(report: SliceReport, top: int = 30) -> str:
     if len(report.slices) > top:
         lines.append(f"\n({len(report.slices) - top} more in slices.parquet)")
     return "\n".join(lines) + "\n"
+
+
+def write_slice_outputs(out_dir: str | Path, run: SliceRun, *, generate_top: int = 0,
+                        images_per_slice: int = 10) -> dict[str, Path]:
+    """The slice report (`write_slice_report`) and, with `generate_top`, the top slices' debug config rendered into
+    out_dir/debug-dataset (a finalized dataset folder); returns the paths written."""
+    paths = write_slice_report(out_dir, run.report)
+    if generate_top:
+        top = run.report.slices[:generate_top]
+        if not top:
+            raise FailmodeError("no slices to render: lower -m or -d, or raise -s")
+        if run.render is None:
+            raise UsageError("rendering the top slices needs a generator")
+        modes = slice_modes(top, per_slice=images_per_slice, source_model=run.classifier, kinds=run.kinds)
+        paths["debug"] = write_debug_config(Path(out_dir) / "debug-dataset", name=run.name, modes=modes,
+                                            render=run.render, class_names=run.class_names,
+                                            description="top minimal failure slices")
+    return paths
 
 
 def write_slice_report(out_dir: str | Path, report: SliceReport) -> dict[str, Path]:

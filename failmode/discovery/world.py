@@ -16,6 +16,9 @@ import numpy as np
 
 from failmode.backends import GenerationRequest, ImageGenerator
 from failmode.discovery.classify import FeatureHeadClassifier
+from failmode.discovery.outputs import world_render
+from failmode.discovery.slicing import SliceRun, run_slices, vocabulary_kinds
+from failmode.errors import UsageError
 from failmode.vocab import VocabClass, Vocabulary
 from failmode.vocab.vocabulary import DEFAULT_TEMPLATE
 
@@ -46,6 +49,24 @@ class WorldSetup:
     attributor: Any
     generator: Any
     vocabulary: Vocabulary
+
+
+def slice_world(ws: WorldSetup, preset: str, seed: int, *, find: str = "debug", check: str | None = "test",
+                **options: Any) -> SliceRun:
+    """`run_slices` on the world's `find` split, checked on its `check` split (None: not checked); `options` are
+    run_slices' params, calibration and min_check_size. The top slices render through the world's composite
+    generator, rebuilt on regeneration from `preset` and `seed`."""
+    report = run_slices(ws.attributor, ws.classifier, [ws.vocabulary], find=(world_split(ws, find), None),
+                        check=None if check is None else (world_split(ws, check), None), **options)
+    return SliceRun(report, ws.classifier.ident, ws.world.class_names, "fashion-scenes-slices",
+                    vocabulary_kinds([ws.vocabulary]), world_render(ws, preset, seed))
+
+
+def world_split(ws: WorldSetup, name: str) -> Any:
+    """A split of the world by name, or a UsageError listing the splits."""
+    if name not in ws.world.splits:
+        raise UsageError(f"unknown split {name!r} (known: {', '.join(ws.world.splits)})")
+    return ws.world.splits[name]
 
 
 def world_vocabulary(world: Any) -> Vocabulary:

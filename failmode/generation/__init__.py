@@ -3,8 +3,10 @@ presets (`builders/`) and the `build` orchestration.
 
     gen = DiffusersGenerator("stable-diffusion-v1-5/stable-diffusion-v1-5")
     modes = modes_from_json(read_json("modes.json"), k=3)                        # a model's failure modes
-    rows = build_plan([modes], GenerationSettings(), generator_id=gen.ident)     # the seeded sample plan
-    generate_dataset(rows, "out/ds", gen, class_names=names)                     # plan.parquet + shards
+    settings = GenerationSettings()                                              # SD 1.5, 25 steps, 512 px
+    rows = build_plan([modes], settings, generator_id=gen.ident)                 # the seeded sample plan
+    info = DatasetInfo(name="my-debug-set", version="1.0.0", class_names=names)
+    generate_dataset(rows, "out/ds", gen, info, settings)                        # plan, shards, manifest, card
 """
 
 from failmode.generation.plan import (
@@ -25,16 +27,17 @@ from failmode.generation.plan import (
 from failmode.generation.presets import Preset, list_presets, load_preset
 from failmode.generation.run import (
     DatasetInfo,
+    GenerationResult,
     all_shards_done,
     finalize_if_complete,
     generate_dataset,
     make_manifest,
     save_plan,
 )
-from failmode.generation.shards import GenerationRun, RenderState, assign, shard_jobs, worker_slot
+from failmode.generation.shards import BatchState, ShardRun, assign, shard_jobs, worker_slot
 
 __all__ = [
-    "DatasetInfo", "GenerationRun", "GenerationSettings", "ModeSet", "PlanRow", "Preset", "RenderState",
+    "BatchState", "DatasetInfo", "GenerationResult", "GenerationSettings", "ModeSet", "PlanRow", "Preset", "ShardRun",
     "all_shards_done", "assign", "attempt_seed", "baseline_modes", "build_plan", "derive_seed", "finalize_if_complete",
     "generate_dataset", "list_presets", "load_preset", "make_manifest", "merge_modes", "modes_from_json", "plan_path",
     "read_plan", "read_plan_of", "save_plan", "shard_jobs", "worker_slot", "write_plan",

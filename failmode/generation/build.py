@@ -18,7 +18,6 @@ from typing import Any
 from failmode.backends import GENERATORS, ImageGenerator, construct
 from failmode.dataset import Manifest, config_slug
 from failmode.errors import FailmodeError, UsageError
-from failmode.feature_options import FeatureOptions
 from failmode.generation.plan import (
     BASELINE_KIND,
     GenerationSettings,
@@ -34,9 +33,10 @@ from failmode.generation.plan import (
 )
 from failmode.generation.presets import ModelSection, Preset, QualitySection
 from failmode.generation.quality import ClipQuality, QualityScorer
-from failmode.generation.render import PRECISIONS, RenderOptions, describe_options, pipeline_ident, safety_function
-from failmode.generation.run import DatasetInfo, all_shards_done, finalize_if_complete, generate_dataset, make_manifest
+from failmode.generation.render import RenderOptions, pipeline_ident
+from failmode.generation.run import DatasetInfo, all_shards_done, generate_dataset
 from failmode.io import read_json, sha256_file, stable_hash, write_json
+from failmode.options import FeatureOptions
 from failmode.typed import to_json
 
 log = logging.getLogger(__name__)
@@ -154,8 +154,7 @@ def analyse(preset: Preset, stages: list[ModelStages], recipe: dict[str, float],
         if not done["attribute"]:
             log.info("%s: attributing (%s)", st.model.id, "settings changed" if st.modes.exists() else "new")
             attribute_failures(st.failures, vocabulary=preset.vocabulary.dataset, kind=preset.vocabulary.kind,
-                               attributor=a.attributor, attributor_options=a.attributor_options(),
-                               k=preset.generation.k, out_dir=st.folder, cache_dir=cache_dir, device=device)
+                               attributor=a, k=preset.generation.k, out_dir=st.folder, cache_dir=cache_dir, device=device)
             st.stamp(attribute=st.attribute)
         if done["mine"] and done["attribute"]:
             log.info("%s: mining and attribution up to date (%s)", st.model.id, st.folder)
@@ -293,8 +292,8 @@ def build(preset: Preset, out: str | os.PathLike[str], *, work: str | os.PathLik
                                     "used": {mid: doc.get("attributor") for mid, doc in modes_docs.items()}},
                        mining={**to_json(d), "recipe": recipe, "models": [_mined(st) for st in stages]},
                        tags=preset.tags)
-    return render_dataset(rows, out, gen, info, settings, kinds={s.config: s.kind for s in sets}, quality=scorer,
-                          quality_cfg=preset.quality, mode=mode, worker=worker)
+    return generate_dataset(rows, out, gen, info, settings, kinds={s.config: s.kind for s in sets}, quality=scorer,
+                            filters=preset.quality, mode=mode, worker=worker).finalized
 
 
 def _mined(st: ModelStages) -> dict[str, Any]:
@@ -309,29 +308,6 @@ def _mined(st: ModelStages) -> dict[str, Any]:
 def with_vocabulary_template(settings: GenerationSettings, kind: str, vocab: Any) -> GenerationSettings:
     """`settings` whose prompt template for `kind` is the vocabulary's own."""
     return dataclasses.replace(settings, prompt_templates={**settings.prompt_templates, kind: vocab.template})
-
-
-def render_dataset(rows: list[Any], out: str | os.PathLike[str], gen: ImageGenerator, info: DatasetInfo,
-                   settings: GenerationSettings, *, kinds: dict[str, str], quality: QualityScorer | None,
-                   quality_cfg: QualitySection, mode: str = "incremental", worker: tuple[int, int] = (0, 1),
-                   encode_workers: int | None = None) -> bool:
-    """Render this worker's shards of a plan through `gen`, then finalize if every shard is done (True if so)."""
-    out = Path(out)
-    opts = getattr(gen, "options", None)
-    batch_size = getattr(gen, "batch_size", None) or (opts.batch_size if isinstance(opts, RenderOptions) else 16)
-    generate_dataset(rows, out, gen, class_names=info.class_names, mode=mode, worker=worker, batch_size=batch_size,
-                     image_format=info.image_format, quality=quality, safety=safety_function(gen),
-                     reserve=quality_cfg.reserve, encode_workers=encode_workers)
-    render_info = describe_options(opts) if isinstance(opts, RenderOptions) else {}
-    if getattr(gen, "dtype", None) is not None:
-        render_info["precision"] = {v: k for k, v in PRECISIONS.items()}.get(gen.dtype, render_info.get("precision"))
-    render_info["quality_filter"] = quality.ident if quality is not None else None
-    render_info["quality_settings"] = to_json(quality_cfg) if quality is not None else None
-    render_info["quality_thresholds"] = {"min_class_score": quality_cfg.min_class_score,
-                                         "min_context_score": quality_cfg.min_context_score}
-    render_info["safety_checker"] = safety_function(gen) is not None
-    manifest = make_manifest(rows, out, info, settings, generator_ident=gen.ident, render=render_info, kinds=kinds)
-    return finalize_if_complete(rows, out, manifest)
 
 
 @dataclass(frozen=True)
@@ -382,7 +358,7 @@ def generate(job: GenerateJob) -> bool:
     """
     from failmode.data.sources import hub_dataset_id
     from failmode.dataset.manifest import SEMVER_RE
-    from failmode.generation.render import RenderOptions, pipeline_ident
+    from failmode.generation.render import pipeline_ident
     from failmode.generation.run import DatasetInfo, save_plan
     from failmode.generation.shards import worker_slot
     from failmode.typed import from_mapping
@@ -415,10 +391,10 @@ def generate(job: GenerateJob) -> bool:
                        vocabulary={"dataset": vocab.dataset, "kind": kind, "version": vocab.version,
                                    "template": vocab.template},
                        attribution={"k": settings.k, "modes": [str(f) for f, _ in job.modes]})
-    return render_dataset(rows, out, gen, info, settings, kinds={s.config: s.kind for s in sets}, quality=quality,
-                          quality_cfg=qsection, mode=job.mode, worker=worker, encode_workers=job.encode_workers)
+    return generate_dataset(rows, out, gen, info, settings, kinds={s.config: s.kind for s in sets}, quality=quality,
+                            filters=qsection, mode=job.mode, worker=worker, encode_workers=job.encode_workers).finalized
 
 
 __all__ = ["GenerateJob", "generate", "BASELINE_KIND", "ModelStages", "analyse", "build", "is_complete", "make_generator",
-           "make_quality", "mode_sets", "mode_sets_from_files", "model_stages", "registered_generator", "render_dataset",
+           "make_quality", "mode_sets", "mode_sets_from_files", "model_stages", "registered_generator",
            "with_vocabulary_template"]

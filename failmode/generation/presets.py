@@ -18,6 +18,7 @@ from failmode.errors import UsageError, ValidationError
 from failmode.generation.plan import GenerationSettings
 from failmode.generation.render import RenderOptions
 from failmode.io import read_json
+from failmode.options import AttributionOptions
 from failmode.typed import from_mapping, to_json
 
 PRESET_FORMAT = "failmode-preset/1"
@@ -56,21 +57,6 @@ class ModelSection:
 
 
 @dataclass(frozen=True)
-class AttributionSection:
-    """How seed failures get their contexts: the attributor and, for "clip", its open_clip model and weights."""
-
-    attributor: str = "clip"
-    clip_model: str = "ViT-B-32"  # open_clip name or JSON config path (attributor "clip")
-    pretrained: str | None = "openai"  # open_clip tag or local checkpoint (attributor "clip"); null: random init
-    options: dict[str, Any] = field(default_factory=dict)  # further keyword arguments of the attributor
-
-    def attributor_options(self) -> dict[str, Any]:
-        """Keyword arguments of the attributor factory: the CLIP model and weights for "clip", plus `options`."""
-        clip = {"model": self.clip_model, "pretrained": self.pretrained} if self.attributor == "clip" else {}
-        return {**clip, **self.options}
-
-
-@dataclass(frozen=True)
 class BaselineSection:
     """The controls: the class-only config ("a photo of a {class}") and the random-context config."""
 
@@ -105,7 +91,7 @@ class Preset:
     vocabulary: VocabularySection
     models: tuple[ModelSection, ...]
     families: dict[str, list[str]]
-    attribution: AttributionSection
+    attribution: AttributionOptions
     generation: GenerationSettings
     baseline: BaselineSection
     render: RenderOptions
@@ -146,7 +132,7 @@ class Preset:
 _SECTIONS: dict[str, Any] = {
     "dataset": lambda v, w: from_mapping(DatasetSection, v, w),
     "vocabulary": lambda v, w: from_mapping(VocabularySection, v, w),
-    "attribution": lambda v, w: from_mapping(AttributionSection, v, w),
+    "attribution": lambda v, w: from_mapping(AttributionOptions, v, w),
     "generation": GenerationSettings.from_dict,
     "baseline": lambda v, w: from_mapping(BaselineSection, v, w),
     "render": lambda v, w: from_mapping(RenderOptions, v, w, exclude=_RENDER_EXCLUDED),

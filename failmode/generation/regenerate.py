@@ -14,8 +14,8 @@ from failmode.dataset import Manifest, layout
 from failmode.dataset.validate import load_finalized
 from failmode.errors import UsageError
 from failmode.generation.plan import PlanRow, read_plan_of
-from failmode.generation.render import RenderOptions, safety_function
-from failmode.generation.shards import GenerationRun, gen_stats_path, shard_jobs
+from failmode.generation.render import RenderOptions
+from failmode.generation.shards import ShardRun, gen_stats_path, shard_jobs
 from failmode.io import read_json, sha256_file
 
 log = logging.getLogger(__name__)
@@ -72,11 +72,11 @@ def regenerate_shards(root: str | os.PathLike[str], shards: Sequence[str], out: 
     for job in shard_jobs(rows):
         stats_file = gen_stats_path(root, job.config, job.split, job.shard_index, job.num_shards)
         # the batch size the shard was rendered at (lower than planned after an out-of-memory retry)
-        gen.batch_size = read_json(stats_file)["batch_size"] if stats_file.exists() else options.batch_size
-        run = GenerationRun(out, gen, manifest.class_names, image_format=manifest.image_format, mode="overwrite",
-                            batch_size=gen.batch_size, quality=quality, safety=safety_function(gen),
-                            reserve=g.get("reserve", 3))
-        run.run(job.rows)
+        # and the spare seeds it had per image
+        stats = read_json(stats_file) if stats_file.exists() else {}
+        gen.batch_size = stats.get("batch_size", options.batch_size)
+        ShardRun(out, gen, manifest.class_names, image_format=manifest.image_format, mode="overwrite",
+                 quality=quality, reserve=stats.get("reserve", 3)).run(job.rows)
         results[job.name] = _matches(root, out, job, manifest)
         log.info("%s: %s", job.name, "identical to the manifest" if results[job.name] else "DIFFERS from the manifest")
     return results

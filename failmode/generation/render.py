@@ -237,6 +237,16 @@ class DiffusersGenerator(ImageGenerator):
         return load_from_hub_or_local(model, load, what=f"the safety checker of {model!r}",
                                       local_hint="use a pipeline folder with safety_checker/ and feature_extractor/")
 
+    def safety_checker(self) -> Callable[[Sequence[Image.Image]], list[bool]] | None:
+        """`flag_unsafe` when the safety checker is on (`RenderOptions.safety_checker`), else None."""
+        return self.flag_unsafe if self._safety is not None else None
+
+    def describe(self) -> dict[str, Any]:
+        """The render options, with the precision the pipeline runs at (auto resolved)."""
+        record = describe_options(self.options)
+        record["precision"] = {v: k for k, v in PRECISIONS.items()}.get(self.dtype, record["precision"])
+        return record
+
     def flag_unsafe(self, images: Sequence[Image.Image]) -> list[bool]:
         """The pipeline's safety checker verdict per image (all False when the checker is off)."""
         if self._safety is None:
@@ -249,12 +259,6 @@ class DiffusersGenerator(ImageGenerator):
         with torch.inference_mode():
             _, flags = checker(images=arrays, clip_input=clip_input)
         return [bool(f) for f in flags]
-
-
-def safety_function(generator: ImageGenerator) -> Callable[[Sequence[Image.Image]], list[bool]] | None:
-    """The generator's safety checker as a function, or None when it has none or it is off."""
-    fn = getattr(generator, "flag_unsafe", None)
-    return fn if fn is not None and getattr(generator, "_safety", None) is not None else None
 
 
 def describe_options(options: RenderOptions) -> dict[str, Any]:

@@ -1,4 +1,6 @@
-"""The generation stage as one call: plan -> plan.parquet -> rendered shards -> (when complete) manifest and card."""
+"""The generation stage as one call, `generate_dataset`: plan rows -> plan.parquet -> this worker's rendered shards
+-> (when every shard is written) manifest and card. Every failmode dataset is written through it: `failmode build`,
+`failmode generate`, the debug configs of `slices` and `discover`, the demo and the test helpers."""
 
 from __future__ import annotations
 
@@ -13,9 +15,11 @@ from failmode.backends import ImageGenerator
 from failmode.dataset import ConfigSpec, Manifest, finalize, layout, shard_done
 from failmode.errors import ValidationError
 from failmode.generation.plan import SEED_RULE, GenerationSettings, PlanRow, plan_path, read_plan, write_plan
+from failmode.generation.presets import QualitySection
 from failmode.generation.quality import QualityScorer
-from failmode.generation.shards import GenerationRun, SafetyFn, gen_stats_path, shard_jobs
+from failmode.generation.shards import ShardRun, gen_stats_path, shard_jobs
 from failmode.io import read_json, sha256_file
+from failmode.typed import to_json
 
 log = logging.getLogger(__name__)
 
@@ -59,19 +63,6 @@ def clear_stale(rows: Sequence[PlanRow], root: str | os.PathLike[str]) -> list[s
     if removed:
         log.info("overwrite: removed %d file(s) of the previous build (manifest, card, stale shards)", len(removed))
     return removed
-
-
-def generate_dataset(rows: Sequence[PlanRow], root: str | os.PathLike[str], generator: ImageGenerator, *,
-                     class_names: list[str], mode: str = "incremental", worker: tuple[int, int] = (0, 1),
-                     batch_size: int = 16, image_format: str = "png", quality: QualityScorer | None = None,
-                     safety: SafetyFn | None = None, reserve: int = 3,
-                     encode_workers: int | None = None) -> list[dict[str, Any]]:
-    """Save the plan, then render and write this worker's pending shards; returns their generation stats."""
-    save_plan(rows, root, mode)
-    run = GenerationRun(Path(root), generator, list(class_names), image_format=image_format, mode=mode,
-                        batch_size=batch_size, quality=quality, safety=safety, reserve=reserve,
-                        encode_workers=encode_workers, worker=worker)
-    return run.run(rows)
 
 
 def all_shards_done(rows: Sequence[PlanRow], root: str | os.PathLike[str]) -> bool:
@@ -166,3 +157,43 @@ def finalize_if_complete(rows: Sequence[PlanRow], root: str | os.PathLike[str], 
         return False
     finalize(root, manifest)
     return True
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """What one worker's `generate_dataset` did: the generation stats of the shards it wrote (timings included;
+    none when every shard was already done) and whether the folder is now a finalized dataset."""
+
+    stats: list[dict[str, Any]]
+    finalized: bool
+
+
+def generate_dataset(rows: Sequence[PlanRow], root: str | os.PathLike[str], generator: ImageGenerator,
+                     info: DatasetInfo, settings: GenerationSettings, *, kinds: dict[str, str] | None = None,
+                     quality: QualityScorer | None = None, filters: QualitySection | None = None,
+                     mode: str = "incremental", worker: tuple[int, int] = (0, 1),
+                     encode_workers: int | None = None) -> GenerationResult:
+    """Save the plan, render and write this worker's pending shards through `generator` (at its batch size, with its
+    safety checker), then write card and manifest if every shard of the plan is done.
+
+    `quality` scores images and drops those `filters` (thresholds, spare seeds per image) reject; `settings` are the
+    generation settings the plan was built with (the manifest pins them); `kinds` names each config's kind.
+    """
+    root = Path(root)
+    filters = filters or QualitySection()
+    save_plan(rows, root, mode)
+    run = ShardRun(root, generator, list(info.class_names), image_format=info.image_format, mode=mode,
+                   quality=quality, reserve=filters.reserve, encode_workers=encode_workers, worker=worker)
+    stats = run.run(rows)
+    record = {**generator.describe(), **quality_record(quality, filters),
+              "safety_checker": generator.safety_checker() is not None}
+    manifest = make_manifest(rows, root, info, settings, generator_ident=generator.ident, render=record, kinds=kinds)
+    return GenerationResult(stats, finalize_if_complete(rows, root, manifest))
+
+
+def quality_record(quality: QualityScorer | None, filters: QualitySection) -> dict[str, Any]:
+    """What the manifest records of the quality filter: the scorer's ident, its settings, the thresholds."""
+    return {"quality_filter": quality.ident if quality is not None else None,
+            "quality_settings": to_json(filters) if quality is not None else None,
+            "quality_thresholds": {"min_class_score": filters.min_class_score,
+                                   "min_context_score": filters.min_context_score}}

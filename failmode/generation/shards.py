@@ -81,7 +81,7 @@ def assign(jobs: Sequence[ShardJob], worker: int, workers: int) -> list[ShardJob
 
 
 @dataclass
-class RenderState:
+class BatchState:
     """The batch size in use; halves on out-of-memory."""
 
     batch_size: int
@@ -107,8 +107,7 @@ class RenderState:
         import torch
 
         self.batch_size = max(1, self.batch_size // 2)
-        if hasattr(generator, "batch_size"):
-            generator.batch_size = self.batch_size  # type: ignore[attr-defined]
+        generator.batch_size = self.batch_size
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         log.warning("out of memory: batch size lowered to %d (recorded in the shard stats; pixels may differ in "
@@ -116,17 +115,17 @@ class RenderState:
 
 
 @dataclass
-class GenerationRun:
-    """Everything a run needs besides the plan: where, what renders, filters, and how fast."""
+class ShardRun:
+    """One worker's pass over the shards of a plan: where they go, what renders them (the generator's batch size
+    and safety checker), the quality filter, and how fast. `failmode.generation.generate_dataset` runs it between
+    saving the plan and finalizing; regeneration runs it alone on chosen shards."""
 
     root: Path
     generator: ImageGenerator
     class_names: list[str]
     image_format: str = "png"
     mode: str = "incremental"
-    batch_size: int = 16
     quality: QualityScorer | None = None
-    safety: SafetyFn | None = None
     reserve: int = 3  # replacement seeds per planned image
     encode_workers: int | None = None  # PNG encoding threads (default: the CPU count minus 2, 2..8)
     worker: tuple[int, int] = (0, 1)
@@ -136,9 +135,10 @@ class GenerationRun:
         if self.mode not in MODES:
             raise UsageError(f"unknown mode {self.mode!r} (known: {', '.join(MODES)})")
         self.root = Path(self.root)
+        self.safety: SafetyFn | None = self.generator.safety_checker()
         self.encode_workers = self.encode_workers or max(2, min(8, (os.cpu_count() or 4) - 2))
         self.codec = CODECS.get(self.image_format)
-        self.state = RenderState(self.batch_size)
+        self.state = BatchState(self.generator.batch_size)
         self.wait_s = 0.0  # time the renderer waited for the writer (encoding/writing not hidden behind rendering)
 
     def pending(self, rows: Sequence[PlanRow]) -> list[ShardJob]:

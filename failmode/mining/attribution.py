@@ -26,6 +26,7 @@ from failmode.data.sources import ImageSource
 from failmode.errors import UsageError, ValidationError
 from failmode.io import atomic_path, stable_hash
 from failmode.mining.clip_attributor import ClipAttributor
+from failmode.options import AttributionOptions, FeatureOptions
 
 log = logging.getLogger(__name__)
 
@@ -134,11 +135,15 @@ def attribute(rows: Sequence[dict[str, Any]], source: ImageSource, vocabulary: A
     return Attribution(records, classes, attributor.ident, k)
 
 
-def make_attributor(name: str, options: dict[str, Any] | None = None, kind: str = "background",
-                    device: str | None = None, **context: Any) -> Attributor:
-    """Build a registered attributor; its factory gets the vocabulary kind, the device and any `context` value
-    (`dataset`, `cache_dir`) it takes, unless `options` set them."""
-    return construct(ATTRIBUTORS, name, options, kind=kind, device=device, **context)
+def make_attributor(options: AttributionOptions | None = None, kind: str = "background", *,
+                    features: FeatureOptions | None = None, **context: Any) -> Attributor:
+    """Build the attributor `options` name (CLIP ViT-B-32 / openai by default); its factory gets the vocabulary kind,
+    the image side of `features` (device, batch, workers, decoder, precision) and any `context` value (`dataset`,
+    `cache_dir`) it takes, unless the options set them."""
+    options = options or AttributionOptions()
+    device = features.device if features is not None else None
+    return construct(ATTRIBUTORS, options.attributor, options.factory_options(features), kind=kind, device=device,
+                     **context)
 
 
 def attribute_failures(
@@ -146,8 +151,7 @@ def attribute_failures(
     *,
     vocabulary: str,
     kind: str = "background",
-    attributor: str | Attributor = "clip",
-    attributor_options: dict[str, Any] | None = None,
+    attributor: AttributionOptions | Attributor | None = None,
     k: int = 3,
     out_dir: str | os.PathLike[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
@@ -160,14 +164,16 @@ def attribute_failures(
     the failure records as a metadata-only dataset config; return the modes.json path.
 
     `out_dir` defaults to the folder of `failures`; `dataset`/`split` override where the images are read from
-    (by default the dataset the failures were mined on). Image embeddings are cached under `cache_dir`.
+    (by default the dataset the failures were mined on). `attributor` is a loaded one or the options of one to make
+    (default: CLIP ViT-B-32 / openai) on `device`. Image embeddings are cached under `cache_dir`.
     """
     from failmode.io import default_cache_dir
     from failmode.mining.report import write_attribution
 
     rows, meta, vocab, source = check_attribution_inputs(failures, vocabulary, kind, k, dataset=dataset, split=split)
     if not isinstance(attributor, Attributor):
-        attributor = make_attributor(attributor, attributor_options, kind, device, dataset=dataset or meta["dataset"],
+        attributor = make_attributor(attributor, kind, features=FeatureOptions(device=device),
+                                     dataset=dataset or meta["dataset"],
                                      cache_dir=Path(cache_dir or default_cache_dir()) / "features")
     result = attribute(rows, source, vocab, attributor, k=k, cache_dir=Path(cache_dir or default_cache_dir()),
                        halves=halves, vocabulary_name=str(vocabulary))

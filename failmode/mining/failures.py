@@ -21,7 +21,7 @@ from failmode.errors import UsageError, ValidationError
 from failmode.io import write_json
 
 if TYPE_CHECKING:
-    from failmode.images import Transform
+    from failmode.features import FeatureExtractor
 
 log = logging.getLogger(__name__)
 
@@ -53,33 +53,17 @@ def softmax_confidence(logits: np.ndarray) -> np.ndarray:
     return (p.max(1) / p.sum(1)).astype(np.float32)
 
 
-def predict(
-    model: Any,
-    source: ImageSource,
-    indices: Sequence[int] | np.ndarray,
-    *,
-    model_key: str,
-    head: Any | None = None,
-    transform: Transform | None = None,
-    device: str | None = None,
-    batch_size: int | None = None,
-    precision: str = "auto",
-    cache_dir: str | os.PathLike[str] | None = None,
-    num_workers: int | None = None,
-    decode: str = "auto",
-) -> Predictions:
-    """Predict `source[indices]` with a torch model: its own logits, or `head` on its frozen features.
+def predict(extractor: FeatureExtractor, source: ImageSource, indices: Sequence[int] | np.ndarray, *,
+            head: Any | None = None) -> Predictions:
+    """Predict `source[indices]` with the extractor's model: its own logits, or `head` on its frozen features.
 
-    Features and logits come from `failmode.features.extract_features` (batched, mixed precision, disk cache);
-    with a head, the model's own logits are not computed.
+    Features and logits come from the extractor (batched, mixed precision, disk cache); with a head, the model's
+    own logits are not computed.
     """
-    from failmode.features import extract_features
     from failmode.mining.heads import apply_head
 
     idx = np.asarray(indices, dtype=np.int64)
-    feats = extract_features(model, source, idx, model_key=model_key, transform=transform, batch_size=batch_size,
-                             device=device, precision=precision, cache_dir=cache_dir, num_workers=num_workers,
-                             decode=decode, with_logits=head is None, desc=f"predict {model_key}")
+    feats = extractor(source, idx, with_logits=head is None, desc=f"predict {extractor.model_key}")
     n_classes = len(source.class_names)
     if head is not None:
         preds, logits = apply_head(head, feats.features, n_classes)
@@ -87,7 +71,7 @@ def predict(
         preds, logits = feats.logits.argmax(1), feats.logits
     else:
         outputs = "no classifier" if feats.logits is None else f"{feats.logits.shape[1]} outputs"
-        raise UsageError(f"{model_key} has {outputs} but the dataset has {n_classes} classes: pass a head "
+        raise UsageError(f"{extractor.model_key} has {outputs} but the dataset has {n_classes} classes: pass a head "
                          "(--head FILE, or --head train to fit one on the train split)")
     conf = softmax_confidence(logits) if logits is not None else None
     return Predictions(idx, source.labels[idx], np.asarray(preds, np.int64), conf, feats.cached)

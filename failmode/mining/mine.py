@@ -12,10 +12,10 @@ import numpy as np
 from failmode.data.sources import KNOWN_DATASETS, BadImages, ImageSource, check_disjoint_splits, open_source
 from failmode.data.splits import make_splits, resolve_recipe
 from failmode.errors import UsageError, ValidationError
-from failmode.feature_options import FeatureOptions
 from failmode.io import write_json
 from failmode.mining.failures import failures_from_predictions, predict, write_failures, write_predictions
 from failmode.mining.heads import HEAD_FILE
+from failmode.options import FeatureOptions
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def mine_failures(
     stops the run with one line naming it; `on_bad_image="skip"` leaves such images out instead (train and debug
     split alike), and mining.json / failures.parquet record how many and which.
     """
-    from failmode.features import extract_features
+    from failmode.features import FeatureExtractor
     from failmode.models.classifier import create_classifier, eval_preprocess, known_model
 
     known_model(model)
@@ -115,15 +115,14 @@ def mine_failures(
     net = create_classifier(model, weights)
     check_classes(net, model, head, len(source.class_names), dataset)
     key = model_key(model, weights)
-    features_kw = {"model_key": key, "transform": eval_preprocess(net, image_size, crop_pct),
-                   **extraction.extract_kwargs()}
+    extractor = FeatureExtractor(net, key, eval_preprocess(net, image_size, crop_pct), extraction)
     out = Path(out_dir)
     record = {"model": model, "weights": weights, "model_key": key, "dataset": dataset, "train_split": train_split,
               "split_seed": split_seed, **recipe, "device": extraction.device}
     head_obj, head_desc = _resolve_head(
         head, train, splits.train, out, record,
-        lambda src, idx, desc: bad.run(src, idx, lambda i: extract_features(net, src, i, desc=desc, **features_kw))[0])
-    preds, debug_idx = bad.run(source, splits.debug, lambda i: predict(net, source, i, head=head_obj, **features_kw))
+        lambda src, idx, desc: bad.run(src, idx, lambda i: extractor(src, i, desc=desc))[0])
+    preds, debug_idx = bad.run(source, splits.debug, lambda i: predict(extractor, source, i, head=head_obj))
     rows = failures_from_predictions(source, preds, seed=split_seed)
     write_json(out / "splits.json", splits.to_json())
     write_predictions(out / "predictions.npz", preds)

@@ -1,0 +1,71 @@
+"""The options objects (failmode.options): flags -> one frozen object -> the keyword arguments a backend takes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from failmode.errors import UsageError, ValidationError
+from failmode.options import AttributionOptions, FeatureOptions
+
+
+def parse(argv: list[str], *adders) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    for add in adders:
+        add(p)
+    return p.parse_args(argv)
+
+
+def test_clip_flags_become_the_clip_factory_options_with_the_image_side_of_the_feature_options():
+    args = parse(["--clip-model", "RN50", "--clip-pretrained", "none", "--templates", "t.json",
+                  "--attributor-option", "draft=false", "--device", "cpu", "--batch-size", "32", "--workers", "2"],
+                 AttributionOptions.add_arguments, FeatureOptions.add_arguments)
+    opts = AttributionOptions.from_args(args)
+    assert opts == AttributionOptions("clip", "RN50", None, {"templates": "t.json", "draft": False})
+    assert opts.factory_options(FeatureOptions.from_args(args)) == {
+        "model": "RN50", "pretrained": None, "templates": "t.json", "draft": False, "device": "cpu",
+        "batch_size": 32, "num_workers": 2, "precision": "auto", "decode": "auto"}
+    # unset loader flags are left to the attributor's own defaults; --attributor-option wins over a flag
+    bare = AttributionOptions.from_args(parse(["--attributor-option", "model=ViT-L-14"],
+                                              AttributionOptions.add_arguments))
+    assert bare.factory_options(FeatureOptions()) == {"model": "ViT-L-14", "pretrained": "openai",
+                                                       "precision": "auto", "decode": "auto"}
+
+
+def test_another_attributor_gets_only_its_own_options():
+    args = parse(["--attributor", "exemplar", "--templates", "t.json", "--option", "n=4"],
+                 AttributionOptions.add_arguments)
+    opts = AttributionOptions.from_args(args)
+    assert opts.factory_options(FeatureOptions(device="cpu", batch_size=8)) == {"n": 4}
+    with pytest.raises(UsageError, match="--attributor-option wants KEY=VALUE, not 'n'"):
+        AttributionOptions.from_args(parse(["--option", "n"], AttributionOptions.add_arguments))
+
+
+def test_a_presets_attribution_section_is_an_attribution_options(tmp_path):
+    from failmode.generation.presets import BUILDERS_DIR, load_preset
+
+    doc = json.loads((BUILDERS_DIR / "cifar10-bg-debug.json").read_text())
+    doc["attribution"] = {"attributor": "clip", "clip_model": "RN50", "pretrained": None}
+    (tmp_path / "p.json").write_text(json.dumps(doc))
+    preset = load_preset(str(tmp_path / "p.json"))
+    assert preset.attribution == AttributionOptions("clip", "RN50", None)
+    doc["attribution"]["templates"] = "t.json"  # a CLIP option goes under "options"
+    (tmp_path / "p.json").write_text(json.dumps(doc))
+    with pytest.raises(ValidationError, match="unknown key .templates."):
+        load_preset(str(tmp_path / "p.json"))
+
+
+def test_make_attributor_builds_what_the_options_name(tiny_clip, tmp_path):
+    import torch
+
+    from failmode.mining import make_attributor
+    from failmode.testing import TINY_CLIP
+
+    path = tmp_path / "clip.pt"
+    torch.save(tiny_clip.model.state_dict(), path)
+    att = make_attributor(AttributionOptions(clip_model=TINY_CLIP, pretrained=str(path)), "background",
+                          features=FeatureOptions(device="cpu", batch_size=5, num_workers=0))
+    assert att.ident == f"clip:{TINY_CLIP}/{path}" and att.batch_size == 5 and att.num_workers == 0
+    assert att.device.type == "cpu"
