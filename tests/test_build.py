@@ -83,6 +83,23 @@ def test_unknown_presets_and_overrides(tmp_path):
         load_preset("cifar10-bg-debug").replace(render={"precision": "fp8"})
 
 
+def test_build_flags_override_the_presets_sections_and_none_means_random_clip_weights():
+    import argparse
+
+    from failmode.commands import build as build_command
+
+    p = argparse.ArgumentParser()
+    build_command.add_arguments(p)
+    args = p.parse_args(["cifar10-bg-debug", "--clip-model", "RN50", "--clip-pretrained", "none",
+                         "--precision", "fp32", "--dataset", "./cifar10"])
+    over = build_command.overrides(args)
+    assert over["attribution"] == over["quality"] == {"clip_model": "RN50", "pretrained": None}
+    preset = load_preset("cifar10-bg-debug").replace(**over)
+    assert preset.attribution.pretrained is None and preset.quality.pretrained is None
+    assert (preset.attribution.clip_model, preset.render.precision, preset.dataset.id) == ("RN50", "fp32", "./cifar10")
+    assert "pretrained" not in build_command.overrides(p.parse_args(["cifar10-bg-debug"])).get("attribution", {})
+
+
 def test_build_checks_recipe_and_vocabulary_before_any_model(tmp_path, capsys):
     """A local dataset without a recipe, or whose classes are not the vocabulary's: one line, exit 1, nothing written."""
     from failmode.cli import main

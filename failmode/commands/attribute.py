@@ -15,6 +15,7 @@ DESCRIPTION = (
     "embedding cache."
 )
 
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `failmode attribute`."""
     p.add_argument("failures", nargs="*", help="failures.parquet files (or folders holding one)")

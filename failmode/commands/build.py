@@ -36,7 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="diffusion precision (preset default auto: fp16 on CUDA, fp32 on CPU)")
     m.add_argument("--generator", help="diffusers Hub id or local save_pretrained folder (overrides generation.generator)")
     m.add_argument("--clip-model", help="open_clip name or JSON config for attribution and the quality filter")
-    m.add_argument("--clip-pretrained", help="open_clip tag or local checkpoint for attribution and the quality filter")
+    m.add_argument("--clip-pretrained", help="open_clip tag or local checkpoint for attribution and the quality filter; "
+                                            "none: random weights (smoke tests)")
     m.add_argument("--batch-size", type=int, help="diffusion batch (render.batch_size)")
     m.add_argument("--compile", choices=["default", "reduce-overhead", "max-autotune"])
     m.add_argument("--no-quality", action="store_true", help="skip the CLIP quality filter")
@@ -50,6 +51,8 @@ def overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
     """The preset keys the command line changes, by section."""
     pick = lambda pairs: {k: v for k, v in pairs if v is not None}  # noqa: E731
     clip = pick((("clip_model", args.clip_model), ("pretrained", args.clip_pretrained)))
+    if args.clip_pretrained == "none":  # the command line's word for random weights (null in a preset)
+        clip["pretrained"] = None
     sections = {
         "dataset": pick((("id", args.dataset), ("split", args.split), ("train_split", args.train_split),
                          ("train_per_class", args.train_per_class), ("debug_per_class", args.debug_per_class))),

@@ -85,7 +85,6 @@ def run(args: argparse.Namespace) -> int:
 def _build(args: argparse.Namespace) -> int:
     from failmode.vocab.build import BuildConfig, build_vocabulary, resolve_classes
     from failmode.vocab.llm import ChatClient
-    from failmode.vocab.vocabulary import validate
 
     config = BuildConfig(args.dataset, args.kind, args.min_contexts, args.max_contexts, args.rounds,
                          args.temperature, args.seed, concurrency=args.concurrency, structured=args.structured,
@@ -95,14 +94,9 @@ def _build(args: argparse.Namespace) -> int:
     client = ChatClient(args.endpoint, args.model, api_key=os.environ.get(args.api_key_env),
                         cache_dir=args.cache_dir, timeout=args.timeout, max_retries=args.retries)
     report = build_vocabulary(config, client, classes)
-    out = args.out or Path(f"{args.dataset}.{args.kind}.json")
-    vocab = report.vocabulary
-    assert vocab is not None
-    vocab.source = str(out)
-    validate(vocab, min_contexts=1, max_contexts=args.max_contexts, complete=False)
-    vocab.save(out)
+    out = report.save(args.out or Path(f"{args.dataset}.{args.kind}.json"))
     print(report.summary())
-    print(f"wrote {out} ({len(vocab.classes)} classes)")
+    print(f"wrote {out} ({len(report.vocabulary.classes)} classes)")
     return 1 if args.strict and report.short else 0
 
 

@@ -14,6 +14,7 @@ import functools
 import json
 import logging
 import math
+import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -94,11 +95,23 @@ class BuildReport:
     min_contexts: int
     requests: int
     cache_hits: int
+    max_contexts: int = 12
 
     @property
     def short(self) -> list[ClassResult]:
         """Classes that ended with fewer than `min_contexts` contexts."""
         return [r for r in self.results if len(r.contexts) < self.min_contexts]
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Check the built vocabulary (classes that got no context may be missing) and write it to `path`."""
+        from failmode.vocab.vocabulary import validate
+
+        if self.vocabulary is None:
+            raise FailmodeError("no vocabulary was built: no class received a usable context")
+        self.vocabulary.source = str(path)
+        validate(self.vocabulary, min_contexts=1, max_contexts=self.max_contexts, complete=False)
+        self.vocabulary.save(path)
+        return Path(path)
 
     def summary(self) -> str:
         """A human-readable report: totals, then one line per class that fell short."""
@@ -291,7 +304,7 @@ class VocabularyBuilder:
         ordered = [results[c.index] for c in classes]
         vocab = self._vocabulary(ordered) if any(r.contexts for r in ordered) else None
         return BuildReport(vocab, ordered, self.config.min_contexts, self.client.stats.requests,
-                           self.client.stats.cache_hits)
+                           self.client.stats.cache_hits, self.config.max_contexts)
 
     def _vocabulary(self, results: list[ClassResult]) -> Vocabulary:
         classes = [VocabClass(r.info.index, r.info.name, r.info.prompt_name, r.contexts, r.info.id)
