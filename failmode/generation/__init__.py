@@ -1,8 +1,9 @@
 """Debug-image generation: sample plans, diffusers rendering, resumable rank-assigned shards, quality filter,
 presets (`builders/`) and the `build` orchestration.
 
-    gen = DiffusersGenerator("stable-diffusion-v1-5/stable-diffusion-v1-5")
+    gen = DiffusersGenerator("stable-diffusion-v1-5/stable-diffusion-v1-5")      # failmode.generation.render
     modes = modes_from_json(read_json("modes.json"), k=3)                        # a model's failure modes
+    names = load_vocabulary("cifar10").label_names()                             # the dataset's class names
     settings = GenerationSettings()                                              # SD 1.5, 25 steps, 512 px
     rows = build_plan([modes], settings, generator_id=gen.ident)                 # the seeded sample plan
     info = DatasetInfo(name="my-debug-set", version="1.0.0", class_names=names)
