@@ -314,7 +314,7 @@ def test_duplicate_contexts_are_named_once():
                         "contexts 'in a desert' and 'in deserts' are duplicates after normalisation"]
 
 
-def test_discover_refuses_max_clusters_0_before_loading_anything(tmp_path, capsys, monkeypatch):
+def test_discover_refuses_bad_parameters_and_classes_before_loading_anything(tmp_path, capsys, monkeypatch):
     import failmode.commands._discovery as setup
 
     def refuse(*a, **kw):
@@ -323,6 +323,8 @@ def test_discover_refuses_max_clusters_0_before_loading_anything(tmp_path, capsy
     monkeypatch.setattr(setup, "setup_from_args", refuse)
     _one_line_error(capsys, ["discover", "--world", "concentrated", "--max-clusters", "0", "--out", str(tmp_path)],
                     "max_clusters must be >= 1, got 0")
+    _one_line_error(capsys, ["discover", "--world", "concentrated", "--classes", "T-shirt/top", "--out",
+                             str(tmp_path)], "unknown class(es) T-shirt/top (known: t-shirt, trouser,")
 
 
 def test_on_bad_image_skip_leaves_corrupt_images_out_and_records_them(tmp_path, capsys, caplog):

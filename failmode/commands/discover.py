@@ -60,13 +60,14 @@ def _world_setup(args: argparse.Namespace) -> Any:
     from failmode.discovery.discover import DiscoverSetup
     from failmode.discovery.outputs import world_render
     from failmode.errors import UsageError
+    from failmode.vocab.classnames import class_names
 
-    _params(args)  # checked before the world and its backends load
-    ws = setup_from_args(args)
-    names = ws.world.class_names
+    _params(args)  # parameters and classes are checked before the world and its backends load
+    names = class_names("fashion-scenes")
     unknown = sorted(set(args.classes or []) - set(names))
     if unknown:
         raise UsageError(f"unknown class(es) {', '.join(unknown)} (known: {', '.join(names)})")
+    ws = setup_from_args(args)
     return DiscoverSetup(ws.generator, ws.classifier, ws.attributor, [ws.vocabulary], names, names,
                          [names.index(c) for c in args.classes] if args.classes else None,
                          _params(args, size=ws.world.preset.image_size), "fashion-scenes-discovered",
