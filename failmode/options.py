@@ -53,7 +53,7 @@ class FeatureOptions:
         return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
     def extract_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of `extract_features` (and `mining.failures.predict`): the cache is its features/."""
+        """Keyword arguments of `extract_features` (what a `FeatureExtractor` passes): the cache is its features/."""
         from failmode.io import default_cache_dir
 
         return {"device": self.device, "batch_size": self.batch_size, "precision": self.precision,
