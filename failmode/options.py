@@ -5,6 +5,8 @@ add their flags and parse them):
   `failmode mine`, `evaluate`, `build`, and the image side of `attribute`.
 - `AttributionOptions`: which attributor scores failures against contexts (CLIP's model and weights, or another
   registered attributor, with its options); `attribute`, `slices`, `discover` and a preset's `attribution` section.
+- `RenderOptions`: how a diffusers pipeline renders (device, precision, kernel batch, scheduler, compilation, the
+  safety checker); `generate`, `build`, `slices`, `discover` and a preset's `render` section.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from failmode.errors import UsageError
+from failmode.registry import Registry
 
 DECODE_CHOICES = ("auto", "cpu", "hybrid", "gpu")
 PRECISION_CHOICES = ("auto", "fp32", "fp16", "bf16")
@@ -122,3 +125,72 @@ def parse_options(items: list[str], flag: str) -> dict[str, Any]:
         except json.JSONDecodeError:
             out[key] = value
     return out
+
+
+#: scheduler name -> (diffusers class name, config overrides applied on top of the pipeline's scheduler config)
+SCHEDULERS: Registry[tuple[str, dict[str, Any]]] = Registry("scheduler")
+SCHEDULERS.register("dpmsolver++")(("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}))
+SCHEDULERS.register("dpmsolver++-karras")(
+    ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True}))
+SCHEDULERS.register("ddim")(("DDIMScheduler", {}))
+SCHEDULERS.register("pndm")(("PNDMScheduler", {"skip_prk_steps": True}))
+SCHEDULERS.register("euler")(("EulerDiscreteScheduler", {}))
+SCHEDULERS.register("unipc")(("UniPCMultistepScheduler", {}))
+
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune")
+#: RenderOptions fields the flags of `RenderOptions.add_arguments` set, each under the argparse dest render_<field>
+RENDER_FLAG_FIELDS = ("precision", "batch_size", "compile", "channels_last", "fuse_qkv", "safety_checker")
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """How a diffusers pipeline renders (`failmode.generation.render.DiffusersGenerator`): speed knobs, none of
+    which changes which image a seed gives (within float rounding), and the safety checker."""
+
+    device: str | None = None  # default: CUDA when available
+    precision: str = "auto"  # fp32 | fp16 | bf16 | auto (fp16 on CUDA, fp32 on CPU)
+    batch_size: int = 16  # fixed kernel batch (samples per denoising pass; CFG doubles it)
+    scheduler: str | None = "dpmsolver++"  # None: the pipeline's own scheduler
+    channels_last: bool = True
+    compile: str | None = None  # None | "default" | "reduce-overhead" | "max-autotune"
+    fuse_qkv: bool = False
+    safety_checker: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISION_CHOICES:
+            raise UsageError(f"precision must be {', '.join(PRECISION_CHOICES)}; got {self.precision!r}")
+        if self.compile not in COMPILE_MODES:
+            raise UsageError(f"compile must be null or one of {', '.join(m for m in COMPILE_MODES if m)}; "
+                             f"got {self.compile!r}")
+        if self.batch_size < 1:
+            raise UsageError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.scheduler is not None and self.scheduler not in SCHEDULERS:
+            SCHEDULERS.get(self.scheduler)  # one line listing the known schedulers
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser | Any, precision_flag: str = "--precision") -> None:
+        """--precision (named `precision_flag` where a command has another --precision), --batch-size, --compile,
+        --no-channels-last, --fuse-qkv, --safety-checker; a flag not given leaves the base options' value."""
+        p.add_argument(precision_flag, dest="render_precision", choices=PRECISION_CHOICES,
+                       help="generator precision (default: the preset's, else auto: fp16 on CUDA, fp32 on CPU)")
+        p.add_argument("--batch-size", dest="render_batch_size", type=int, metavar="N",
+                       help="images per denoising pass, one fixed kernel shape (default: the preset's, else 16; "
+                            "halves on out-of-memory)")
+        p.add_argument("--compile", dest="render_compile", choices=[m for m in COMPILE_MODES if m],
+                       help="torch.compile the UNet and the VAE decoder in this mode (default: not compiled)")
+        p.add_argument("--no-channels-last", dest="render_channels_last", action="store_false", default=None,
+                       help="keep the UNet and VAE in the default memory format")
+        p.add_argument("--fuse-qkv", dest="render_fuse_qkv", action="store_true", default=None,
+                       help="fuse the attention projections")
+        p.add_argument("--safety-checker", dest="render_safety_checker", action="store_true", default=None,
+                       help="run the pipeline's safety checker; a flagged image is redrawn from the next seed")
+
+    @staticmethod
+    def given(args: argparse.Namespace) -> dict[str, Any]:
+        """The fields the flags of `add_arguments` set on this command line (what overrides a preset's section)."""
+        return {f: v for f in RENDER_FLAG_FIELDS if (v := getattr(args, f"render_{f}")) is not None}
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, base: RenderOptions | None = None, **fields: Any) -> RenderOptions:
+        """`base` (default: the defaults) with the flags given on the command line and `fields` applied."""
+        return dataclasses.replace(base or cls(), **{**cls.given(args), **fields})

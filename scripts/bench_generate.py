@@ -25,7 +25,8 @@ from typing import Any
 import torch
 
 from failmode.generation import GenerationSettings, ShardRun, baseline_modes, build_plan
-from failmode.generation.render import PRECISIONS, DiffusersGenerator, RenderOptions
+from failmode.generation.render import PRECISIONS, DiffusersGenerator
+from failmode.options import RenderOptions
 from failmode.runtime import pick_device
 
 CONFIGS = Path(__file__).resolve().parents[1] / "failmode" / "models" / "configs" / "sd15"

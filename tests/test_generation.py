@@ -26,8 +26,9 @@ from failmode.generation import (
     worker_slot,
     write_plan,
 )
-from failmode.generation.render import DiffusersGenerator, RenderOptions
+from failmode.generation.render import DiffusersGenerator
 from failmode.io import read_json, sha256_file
+from failmode.options import RenderOptions
 
 CLASSES = ["cat", "dog", "ship"]
 MODES = {

@@ -69,3 +69,25 @@ def test_make_attributor_builds_what_the_options_name(tiny_clip, tmp_path):
                           features=FeatureOptions(device="cpu", batch_size=5, num_workers=0))
     assert att.ident == f"clip:{TINY_CLIP}/{path}" and att.batch_size == 5 and att.num_workers == 0
     assert att.device.type == "cpu"
+
+
+def test_render_flags_override_a_base_and_only_the_flags_given():
+    from failmode.options import RenderOptions
+
+    def args(argv: list[str], flag: str = "--precision") -> argparse.Namespace:
+        return parse(argv, lambda p: RenderOptions.add_arguments(p, flag))
+
+    assert RenderOptions.given(args([])) == {}
+    given = args(["--precision", "bf16", "--batch-size", "8", "--no-channels-last", "--safety-checker"])
+    assert RenderOptions.given(given) == {"precision": "bf16", "batch_size": 8, "channels_last": False,
+                                          "safety_checker": True}
+    preset = RenderOptions(precision="fp16", batch_size=32, compile="max-autotune", fuse_qkv=True)
+    out = RenderOptions.from_args(given, preset, device="cpu", scheduler=None)
+    assert out == RenderOptions(device="cpu", precision="bf16", batch_size=8, scheduler=None, channels_last=False,
+                                compile="max-autotune", fuse_qkv=True, safety_checker=True)
+    # another --precision on the command (slices' calibration precision): the generator's flag is renamed
+    assert RenderOptions.given(args(["--render-precision", "fp32"], "--render-precision")) == {"precision": "fp32"}
+    with pytest.raises(UsageError, match="unknown scheduler 'lms'"):
+        RenderOptions.from_args(args([]), scheduler="lms")
+    with pytest.raises(UsageError, match="batch_size must be >= 1"):
+        RenderOptions.from_args(args(["--batch-size", "0"]))

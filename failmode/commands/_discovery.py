@@ -11,7 +11,7 @@ import argparse
 from typing import Any
 
 from failmode.errors import UsageError
-from failmode.options import AttributionOptions
+from failmode.options import AttributionOptions, RenderOptions
 
 
 def add_world_arguments(p: argparse.ArgumentParser) -> None:
@@ -41,8 +41,8 @@ def add_real_arguments(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     return g
 
 
-def add_render_arguments(g: argparse._ArgumentGroup, batch_help: str, precision_flag: str = "--precision") -> None:
-    """The diffusers generator and its render options (DiffusersGenerator, RenderOptions)."""
+def add_render_arguments(g: argparse._ArgumentGroup, precision_flag: str = "--precision") -> None:
+    """The diffusers generator, its generation settings and its render options (`RenderOptions.add_arguments`)."""
     g.add_argument("--generator", help="diffusers model id or local pipeline folder (default SD 1.5)")
     g.add_argument("--revision", help="generator revision on the Hub")
     g.add_argument("--scheduler", default="dpmsolver++",
@@ -50,9 +50,7 @@ def add_render_arguments(g: argparse._ArgumentGroup, batch_help: str, precision_
     g.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
     g.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
     g.add_argument("--size", type=int, default=512, help="generated image size in pixels (default 512)")
-    g.add_argument(precision_flag, dest="render_precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
-                   help="generator precision (auto: fp16 on CUDA, fp32 on CPU)")
-    g.add_argument("--batch-size", type=int, default=16, help=batch_help)
+    RenderOptions.add_arguments(g, precision_flag)
 
 
 def check_mode(args: argparse.Namespace, real_flag: str) -> bool:
@@ -111,12 +109,11 @@ def render_from_args(args: argparse.Namespace) -> Any:
     `failmode.discovery.outputs.DebugRender` (the pipeline loads on first use)."""
     from failmode.discovery.outputs import diffusers_render
     from failmode.generation.plan import GenerationSettings
-    from failmode.generation.render import RenderOptions
     from failmode.models.diffusion import DEFAULT_GENERATOR
 
     settings = GenerationSettings(generator=args.generator or DEFAULT_GENERATOR, revision=args.revision,
                                   scheduler=args.scheduler, steps=args.steps, guidance=args.guidance, size=args.size,
                                   base_seed=args.seed)
-    options = RenderOptions(device=args.device, precision=args.render_precision, batch_size=args.batch_size,
-                            scheduler=None if args.scheduler == "pipeline" else args.scheduler)
+    options = RenderOptions.from_args(args, device=args.device,
+                                      scheduler=None if args.scheduler == "pipeline" else args.scheduler)
     return diffusers_render(settings, options)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from failmode.options import RenderOptions
+
 HELP = "build a target debug dataset from a preset (mine, attribute, generate, finalize)"
 DESCRIPTION = (
     "Build one of the target datasets described by a preset in builders/ (imagenet-bg-debug, cifar10-bg-debug, "
@@ -32,15 +34,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d.add_argument("--debug-per-class", type=float, help="split recipe: debug images per class (count, or fraction < 1)")
     m = p.add_argument_group("models and machine")
     m.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
-    m.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"],
-                   help="diffusion precision (preset default auto: fp16 on CUDA, fp32 on CPU)")
     m.add_argument("--generator", help="diffusers Hub id or local save_pretrained folder (overrides generation.generator)")
     m.add_argument("--clip-model", help="open_clip name or JSON config for attribution and the quality filter")
     m.add_argument("--clip-pretrained", help="open_clip tag or local checkpoint for attribution and the quality filter; "
                                             "none: random weights (smoke tests)")
-    m.add_argument("--batch-size", type=int, help="diffusion batch (render.batch_size)")
-    m.add_argument("--compile", choices=["default", "reduce-overhead", "max-autotune"])
     m.add_argument("--no-quality", action="store_true", help="skip the CLIP quality filter")
+    RenderOptions.add_arguments(p.add_argument_group("rendering (override the preset's render section)"))
     w = p.add_argument_group("workers and resume")
     w.add_argument("--mode", choices=["incremental", "overwrite"], default="incremental")
     w.add_argument("--shard-index", type=int, help="this job's part (job arrays)")
@@ -57,7 +56,7 @@ def overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
         "dataset": pick((("id", args.dataset), ("split", args.split), ("train_split", args.train_split),
                          ("train_per_class", args.train_per_class), ("debug_per_class", args.debug_per_class))),
         "generation": pick((("generator", args.generator),)),
-        "render": pick((("precision", args.precision), ("batch_size", args.batch_size), ("compile", args.compile))),
+        "render": RenderOptions.given(args),
         "attribution": clip,
         "quality": clip,
     }

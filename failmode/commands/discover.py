@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dataset-classes", metavar="NAME_OR_FILE",
                    help="the classes the model predicts: imagenet-1k, cifar10, cifar100, or a JSON list / text file "
                         "(default: the vocabulary's dataset)")
-    add_render_arguments(g, "fixed generator batch (default 16)")
+    add_render_arguments(g)
     p.add_argument("--classes", nargs="+", metavar="CLASS",
                    help="only these classes, by name or label number (default: all the vocabulary covers)")
     p.add_argument("--images-per-prompt", type=int, default=8, help="broad-set images per prompt (default 8)")

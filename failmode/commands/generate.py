@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from failmode.options import RenderOptions
+
 HELP = "render debug images for failure modes (plan, resumable shards, quality filter) into a dataset folder"
 DESCRIPTION = (
     "Turn attributed failure modes (modes.json files from 'failmode attribute') and/or the class-only baseline into "
@@ -42,13 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, dest="base_seed", help="base seed of the plan")
     g.add_argument("--shard-size", type=int)
     g.add_argument("--split")
-    r = p.add_argument_group("speed")
-    r.add_argument("--device")
-    r.add_argument("--precision", choices=["fp32", "fp16", "bf16", "auto"])
-    r.add_argument("--batch-size", type=int, help="fixed kernel batch; halves on out-of-memory")
-    r.add_argument("--compile", choices=["default", "reduce-overhead", "max-autotune"])
-    r.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=None)
-    r.add_argument("--fuse-qkv", action="store_true", default=None)
+    r = p.add_argument_group("rendering (override the preset's render section)")
+    r.add_argument("--device", help="cpu, cuda, cuda:1 (default: this worker's GPU, else cpu)")
+    RenderOptions.add_arguments(r)
     r.add_argument("--encode-workers", type=int, help="PNG encoding threads (default: CPUs - 2, 2..8)")
     q = p.add_argument_group("filters")
     q.add_argument("--quality-threshold", type=float, help="drop images whose CLIP class score is below this")
@@ -57,7 +55,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("--clip-pretrained",
                    help="its open_clip tag or local checkpoint; none: seeded random weights (default: the preset's)")
     q.add_argument("--reserve", type=int, help="replacement seeds per image (quality filter, safety checker)")
-    q.add_argument("--safety-checker", action="store_true", default=None, help="run the pipeline's safety checker")
     w = p.add_argument_group("workers and resume")
     w.add_argument("--mode", choices=["incremental", "overwrite"], default="incremental")
     w.add_argument("--shard-index", type=int, help="this job's part (job arrays, e.g. $SLURM_ARRAY_TASK_ID)")
@@ -68,7 +65,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 GEN_KEYS = ("generator", "revision", "scheduler", "steps", "guidance", "size", "negative_prompt", "images_per_mode",
             "k", "base_seed", "shard_size", "split")
-RENDER_KEYS = ("precision", "batch_size", "compile", "channels_last", "fuse_qkv", "safety_checker")
 
 
 def _given(args: argparse.Namespace, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -91,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         quality["reserve"] = args.reserve
     job = GenerateJob(
         modes=tuple((f, name) for f, _, name in (spec.partition("=") for spec in args.modes)), out=args.out,
-        preset=args.preset, generation=_given(args, GEN_KEYS), render=_given(args, RENDER_KEYS), quality=quality,
+        preset=args.preset, generation=_given(args, GEN_KEYS), render=RenderOptions.given(args), quality=quality,
         vocab=args.vocab, kind=args.kind, collective=args.collective, baseline=args.baseline,
         baseline_images=args.baseline_images, name=args.name, version=args.version, image_format=args.image_format,
         device=args.device, mode=args.mode, shard_index=args.shard_index, num_shards=args.num_shards,

@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = add_real_arguments(p)
     g.add_argument("--mined", metavar="DIR", help="a 'failmode mine' output folder (failures.parquet, splits.json, "
                                                  "predictions.npz): find slices on its debug split")
-    add_render_arguments(g, "generator batch with --generate-top (default 16)", precision_flag="--render-precision")
+    add_render_arguments(g, precision_flag="--render-precision")
     p.add_argument("--find", default="debug", help="world: split the slices are searched on (default debug)")
     p.add_argument("--check", help="world: split they are checked on, or none (default test); mined run: auto "
                                    "(default: test if predictable, else debug-half), test, debug-half, none")

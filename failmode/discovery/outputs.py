@@ -23,7 +23,7 @@ from failmode.generation.plan import GenerationSettings, ModeSet, hash_seed
 from failmode.io import write_bytes_atomic
 
 if TYPE_CHECKING:
-    from failmode.generation.render import RenderOptions
+    from failmode.options import RenderOptions
 
 log = logging.getLogger(__name__)
 

@@ -33,10 +33,10 @@ from failmode.generation.plan import (
 )
 from failmode.generation.presets import ModelSection, Preset, QualitySection
 from failmode.generation.quality import ClipQuality, QualityScorer
-from failmode.generation.render import RenderOptions, pipeline_ident
+from failmode.generation.render import pipeline_ident
 from failmode.generation.run import DatasetInfo, all_shards_done, generate_dataset
 from failmode.io import read_json, sha256_file, stable_hash, write_json
-from failmode.options import FeatureOptions
+from failmode.options import FeatureOptions, RenderOptions
 from failmode.typed import to_json
 
 log = logging.getLogger(__name__)
@@ -373,9 +373,7 @@ def generate(job: GenerateJob) -> bool:
     vocab, kind, sets = mode_sets_from_files(list(job.modes), k=settings.k, vocab=job.vocab, kind=job.kind,
                                              collective=job.collective, baseline=job.baseline)
     settings = with_vocabulary_template(settings, kind, vocab)
-    render = {**cfg["render"], **job.render}
-    options = RenderOptions(device=job.device, scheduler=settings.scheduler, batch_size=render.pop("batch_size", 16),
-                            **render)
+    options = RenderOptions(**{**cfg["render"], **job.render, "device": job.device, "scheduler": settings.scheduler})
     ident = pipeline_ident(settings.generator, settings.revision)
     rows = build_plan(sets, settings, generator_id=ident, baseline_images_per_class=job.baseline_images)
     out = Path(job.out)

@@ -16,9 +16,8 @@ from typing import Any
 import failmode
 from failmode.errors import UsageError, ValidationError
 from failmode.generation.plan import GenerationSettings
-from failmode.generation.render import RenderOptions
 from failmode.io import read_json
-from failmode.options import AttributionOptions
+from failmode.options import AttributionOptions, RenderOptions
 from failmode.typed import from_mapping, to_json
 
 PRESET_FORMAT = "failmode-preset/1"

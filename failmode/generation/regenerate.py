@@ -14,9 +14,9 @@ from failmode.dataset import Manifest, layout
 from failmode.dataset.validate import load_finalized
 from failmode.errors import UsageError
 from failmode.generation.plan import PlanRow, read_plan_of
-from failmode.generation.render import RenderOptions
 from failmode.generation.shards import ShardRun, gen_stats_path, shard_jobs
 from failmode.io import read_json, sha256_file
+from failmode.options import RenderOptions
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,6 @@ import json
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,56 +22,20 @@ import torch
 from PIL import Image
 
 from failmode.backends import GenerationRequest, ImageGenerator
-from failmode.errors import LoadError, UsageError
+from failmode.errors import LoadError
 from failmode.models.diffusion import DEFAULT_GENERATOR, load_pipeline
-from failmode.registry import Registry
+from failmode.options import SCHEDULERS, RenderOptions
 from failmode.runtime import autocast_dtype, pick_device
 
 log = logging.getLogger(__name__)
 
-#: scheduler name -> (diffusers class name, config overrides applied on top of the pipeline's scheduler config)
-SCHEDULERS: Registry[tuple[str, dict[str, Any]]] = Registry("scheduler")
-SCHEDULERS.register("dpmsolver++")(("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}))
-SCHEDULERS.register("dpmsolver++-karras")(
-    ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True}))
-SCHEDULERS.register("ddim")(("DDIMScheduler", {}))
-SCHEDULERS.register("pndm")(("PNDMScheduler", {"skip_prk_steps": True}))
-SCHEDULERS.register("euler")(("EulerDiscreteScheduler", {}))
-SCHEDULERS.register("unipc")(("UniPCMultistepScheduler", {}))
-
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune")
 
 
 def oom_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean "out of accelerator memory"."""
     found = {getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)}
     return tuple(e for e in found if e is not None)
-
-
-@dataclass(frozen=True)
-class RenderOptions:
-    """Speed knobs: none of them changes which image a seed gives, only how fast (within float rounding)."""
-
-    device: str | None = None  # default: CUDA when available
-    precision: str = "auto"  # fp32 | fp16 | bf16 | auto (fp16 on CUDA, fp32 on CPU)
-    batch_size: int = 16  # fixed kernel batch (samples per denoising pass; CFG doubles it)
-    scheduler: str | None = "dpmsolver++"  # None: the pipeline's own scheduler
-    channels_last: bool = True
-    compile: str | None = None  # None | "default" | "reduce-overhead" | "max-autotune"
-    fuse_qkv: bool = False
-    safety_checker: bool = False
-
-    def __post_init__(self) -> None:
-        if self.precision != "auto" and self.precision not in PRECISIONS:
-            raise UsageError(f"precision must be auto, {', '.join(PRECISIONS)}; got {self.precision!r}")
-        if self.compile not in COMPILE_MODES:
-            raise UsageError(f"compile must be null or one of {', '.join(m for m in COMPILE_MODES if m)}; "
-                             f"got {self.compile!r}")
-        if self.batch_size < 1:
-            raise UsageError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.scheduler is not None and self.scheduler not in SCHEDULERS:
-            SCHEDULERS.get(self.scheduler)  # one line listing the known schedulers
 
 
 def worker_device(device: str | None = None) -> torch.device:
