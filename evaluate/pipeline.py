@@ -89,20 +89,10 @@ class EvalSpec:
     split_seed: int = 0
     image_size: int | None = None
     crop_pct: float | None = None  # override the model's centre-crop fraction (1.0: no border crop)
-    batch_size: int | None = None  # None: failmode.features.default_batch_size
-    device: str | None = None
-    precision: str = "auto"
-    cache_dir: str | None = None  # cache root (features under cache_dir/features), as mine and build take it
-    num_workers: int | None = None  # None: failmode.images.default_workers
-    decode: str = "auto"  # image decoder of the feature extractor (failmode.images; auto: hybrid on CUDA, else cpu)
+    extraction: FeatureOptions = field(default_factory=FeatureOptions)  # device, batch, precision, workers, cache
     group_column: str | None = None  # a column of the evaluation split naming each image's group (e.g. context)
     common_column: str | None = None  # a boolean column: the image's group is its class's common one
     on_bad_image: str = "error"  # an undecodable image: "error" or "skip" (failmode.data.sources.BadImages)
-
-    def extraction(self) -> FeatureOptions:
-        """The feature-extraction options of this spec (the fields mine and build take as one object)."""
-        return FeatureOptions(device=self.device, batch_size=self.batch_size, precision=self.precision,
-                              num_workers=self.num_workers, decode=self.decode, cache_dir=self.cache_dir)
 
     @property
     def model_config(self) -> str:
@@ -118,7 +108,7 @@ class EvalSpec:
                 "head": head_ident(self.head),
                 "image_size": self.image_size, "crop_pct": self.crop_pct, "debug_split": self.debug_split,
                 "group_column": self.group_column, "common_column": self.common_column,
-                "decode": resolve_decode(self.decode, pick_device(self.device))}
+                "decode": resolve_decode(self.extraction.decode, pick_device(self.extraction.device))}
 
     def recipe(self) -> dict[str, float]:
         """Per-class counts of the train subset and debug split (the dataset's recipe unless overridden)."""
@@ -279,7 +269,7 @@ def load_model_features(spec: EvalSpec, configs: Sequence[str] = ()) -> ModelFea
     net = create_classifier(spec.model, spec.weights)
     check_classes(net, spec.model, spec.head, len(names), spec.dataset)
     extractor = FeatureExtractor(net, model_key(spec.model, spec.weights),
-                                 eval_preprocess(net, spec.image_size, spec.crop_pct), spec.extraction())
+                                 eval_preprocess(net, spec.image_size, spec.crop_pct), spec.extraction)
     native = spec.head is None
 
     def extract(name: str, src: ImageSource, idx: np.ndarray) -> Any:
@@ -294,7 +284,7 @@ def load_model_features(spec: EvalSpec, configs: Sequence[str] = ()) -> ModelFea
         head = LinearHead.from_module(net.get_classifier())
     else:
         head = given or train_dataset_head(feats["train"].features, feats["train"].labels, len(names),
-                                           device=spec.device)
+                                           device=spec.extraction.device)
         if head.dim != feats["train"].features.shape[1]:
             raise ValidationError(f"{spec.head}: the head takes {head.dim}-d features, {spec.model} gives "
                                   f"{feats['train'].features.shape[1]}-d")
@@ -355,7 +345,7 @@ def fit_head(mf: ModelFeatures, params: HeadParams, debug: Labeled | None = None
     return train_head(mf.train.x, mf.train.y, debug_x=None if debug is None else debug.x,
                       debug_y=None if debug is None else debug.y, lam=params.lam if debug is not None else 0.0,
                       lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay, epochs=params.epochs,
-                      num_classes=len(mf.class_names), init=init, device=mf.spec.device, seed=params.seed,
+                      num_classes=len(mf.class_names), init=init, device=mf.spec.extraction.device, seed=params.seed,
                       precision=params.precision)
 
 

@@ -98,7 +98,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build the specs and head parameters from the arguments and run the evaluation suite."""
-    import dataclasses
 
     from failmode.errors import UsageError
     from failmode.evaluate.pipeline import EvalSpec, HeadParams, recorded_splits
@@ -116,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         config=args.config, baseline_config=baseline, random_config=random_config, revision=args.revision,
         debug_split=args.debug_split, failures=args.failures, train_split=args.train_split, eval_split=args.eval_split,
         train_per_class=args.train_per_class, debug_per_class=args.debug_per_class, split_seed=args.split_seed,
-        image_size=args.image_size, crop_pct=args.crop_pct, **dataclasses.asdict(FeatureOptions.from_args(args)),
+        image_size=args.image_size, crop_pct=args.crop_pct, extraction=FeatureOptions.from_args(args),
         group_column=args.group_column, common_column=args.common_column, on_bad_image=args.on_bad_image))
         for m in args.model]
     params = HeadParams(lam=args.lam, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,

@@ -178,6 +178,7 @@ def run_demo(out: str | Path, config: DemoConfig | None = None) -> dict[str, Any
     from failmode.evaluate.suite import run_suite
     from failmode.generation.build import build
     from failmode.generation.presets import load_preset
+    from failmode.options import FeatureOptions
     from failmode.world import build_world
     from failmode.world.export import export_world
 
@@ -198,8 +199,8 @@ def run_demo(out: str | Path, config: DemoConfig | None = None) -> dict[str, Any
             model = preset.models[0]
             spec = EvalSpec(model=model.id, weights=model.weights, head="train", dataset=str(paths.world),
                             debug_data=str(paths.dataset), image_size=model.image_size, crop_pct=model.crop_pct,
-                            split_seed=c.seed, device="cpu", cache_dir=str(paths.cache), group_column="context",
-                            common_column="common")
+                            split_seed=c.seed, extraction=FeatureOptions(device="cpu", cache_dir=str(paths.cache)),
+                            group_column="context", common_column="common")
             lines = [shlex.join(cmd) for cmd in commands(paths, preset_path, spec, c)]
             write_bytes_atomic(paths.out / "commands.sh", ("\n".join(lines) + "\n").encode())
             log.info("the same numbers, as commands (after this world export):\n  %s", "\n  ".join(lines))
