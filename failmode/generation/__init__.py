@@ -30,7 +30,6 @@ from failmode.generation.run import (
     DatasetInfo,
     GenerationResult,
     all_shards_done,
-    finalize_if_complete,
     generate_dataset,
     make_manifest,
     save_plan,
@@ -39,7 +38,7 @@ from failmode.generation.shards import BatchState, ShardRun, assign, shard_jobs,
 
 __all__ = [
     "BatchState", "DatasetInfo", "GenerationResult", "GenerationSettings", "ModeSet", "PlanRow", "Preset", "ShardRun",
-    "all_shards_done", "assign", "attempt_seed", "baseline_modes", "build_plan", "derive_seed", "finalize_if_complete",
-    "generate_dataset", "list_presets", "load_preset", "make_manifest", "merge_modes", "modes_from_json", "plan_path",
-    "read_plan", "read_plan_of", "save_plan", "shard_jobs", "worker_slot", "write_plan",
+    "all_shards_done", "assign", "attempt_seed", "baseline_modes", "build_plan", "derive_seed", "generate_dataset",
+    "list_presets", "load_preset", "make_manifest", "merge_modes", "modes_from_json", "plan_path", "read_plan",
+    "read_plan_of", "save_plan", "shard_jobs", "worker_slot", "write_plan",
 ]

@@ -150,15 +150,6 @@ def _kind_of(source_model: str) -> str:
     return "collective" if source_model.startswith("collective:") else "model"
 
 
-def finalize_if_complete(rows: Sequence[PlanRow], root: str | os.PathLike[str], manifest: Manifest) -> bool:
-    """Write card, manifest and `_info.json` when every shard is done (any worker may; the result is the same)."""
-    if not all_shards_done(rows, root):
-        log.info("not all shards are written yet; the last worker to finish writes the card and manifest")
-        return False
-    finalize(root, manifest)
-    return True
-
-
 @dataclass(frozen=True)
 class GenerationResult:
     """What one worker's `generate_dataset` did: the generation stats of the shards it wrote (timings included;
@@ -185,10 +176,13 @@ def generate_dataset(rows: Sequence[PlanRow], root: str | os.PathLike[str], gene
     run = ShardRun(root, generator, list(info.class_names), image_format=info.image_format, mode=mode,
                    quality=quality, reserve=filters.reserve, encode_workers=encode_workers, worker=worker)
     stats = run.run(rows)
-    record = {**generator.describe(), **quality_record(quality, filters),
-              "safety_checker": generator.safety_checker() is not None}
-    manifest = make_manifest(rows, root, info, settings, generator_ident=generator.ident, render=record, kinds=kinds)
-    return GenerationResult(stats, finalize_if_complete(rows, root, manifest))
+    if not all_shards_done(rows, root):
+        log.info("not all shards are written yet; the last worker to finish writes the card and manifest")
+        return GenerationResult(stats, False)
+    record = {**generator.describe(), **quality_record(quality, filters), "safety_checker": run.safety is not None}
+    finalize(root, make_manifest(rows, root, info, settings, generator_ident=generator.ident, render=record,
+                                 kinds=kinds))
+    return GenerationResult(stats, True)
 
 
 def quality_record(quality: QualityScorer | None, filters: QualitySection) -> dict[str, Any]:
