@@ -465,8 +465,10 @@ def check_card_states_the_manifest(root: str | os.PathLike[str], *, run_blocks: 
     if manifest.attribution["attributor"] != "clip":
         assert "clip_model" not in attribution and "pretrained" not in attribution
         assert "clip_model" not in manifest.attribution and "pretrained" not in manifest.attribution
-    local = {s for s in re.findall(r'"((?:/|\./|\.\./|~/)[^"]+)"', json.dumps(manifest.to_json()))}
-    local |= {str(root.resolve()), str(root.resolve().parent), str(Path.home())}
+    local = {str(root.resolve()), str(root.resolve().parent), str(Path.home())}
+    for token in re.split(r"[\s`'\"(),;|<>]+", json.dumps(manifest.to_json())):  # every existing path recorded
+        local |= {token[i:] for i in range(len(token)) if token[i] == "/" and len(token) > i + 1
+                  and token[i + 1] != "/" and Path(token[i:]).exists() and token[i:] != "/"}
     found = sorted(p for p in local if p in text)
     assert not found, f"local paths in the card: {found}"
     assert not re.search(r"(?<![`\w])``(?!`)|: ;|: $", body, flags=re.M), "an empty field in the card"

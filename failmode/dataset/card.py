@@ -211,7 +211,7 @@ def _filters(generation: dict[str, Any]) -> str:
         checker = "off (debug data; no images were screened)"
     if not q:
         return f"Quality filter: not recorded. Safety checker: {checker}."
-    scorer = generation.get("quality_filter")
+    scorer = public(generation.get("quality_filter"))
     thresholds = generation.get("quality_thresholds") or {}
     limits = ", ".join(f"{k} >= {v}" for k, v in sorted(thresholds.items()) if v is not None) or "no threshold"
     described = f"{scorer} ({limits})" if scorer else "off"
@@ -230,7 +230,7 @@ def _describe(info: dict[str, Any], empty: str) -> str:
     items = [(k, v) for k, v in sorted(public(info).items()) if v not in ("", None, [], {})]
     if not items:
         return empty
-    values = [(md_text(k), _inline(v)) for k, v in items]
+    values = [(k, _inline(v)) for k, v in items]
     return "; ".join(f"{k}:{'' if v.startswith(chr(10)) else ' '}{v}" for k, v in values)
 
 
@@ -281,8 +281,9 @@ def _counts_table(manifest: Manifest, summaries: dict[str, ConfigSummary]) -> st
     return _table(["label", "class", *(f"{c}/{s}" for c, s, _ in columns)], rows)
 
 
-#: a local path inside a recorded value: starts with /, ~/, ./ or ../ (never a URL's //), not inside a word
-_LOCAL_PATH = re.compile(r"(?<![\w/.~-])(?:~|\.{1,2})?/(?!/)[^\s`'\"),;|<>]+")
+#: a local path inside a recorded value: starts with /, ~/, ./ or ../, not inside a word or a URL's `://host/path`
+#: (an ident such as `clip:name//abs/path.pt` holds one after its `/`)
+_LOCAL_PATH = re.compile(r"(?<![\w.~-])(?<!:/)(?:~|\.{1,2})?/(?!/)[^\s`'\"),;|<>]+")
 
 
 def local_name(path: str) -> str:
