@@ -79,7 +79,8 @@ class _Board:
 
 
 _BOARD = _Board()
-os.register_at_fork(after_in_child=lambda: setattr(_BOARD, "thread", None))
+# A forked child (a loader worker) has no heartbeat thread and must not inherit a lock held at the fork.
+os.register_at_fork(after_in_child=_BOARD.__init__)
 
 
 class LogBar:
