@@ -457,12 +457,13 @@ def check_card_states_the_manifest(root: str | os.PathLike[str], *, run_blocks: 
     note = manifest.generator.get("license_note")
     assert (note or licenses()[manifest.license]["text"]) in licence
     assert ("Stable Diffusion" in licence) == (manifest.license in SD_LICENSES)
-    ident = str(public(manifest.generator["ident"]))
+    ident = str(public(manifest.generator.get("ident") or manifest.generator["id"]))
     assert ident in body, f"the generator {ident!r} is not named in the card"
     assert ("not a diffusion model" in body) == ("stand-in" in ident)
     attribution = body.split("**Failure mining and attribution.**", 1)[1].split("\n", 1)[0]
-    assert f"attributor: `{manifest.attribution['attributor']}`" in attribution
-    if manifest.attribution["attributor"] != "clip":
+    attributor = manifest.attribution.get("attributor", "clip")  # hand-written manifests may not name it
+    assert "attributor" not in manifest.attribution or f"attributor: `{attributor}`" in attribution
+    if attributor != "clip":
         assert "clip_model" not in attribution and "pretrained" not in attribution
         assert "clip_model" not in manifest.attribution and "pretrained" not in manifest.attribution
     local = {str(root.resolve()), str(root.resolve().parent), str(Path.home())}
@@ -479,7 +480,8 @@ def check_card_states_the_manifest(root: str | os.PathLike[str], *, run_blocks: 
         assert blocks, "no python block in the card"
         for code in blocks:
             if "snapshot_download" in code or (manifest.repo_id and f'"{manifest.repo_id}"' in code):
-                continue  # the Hub form: the same body, its folder from the Hub
+                compile(code, "card", "exec")  # the Hub form (the same body, its folder from the Hub): valid Python
+                continue
             done = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True,
                                   timeout=300)
             assert done.returncode == 0, f"card block failed:\n{code}\n{done.stderr[-2000:]}"

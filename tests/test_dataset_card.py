@@ -197,3 +197,14 @@ def test_user_text_in_the_card_body_is_escaped_for_markdown_and_html(tmp_path: P
     assert rows == [r"| 0 | a\|b | 2 | 1 | 2 |"]  # the pipe escaped: still five cells (2 modes x 1 image)
     assert md_text("x\n| y") == r"x \| y"
     validate_dataset_folder(root)
+
+
+def test_a_card_with_a_repo_has_local_and_hub_forms_and_its_local_blocks_run(tiny_ds: Path) -> None:
+    """With a repo id every recipe is given twice: as it runs in the folder (run here) and from the Hub at the tag."""
+    from failmode.testing import card_python_blocks, check_card_states_the_manifest
+
+    blocks = card_python_blocks((tiny_ds / "README.md").read_text())
+    hub = [b for b in blocks if "snapshot_download" in b or '"failmode/tiny-debug"' in b]
+    assert len(blocks) == 6 and len(hub) == 3
+    assert all('revision="v1.0.0"' in b for b in hub)
+    check_card_states_the_manifest(tiny_ds)
