@@ -255,7 +255,7 @@ def _cell_code(text: str) -> str:
 
 def _configs_table(summaries: dict[str, ConfigSummary]) -> str:
     rows = [[_cell_code(c.name), c.spec.kind, _cell_code(public(c.spec.source_model)) if c.spec.source_model else "–",
-             ", ".join(f"{s}: {v.num_samples}" for s, v in c.splits.items()), md_text(public(c.spec.description))]
+             ", ".join(f"{s}: {v.num_samples}" for s, v in c.splits.items()), md_text(public(c.spec.description)) or "–"]
             for c in summaries.values()]
     return _table(["config", "kind", "source model", "samples", "description"], rows)
 
