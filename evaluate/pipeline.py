@@ -33,6 +33,7 @@ from failmode.linear import LinearHead
 from failmode.mining.failures import HALVES, Predictions, failures_from_predictions, read_failures
 from failmode.mining.mine import check_classes, model_key
 from failmode.options import FeatureOptions
+from failmode.progress import bar
 
 log = logging.getLogger(__name__)
 
@@ -416,27 +417,30 @@ def per_class_gains(before: LinearHead, after: LinearHead, mf: ModelFeatures) ->
     return out
 
 
-def execute(runs: list[dict[str, Any]], spec: EvalSpec, params: HeadParams, results: ResultsLog, skip_existing: bool,
+def execute(runs: list[dict[str, Any]], spec: EvalSpec, params: HeadParams, results: ResultsLog, force: bool = False,
             out_dir: Path | None = None) -> list[dict[str, Any]]:
-    """Run the planned `runs` not already in the log (with `skip_existing`), appending each record as it finishes.
+    """Run the planned `runs` not already in the log (all of them with `force`, each replacing its old line),
+    writing each record as it finishes.
 
     The model and features are loaded only if some run is pending. Per-class gains of each `debug` run go to
     out_dir/per_class/. Returns the records written.
     """
-    done = results.done() if skip_existing else set()
+    done = set() if force else results.done()
     pending = [r for r in runs if result_key(r) not in done]
     log.info("%s: %d of %d runs to do (%d already in %s)", spec.model, len(pending), len(runs),
              len(runs) - len(pending), results.path)
     written: list[dict[str, Any]] = []
     mf = None
     configs = list(dict.fromkeys(r["config"] for r in pending if r["config"]))
-    for run in pending:
-        mf = mf or load_model_features(spec, configs)
-        rec, head = run_one(mf, run, params)
-        written += results.append([rec])
-        if out_dir is not None and run["setting"] == "debug":
-            name = f"{config_slug(spec.model)}__{run['config']}__lam{run['params']['lam']}"
-            write_json(out_dir / "per_class" / f"{name}.json", per_class_gains(mf.original, head, mf))
-        log.info("%s %s %s: %s", spec.model, run["setting"], run["config"] or "",
-                 ", ".join(f"{m} {rec[m] if rec[m] is None else round(100 * rec[m], 2)}" for m in METRICS))
+    with bar(f"{spec.model} runs", total=len(pending), unit="run") as b:
+        for run in pending:
+            mf = mf or load_model_features(spec, configs)
+            rec, head = run_one(mf, run, params)
+            if out_dir is not None and run["setting"] == "debug":  # before its results line, which marks it done
+                name = f"{config_slug(spec.model)}__{run['config']}__lam{run['params']['lam']}"
+                write_json(out_dir / "per_class" / f"{name}.json", per_class_gains(mf.original, head, mf))
+            written += results.append([rec])
+            b.update(1)
+            log.info("%s %s %s: %s", spec.model, run["setting"], run["config"] or "",
+                     ", ".join(f"{m} {rec[m] if rec[m] is None else round(100 * rec[m], 2)}" for m in METRICS))
     return written

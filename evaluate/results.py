@@ -2,7 +2,8 @@
 
 A record is a flat JSON object: the identifying fields in `KEY_FIELDS` (model, weights, dataset, debug data and its
 revision, config, setting, and every head/split parameter in `params`), the metrics, and provenance. Its `key` is a
-hash of the identifying fields only, so `--skip-existing` can tell, before loading anything, which runs are done.
+hash of the identifying fields only, so a rerun can tell, before loading anything, which runs are done (and skip
+them unless `--force`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from failmode.io import append_jsonl, read_jsonl, stable_hash, write_bytes_atomic
+from failmode.io import append_jsonl, dumps_jsonl, read_jsonl, stable_hash, write_bytes_atomic
 
-#: fields that identify a run; equal fields -> same key -> skipped by --skip-existing
+#: fields that identify a run; equal fields -> same key -> skipped on a rerun (recomputed with --force)
 KEY_FIELDS: tuple[str, ...] = ("model", "weights", "dataset", "debug_data", "revision", "config", "setting", "params")
 
 #: the accuracies every record carries (fractions in [0, 1]; NaN-free: an empty set is recorded as null)
@@ -36,7 +37,11 @@ def clean_metric(v: float | None) -> float | None:
 
 
 class ResultsLog:
-    """The append-only results file: `append` adds records (with their `key`), `done` lists the keys present."""
+    """The results file: `append` adds records (with their `key`), `done` lists the keys present.
+
+    A record whose key is already in the file replaces that line (a recomputed run, `--force`), so the file never
+    holds two lines of one run; new keys are appended, after cutting a torn last line left by a killed run.
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -50,9 +55,17 @@ class ResultsLog:
         return {r["key"] for r in self.read() if "key" in r}
 
     def append(self, records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Append records, adding each one's `key`; returns them as written."""
+        """Write records, adding each one's `key`: new keys are appended, known keys replace their line; returns
+        them as written."""
         out = [{**r, "key": result_key(r)} for r in records]
-        append_jsonl(self.path, out)
+        new = {r["key"]: r for r in out}
+        existing = self.read()
+        if any(r.get("key") in new for r in existing):
+            kept = [new.pop(r["key"]) if r.get("key") in new else r for r in existing]
+            lines = [dumps_jsonl(r) for r in [*kept, *new.values()]]
+            write_bytes_atomic(self.path, "".join(lines).encode("utf-8"))
+        else:
+            append_jsonl(self.path, out)
         return out
 
 
@@ -76,6 +89,16 @@ def model_label(record: dict[str, Any]) -> str:
     return record["model"] + (f" ({'; '.join(extra)})" if extra else "")
 
 
+#: sweep parameters other than lambda (which has its own column), as the table names a record's sweep point
+SWEEP_POINTS: tuple[tuple[str, str], ...] = (("k", "k = {}"), ("images_per_mode", "{} images per mode"))
+
+
+def setting_label(record: dict[str, Any]) -> str:
+    """A record's setting as the table names it, with its sweep point (`k-sweep (k = 2)`)."""
+    points = [fmt.format(record["params"][p]) for p, fmt in SWEEP_POINTS if record["params"].get(p) is not None]
+    return record["setting"] + (f" ({', '.join(points)})" if points else "")
+
+
 def markdown_table(records: Sequence[dict[str, Any]]) -> str:
     """Accuracy table in the style of the paper's Tables 2-3: per model, one row per config x setting.
 
@@ -95,7 +118,7 @@ def markdown_table(records: Sequence[dict[str, Any]]) -> str:
         for r in recs:
             cells = [_pct(r.get(m)) + ("" if r is base else _delta(r.get(m), base and base.get(m))) for m in metrics]
             lam = r["params"].get("lam")
-            lines.append(f"| {model} | {r['config'] or '–'} | {r['setting']} | {'' if lam is None else lam} | "
+            lines.append(f"| {model} | {r['config'] or '–'} | {setting_label(r)} | {'' if lam is None else lam} | "
                          + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

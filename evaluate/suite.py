@@ -1,9 +1,10 @@
 """One call for everything `failmode evaluate` does: standard settings, sweeps and collective debugging per model.
 
 Outputs under `out_dir`: results.jsonl (append-only, one line per model x config x setting), tables.md,
-per_class/*.json, sweeps/<model>__{lambda,k,images_per_mode}.{json,png}, collective.{json,png}. With `skip_existing`, runs whose
-key is already in results.jsonl are skipped before any model or feature is loaded; when nothing new was run, the
-tables and plots are left as they are (delete tables.md to redraw them from the log).
+per_class/*.json, sweeps/<model>__{lambda,k,images_per_mode}.{json,png}, collective.{json,png}. Runs whose key is
+already in results.jsonl are skipped before any model or feature is loaded (with `force` they are recomputed and
+replace their lines), so a rerun with the same arguments adds no line; when nothing new was run, the tables and
+plots are left as they are (delete tables.md to redraw them from the log).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from failmode.io import write_json
 def run_suite(specs: Sequence[EvalSpec], params: HeadParams, out_dir: str | os.PathLike[str], *,
               lambdas: Sequence[float] = (), ks: Sequence[int] = (), images_per_mode: Sequence[int] = (),
               collective: str | None = None,
-              type2_model: str | None = None, skip_existing: bool = False) -> list[dict[str, Any]]:
+              type2_model: str | None = None, force: bool = False) -> list[dict[str, Any]]:
     """Evaluate every spec (standard settings + requested sweeps), then collective debugging if `collective` is set.
 
     Returns the records this call appended to out_dir/results.jsonl.
@@ -48,7 +49,7 @@ def run_suite(specs: Sequence[EvalSpec], params: HeadParams, out_dir: str | os.P
         runs = (standard_runs(spec, params) + lambda_runs(spec, params, lambdas) + k_runs(spec, params, ks)
                 + images_per_mode_runs(spec, params, images_per_mode))
         runs += [run for s, run in coll if s is spec]
-        written += execute(runs, spec, params, results, skip_existing, out_dir=out)
+        written += execute(runs, spec, params, results, force, out_dir=out)
     if written or not (out / "tables.md").exists():
         _write_reports(out, results.read(), specs, params, lambdas, ks, images_per_mode, [run for _, run in coll])
     return written

@@ -74,6 +74,11 @@ class ImageGenerator(ABC):
     ident: str
     #: requests per `generate` call in a generation run (its fixed kernel batch; halved on out-of-memory)
     batch_size: int = 16
+    #: the Hub licence id its images carry (a key of `cards/licenses.json`; "other" when not known)
+    license: str = "other"
+    #: the card's licence sentence where the id alone does not say where the images' terms come from ("": the
+    #: licence's own sentence)
+    license_note: str = ""
 
     @abstractmethod
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Image.Image]:

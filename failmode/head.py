@@ -26,6 +26,7 @@ import torch
 
 from failmode.errors import UsageError
 from failmode.linear import ArrayLike, LinearHead, as_tensor
+from failmode.progress import bar
 from failmode.runtime import pick_device
 
 log = logging.getLogger(__name__)
@@ -124,12 +125,14 @@ class _FullBatchSGD:
 
     def run(self, epochs: int, lr: float, momentum: float, weight_decay: float) -> None:
         """`epochs` full-batch SGD steps, each exactly torch.optim.SGD's (dampening 0, no Nesterov)."""
-        for _ in range(epochs):
-            self.gradient(weight_decay)
-            self.buf_w.mul_(momentum).add_(self.grad_w)
-            self.buf_b.mul_(momentum).add_(self.grad_b)
-            self.weight.add_(self.buf_w, alpha=-lr)
-            self.bias.add_(self.buf_b, alpha=-lr)
+        with bar("head training", total=epochs, unit="epoch") as b:
+            for _ in range(epochs):
+                self.gradient(weight_decay)
+                self.buf_w.mul_(momentum).add_(self.grad_w)
+                self.buf_b.mul_(momentum).add_(self.grad_b)
+                self.weight.add_(self.buf_w, alpha=-lr)
+                self.bias.add_(self.buf_b, alpha=-lr)
+                b.update(1)
 
 
 def train_head(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import tempfile
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from failmode.errors import ValidationError
+
+log = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
@@ -113,13 +116,30 @@ def read_tensors(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
     return state
 
 
+def dumps_jsonl(record: dict[str, Any]) -> str:
+    """One JSONL line: compact, sorted keys, newline-terminated."""
+    return json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n"
+
+
 def append_jsonl(path: str | os.PathLike[str], records: Iterable[dict[str, Any]]) -> None:
-    """Append records to a JSONL file, one compact line each, flushed and fsynced (append-only results)."""
+    """Append records to a JSONL file, one compact line each, flushed and fsynced (append-only results).
+
+    A torn last line (an append interrupted by a kill) is cut off first, so a new record is never glued to it.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a+b") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size:
+            f.seek(max(0, size - (1 << 20)))
+            tail = f.read()
+            if not tail.endswith(b"\n"):
+                keep = size - len(tail) + tail.rfind(b"\n") + 1
+                log.warning("%s: cut a torn last line (%d bytes) left by an interrupted write", path, size - keep)
+                f.truncate(keep)
     with path.open("a", encoding="utf-8") as f:
         for rec in records:
-            f.write(json.dumps(rec, sort_keys=True, ensure_ascii=False) + "\n")
+            f.write(dumps_jsonl(rec))
         f.flush()
         os.fsync(f.fileno())
 

@@ -100,6 +100,11 @@ class AttributionOptions:
         return cls(args.attributor, args.clip_model, pretrained,
                    extra | parse_options(args.attributor_option, "--attributor-option"))
 
+    def record(self) -> dict[str, Any]:
+        """The attributor's own settings, as manifests record them: CLIP's model and weights only for "clip"."""
+        clip = {"clip_model": self.clip_model, "pretrained": self.pretrained} if self.attributor == "clip" else {}
+        return {"attributor": self.attributor, **clip, **({"options": dict(self.options)} if self.options else {})}
+
     def factory_options(self, features: FeatureOptions | None = None) -> dict[str, Any]:
         """Keyword arguments of the attributor's factory: for "clip" its model and weights and the image side of
         `features` (what is set), then `options`, which win."""

@@ -238,6 +238,7 @@ class SeedColorGenerator(ImageGenerator):
     distinct images): the generation path (plan, shards, writer, card) without a diffusion model."""
 
     ident = "testing:seed-color"
+    license = "apache-2.0"  # solid colours painted by failmode's own code
 
     def __init__(self, size: int = 8) -> None:
         self.size = size
@@ -422,3 +423,66 @@ class DatasetWriter:
     def _write(self, shard_index: int, samples: Iterable[Any]) -> dict[str, Any]:
         return write_shard(self.root, self.config, self.split, shard_index, self.num_shards, samples,
                            class_names=self.class_names, image_format=self.image_format)
+
+
+# --- what a finished dataset's card states ----------------------------------------------------------------------
+
+
+def card_python_blocks(text: str) -> list[str]:
+    """The ```python blocks of a card, in order."""
+    import re
+
+    return re.findall(r"^```python\n(.*?)^```$", text, flags=re.M | re.S)
+
+
+def check_card_states_the_manifest(root: str | os.PathLike[str], *, run_blocks: bool = True) -> dict[str, Any]:
+    """Assert that a finalized folder's card states what its manifest records of what ran: licence, tags, generator
+    and attributor text; no local path of this machine; no empty field; every python block runs as written with the
+    folder as working directory (offline). Returns the card's YAML header."""
+    import re
+    import subprocess
+    import sys
+
+    from failmode.dataset.card import SD_LICENSES, licenses, made_by_diffusion, parse_card_header, public
+
+    root = Path(root)
+    text = (root / "README.md").read_text(encoding="utf-8")
+    manifest = Manifest.load(root)
+    header = parse_card_header(text)
+    body = text.split("\n---\n", 1)[1]
+    licence = body.split("\n## License\n", 1)[1].split("\n## ", 1)[0]
+    assert header["license"] == manifest.license and header["tags"] == manifest.tags
+    diffusion = made_by_diffusion(manifest)
+    assert ("stable-diffusion" in header["tags"]) == (diffusion and manifest.license in SD_LICENSES)
+    note = manifest.generator.get("license_note")
+    assert (note or licenses()[manifest.license]["text"]) in licence
+    assert ("Stable Diffusion" in licence) == (manifest.license in SD_LICENSES)
+    ident = str(public(manifest.generator.get("ident") or manifest.generator["id"]))
+    assert ident in body, f"the generator {ident!r} is not named in the card"
+    assert ("not a diffusion model" in body) == ("stand-in" in ident)
+    attribution = body.split("**Failure mining and attribution.**", 1)[1].split("\n", 1)[0]
+    attributor = manifest.attribution.get("attributor", "clip")  # hand-written manifests may not name it
+    assert "attributor" not in manifest.attribution or f"attributor: `{attributor}`" in attribution
+    if attributor != "clip":
+        assert "clip_model" not in attribution and "pretrained" not in attribution
+        assert "clip_model" not in manifest.attribution and "pretrained" not in manifest.attribution
+    local = {str(root.resolve()), str(root.resolve().parent), str(Path.home())}
+    for token in re.split(r"[\s`'\"(),;|<>]+", json.dumps(manifest.to_json())):  # every existing path recorded
+        local |= {token[i:] for i in range(len(token)) if token[i] == "/" and len(token) > i + 1
+                  and token[i + 1] != "/" and Path(token[i:]).exists() and token[i:] != "/"}
+    found = sorted(p for p in local if p in text)
+    assert not found, f"local paths in the card: {found}"
+    assert not re.search(r"(?<![`\w])``(?!`)|: ;|: $", body, flags=re.M), "an empty field in the card"
+    if run_blocks:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+        env.pop("PYTHONPATH", None)
+        blocks = card_python_blocks(text)
+        assert blocks, "no python block in the card"
+        for code in blocks:
+            if "snapshot_download" in code or (manifest.repo_id and f'"{manifest.repo_id}"' in code):
+                compile(code, "card", "exec")  # the Hub form (the same body, its folder from the Hub): valid Python
+                continue
+            done = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True,
+                                  timeout=300)
+            assert done.returncode == 0, f"card block failed:\n{code}\n{done.stderr[-2000:]}"
+    return header

@@ -38,3 +38,26 @@ def test_usage_errors_are_one_line_exit_2(argv, capsys):
 def test_no_command_prints_help_and_exits_2(capsys):
     assert main([]) == 2
     assert "COMMAND" in capsys.readouterr().out
+
+
+def test_missing_optional_package_is_one_line_naming_its_extra(tmp_path):
+    """`failmode demo` without scipy (the `demo` extra): one line naming the extra, exit 1, no traceback."""
+    code = ("import sys; sys.modules['scipy'] = None; from failmode.cli import main; "
+            f"sys.exit(main(['demo', '--out', {str(tmp_path / 'demo')!r}]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1, out.stderr
+    lines = [line for line in out.stderr.splitlines() if "error" in line or "Traceback" in line]
+    assert lines == ["failmode demo: error: this needs the optional package 'scipy', which is not installed: "
+                     "pip install 'failmode[demo]'"]
+
+
+def test_build_help_names_every_shipped_preset_and_the_mode():
+    from failmode.cli import build_parser
+    from failmode.generation.presets import list_presets
+
+    build = build_parser()._subparsers._group_actions[0].choices["build"]
+    assert all(name in build.description for name in list_presets()) and "fashion-scenes-debug" in build.description
+    for command in ("build", "generate"):
+        parser = build_parser()._subparsers._group_actions[0].choices[command]
+        mode = next(a for a in parser._actions if "--mode" in a.option_strings)
+        assert mode.help.startswith("incremental (default): keep the shards already written")

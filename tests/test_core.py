@@ -52,6 +52,11 @@ def test_jsonl_append_and_torn_last_line(tmp_path):
     with p.open("a") as f:
         f.write('{"a": 3')  # an interrupted append
     assert read_jsonl(p) == [{"a": 1}, {"a": 2}]
+    append_jsonl(p, [{"a": 4}])  # the torn tail is cut first, never glued to the next record
+    assert p.read_text() == '{"a": 1}\n{"a": 2}\n{"a": 4}\n'
+    p.write_text('{"a": 5')  # a file that is only a torn line
+    append_jsonl(p, [{"a": 6}])
+    assert p.read_text() == '{"a": 6}\n'
 
 
 def test_splits_are_stratified_deterministic_and_disjoint():

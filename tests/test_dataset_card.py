@@ -176,3 +176,35 @@ def test_validate_refuses_a_card_whose_counts_differ_and_an_empty_config(tmp_pat
         check_config_files(root, m, "baseline")
     with pytest.raises(ValidationError, match="no config 'nope'"):
         check_config_files(root, m, "nope")
+
+
+def test_user_text_in_the_card_body_is_escaped_for_markdown_and_html(tmp_path: Path) -> None:
+    """Class names with table pipes, markdown and HTML stay literal text in the card body (one cell each, no tag)."""
+    from failmode.dataset.card import md_text
+    from failmode.testing import write_debug_dataset
+
+    names = ["a|b", "<img src=x onerror=alert(1)>", "*bold* [link](http://x)", "plain"]
+    root = write_debug_dataset(tmp_path / "ds", class_names=names, images_per_mode=1, baseline_images_per_class=1)
+    text = (root / "README.md").read_text()
+    header = parse_card_header(text)
+    info = next(i for i in header["dataset_info"] if i["config_name"] == "tiny-model")
+    label = next(f for f in info["features"] if f["name"] == "label")
+    assert label["dtype"]["class_label"]["names"] == {str(i): n for i, n in enumerate(names)}  # the header keeps them
+    body = text.split("\n---\n", 1)[1]
+    assert "<img" not in body and "&lt;img src=x onerror=alert(1)&gt;" in body
+    assert "[link](http://x)" not in body and r"\*bold\* \[link\](http://x)" in body
+    rows = [line for line in body.splitlines() if line.startswith("| 0 | ")]
+    assert rows == [r"| 0 | a\|b | 2 | 1 | 2 |"]  # the pipe escaped: still five cells (2 modes x 1 image)
+    assert md_text("x\n| y") == r"x \| y"
+    validate_dataset_folder(root)
+
+
+def test_a_card_with_a_repo_has_local_and_hub_forms_and_its_local_blocks_run(tiny_ds: Path) -> None:
+    """With a repo id every recipe is given twice: as it runs in the folder (run here) and from the Hub at the tag."""
+    from failmode.testing import card_python_blocks, check_card_states_the_manifest
+
+    blocks = card_python_blocks((tiny_ds / "README.md").read_text())
+    hub = [b for b in blocks if "snapshot_download" in b or '"failmode/tiny-debug"' in b]
+    assert len(blocks) == 6 and len(hub) == 3
+    assert all('revision="v1.0.0"' in b for b in hub)
+    check_card_states_the_manifest(tiny_ds)

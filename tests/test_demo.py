@@ -221,3 +221,37 @@ def test_gap_world_demo_records_the_gap_and_an_attributor_without_classifier_wei
     assert not (tmp_path / "x").exists()
     with pytest.raises(UsageError, match="unknown demo attributor"):
         DemoConfig.defaults(attributor="clip")
+
+
+@pytest.mark.slow
+def test_demo_card_states_what_ran_and_its_python_blocks_run(demo):
+    """The composite stand-in and the exemplar attributor, named as such: no diffusion licence or tag, no CLIP
+    fields, no local path; every python block of the card runs from the dataset's folder."""
+    from failmode.testing import check_card_states_the_manifest
+
+    out, _, _ = demo
+    header = check_card_states_the_manifest(out / "dataset")
+    assert header["license"] == "other" and "stable-diffusion" not in header["tags"]
+    text = (out / "dataset" / "README.md").read_text()
+    assert "made by the `composite` generator, a stand-in, not a diffusion model" in text
+    assert "Fashion-MNIST garments (MIT License)" in text and "OpenRAIL" not in text
+    assert str(out) not in text
+
+
+@pytest.mark.slow
+def test_rerunning_the_demo_commands_changes_no_result(demo):
+    """Each line of commands.sh run again: results.jsonl and tables.md byte-identical (runs already there are
+    skipped), and tables.md names every sweep point."""
+    import shlex
+
+    from failmode.cli import main
+
+    out, _, _ = demo
+    results, tables = out / "evaluate" / "results.jsonl", out / "evaluate" / "tables.md"
+    before = results.read_bytes(), tables.read_bytes()
+    for line in (out / "commands.sh").read_text().splitlines():
+        assert main(shlex.split(line)[1:]) == 0
+    assert (results.read_bytes(), tables.read_bytes()) == before
+    text = tables.read_text()
+    for n in (2, 5):
+        assert f"| images-per-mode-sweep ({n} images per mode) | 0.5 |" in text

@@ -86,7 +86,7 @@ def test_results_jsonl_round_trips(tmp_path):
     assert "| m | m | debug | 0.5 | 75.0 (+5.0) | 50.0 (+50.0) | – |" in table
 
 
-def test_evaluate_end_to_end_and_skip_existing(world, tmp_path, monkeypatch):
+def test_evaluate_end_to_end_and_rerun_skips(world, tmp_path, monkeypatch):
     out = tmp_path / "run"
     assert main(_args(world, out, "--lambda-sweep", "0,1", "--k-sweep", "1,2")) == 0
     recs = ResultsLog(out / "results.jsonl").read()
@@ -117,15 +117,74 @@ def test_evaluate_end_to_end_and_skip_existing(world, tmp_path, monkeypatch):
     assert set(gains) <= set(NAMES[:USED]) and all(-1 <= g["test_gain"] <= 1 for g in gains.values())
     assert "| test_convnext (weights none) | baseline | debug | 0.5 |" in (out / "tables.md").read_text()
 
-    # a second run with --skip-existing loads nothing and writes nothing new
+    assert "| k-sweep (k = 1) | 0.5 |" in (out / "tables.md").read_text()  # every sweep point is named
+
+    # a plain rerun with the same arguments loads nothing and writes nothing new
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
 
     def boom(*a, **k):
-        raise AssertionError("--skip-existing should not load the model or any features")
+        raise AssertionError("a rerun should not load the model or any features")
 
-    monkeypatch.setattr("failmode.evaluate.pipeline.load_model_features", boom)
-    assert main(_args(world, out, "--lambda-sweep", "0,1", "--k-sweep", "1,2", "--skip-existing")) == 0
+    with monkeypatch.context() as m:
+        m.setattr("failmode.evaluate.pipeline.load_model_features", boom)
+        assert main(_args(world, out, "--lambda-sweep", "0,1", "--k-sweep", "1,2")) == 0
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+    # --force recomputes every run and replaces its line: same keys, same order, no duplicate
+    assert main(_args(world, out, "--lambda-sweep", "0,1", "--k-sweep", "1,2", "--force")) == 0
+    again = ResultsLog(out / "results.jsonl").read()
+    assert [r["key"] for r in again] == [r["key"] for r in recs]
+    assert [[r[m] for m in ("test", "seed", "heldout")] for r in again] == [[r[m] for m in ("test", "seed", "heldout")]
+                                                                           for r in recs]
+
+
+def test_torn_results_line_is_recomputed_not_glued(world, tmp_path):
+    """A run killed while writing its line leaves a torn tail: the rerun cuts it, recomputes that run, appends."""
+    out = tmp_path / "torn"
+    assert main(_args(world, out)) == 0
+    path = out / "results.jsonl"
+    full = path.read_bytes()
+    lines = full.splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:-1]) + lines[-1][:40])  # the last record half written, no newline
+    assert main(_args(world, out)) == 0
+    after = path.read_bytes().splitlines(keepends=True)
+    assert after[:-1] == lines[:-1] and len(after) == len(lines)
+    recomputed, original = json.loads(after[-1]), json.loads(lines[-1])
+    assert recomputed["key"] == original["key"]
+    assert [recomputed[m] for m in ("test", "seed", "heldout")] == [original[m] for m in ("test", "seed", "heldout")]
+
+
+def test_kill_during_evaluate_then_rerun_has_no_duplicate(world, tmp_path):
+    """kill -9 while `failmode evaluate` writes results, then a plain rerun: each run's line exactly once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import failmode
+
+    out = tmp_path / "killed"
+    args = _args(world, out, "--epochs", "4000", "--lambda-sweep", "0,0.1,0.25,1,2")
+    env = {**os.environ, "PYTHONPATH": str(Path(failmode.__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "failmode", *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    path = out / "results.jsonl"
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        if path.exists() and path.read_bytes().count(b"\n") >= 2:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    assert proc.wait(timeout=60) == -signal.SIGKILL  # killed mid-run, not finished
+    partial = ResultsLog(path).read()
+    assert 2 <= len(partial) < 10
+    assert main(args) == 0
+    recs = ResultsLog(path).read()
+    keys = [r["key"] for r in recs]
+    assert len(keys) == len(set(keys)) == 10  # original, retrain, 3 debug configs, 5 lambdas; none twice
+    assert [r["setting"] for r in recs].count("original") == 1
+    assert recs[:len(partial)] == partial  # what the killed run wrote stays as it was
 
 
 def test_collective_relative_accuracy(world, tmp_path):

@@ -10,3 +10,18 @@ def add_bad_image_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--on-bad-image", default="error", choices=("error", "skip"),
                    help="an image that cannot be decoded: error (default: stop, naming it) or skip (leave it out; "
                         "the outputs record how many and which)")
+
+
+def add_mode_argument(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """--mode incremental|overwrite of the commands that write a dataset folder (build, generate)."""
+    p.add_argument("--mode", choices=["incremental", "overwrite"], default="incremental",
+                   help="incremental (default): keep the shards already written for this plan and render only the "
+                        "missing ones (a rerun resumes); overwrite: delete the folder's previous build (shards, "
+                        "manifest, card) and render everything again")
+
+
+def shipped_presets() -> list[str]:
+    """Names of the presets shipped in builders/ (read without importing the generation package)."""
+    from pathlib import Path
+
+    return sorted(f.stem for f in (Path(__file__).resolve().parents[1] / "builders").glob("*.json"))

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 
+from failmode.commands._common import add_mode_argument, shipped_presets
 from failmode.options import RenderOptions
 
 HELP = "build a target debug dataset from a preset (mine, attribute, generate, finalize)"
 DESCRIPTION = (
-    "Build one of the target datasets described by a preset in builders/ (imagenet-bg-debug, cifar10-bg-debug, "
-    "cifar100-bg-debug, cifar10-color-debug, cifar100-color-debug) or a preset JSON file: mine each model's "
+    f"Build one of the target datasets described by a preset in builders/ ({', '.join(shipped_presets())}; "
+    "fashion-scenes-debug is the offline demo's) or a preset JSON file: mine each model's "
     "failures, attribute them to contexts, render the per-model, collective and baseline configs, and write the "
     "card and manifest. A stage is skipped when its output exists and the settings that made it are unchanged, "
     "so a rerun resumes; changed settings redo the stages they affect. Options below override the preset and are "
@@ -41,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--no-quality", action="store_true", help="skip the CLIP quality filter")
     RenderOptions.add_arguments(p.add_argument_group("rendering (override the preset's render section)"))
     w = p.add_argument_group("workers and resume")
-    w.add_argument("--mode", choices=["incremental", "overwrite"], default="incremental")
+    add_mode_argument(w)
     w.add_argument("--shard-index", type=int, help="this job's part (job arrays)")
     w.add_argument("--num-shards", type=int, help="number of parts of the job array")
 

@@ -11,8 +11,8 @@ DESCRIPTION = (
     "failures on the debug split, and of the debug images; retrain the linear head with mean CE(original) + "
     "lambda * mean CE(debug) by full-batch SGD; report test/seed/heldout accuracy of the original head, the head "
     "retrained without debug data, and with the model's config and the class-only baseline config. Optional lambda "
-    "and k sweeps (plots) and collective debugging of a model family. Results are appended to OUT/results.jsonl; "
-    "OUT/tables.md is the accuracy table."
+    "and k sweeps (plots) and collective debugging of a model family. Results are appended to OUT/results.jsonl, one "
+    "line per run; a run already there is skipped (--force recomputes it); OUT/tables.md is the accuracy table."
 )
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--type2-model", help="model whose config debugs the family in type 2 (default: the first)")
     r = parser.add_argument_group("run")
     r.add_argument("--out", default="runs/evaluate", help="output folder (default runs/evaluate)")
-    r.add_argument("--skip-existing", action="store_true", help="skip runs already in OUT/results.jsonl")
+    r.add_argument("--force", action="store_true", help="recompute runs already in OUT/results.jsonl (their lines "
+                   "are replaced); by default they are skipped, so a rerun adds no line")
     r.add_argument("--image-size", type=int, help="override the model's input size")
     r.add_argument("--crop-pct", type=float, help="override the model's centre-crop fraction (1.0: no border crop)")
     from failmode.commands._common import add_bad_image_argument
@@ -122,6 +123,6 @@ def run(args: argparse.Namespace) -> int:
                         epochs=args.epochs, seed=args.seed, init=args.init, precision=args.head_precision)
     written = run_suite(specs, params, args.out, lambdas=args.lambda_sweep, ks=args.k_sweep,
                         images_per_mode=args.images_per_mode_sweep,
-                        collective=args.collective, type2_model=args.type2_model, skip_existing=args.skip_existing)
+                        collective=args.collective, type2_model=args.type2_model, force=args.force)
     log.info("%d new results in %s/results.jsonl; table: %s/tables.md", len(written), args.out, args.out)
     return 0

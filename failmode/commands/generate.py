@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from failmode.commands._common import add_mode_argument
 from failmode.options import RenderOptions
 
 HELP = "render debug images for failure modes (plan, resumable shards, quality filter) into a dataset folder"
@@ -56,7 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="its open_clip tag or local checkpoint; none: seeded random weights (default: the preset's)")
     q.add_argument("--reserve", type=int, help="replacement seeds per image (quality filter, safety checker)")
     w = p.add_argument_group("workers and resume")
-    w.add_argument("--mode", choices=["incremental", "overwrite"], default="incremental")
+    add_mode_argument(w)
     w.add_argument("--shard-index", type=int, help="this job's part (job arrays, e.g. $SLURM_ARRAY_TASK_ID)")
     w.add_argument("--num-shards", type=int, help="number of parts of the job array")
     w.add_argument("--image-format", choices=["png", "jpeg"])

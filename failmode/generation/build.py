@@ -288,7 +288,7 @@ def build(preset: Preset, out: str | os.PathLike[str], *, work: str | os.PathLik
                        description=preset.description, source_dataset=hub_dataset_id(d.id),
                        vocabulary={**to_json(preset.vocabulary), "version": getattr(vocab, "version", ""),
                                    "template": vocab.template},
-                       attribution={**to_json(preset.attribution), "k": preset.generation.k,
+                       attribution={**preset.attribution.record(), "k": preset.generation.k,
                                     "used": {mid: doc.get("attributor") for mid, doc in modes_docs.items()}},
                        mining={**to_json(d), "recipe": recipe, "models": [_mined(st) for st in stages]},
                        tags=preset.tags)

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from failmode.backends import GenerationRequest, ImageGenerator
-from failmode.errors import LoadError
+from failmode.errors import FailmodeError, LoadError
 from failmode.models.diffusion import DEFAULT_GENERATOR, load_pipeline
 from failmode.options import SCHEDULERS, RenderOptions
 from failmode.runtime import autocast_dtype, pick_device
@@ -56,6 +56,28 @@ def pipeline_ident(model: str, revision: str | None = None) -> str:
         h.update(p.relative_to(local).as_posix().encode())
         h.update(p.read_bytes() if p.suffix == ".json" else str(p.stat().st_size).encode())
     return f"diffusers:{local.name}@cfg-{h.hexdigest()[:12]}"
+
+
+#: licences of diffusion model families on the Hub, by model id prefix (a model id not listed: its card's, else "other")
+KNOWN_LICENSES = {
+    "stable-diffusion-v1-5/": "creativeml-openrail-m", "runwayml/stable-diffusion-v1-5": "creativeml-openrail-m",
+    "CompVis/stable-diffusion-v1": "creativeml-openrail-m", "stabilityai/stable-diffusion-xl": "openrail++",
+}
+
+
+def pipeline_license(model: str) -> str:
+    """The licence id of a diffusers model: a known Hub family's, else the `license:` of its folder's model card
+    (README.md), else "other" (its terms unknown here; the dataset card then points at the generator's card)."""
+    from failmode.dataset.card import licenses, parse_card_header
+
+    local = Path(model).expanduser()
+    if not local.is_dir():
+        return next((lic for prefix, lic in KNOWN_LICENSES.items() if model.startswith(prefix)), "other")
+    try:
+        found = parse_card_header((local / "README.md").read_text(encoding="utf-8")).get("license")
+    except (OSError, FailmodeError):
+        return "other"
+    return found if found in licenses() else "other"
 
 
 def set_scheduler(pipe: Any, name: str) -> None:
@@ -114,6 +136,7 @@ class DiffusersGenerator(ImageGenerator):
             self._check_pipeline(pipeline, model)
         self.pipe = prepare_pipeline(pipeline, self.options)
         self.ident = ident or pipeline_ident(model, revision)
+        self.license = pipeline_license(model)
         self.batch_size = self.options.batch_size
         self.device = self.pipe.unet.device
         self.dtype = self.pipe.unet.dtype

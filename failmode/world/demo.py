@@ -209,8 +209,7 @@ def run_demo(out: str | Path, config: DemoConfig | None = None) -> dict[str, Any
         with _stage(timings, "evaluate", progress):
             spec = recorded_splits(spec)  # the recipe and splits the build recorded, as the command does
             params = HeadParams(lam=c.lam, epochs=c.epochs)
-            run_suite([spec], params, paths.evaluate, lambdas=c.lambdas, images_per_mode=c.images_per_mode_sweep,
-                      skip_existing=True)
+            run_suite([spec], params, paths.evaluate, lambdas=c.lambdas, images_per_mode=c.images_per_mode_sweep)
         with _stage(timings, "report", progress):
             from failmode.world.gap import measure_gap
 

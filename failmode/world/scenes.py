@@ -66,7 +66,7 @@ def scene_pixels(scene: Scene, short_side: int = SCENE_SHORT_SIDE) -> np.ndarray
     """The scene photo as RGB uint8 [H, W, 3], downscaled so its short side is `short_side` (read once, cached)."""
     path = scene.file()
     if not path.exists():
-        hint = "pip install scikit-image" if scene.source == "skimage" else f"apt-get install {scene.package}"
+        hint = "pip install 'failmode[demo]'" if scene.source == "skimage" else f"apt-get install {scene.package}"
         raise LoadError(f"scene {scene.name!r}: {path} not found ({hint})")
     with Image.open(path) as im:
         im.draft("RGB", (short_side * 2, short_side * 2))  # fast JPEG downscale on decode
