@@ -17,6 +17,8 @@ from typing import Any
 from failmode.backends import GENERATORS, ImageGenerator, construct
 from failmode.dataset import Manifest, config_slug
 from failmode.errors import FailmodeError, UsageError
+from failmode.generation.coordinate import DEFAULT_WAIT_TIMEOUT_S, Coordinator, Group
+from failmode.generation.environment import clip_revision, timm_revision
 from failmode.generation.plan import (
     BASELINE_KIND,
     GenerationSettings,
@@ -30,8 +32,6 @@ from failmode.generation.plan import (
     random_context_modes,
     read_plan,
 )
-from failmode.generation.coordinate import DEFAULT_WAIT_TIMEOUT_S, Coordinator, Group, break_lock
-from failmode.generation.environment import clip_revision, timm_revision
 from failmode.generation.presets import ModelSection, Preset, QualitySection
 from failmode.generation.quality import ClipQuality, QualityScorer
 from failmode.generation.render import pipeline_ident
@@ -264,7 +264,9 @@ def build(preset: Preset, out: str | os.PathLike[str], *, work: str | os.PathLik
     names = _dataset_class_names(preset, stages)
     vocab.check_classes(names, d.id)
     settings = with_vocabulary_template(preset.generation, preset.vocabulary.kind, vocab)
-    coordinator = Coordinator(worker, work_dir, stable_hash(to_json(preset), n=16), stage=stage,
+    # what prepare makes: this preset (with its overrides) into this folder (the same path on every node)
+    key = stable_hash({"preset": to_json(preset), "out": str(out.resolve())}, n=16)
+    coordinator = Coordinator(worker, work_dir, key, stage=stage,
                               wait_timeout_s=wait_timeout_s, group=Group.join(wait_timeout_s))
     try:
         def plan() -> list[Any]:
@@ -289,8 +291,6 @@ def build(preset: Preset, out: str | os.PathLike[str], *, work: str | os.PathLik
         if stage != "finalize" and mode == "incremental" and is_complete(rows, out, wanted):
             log.info("%s is complete and up to date: nothing to render", out)
             return True
-        if stage == "finalize":
-            break_lock(out / "generation")
         return _generate(preset, out, rows, sets, modes_docs, stages, recipe, names, vocab, settings,
                          gen or make_generator(preset, device=device), quality=quality, mode=mode, device=device,
                          coordinator=coordinator)
@@ -367,6 +367,7 @@ class GenerateJob:
     plan_only: bool = False
     no_quality: bool = False
     encode_workers: int | None = None
+    wait_timeout_s: float = DEFAULT_WAIT_TIMEOUT_S
 
 
 def _preset_sections(path: str | None) -> dict[str, Any]:
@@ -389,7 +390,7 @@ def generate(job: GenerateJob) -> bool:
     from failmode.data.sources import hub_dataset_id
     from failmode.dataset.manifest import SEMVER_RE
     from failmode.generation.render import pipeline_ident
-    from failmode.generation.run import DatasetInfo, save_plan
+    from failmode.generation.run import DatasetInfo
     from failmode.generation.shards import worker_slot
     from failmode.typed import from_mapping
 
@@ -419,8 +420,20 @@ def generate(job: GenerateJob) -> bool:
                        vocabulary={"dataset": vocab.dataset, "kind": kind, "version": vocab.version,
                                    "template": vocab.template},
                        attribution={"k": settings.k, "modes": [str(f) for f, _ in job.modes]})
-    return generate_dataset(rows, out, gen, info, settings, kinds={s.config: s.kind for s in sets}, quality=quality,
-                            filters=qsection, mode=job.mode, worker=worker, encode_workers=job.encode_workers).finalized
+    coordinator = None
+    if worker[1] > 1:  # several workers: one saves the plan (and clears an overwritten build), the others wait
+        key = stable_hash({"rows": [to_json(r) for r in rows], "out": str(out.resolve()), "mode": job.mode}, n=16)
+        coordinator = Coordinator(worker, out.parent / f"{out.name}.work", key, wait_timeout_s=job.wait_timeout_s,
+                                  group=Group.join(job.wait_timeout_s))
+    try:
+        if coordinator is not None:
+            coordinator.prepare(lambda: save_plan(rows, out, job.mode))
+        return generate_dataset(rows, out, gen, info, settings, kinds={s.config: s.kind for s in sets},
+                                quality=quality, filters=qsection, mode=job.mode, worker=worker,
+                                encode_workers=job.encode_workers, coordinator=coordinator).finalized
+    finally:
+        if coordinator is not None:
+            coordinator.close()
 
 
 __all__ = ["GenerateJob", "generate", "BASELINE_KIND", "ModelStages", "analyse", "build", "is_complete", "make_generator",

@@ -190,28 +190,41 @@ def _marker_key(path: Path) -> str | None:
 @contextlib.contextmanager
 def finalize_lock(folder: str | os.PathLike[str]) -> Iterator[bool]:
     """Yield True to the one process that created `folder/.finalize.lock` (O_EXCL), False to any other; the lock
-    goes when its holder is done. A lock left by a killed finalizer is named in the log: rerun with
-    `--stage finalize`, which takes it over."""
+    goes when its holder is done. A lock whose holder died on this host is taken over; one from another host is
+    named in the log (remove it once its holder is known to be gone)."""
     path = Path(folder) / LOCK_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
+    _break_stale(path)
     try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
     except FileExistsError:
-        holder = path.read_text(errors="replace").strip() if path.exists() else "?"
-        log.info("another worker is finalizing (%s holds %s); if it died, run --stage finalize", holder, path)
+        log.info("another worker is finalizing (%s holds %s)", _holder(path), path)
         yield False
         return
     with os.fdopen(fd, "w") as f:
-        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.write(f"{socket.gethostname()} {os.getpid()}\n")
     try:
         yield True
     finally:
         path.unlink(missing_ok=True)
 
 
-def break_lock(folder: str | os.PathLike[str]) -> None:
-    """Remove a finalize lock a killed finalizer left (`--stage finalize` runs only when asked to)."""
-    path = Path(folder) / LOCK_NAME
-    if path.exists():
-        log.info("taking over the finalize lock %s (%s)", path, path.read_text(errors="replace").strip())
+def _holder(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace").strip()
+    except OSError:
+        return "?"
+
+
+def _break_stale(path: Path) -> None:
+    """Remove a lock left by a finalizer that died on this host (its pid is gone)."""
+    host, _, pid = _holder(path).partition(" ")
+    if host != socket.gethostname() or not pid.isdigit():
+        return
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        log.info("removing the finalize lock %s: its holder (pid %s) is gone", path, pid)
         path.unlink(missing_ok=True)
+    except PermissionError:
+        pass
