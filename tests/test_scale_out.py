@@ -34,25 +34,11 @@ class World:
     """Tiny models, a local dataset, a derived preset (and one with other settings) and a log folder."""
 
     def __init__(self, root: Path) -> None:
-        from failmode.testing import (
-            CIFAR10_CLASSES,
-            derive_preset,
-            save_tiny_classifier,
-            save_tiny_clip,
-            save_tiny_pipeline,
-            write_local_dataset,
-        )
+        from failmode.testing import tiny_build_preset
 
         self.root = root
-        models = {"weights": save_tiny_classifier(root / "m" / "classifier.safetensors"),
-                  "clip": save_tiny_clip(root / "m" / "clip.pt"), "pipeline": save_tiny_pipeline(root / "m" / "sd")}
-        data = write_local_dataset(root / "data", "cifar10", {"train": 3, "test": 3}, class_names=CIFAR10_CLASSES)
-        self.preset = derive_preset("cifar10-bg-debug", root / "preset.json", data, models, head="train",
-                                    train_per_class=2, debug_per_class=2)
+        self.preset = tiny_build_preset(root)
         doc = json.loads(self.preset.read_text())
-        doc["generation"].update(images_per_mode=2, shard_size=2)  # several shards per config
-        doc["quality"].update(enabled=True, pretrained=None)  # the seeded random-weight scorer
-        self.preset.write_text(json.dumps(doc))
         doc["generation"]["base_seed"] += 1  # other settings: every image changes
         self.other = root / "other.json"
         self.other.write_text(json.dumps(doc))

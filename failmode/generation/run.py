@@ -81,8 +81,10 @@ def all_shards_done(rows: Sequence[PlanRow], root: str | os.PathLike[str], build
 
 
 def build_id(root: str | os.PathLike[str], record: dict[str, Any], image_format: str) -> str:
-    """The id of a build: its plan file and everything else that decides its shards' bytes."""
-    return stable_hash({"plan": sha256_file(plan_path(root)), "render": record, "image_format": image_format})
+    """The id of a build: its plan file and everything else that decides its shards' bytes (not which device of
+    its kind a worker uses: ranks on cuda:0 and cuda:1 write one build)."""
+    render = {k: v for k, v in record.items() if k != "device"}
+    return stable_hash({"plan": sha256_file(plan_path(root)), "render": render, "image_format": image_format})
 
 
 def quality_summary(rows: Sequence[PlanRow], root: str | os.PathLike[str]) -> dict[str, Any]:
