@@ -269,7 +269,7 @@ def build(preset: Preset, out: str | os.PathLike[str], *, work: str | os.PathLik
     coordinator = Coordinator(worker, work_dir, key, stage=stage,
                               wait_timeout_s=wait_timeout_s, group=Group.join(wait_timeout_s))
     try:
-        def plan() -> list[Any]:
+        def plan() -> tuple[dict[str, Any], list[ModeSet], list[Any]]:
             modes_docs = {st.model.id: read_json(st.modes) for st in stages}
             sets = mode_sets(preset, stages, modes_docs, vocab, names)
             ident = gen.ident if gen is not None else pipeline_ident(settings.generator, settings.revision)
