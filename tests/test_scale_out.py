@@ -107,7 +107,7 @@ def five(world: World) -> dict[str, Path]:
     _array(world, outs["array"])
     world.ok(world.start(ACCELERATE, outs["accelerate"]))
     _array(world, outs["array-killed"], kill_task_1=True)
-    world.ok(world.start(PLAIN, outs["array-killed"], "--shard-index", "1", "--num-shards", "2"))  # the rerun
+    world.ok(world.start(PLAIN, outs["array-killed"], "--stage", "render", "--shard-index", "1", "--num-shards", "2"))
     return outs
 
 
@@ -152,6 +152,10 @@ def test_overwrite_with_a_killed_worker_then_incremental_rerun_equals_a_clean_bu
     shutil.copytree(five["array"], ow)
     shutil.copytree(r / "array.work", r / "overwritten.work")
     _array(world, ow, "--mode", "overwrite", preset=world.other, kill_task_1=True)
+    proc, log = world.start(PLAIN, ow, "--stage", "finalize", preset=world.other)
+    assert proc.wait(timeout=600) == 1  # old shards are not this build's: nothing is finalized
+    assert "not every shard of this build is written" in log.read_text().strip().splitlines()[-1]
+    assert not (ow / "failmode.json").exists()
     world.ok(world.start(PLAIN, ow, preset=world.other))  # incremental: renders the shards of the old build
     clean = r / "clean-other"
     world.ok(world.start(PLAIN, clean, preset=world.other))
@@ -266,3 +270,13 @@ def test_atomic_writes_take_the_umask(tmp_path):
     finally:
         os.umask(before)
     assert oct((tmp_path / "a.json").stat().st_mode & 0o777) == "0o640"
+
+
+def test_the_prepare_stage_mines_attributes_and_plans_and_renders_nothing(world, tmp_path):
+    out = tmp_path / "ds"
+    assert main(["build", str(world.preset), "--out", str(out), "--device", "cpu", "--stage", "prepare",
+                 "--cache-dir", str(world.root / "cache")]) == 0
+    assert (out / "generation" / "plan.parquet").is_file()
+    assert json.loads((tmp_path / "ds.work" / "prepared.json").read_text())["key"]
+    assert (tmp_path / "ds.work" / "models" / "test_efficientnet" / "modes.json").is_file()
+    assert not (out / "data").exists() and not (out / "failmode.json").exists()
