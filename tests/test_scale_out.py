@@ -280,3 +280,21 @@ def test_the_prepare_stage_mines_attributes_and_plans_and_renders_nothing(world,
     assert json.loads((tmp_path / "ds.work" / "prepared.json").read_text())["key"]
     assert (tmp_path / "ds.work" / "models" / "test_efficientnet" / "modes.json").is_file()
     assert not (out / "data").exists() and not (out / "failmode.json").exists()
+
+
+def test_hub_models_resolve_to_the_cached_snapshot_commit_and_folders_to_local(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hf_constants
+
+    from failmode.generation.environment import UNRESOLVED, hub_revision
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--org--sd-tiny"
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "snapshots" / commit / "model_index.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert hub_revision("org/sd-tiny") == commit  # "main" as the cache last resolved it, not the branch name
+    assert hub_revision("org/sd-tiny", commit) == commit
+    assert hub_revision("org/not-cached") == UNRESOLVED  # nothing is downloaded
+    assert hub_revision(str(repo)) == "local"
