@@ -144,7 +144,12 @@ SCHEDULERS.register("unipc")(("UniPCMultistepScheduler", {}))
 
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune")
 #: RenderOptions fields the flags of `RenderOptions.add_arguments` set, each under the argparse dest render_<field>
-RENDER_FLAG_FIELDS = ("precision", "batch_size", "compile", "channels_last", "fuse_qkv", "safety_checker")
+#: the stages of a build run as separate jobs (job arrays); "all" runs them in one (`failmode.generation.coordinate`)
+BUILD_STAGES = ("all", "prepare", "render", "finalize")
+#: how long a renderer waits for prepare (and a rank for rank 0) unless --wait-timeout says otherwise
+DEFAULT_WAIT_TIMEOUT_S = 6 * 3600.0
+
+RENDER_FLAG_FIELDS = ("precision", "batch_size", "compile", "channels_last", "fuse_qkv", "safety_checker", "threads")
 
 
 @dataclass(frozen=True)
@@ -160,8 +165,11 @@ class RenderOptions:
     compile: str | None = None  # None | "default" | "reduce-overhead" | "max-autotune"
     fuse_qkv: bool = False
     safety_checker: bool = False
+    threads: int = 1  # CPU intra-op threads for rendering and scoring: fixed per build (CPU bytes depend on it)
 
     def __post_init__(self) -> None:
+        if self.threads < 1:
+            raise UsageError(f"threads must be >= 1, got {self.threads}")
         if self.precision not in PRECISION_CHOICES:
             raise UsageError(f"precision must be {', '.join(PRECISION_CHOICES)}; got {self.precision!r}")
         if self.compile not in COMPILE_MODES:
@@ -175,7 +183,7 @@ class RenderOptions:
     @staticmethod
     def add_arguments(p: argparse.ArgumentParser | Any, precision_flag: str = "--precision") -> None:
         """--precision (named `precision_flag` where a command has another --precision), --batch-size, --compile,
-        --no-channels-last, --fuse-qkv, --safety-checker; a flag not given leaves the base options' value."""
+        --no-channels-last, --fuse-qkv, --safety-checker, --threads; a flag not given leaves the base options' value."""
         p.add_argument(precision_flag, dest="render_precision", choices=PRECISION_CHOICES,
                        help="generator precision (default: the preset's, else auto: fp16 on CUDA, fp32 on CPU)")
         p.add_argument("--batch-size", dest="render_batch_size", type=int, metavar="N",
@@ -189,6 +197,9 @@ class RenderOptions:
                        help="fuse the attention projections")
         p.add_argument("--safety-checker", dest="render_safety_checker", action="store_true", default=None,
                        help="run the pipeline's safety checker; a flagged image is redrawn from the next seed")
+        p.add_argument("--threads", dest="render_threads", type=int, metavar="N",
+                       help="CPU threads for rendering and scoring (default: the preset's, else 1); fixed per build "
+                            "and recorded, since CPU pixels depend on it (the launcher's OMP_NUM_THREADS is not used)")
 
     @staticmethod
     def given(args: argparse.Namespace) -> dict[str, Any]:

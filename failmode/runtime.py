@@ -53,6 +53,23 @@ def configure_cpu_threads() -> None:
         torch.set_num_threads(max(1, int(n)))
 
 
+#: CPU intra-op threads for rendering and scoring unless a build sets another count (`render.threads`): fixed
+#: per build, never inherited from the launcher (torchrun sets OMP_NUM_THREADS=1), because oneDNN's CPU kernels
+#: round differently with other thread counts
+DEFAULT_THREADS = 1
+
+
+@contextlib.contextmanager
+def fixed_threads(n: int) -> Iterator[None]:
+    """torch uses exactly `n` CPU intra-op threads inside the block (the previous count is restored after)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(n)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class HostArrays:
     """Collects per-batch device tensors on the host without waiting for each batch.
 

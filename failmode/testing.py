@@ -306,6 +306,21 @@ def derive_preset(shipped: str, path: Path, dataset: Path, models: dict[str, Pat
     return path
 
 
+def tiny_build_preset(root: Path) -> Path:
+    """`cifar10-bg-debug` derived for tiny models saved under `root/m` and a local dataset under `root/data`, with
+    several shards per config and the seeded random-weight quality scorer: a whole `failmode build` in seconds."""
+    models = {"weights": save_tiny_classifier(root / "m" / "classifier.safetensors"),
+              "clip": save_tiny_clip(root / "m" / "clip.pt"), "pipeline": save_tiny_pipeline(root / "m" / "sd")}
+    data = write_local_dataset(root / "data", "cifar10", {"train": 3, "test": 3}, class_names=CIFAR10_CLASSES)
+    preset = derive_preset("cifar10-bg-debug", root / "preset.json", data, models, head="train",
+                           train_per_class=2, debug_per_class=2)
+    doc = json.loads(preset.read_text())
+    doc["generation"].update(images_per_mode=2, shard_size=2)  # several shards per config
+    doc["quality"].update(enabled=True, pretrained=None)  # the seeded random-weight scorer (recorded)
+    preset.write_text(json.dumps(doc))
+    return preset
+
+
 # --- tiny dataset folders written shard by shard (the dataset package's tests) ---------------------------------
 
 TINY_CLASSES = ["tench", "goldfish", "great white shark", "tiger shark"]

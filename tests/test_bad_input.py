@@ -237,24 +237,9 @@ def test_kill_9_during_failmode_build_then_rerun_gives_the_same_folder_every_fil
     import sys
     import time
 
-    from failmode.testing import (
-        CIFAR10_CLASSES,
-        derive_preset,
-        save_tiny_classifier,
-        save_tiny_clip,
-        save_tiny_pipeline,
-        write_local_dataset,
-    )
+    from failmode.testing import tiny_build_preset
 
-    models = {"weights": save_tiny_classifier(tmp_path / "m" / "classifier.safetensors"),
-              "clip": save_tiny_clip(tmp_path / "m" / "clip.pt"), "pipeline": save_tiny_pipeline(tmp_path / "m" / "sd")}
-    data = write_local_dataset(tmp_path / "data", "cifar10", {"train": 3, "test": 3}, class_names=CIFAR10_CLASSES)
-    preset = derive_preset("cifar10-bg-debug", tmp_path / "preset.json", data, models, head="train",
-                           train_per_class=2, debug_per_class=2)
-    doc = json.loads(preset.read_text())
-    doc["generation"].update(images_per_mode=2, shard_size=2)  # several shards per config
-    doc["quality"].update(enabled=True, pretrained=None)  # the seeded random-weight scorer (recorded)
-    preset.write_text(json.dumps(doc))
+    preset = tiny_build_preset(tmp_path)
 
     logs = tmp_path / "logs"
     logs.mkdir()

@@ -189,6 +189,9 @@ def test_kill_during_a_shard_then_resume_gives_the_same_bytes(tiny_gen, tmp_path
             self.left -= len(requests)
             return tiny_gen.generate(requests)
 
+        def describe(self):  # the same render settings, so the same build: its done shards are kept
+            return tiny_gen.describe()
+
     Killing.batch_size = 2
     ref, resumed = tmp_path / "ref", tmp_path / "resumed"
     generate(plan(), ref, tiny_gen)

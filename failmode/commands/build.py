@@ -6,7 +6,7 @@ import argparse
 import logging
 
 from failmode.commands._common import add_mode_argument, shipped_presets
-from failmode.options import RenderOptions
+from failmode.options import BUILD_STAGES, DEFAULT_WAIT_TIMEOUT_S, RenderOptions
 
 HELP = "build a target debug dataset from a preset (mine, attribute, generate, finalize)"
 DESCRIPTION = (
@@ -15,8 +15,10 @@ DESCRIPTION = (
     "failures, attribute them to contexts, render the per-model, collective and baseline configs, and write the "
     "card and manifest. A stage is skipped when its output exists and the settings that made it are unchanged, "
     "so a rerun resumes; changed settings redo the stages they affect. Options below override the preset and are "
-    "recorded in the manifest. Under accelerate launch / torchrun, worker 0 mines and attributes and all workers "
-    "share the rendering."
+    "recorded in the manifest. Under accelerate launch / torchrun the processes join the launcher's process group: "
+    "rank 0 mines, attributes and plans while the others wait at a barrier, all render, rank 0 finalizes. Job arrays "
+    "run --stage prepare once, then --stage render --shard-index I --num-shards N per task; the last renderer "
+    "finalizes (or --stage finalize)."
 )
 
 
@@ -43,8 +45,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     RenderOptions.add_arguments(p.add_argument_group("rendering (override the preset's render section)"))
     w = p.add_argument_group("workers and resume")
     add_mode_argument(w)
-    w.add_argument("--shard-index", type=int, help="this job's part (job arrays)")
+    w.add_argument("--shard-index", type=int, help="this job's part (job arrays, e.g. $SLURM_ARRAY_TASK_ID)")
     w.add_argument("--num-shards", type=int, help="number of parts of the job array")
+    w.add_argument("--stage", choices=BUILD_STAGES, default="all",
+                   help="all (default: part 0 prepares, the others wait for it), prepare (mine, attribute, plan), "
+                        "render (this part's shards; the last one finalizes) or finalize")
+    w.add_argument("--wait-timeout", type=float, default=DEFAULT_WAIT_TIMEOUT_S, metavar="SECONDS",
+                   help="how long a renderer waits for prepare (and a rank for rank 0) before giving up "
+                        f"(default {DEFAULT_WAIT_TIMEOUT_S:g} s)")
 
 
 def overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
@@ -81,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
     configure_cpu_threads()
     preset = load_preset(args.preset).replace(**overrides(args))
     done = build(preset, args.out or preset.name, work=args.work, quality=not args.no_quality, mode=args.mode,
-                 worker=worker_slot(args.shard_index, args.num_shards), device=args.device, cache_dir=args.cache_dir)
+                 worker=worker_slot(args.shard_index, args.num_shards), device=args.device, cache_dir=args.cache_dir,
+                 stage=args.stage, wait_timeout_s=args.wait_timeout)
     if not done:
         logging.getLogger(__name__).info("this worker is done; the card is written when every shard is")
     return 0

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from failmode.commands._common import add_mode_argument
-from failmode.options import RenderOptions
+from failmode.options import DEFAULT_WAIT_TIMEOUT_S, RenderOptions
 
 HELP = "render debug images for failure modes (plan, resumable shards, quality filter) into a dataset folder"
 DESCRIPTION = (
@@ -14,8 +14,9 @@ DESCRIPTION = (
     "a sample plan (one row per image, seed recorded; written to OUT/generation/plan.parquet before rendering) and "
     "render it through a diffusers text-to-image pipeline into parquet + webdataset shards. Shards are independent "
     "and resumable: a restart skips done shards (--mode incremental). Several workers split the shards by "
-    "RANK/WORLD_SIZE (accelerate launch, torchrun) and --shard-index/--num-shards (job arrays). The worker that "
-    "sees every shard done writes the card and manifest."
+    "RANK/WORLD_SIZE (accelerate launch, torchrun: the launcher's process group and its barriers) and "
+    "--shard-index/--num-shards (job arrays: worker 0 writes the plan, the others wait for it). The one worker that "
+    "sees every shard of this build done writes the card and manifest (under a lock)."
 )
 
 
@@ -60,6 +61,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_mode_argument(w)
     w.add_argument("--shard-index", type=int, help="this job's part (job arrays, e.g. $SLURM_ARRAY_TASK_ID)")
     w.add_argument("--num-shards", type=int, help="number of parts of the job array")
+    w.add_argument("--wait-timeout", type=float, default=DEFAULT_WAIT_TIMEOUT_S, metavar="SECONDS",
+                   help=f"how long a worker waits for worker 0's plan before giving up (default {DEFAULT_WAIT_TIMEOUT_S:g} s)")
     w.add_argument("--image-format", choices=["png", "jpeg"])
     w.add_argument("--plan-only", action="store_true", help="write the plan and stop")
 
@@ -92,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         vocab=args.vocab, kind=args.kind, collective=args.collective, baseline=args.baseline,
         baseline_images=args.baseline_images, name=args.name, version=args.version, image_format=args.image_format,
         device=args.device, mode=args.mode, shard_index=args.shard_index, num_shards=args.num_shards,
-        plan_only=args.plan_only, no_quality=args.no_quality, encode_workers=args.encode_workers)
+        plan_only=args.plan_only, no_quality=args.no_quality, encode_workers=args.encode_workers,
+        wait_timeout_s=args.wait_timeout)
     generate(job)
     return 0

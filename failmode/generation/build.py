@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,8 @@ from typing import Any
 from failmode.backends import GENERATORS, ImageGenerator, construct
 from failmode.dataset import Manifest, config_slug
 from failmode.errors import FailmodeError, UsageError
+from failmode.generation.coordinate import DEFAULT_WAIT_TIMEOUT_S, Coordinator, Group
+from failmode.generation.environment import clip_revision, timm_revision
 from failmode.generation.plan import (
     BASELINE_KIND,
     GenerationSettings,
@@ -34,7 +35,7 @@ from failmode.generation.plan import (
 from failmode.generation.presets import ModelSection, Preset, QualitySection
 from failmode.generation.quality import ClipQuality, QualityScorer
 from failmode.generation.render import pipeline_ident
-from failmode.generation.run import DatasetInfo, all_shards_done, generate_dataset
+from failmode.generation.run import DatasetInfo, all_shards_done, generate_dataset, save_plan
 from failmode.io import read_json, sha256_file, stable_hash, write_json
 from failmode.options import FeatureOptions, RenderOptions
 from failmode.typed import to_json
@@ -131,18 +132,14 @@ def model_stages(preset: Preset, work: Path, recipe: dict[str, float]) -> list[M
 
 
 def analyse(preset: Preset, stages: list[ModelStages], recipe: dict[str, float], *, device: str | None = None,
-            worker: tuple[int, int] = (0, 1), cache_dir: str | os.PathLike[str] | None = None,
-            wait_s: float = 24 * 3600) -> None:
-    """Mine and attribute every model whose outputs are missing or stale (worker 0); other workers wait for them."""
+            cache_dir: str | os.PathLike[str] | None = None) -> None:
+    """Mine and attribute every model whose outputs are missing or stale (the prepare stage's first half)."""
     from failmode.mining.attribution import attribute_failures
     from failmode.mining.mine import mine_failures
 
     d, a = preset.dataset, preset.attribution
     for st in stages:
         done = st.done()
-        if worker[0] != 0:
-            _wait_for(st, wait_s)
-            continue
         if not done["mine"]:
             log.info("%s: mining (%s)", st.model.id, "settings changed" if st.failures.exists() else "new")
             mine_failures(st.model.id, d.id, out_dir=st.folder, weights=st.model.weights, head=st.model.head,
@@ -158,14 +155,6 @@ def analyse(preset: Preset, stages: list[ModelStages], recipe: dict[str, float],
             st.stamp(attribute=st.attribute)
         if done["mine"] and done["attribute"]:
             log.info("%s: mining and attribution up to date (%s)", st.model.id, st.folder)
-
-
-def _wait_for(st: ModelStages, wait_s: float) -> None:
-    deadline = time.monotonic() + wait_s
-    while not st.done()["attribute"]:
-        if time.monotonic() > deadline:
-            raise FailmodeError(f"gave up waiting for {st.modes} (worker 0 writes it)")
-        time.sleep(10)
 
 
 def mode_sets(preset: Preset, stages: list[ModelStages], docs: dict[str, Any], vocab: Any,
@@ -234,9 +223,11 @@ def is_complete(rows: list[Any], out: Path, quality: QualitySection | None) -> b
     otherwise): one line saying to rebuild with --mode overwrite.
     """
     path, manifest_file = plan_path(out), out / "failmode.json"
-    if not (path.is_file() and manifest_file.is_file() and all_shards_done(rows, out)):
+    if not (path.is_file() and manifest_file.is_file()):
         return False
     manifest = Manifest.load(out)
+    if not all_shards_done(rows, out, manifest.generation.get("build", "")):  # every shard of the finalized build
+        return False
     if manifest.plan_sha256 != sha256_file(path) or read_plan(path) != list(rows):
         return False
     used, wanted = manifest.generation.get("quality_settings"), to_json(quality) if quality else None
@@ -252,13 +243,15 @@ def is_complete(rows: list[Any], out: Path, quality: QualitySection | None) -> b
 def build(preset: Preset, out: str | os.PathLike[str], *, work: str | os.PathLike[str] | None = None,
           generator: ImageGenerator | None = None, quality: bool = True, mode: str = "incremental",
           worker: tuple[int, int] = (0, 1), device: str | None = None,
-          cache_dir: str | os.PathLike[str] | None = None) -> bool:
-    """Run the whole pipeline for `preset` into dataset folder `out`; True when the dataset is finalized.
+          cache_dir: str | os.PathLike[str] | None = None, stage: str = "all",
+          wait_timeout_s: float = DEFAULT_WAIT_TIMEOUT_S) -> bool:
+    """Run the whole pipeline for `preset` into dataset folder `out` (or one `stage` of it: prepare, render,
+    finalize); True when the dataset is finalized.
 
     `generator` replaces the preset's generator. Everything checkable is checked before any model loads: the split
-    recipe, the vocabulary against the dataset's class names.
+    recipe, the vocabulary against the dataset's class names. Under torchrun / accelerate the processes join the
+    launcher's group; job-array tasks meet through markers in the work folder (`failmode.generation.coordinate`).
     """
-    from failmode.data.sources import hub_dataset_id
     from failmode.data.splits import resolve_recipe
     from failmode.vocab import load_vocabulary
 
@@ -271,17 +264,48 @@ def build(preset: Preset, out: str | os.PathLike[str], *, work: str | os.PathLik
     names = _dataset_class_names(preset, stages)
     vocab.check_classes(names, d.id)
     settings = with_vocabulary_template(preset.generation, preset.vocabulary.kind, vocab)
-    analyse(preset, stages, recipe, device=device, worker=worker, cache_dir=cache_dir)
-    modes_docs = {st.model.id: read_json(st.modes) for st in stages}
-    sets = mode_sets(preset, stages, modes_docs, vocab, names)
-    generator = generator or registered_generator(preset, device=device)
-    ident = generator.ident if generator is not None else pipeline_ident(settings.generator, settings.revision)
-    rows = build_plan(sets, settings, generator_id=ident,
-                      baseline_images_per_class=preset.baseline.images_per_class)
-    if mode == "incremental" and is_complete(rows, out, preset.quality if quality and preset.quality.enabled else None):
-        log.info("%s is complete and up to date: nothing to render", out)
-        return True
-    gen = generator or make_generator(preset, device=device)
+    # what prepare makes: this preset (with its overrides) into this folder (the same path on every node)
+    key = stable_hash({"preset": to_json(preset), "out": str(out.resolve())}, n=16)
+    coordinator = Coordinator(worker, work_dir, key, stage=stage,
+                              wait_timeout_s=wait_timeout_s, group=Group.join(wait_timeout_s))
+    try:
+        def plan() -> tuple[dict[str, Any], list[ModeSet], list[Any]]:
+            modes_docs = {st.model.id: read_json(st.modes) for st in stages}
+            sets = mode_sets(preset, stages, modes_docs, vocab, names)
+            ident = gen.ident if gen is not None else pipeline_ident(settings.generator, settings.revision)
+            rows = build_plan(sets, settings, generator_id=ident,
+                              baseline_images_per_class=preset.baseline.images_per_class)
+            return modes_docs, sets, rows
+
+        def prepare() -> None:
+            analyse(preset, stages, recipe, device=device, cache_dir=cache_dir)
+            save_plan(plan()[2], out, mode)
+
+        gen = generator or registered_generator(preset, device=device)
+        coordinator.prepare(prepare)
+        if stage == "prepare":
+            log.info("prepared %s: render its shards with --stage render", out)
+            return False
+        modes_docs, sets, rows = plan()
+        wanted = preset.quality if quality and preset.quality.enabled else None
+        if stage != "finalize" and mode == "incremental" and is_complete(rows, out, wanted):
+            log.info("%s is complete and up to date: nothing to render", out)
+            return True
+        return _generate(preset, out, rows, sets, modes_docs, stages, recipe, names, vocab, settings,
+                         gen or make_generator(preset, device=device), quality=quality, mode=mode, device=device,
+                         coordinator=coordinator)
+    finally:
+        coordinator.close()
+
+
+def _generate(preset: Preset, out: Path, rows: list[Any], sets: list[ModeSet], modes_docs: dict[str, Any],
+              stages: list[ModelStages], recipe: dict[str, float], names: list[str], vocab: Any,
+              settings: GenerationSettings, gen: ImageGenerator, *, quality: bool, mode: str, device: str | None,
+              coordinator: Coordinator) -> bool:
+    """Render this process's shards of a prepared build and finalize when it is the one to."""
+    from failmode.data.sources import hub_dataset_id
+
+    d = preset.dataset
     scorer = make_quality(preset.quality, device=device) if quality else None
     info = DatasetInfo(name=preset.name, version=preset.version, class_names=names,
                        image_format=preset.image_format, repo_id=preset.repo_id, pretty_name=preset.pretty_name,
@@ -289,11 +313,16 @@ def build(preset: Preset, out: str | os.PathLike[str], *, work: str | os.PathLik
                        vocabulary={**to_json(preset.vocabulary), "version": getattr(vocab, "version", ""),
                                    "template": vocab.template},
                        attribution={**preset.attribution.record(), "k": preset.generation.k,
-                                    "used": {mid: doc.get("attributor") for mid, doc in modes_docs.items()}},
+                                    "used": {mid: doc.get("attributor") for mid, doc in modes_docs.items()},
+                                    "resolved_revision": clip_revision(preset.attribution.clip_model,
+                                                                       preset.attribution.pretrained)},
                        mining={**to_json(d), "recipe": recipe, "models": [_mined(st) for st in stages]},
                        tags=preset.tags)
-    return generate_dataset(rows, out, gen, info, settings, kinds={s.config: s.kind for s in sets}, quality=scorer,
-                            filters=preset.quality, mode=mode, worker=worker).finalized
+    done = generate_dataset(rows, out, gen, info, settings, kinds={s.config: s.kind for s in sets}, quality=scorer,
+                            filters=preset.quality, mode=mode, coordinator=coordinator).finalized
+    if coordinator.stage == "finalize" and not done:
+        raise FailmodeError(f"{out}: not every shard of this build is written: run the missing --stage render tasks")
+    return done
 
 
 def _mined(st: ModelStages) -> dict[str, Any]:
@@ -302,7 +331,8 @@ def _mined(st: ModelStages) -> dict[str, Any]:
 
     meta = read_failures(st.failures)[1]
     keys = ("model", "weights", "head", "head_file", "accuracy", "n_debug", "n_failures", "n_seed", "n_heldout")
-    return {k: meta.get(k) for k in keys} | {"head_setting": st.model.head}
+    return {k: meta.get(k) for k in keys} | {"head_setting": st.model.head,
+                                             "resolved_revision": timm_revision(st.model.id, st.model.weights)}
 
 
 def with_vocabulary_template(settings: GenerationSettings, kind: str, vocab: Any) -> GenerationSettings:
@@ -337,6 +367,7 @@ class GenerateJob:
     plan_only: bool = False
     no_quality: bool = False
     encode_workers: int | None = None
+    wait_timeout_s: float = DEFAULT_WAIT_TIMEOUT_S
 
 
 def _preset_sections(path: str | None) -> dict[str, Any]:
@@ -359,7 +390,7 @@ def generate(job: GenerateJob) -> bool:
     from failmode.data.sources import hub_dataset_id
     from failmode.dataset.manifest import SEMVER_RE
     from failmode.generation.render import pipeline_ident
-    from failmode.generation.run import DatasetInfo, save_plan
+    from failmode.generation.run import DatasetInfo
     from failmode.generation.shards import worker_slot
     from failmode.typed import from_mapping
 
@@ -389,8 +420,20 @@ def generate(job: GenerateJob) -> bool:
                        vocabulary={"dataset": vocab.dataset, "kind": kind, "version": vocab.version,
                                    "template": vocab.template},
                        attribution={"k": settings.k, "modes": [str(f) for f, _ in job.modes]})
-    return generate_dataset(rows, out, gen, info, settings, kinds={s.config: s.kind for s in sets}, quality=quality,
-                            filters=qsection, mode=job.mode, worker=worker, encode_workers=job.encode_workers).finalized
+    coordinator = None
+    if worker[1] > 1:  # several workers: one saves the plan (and clears an overwritten build), the others wait
+        key = stable_hash({"rows": [to_json(r) for r in rows], "out": str(out.resolve()), "mode": job.mode}, n=16)
+        coordinator = Coordinator(worker, out.parent / f"{out.name}.work", key, wait_timeout_s=job.wait_timeout_s,
+                                  group=Group.join(job.wait_timeout_s))
+    try:
+        if coordinator is not None:
+            coordinator.prepare(lambda: save_plan(rows, out, job.mode))
+        return generate_dataset(rows, out, gen, info, settings, kinds={s.config: s.kind for s in sets},
+                                quality=quality, filters=qsection, mode=job.mode, worker=worker,
+                                encode_workers=job.encode_workers, coordinator=coordinator).finalized
+    finally:
+        if coordinator is not None:
+            coordinator.close()
 
 
 __all__ = ["GenerateJob", "generate", "BASELINE_KIND", "ModelStages", "analyse", "build", "is_complete", "make_generator",

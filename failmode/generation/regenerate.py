@@ -1,4 +1,8 @@
-"""Regenerate named shards of a dataset folder from its manifest and plan, and check them against the manifest."""
+"""Regenerate named shards of a dataset folder from its manifest and plan, and check them against the manifest.
+
+The manifest decides everything that decides the bytes: the generator's resolved commit, the render options with
+the CPU thread count, the quality filter; what this machine cannot reproduce (another device, other library
+versions) is said in one line before rendering."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from failmode.backends import GENERATORS, construct
 from failmode.dataset import Manifest, layout
 from failmode.dataset.validate import load_finalized
 from failmode.errors import UsageError
+from failmode.generation.environment import COMMIT_RE, device_record, differences
 from failmode.generation.plan import PlanRow, read_plan_of
 from failmode.generation.shards import ShardRun, gen_stats_path, shard_jobs
 from failmode.io import read_json, sha256_file
@@ -64,9 +69,13 @@ def regenerate_shards(root: str | os.PathLike[str], shards: Sequence[str], out: 
         options = RenderOptions(device=device, batch_size=int(g.get("batch_size", 16)))
     else:
         options = RenderOptions(device=device, **{k: v for k, v in g.items() if k in fields})
-        # One pipeline and one quality scorer for every shard; only the kernel batch is set per shard.
-        gen = DiffusersGenerator(gen_id, revision=manifest.generator.get("revision") or None, options=options,
+        # One pipeline and one quality scorer for every shard; only the kernel batch is set per shard. The Hub
+        # commit the build resolved, not the branch it named (unless a local copy is given).
+        resolved = manifest.generator.get("resolved_revision", "")
+        revision = resolved if generator is None and COMMIT_RE.match(resolved) else manifest.generator.get("revision")
+        gen = DiffusersGenerator(gen_id, revision=revision or None, options=options,
                                  ident=manifest.generator.get("ident"))
+    _say_differences(manifest, gen)
     quality = _quality(manifest, device)
     results: dict[str, bool] = {}
     for job in shard_jobs(rows):
@@ -76,10 +85,21 @@ def regenerate_shards(root: str | os.PathLike[str], shards: Sequence[str], out: 
         stats = read_json(stats_file) if stats_file.exists() else {}
         gen.batch_size = stats.get("batch_size", options.batch_size)
         ShardRun(out, gen, manifest.class_names, image_format=manifest.image_format, mode="overwrite",
-                 quality=quality, reserve=stats.get("reserve", 3)).run(job.rows)
+                 quality=quality, reserve=stats.get("reserve", 3), build=g.get("build", "")).run(job.rows)
         results[job.name] = _matches(root, out, job, manifest)
         log.info("%s: %s", job.name, "identical to the manifest" if results[job.name] else "DIFFERS from the manifest")
     return results
+
+
+def _say_differences(manifest: Manifest, gen: Any) -> None:
+    """One line naming what of this machine differs from the one that built the dataset (device, versions)."""
+    from failmode.dataset.finalize import environment
+
+    recorded = {**manifest.environment, **{k: manifest.generation.get(k) for k in ("device", "device_name")}}
+    diff = differences(recorded, {**environment(), **device_record(getattr(gen, "device", "cpu"))})
+    if diff:
+        log.warning("this machine differs from the one that built %s (%s): shards may not be byte-identical",
+                    manifest.name, diff)
 
 
 def _matches(root: Path, out: Path, job: Any, manifest: Manifest) -> bool:

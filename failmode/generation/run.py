@@ -12,13 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from failmode.backends import ImageGenerator
-from failmode.dataset import ConfigSpec, Manifest, finalize, layout, shard_done
+from failmode.dataset import ConfigSpec, Manifest, finalize, layout
 from failmode.errors import ValidationError
+from failmode.generation.coordinate import Coordinator, finalize_lock
+from failmode.generation.environment import clip_revision, hub_revision
 from failmode.generation.plan import SEED_RULE, GenerationSettings, PlanRow, plan_path, read_plan, write_plan
 from failmode.generation.presets import QualitySection
 from failmode.generation.quality import QualityScorer
-from failmode.generation.shards import ShardRun, gen_stats_path, shard_jobs
-from failmode.io import read_json, sha256_file
+from failmode.generation.shards import ShardRun, gen_stats_path, shard_current, shard_jobs
+from failmode.io import read_json, sha256_file, stable_hash
 from failmode.typed import to_json
 
 log = logging.getLogger(__name__)
@@ -65,9 +67,24 @@ def clear_stale(rows: Sequence[PlanRow], root: str | os.PathLike[str]) -> list[s
     return removed
 
 
-def all_shards_done(rows: Sequence[PlanRow], root: str | os.PathLike[str]) -> bool:
-    """True when every shard of the plan is written."""
-    return all(shard_done(root, j.config, j.split, j.shard_index, j.num_shards) for j in shard_jobs(rows))
+def check_plan(rows: Sequence[PlanRow], root: str | os.PathLike[str]) -> None:
+    """The plan file prepare wrote must be this plan (a renderer recomputes it from the same inputs)."""
+    path = plan_path(root)
+    if not path.is_file() or read_plan(path) != list(rows):
+        raise ValidationError(f"{path} is not the plan these settings give: run prepare (--stage prepare) with the "
+                              "same preset and options as the renderers")
+
+
+def all_shards_done(rows: Sequence[PlanRow], root: str | os.PathLike[str], build: str = "") -> bool:
+    """True when every shard of the plan is written (by build `build`, when given)."""
+    return all(shard_current(root, j, build) for j in shard_jobs(rows))
+
+
+def build_id(root: str | os.PathLike[str], record: dict[str, Any], image_format: str) -> str:
+    """The id of a build: its plan file and everything else that decides its shards' bytes (not which device of
+    its kind a worker uses: ranks on cuda:0 and cuda:1 write one build)."""
+    render = {k: v for k, v in record.items() if k != "device"}
+    return stable_hash({"plan": sha256_file(plan_path(root)), "render": render, "image_format": image_format})
 
 
 def quality_summary(rows: Sequence[PlanRow], root: str | os.PathLike[str]) -> dict[str, Any]:
@@ -108,9 +125,11 @@ class DatasetInfo:
 
 def make_manifest(rows: Sequence[PlanRow], root: str | os.PathLike[str], info: DatasetInfo,
                   settings: GenerationSettings, *, generator_ident: str, render: dict[str, Any],
-                  kinds: dict[str, str] | None = None, license: str = "other", license_note: str = "") -> Manifest:
-    """The manifest of a generated dataset: configs and shard counts from the plan, pinned generation settings;
-    `license` and `license_note` are the generator's (`ImageGenerator.license`)."""
+                  kinds: dict[str, str] | None = None, build: str = "", license: str = "other",
+                  license_note: str = "") -> Manifest:
+    """The manifest of a generated dataset: configs and shard counts from the plan, pinned generation settings,
+    the build's id, the device its shards were rendered on and the generator's resolved commit; `license` and
+    `license_note` are the generator's (`ImageGenerator.license`)."""
     kinds = kinds or {}
     configs: dict[str, ConfigSpec] = {}
     for r in rows:
@@ -119,19 +138,40 @@ def make_manifest(rows: Sequence[PlanRow], root: str | os.PathLike[str], info: D
                                                        description=describe_config(kind, r.source_model)))
         spec.splits[r.split] = r.num_shards
     generation = {**settings.to_dict(), **render, "quality": quality_summary(rows, root),
-                  "plan": plan_path("").as_posix()}
+                  "plan": plan_path("").as_posix(), "build": build, **rendered_on(rows, root)}
     return Manifest(
         name=info.name, version=info.version, class_names=list(info.class_names), configs=configs,
         repo_id=info.repo_id, pretty_name=info.pretty_name, description=info.description,
         image_format=info.image_format, source_dataset=info.source_dataset, license=license,
         generator={"id": settings.generator, **({"revision": settings.revision} if settings.revision else {}),
                    "ident": generator_ident, **({"license_note": license_note} if license_note else {}),
+                   "resolved_revision": (hub_revision(settings.generator, settings.revision)
+                                         if generator_ident.startswith("diffusers:") else "registered"),
                    **({"options": dict(info.generator_options)} if info.generator_options else {})},
         vocabulary=dict(info.vocabulary), attribution=dict(info.attribution), mining=dict(info.mining),
         generation=generation,
         seeds={"base_seed": settings.base_seed, "rule": SEED_RULE}, plan_sha256=sha256_file(plan_path(root)),
         tags=list(info.tags),
     )
+
+
+def rendered_on(rows: Sequence[PlanRow], root: str | os.PathLike[str]) -> dict[str, Any]:
+    """The device kind and name and the CPU thread count the shards were rendered with (from their stats); a build
+    whose shards disagree records every value seen, sorted, and says so in the log."""
+    seen: dict[str, set[Any]] = {"device": set(), "device_name": set(), "threads": set()}
+    for j in shard_jobs(rows):
+        path = gen_stats_path(root, j.config, j.split, j.shard_index, j.num_shards)
+        s = read_json(path) if path.exists() else {}
+        for key, values in seen.items():
+            if key in s:
+                values.add(s[key])
+    out: dict[str, Any] = {}
+    for key, values in seen.items():
+        if len(values) > 1:
+            log.warning("shards were rendered with different %s values %s: pixels may differ between them",
+                        key, sorted(map(str, values)))
+        out[key] = next(iter(values)) if len(values) == 1 else sorted(values, key=str)
+    return out
 
 
 def describe_config(kind: str, source_model: str) -> str:
@@ -165,31 +205,63 @@ def generate_dataset(rows: Sequence[PlanRow], root: str | os.PathLike[str], gene
                      info: DatasetInfo, settings: GenerationSettings, *, kinds: dict[str, str] | None = None,
                      quality: QualityScorer | None = None, filters: QualitySection | None = None,
                      mode: str = "incremental", worker: tuple[int, int] = (0, 1),
-                     encode_workers: int | None = None) -> GenerationResult:
+                     encode_workers: int | None = None, coordinator: Coordinator | None = None) -> GenerationResult:
     """Save the plan, render and write this worker's pending shards through `generator` (at its batch size, with its
     safety checker), then write card and manifest if every shard of the plan is done.
 
     `quality` scores images and drops those `filters` (thresholds, spare seeds per image) reject; `settings` are the
-    generation settings the plan was built with (the manifest pins them); `kinds` names each config's kind.
+    generation settings the plan was built with (the manifest pins them); `kinds` names each config's kind. With a
+    `coordinator` the plan was saved by its prepare stage, and it says whether this process renders and finalizes.
     """
     root = Path(root)
     filters = filters or QualitySection()
-    save_plan(rows, root, mode)
+    if coordinator is None:
+        save_plan(rows, root, mode)
+    else:
+        check_plan(rows, root)
+        worker = coordinator.worker
     run = ShardRun(root, generator, list(info.class_names), image_format=info.image_format, mode=mode,
                    quality=quality, reserve=filters.reserve, encode_workers=encode_workers, worker=worker)
-    stats = run.run(rows)
-    if not all_shards_done(rows, root):
-        log.info("not all shards are written yet; the last worker to finish writes the card and manifest")
-        return GenerationResult(stats, False)
     record = {**generator.describe(), **quality_record(quality, filters), "safety_checker": run.safety is not None}
-    finalize(root, make_manifest(rows, root, info, settings, generator_ident=generator.ident, render=record,
-                                 kinds=kinds, license=generator.license, license_note=generator.license_note))
-    return GenerationResult(stats, True)
+    run.build = build_id(root, record, info.image_format)
+    stats = run.run(rows) if coordinator is None or coordinator.renders else []
+    if coordinator is not None and not coordinator.after_render():
+        return GenerationResult(stats, False)
+
+    def manifest() -> Manifest:
+        return make_manifest(rows, root, info, settings, generator_ident=generator.ident, render=record, kinds=kinds,
+                             build=run.build, license=generator.license, license_note=generator.license_note)
+
+    return GenerationResult(stats, finalize_once(rows, root, run.build, manifest))
+
+
+def finalize_once(rows: Sequence[PlanRow], root: Path, build: str, manifest: Any) -> bool:
+    """Finalize `root` (card, manifest from `manifest()`) when every shard of build `build` is written, in one
+    process only (an O_EXCL lock; a dataset this build already finalized is left as it is). True when finalized."""
+    if not all_shards_done(rows, root, build):
+        log.info("not all shards of this build are written yet; the last worker to finish writes the card and "
+                 "manifest")
+        return False
+    with finalize_lock(root / "generation") as mine:
+        if not mine:
+            return False
+        if finalized_by(root, build):
+            log.info("%s is already finalized by this build", root)
+            return True
+        finalize(root, manifest())
+    return True
+
+
+def finalized_by(root: Path, build: str) -> bool:
+    """True when `root` holds a manifest written by build `build`."""
+    path = root / layout.MANIFEST_NAME
+    return path.is_file() and read_json(path).get("generation", {}).get("build") == build
 
 
 def quality_record(quality: QualityScorer | None, filters: QualitySection) -> dict[str, Any]:
     """What the manifest records of the quality filter: the scorer's ident, its settings, the thresholds."""
     return {"quality_filter": quality.ident if quality is not None else None,
+            "quality_clip_revision": clip_revision(filters.clip_model, filters.pretrained) if quality else None,
             "quality_settings": to_json(filters) if quality is not None else None,
             "quality_thresholds": {"min_class_score": filters.min_class_score,
                                    "min_context_score": filters.min_context_score}}

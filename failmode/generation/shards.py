@@ -1,7 +1,9 @@
 """Render a plan into dataset shards: resumable, rank-assigned, with encoding and writing overlapped with the GPU.
 
 A shard is the unit of work. Worker `i` of `n` (from RANK/WORLD_SIZE, set by `accelerate launch` / torchrun, and
-`--shard-index/--num-shards` for job arrays) takes every n-th shard of the plan. Within a shard, images are rendered
+`--shard-index/--num-shards` for job arrays) takes every n-th shard of the plan. Each shard's generation stats carry
+the id of the build that wrote it (its plan and everything that decides its bytes): only shards of the current
+build count as done, so an overwrite is a new build, never a mix. Within a shard, images are rendered
 in fixed-shape batches on the main thread; each accepted image is handed to a thread pool that encodes it, and a
 finished shard is written by a writer thread while the next shard renders. A shard's generation stats are written
 first and the writer's `_stats.json` marker last, so a shard is either done or redone from scratch on restart.
@@ -25,11 +27,13 @@ from failmode.dataset import layout
 from failmode.dataset.sample import CODECS, DebugSample
 from failmode.dataset.writer import shard_done, write_shard
 from failmode.errors import UsageError
+from failmode.generation.environment import device_record
 from failmode.generation.plan import PlanRow
 from failmode.generation.quality import QualityScorer
 from failmode.generation.render import oom_errors
-from failmode.io import write_json
+from failmode.io import read_json, write_json
 from failmode.progress import bar
+from failmode.runtime import DEFAULT_THREADS, fixed_threads
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +133,7 @@ class ShardRun:
     reserve: int = 3  # replacement seeds per planned image
     encode_workers: int | None = None  # PNG encoding threads (default: the CPU count minus 2, 2..8)
     worker: tuple[int, int] = (0, 1)
+    build: str = ""  # the id of the build being written (recorded in each shard's stats; see `shard_current`)
     stats: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -139,20 +144,23 @@ class ShardRun:
         self.encode_workers = self.encode_workers or max(2, min(8, (os.cpu_count() or 4) - 2))
         self.codec = CODECS.get(self.image_format)
         self.state = BatchState(self.generator.batch_size)
+        # CPU threads while rendering and scoring: the generator's recorded setting, never the launcher's
+        self.threads = int(self.generator.describe().get("threads") or DEFAULT_THREADS)
+        self.device = device_record(getattr(self.generator, "device", "cpu"))
         self.wait_s = 0.0  # time the renderer waited for the writer (encoding/writing not hidden behind rendering)
 
     def pending(self, rows: Sequence[PlanRow]) -> list[ShardJob]:
-        """This worker's shards still to write (all of them in overwrite mode)."""
+        """This worker's shards still to write: those not written by this build (all of them in overwrite mode)."""
         mine = assign(shard_jobs(rows), *self.worker)
         if self.mode == "overwrite":
             return mine
-        return [j for j in mine if not shard_done(self.root, j.config, j.split, j.shard_index, j.num_shards)]
+        return [j for j in mine if not shard_current(self.root, j, self.build)]
 
     def run(self, rows: Sequence[PlanRow]) -> list[dict[str, Any]]:
         """Render and write this worker's pending shards; returns their generation stats."""
         jobs = self.pending(rows)
-        log.info("worker %d of %d: %d shard(s) to write", *self.worker, len(jobs))
-        with ThreadPoolExecutor(self.encode_workers, thread_name_prefix="encode") as enc, \
+        log.info("worker %d of %d: %d shard(s) to write (%d CPU thread(s))", *self.worker, len(jobs), self.threads)
+        with fixed_threads(self.threads), ThreadPoolExecutor(self.encode_workers, thread_name_prefix="encode") as enc, \
                 ThreadPoolExecutor(1, thread_name_prefix="write") as writer, \
                 bar("images", total=sum(len(j.rows) for j in jobs), unit="img") as b:
             in_flight: Future[dict[str, Any]] | None = None
@@ -206,6 +214,7 @@ class ShardRun:
             "substituted": sum(1 for p in history if p in done), "batch_size": self.state.batch_size,
             "generator": self.generator.ident, "quality": getattr(self.quality, "ident", None),
             "safety_checker": self.safety is not None, "reserve": self.reserve,
+            "build": self.build, **self.device, "threads": self.threads,
         }
         return [done[p] for p in sorted(done)], gen
 
@@ -264,6 +273,19 @@ def _timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
 def _chunks(items: list[Any], n: int) -> Iterator[list[Any]]:
     for i in range(0, len(items), n):
         yield items[i:i + n]
+
+
+def shard_current(root: str | os.PathLike[str], job: ShardJob, build: str) -> bool:
+    """True when `job`'s shard is written and, when `build` is given, was written by that build."""
+    if not shard_done(root, job.config, job.split, job.shard_index, job.num_shards):
+        return False
+    if not build:
+        return True
+    path = gen_stats_path(root, job.config, job.split, job.shard_index, job.num_shards)
+    try:
+        return read_json(path).get("build") == build
+    except Exception:  # noqa: BLE001 - stats missing or torn: not this build's
+        return False
 
 
 def gen_stats_path(root: str | os.PathLike[str], config: str, split: str, shard_index: int, num_shards: int) -> Path:
