@@ -114,3 +114,120 @@ def test_finalize_command_rewrites_a_missing_or_stale_card_and_cleans_temporarie
     assert _tree(root) == want
     assert main(["finalize", str(tmp_path / "nothing")]) == 1
     assert capsys.readouterr().err.strip() == f"failmode finalize: error: {tmp_path / 'nothing'}: not a directory"
+
+
+# -- caches carry their own check --------------------------------------------------------------------------------
+
+NAMES = [f"c{i:03d}" for i in range(1000)]  # the tiny timm models have 1000 outputs
+USED = 4
+
+
+@pytest.fixture(scope="module")
+def eval_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import datasets
+
+    from failmode.dataset.writer import write_shard
+    from failmode.testing import finalize_configs, synthetic_images
+
+    datasets.disable_progress_bars()
+    root = tmp_path_factory.mktemp("eval")
+    feats = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=NAMES)})
+    splits = {}
+    for split, n, seed in (("train", 16, 1), ("validation", 32, 2)):
+        images, labels = synthetic_images(n, size=32, seed=seed, num_classes=USED)
+        splits[split] = datasets.Dataset.from_dict({"image": images, "label": labels}, features=feats)
+    datasets.DatasetDict(splits).save_to_disk(str(root / "dataset"))
+    images, labels = synthetic_images(16, size=32, seed=10, num_classes=USED)
+    samples = [{"image": im, "label": y, "class_name": NAMES[y], "context": f"ctx{i % 2}", "context_kind": "background",
+                "prompt": f"a photo of a {NAMES[y]}", "seed": i, "generator": "test", "source_model": "test_convnext"}
+               for i, (im, y) in enumerate(zip(images, labels))]
+    write_shard(root / "debug", "test_convnext", "train", 0, 1, samples, class_names=NAMES)
+    finalize_configs(root / "debug", NAMES, {"test_convnext": "model"})
+    return root
+
+
+def _evaluate(world: Path, out: Path, cache: Path, capsys) -> tuple[int, list[dict], str]:
+    from failmode import cli
+    from failmode.evaluate.results import ResultsLog
+
+    capsys.readouterr()
+    code = cli.main(["evaluate", "--model", "test_convnext", "--weights", "none", "--dataset", str(world / "dataset"),
+                     "--debug-data", str(world / "debug"), "--train-per-class", "4", "--debug-per-class", "4",
+                     "--image-size", "32", "--epochs", "20", "--device", "cpu", "--batch-size", "64",
+                     "--baseline-config", "none", "--random-config", "none", "--cache-dir", str(cache), "--out", str(out)])
+    err = capsys.readouterr().err
+    recs = ResultsLog(out / "results.jsonl").read() if (out / "results.jsonl").exists() else []
+    return code, [{k: r.get(k) for k in ("setting", "config", "test", "seed", "heldout")} for r in recs], err
+
+
+def _damage(path: Path, how: str) -> None:
+    import numpy as np
+
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    if how == "truncated":
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+        return
+    feats = arrays["features"]
+    if how == "nan":
+        arrays["features"] = np.full_like(feats, np.nan)
+    elif how == "random":  # right shape and dtype, the entry's own record kept: only the checksum can tell
+        arrays["features"] = np.random.default_rng(0).standard_normal(feats.shape).astype(feats.dtype)
+    elif how == "rows":
+        arrays = {k: v[:-1] if k != "__cache__" else v for k, v in arrays.items()}
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+@pytest.mark.parametrize("how", ["nan", "random", "truncated", "rows"])
+def test_a_damaged_feature_cache_is_computed_again_with_one_warning(eval_world: Path, tmp_path: Path, capsys, caplog,
+                                                                    how: str) -> None:
+    """NaN features, random values of the right shape, a truncated file, a wrong row count: each cached entry is
+    refused with one warning line and computed again; the results equal a clean run's. Before: exit 0 with wrong
+    accuracies (NaN, random), a BadZipFile traceback (truncated), a broadcast traceback (rows)."""
+    cache = tmp_path / "cache"
+    code, want, err = _evaluate(eval_world, tmp_path / "clean", cache, capsys)
+    assert code == 0 and want and "warning" not in err.lower(), err
+    entries = sorted((cache / "features").glob("*.npz"))
+    assert entries
+    clean = {p: p.read_bytes() for p in entries}
+    for p in entries:
+        _damage(p, how)
+    caplog.clear()
+    code, got, err = _evaluate(eval_world, tmp_path / "again", cache, capsys)
+    assert code == 0 and "Traceback" not in err, err
+    assert got == want
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == len(entries) and all("ignoring the cache entry" in w for w in warned), warned
+    assert all("\n" not in w for w in warned)
+    assert all("computing it again" in line for line in warned)
+    assert {p: p.read_bytes() for p in entries} == clean  # recomputed and rewritten, byte for byte
+
+
+def test_nan_features_from_a_model_name_the_model_and_the_batch(tmp_path: Path) -> None:
+    import torch
+
+    from failmode.data.sources import ListSource
+    from failmode.errors import FailmodeError
+    from failmode.features import extract_features
+    from failmode.testing import synthetic_images, tiny_classifier
+
+    model = tiny_classifier(num_classes=4)
+    images, labels = synthetic_images(12, size=32, seed=3, num_classes=4)
+    source = ListSource(images, labels, NAMES[:4], ident="twelve")
+    kwargs = dict(model_key="tiny@nan", batch_size=5, device="cpu", cache_dir=tmp_path / "c", num_workers=0,
+                  transform=lambda im: torch.zeros(3, 32, 32) + float(sum(im.getpixel((0, 0)))) / 765)
+    assert extract_features(model, source, **kwargs).features.shape[0] == 12  # finite: cached
+    with torch.no_grad():
+        model.get_classifier().bias[:] = float("nan")
+    kwargs["model_key"] = "tiny@nan"
+    for p in (tmp_path / "c").glob("*.npz"):
+        p.unlink()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("inf"))
+    with pytest.raises(FailmodeError, match=r"^tiny@nan: the model gave NaN or infinite features in batch 0 "
+                                            r"\(images 0\.\.4 of 12, first at source index 0\)"):
+        extract_features(model, source, **kwargs)
+    assert not list((tmp_path / "c").glob("*.npz"))  # nothing cached
