@@ -231,3 +231,145 @@ def test_nan_features_from_a_model_name_the_model_and_the_batch(tmp_path: Path) 
                                             r"\(images 0\.\.4 of 12, first at source index 0\)"):
         extract_features(model, source, **kwargs)
     assert not list((tmp_path / "c").glob("*.npz"))  # nothing cached
+
+
+# -- names stay distinct, bounds before work -------------------------------------------------------------------------
+
+def _preset(tmp_path: Path, **changes) -> Path:
+    """The shipped cifar10 preset pointed at paths that need not exist: every case below is refused before any file
+    is read or any model loads."""
+    import json
+
+    from failmode.testing import derive_preset
+
+    models = {"weights": tmp_path / "w.safetensors", "clip": tmp_path / "clip.pt", "pipeline": tmp_path / "sd"}
+    path = derive_preset("cifar10-bg-debug", tmp_path / "preset.json", tmp_path / "data", models, head=None,
+                         train_per_class=2, debug_per_class=2)
+    doc = json.loads(path.read_text())
+    for key, value in changes.items():
+        section, _, name = key.partition("__")
+        if name:
+            doc[section][name] = value
+        else:
+            doc[section] = value
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def _main(argv: list[str]) -> int:
+    """The CLI's exit code (argparse's usage errors exit through SystemExit)."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return int(e.code)
+
+
+def _build_cli(tmp_path: Path, preset: Path, capsys, *extra: str) -> tuple[int, list[str]]:
+    capsys.readouterr()
+    code = _main(["build", str(preset), "--out", str(tmp_path / "out"), *extra])
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"models": [{"id": "test_efficientnet"}, {"id": "test_efficientnet."}], "families": {}},
+     "model 'test_efficientnet' and model 'test_efficientnet.' would share the config and folder name "
+     "'test_efficientnet'; rename one of them"),
+    ({"families": {"tiny": ["test_efficientnet"], "tiny!!": ["test_efficientnet"]}},
+     "family 'tiny' and family 'tiny!!' would share the config and folder name 'collective-tiny'; rename one of them"),
+    ({"models": [{"id": "Test_EfficientNet"}, {"id": "test_efficientnet"}], "families": {}},
+     "model 'Test_EfficientNet' and model 'test_efficientnet' would share the config and folder name "
+     "'test_efficientnet'; rename one of them"),
+    ({"generation__steps": 1000000000}, "generation.steps: 1000000000 is out of range (1..1000)"),
+    ({"generation__size": 1000000000000}, "generation.size: 1000000000000 is out of range (8..4096)"),
+    ({"generation__guidance": float("nan")}, "generation.guidance: nan is out of range (0..100)"),
+    ({"baseline": {"images_per_class": 1000000000}}, "baseline.images_per_class: 1000000000 is out of range (1..10000)"),
+    ({"dataset__train_per_class": 1e308}, "dataset.train_per_class: 1e+308 is out of range (> 0 and <= 1e+06)"),
+    ({"render__batch_size": 100000}, "render.batch_size: 100000 is out of range (1..1024)"),
+])
+def test_a_preset_with_colliding_names_or_numbers_out_of_range_is_refused_before_any_work(tmp_path: Path, capsys,
+                                                                                          changes, message) -> None:
+    """Before: the two models merged into one config (exit 0), steps / images_per_class ran to the OOM killer,
+    size was a traceback that left a plan, NaN guidance dropped every image, 1e308 was cut silently."""
+    preset = _preset(tmp_path, **changes)
+    code, err = _build_cli(tmp_path, preset, capsys)
+    assert code == 1 and err == [f"failmode build: error: {preset}: {message}"], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["preset.json"]  # nothing written: no plan, no work folder
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--batch-size", "100000"], "argument --batch-size: 100000 is out of range (1..1024)"),
+    (["--train-per-class", "1e308"], "argument --train-per-class: 1e308 is out of range (> 0 and <= 1e+06)"),
+    (["--device", "cuda:7"], "argument --device: cuda:7: not present on this machine (available here: cpu)"),
+    (["--device", "nonsense"], "argument --device: 'nonsense' is not a device (available here: cpu)"),
+    (["--device", "mps"], "argument --device: mps: not present on this machine (available here: cpu)"),
+])
+def test_flags_out_of_range_and_absent_devices_are_one_usage_line(tmp_path: Path, capsys, argv, message) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.fail("this test describes a machine without a GPU")  # (CI's and the dev machine's)
+    code, err = _build_cli(tmp_path, _preset(tmp_path), capsys, *argv)
+    assert code == 2 and err == [f"failmode build: error: {message} (see 'failmode build --help')"], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["preset.json"]
+
+
+@pytest.mark.parametrize("command", [
+    ["mine", "--model", "test_efficientnet", "--dataset", "x", "--out", "OUT", "--device", "cuda"],
+    ["evaluate", "--model", "test_efficientnet", "--dataset", "x", "--debug-data", "y", "--out", "OUT",
+     "--device", "cuda"],
+    ["generate", "--modes", "x.json", "--out", "OUT", "--device", "cuda"],
+    ["generate", "--modes", "x.json", "--out", "OUT", "--guidance", "nan"],
+    ["generate", "--modes", "x.json", "--out", "OUT", "--steps", "1000000000"],
+])
+def test_every_command_checks_device_and_numbers_when_parsing(tmp_path: Path, capsys, command) -> None:
+    import torch
+
+    assert not torch.cuda.is_available()
+    argv = [str(tmp_path / "out") if a == "OUT" else a for a in command]
+    code = _main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"failmode {command[0]}: error: argument "), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_one_class_dataset_is_refused_before_any_model_loads(tmp_path: Path, capsys,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: the build finalized a dataset with only the baseline config."""
+    from failmode.testing import write_local_dataset
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr("failmode.models.classifier.create_classifier", no_model)
+    data = write_local_dataset(tmp_path / "data", "cifar10", {"train": 3, "test": 3}, class_names=["cat"])
+    preset = _preset(tmp_path, dataset__id=str(data))
+    code, err = _build_cli(tmp_path, preset, capsys)
+    assert code == 1 and err == [f"failmode build: error: {data}: the dataset has 1 class ('cat'); a debug dataset "
+                                 "needs at least 2"], err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.work").exists()
+
+
+def test_the_documented_ranges_are_the_code_s() -> None:
+    import dataclasses
+    import re
+
+    from failmode.generation.plan import GenerationSettings
+    from failmode.generation.presets import BaselineSection, DatasetSection, ModelSection, QualitySection
+    from failmode.options import FeatureOptions, RenderOptions
+
+    doc = (Path(__file__).parents[1] / "docs" / "settings.md").read_text()
+    section = None
+    documented = {}
+    for line in doc.splitlines():
+        m = re.match(r"^\| (.*?) \| `(\w+)` \|[^|]*\| (.+?)(?: \(.*\))? \|$", line)
+        if not m:
+            continue
+        cls = re.search(r"\(`(\w+)`\)", m[1])
+        section = cls[1] if cls else section
+        documented[section, m[2]] = m[3]
+    assert len(documented) >= 15  # the table parses
+    classes = [GenerationSettings, BaselineSection, DatasetSection, ModelSection, QualitySection, RenderOptions,
+               FeatureOptions]
+    code = {(c.__name__, f.name): f.metadata["range"].describe() for c in classes for f in dataclasses.fields(c)
+            if "range" in f.metadata}
+    assert documented == code

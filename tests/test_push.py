@@ -327,3 +327,14 @@ def test_the_manifest_lists_every_published_file(generated_ds: Path) -> None:
     assert any(f.startswith("generation/stats/baseline/") for f in m.files)
     assert all(sha256_file(generated_ds / f) == d for f, d in m.files.items())
     assert Manifest.load(generated_ds).files == m.files
+
+
+@pytest.mark.parametrize("repo", ["failmode/..", "failmode/.", "failmode/a--b", "failmode/-x", "a/b/c"])
+def test_a_repo_id_the_hub_refuses_is_refused_locally(tiny_ds: Path, tmp_path: Path, loopback_server, repo) -> None:
+    """Before, `--repo failmode/..` passed and the push failed on the server, which was blamed."""
+    url = loopback_server("empty")
+    proc, _ = _push_cli([str(tiny_ds), "--repo", repo], tmp_path, HF_TOKEN="hf_test_token", HF_ENDPOINT=url)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"failmode push: error: invalid repository {repo!r}: expected ORG/NAME, each part letters, digits, '_', '-' "
+        "or '.', not starting or ending with '-' or '.', without '--' or '..'"]

@@ -11,7 +11,7 @@ import argparse
 from typing import Any
 
 from failmode.errors import UsageError
-from failmode.options import AttributionOptions, RenderOptions
+from failmode.options import AttributionOptions, RenderOptions, device_type
 
 
 def add_world_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,7 +37,7 @@ def add_real_arguments(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     g.add_argument("--kinds", nargs="+", default=["background"], metavar="KIND",
                    help="vocabulary kinds of the shipped names: background, color (default background)")
     AttributionOptions.add_arguments(g)
-    g.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    g.add_argument("--device", type=device_type, help="cpu, cuda, cuda:1 (default: cuda if available)")
     return g
 
 

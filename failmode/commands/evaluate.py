@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 
+from failmode.typed import arg_type
+
+_PRESET_DATASET = "failmode.generation.presets:DatasetSection"
+
 HELP = "retrain a model's linear head with a debug dataset and report accuracy before and after"
 DESCRIPTION = (
     "Extract frozen features (cached on disk) of the dataset's train subset, test split and the model's seed/heldout "
@@ -56,8 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    "default: recompute the failures from the model's predictions with the same seed/heldout rule")
     g.add_argument("--train-split", help="training split of --dataset (default: the dataset's own)")
     g.add_argument("--eval-split", help="evaluation split of --dataset holding debug and test (default: the dataset's)")
-    g.add_argument("--train-per-class", type=float, help="train subset per class (default: the dataset's recipe)")
-    g.add_argument("--debug-per-class", type=float, help="debug split per class (default: the dataset's recipe)")
+    g.add_argument("--train-per-class", type=arg_type(_PRESET_DATASET, "train_per_class", float), help="train subset per class (default: the dataset's recipe)")
+    g.add_argument("--debug-per-class", type=arg_type(_PRESET_DATASET, "debug_per_class", float), help="debug split per class (default: the dataset's recipe)")
     g.add_argument("--group-column", help="column of the evaluation split naming each image's group (e.g. context): "
                    "per-group and worst-group test accuracy")
     g.add_argument("--common-column", help="boolean column of the evaluation split: the image's group is its class's "

@@ -76,6 +76,17 @@ def config_slug(name: str) -> str:
     return check_config_name(slug[:96] or "unnamed")
 
 
+def check_distinct(names: dict[str, str], where: str) -> None:
+    """`names` maps what a user named (a model id, a family, a modes file) to the config / folder name it becomes;
+    two that become one name (or names equal but for case, one folder on macOS and Windows) are refused in one line."""
+    seen: dict[str, str] = {}
+    for given, name in names.items():
+        other = seen.setdefault(name.casefold(), given)
+        if other != given:
+            raise ValidationError(f"{where}: {other} and {given} would share the config and folder name "
+                                  f"{name!r}; rename one of them")
+
+
 def shard_stem(split: str, shard_index: int, num_shards: int) -> str:
     """`<split>-0000N-of-0000M`, the name every file of one shard shares."""
     return f"{split}-{shard_index:05d}-of-{num_shards:05d}"

@@ -37,7 +37,8 @@ def push_dataset(root: str | os.PathLike[str], repo_id: str, *, tag: str | None 
     `tag` defaults to `v<manifest version>` and must equal it. Raises FailmodeError with one line on any failure.
     """
     if not REPO_ID_RE.match(repo_id):
-        raise UsageError(f"invalid repository {repo_id!r}: expected ORG/NAME")
+        raise UsageError(f"invalid repository {repo_id!r}: expected ORG/NAME, each part letters, digits, '_', '-' "
+                         "or '.', not starting or ending with '-' or '.', without '--' or '..'")
     manifest = validate_dataset_folder(root, check_hashes=True)
     tag = tag or manifest.tag
     if tag != manifest.tag:

@@ -17,7 +17,8 @@ from typing import Any
 
 from failmode.backends import GENERATORS, ImageGenerator, construct
 from failmode.dataset import Manifest, config_slug
-from failmode.errors import FailmodeError, UsageError
+from failmode.dataset.layout import check_distinct
+from failmode.errors import FailmodeError, UsageError, ValidationError
 from failmode.generation.plan import (
     BASELINE_KIND,
     GenerationSettings,
@@ -213,6 +214,8 @@ def mode_sets_from_files(modes_files: list[tuple[str, str]], *, k: int, vocab: s
                                 family=collective, k=k))
     if baseline:
         sets.append(baseline_modes(vocabulary.label_names(), [c.prompt_name for c in vocabulary.classes]))
+    check_distinct({f"{ms.source_model!r} ({f})": ms.config for ms, (_, _, f) in zip(sets, loaded, strict=False)}
+                   | {repr(ms.source_model): ms.config for ms in sets[len(loaded):]}, "generate")
     return vocabulary, kind, sets
 
 
@@ -269,6 +272,9 @@ def build(preset: Preset, out: str | os.PathLike[str], *, work: str | os.PathLik
     vocab = load_vocabulary(preset.vocabulary.dataset, preset.vocabulary.kind)
     stages = model_stages(preset, work_dir, recipe)
     names = _dataset_class_names(preset, stages)
+    if len(names) < 2:  # no classifier fails between classes of a one-class dataset: nothing to mine
+        raise ValidationError(f"{d.id}: the dataset has {len(names)} class{'es' if len(names) != 1 else ''} "
+                              f"({', '.join(map(repr, names))}); a debug dataset needs at least 2")
     vocab.check_classes(names, d.id)
     settings = with_vocabulary_template(preset.generation, preset.vocabulary.kind, vocab)
     analyse(preset, stages, recipe, device=device, worker=worker, cache_dir=cache_dir)
