@@ -17,7 +17,9 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `failmode finalize`."""
-    parser.add_argument("dir", metavar="DIR", help="dataset folder written by 'failmode build' / 'failmode generate'")
+    from failmode.commands._common import add_dataset_folder_argument
+
+    add_dataset_folder_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -48,9 +48,9 @@ def check_config_files(root: str | os.PathLike[str], manifest: Manifest, config:
     if stray:
         raise ValidationError(f"{root}: {stray[0]} is not in {layout.MANIFEST_NAME} (a shard of another build?)")
     for rel, digest in sorted(listed.items()):
-        if not (root / rel).is_file():
+        if not (root / rel).is_file() and not (root / rel).is_symlink():
             raise ValidationError(f"{root}: {rel} is missing (listed in {layout.MANIFEST_NAME})")
-        if sha256_file(root / rel) != digest:
+        if sha256_file(layout.regular_file(root, rel)) != digest:  # a link is refused, never followed
             raise ValidationError(f"{root}: {rel} differs from {layout.MANIFEST_NAME} (SHA-256 mismatch)")
 
 
