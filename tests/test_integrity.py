@@ -373,3 +373,20 @@ def test_the_documented_ranges_are_the_code_s() -> None:
     code = {(c.__name__, f.name): f.metadata["range"].describe() for c in classes for f in dataclasses.fields(c)
             if "range" in f.metadata}
     assert documented == code
+
+
+def test_regeneration_reads_regular_files_of_the_folder_only(tmp_path: Path) -> None:
+    """A generation-stats file swapped for a link to a file outside the folder is refused before it is read."""
+    from failmode.errors import ValidationError
+    from failmode.generation.regenerate import regenerate_shards
+
+    root = _build(tmp_path / "ds")
+    outside = tmp_path / "outside.json"
+    outside.write_text('{"batch_size": 1}')
+    stats = sorted((root / "generation" / "stats").rglob("*.json"))[0]
+    stats.unlink()
+    stats.symlink_to(outside)
+    rel = stats.relative_to(root).as_posix()
+    with pytest.raises(ValidationError, match=f"{rel} is a symbolic link; a dataset folder holds regular files only"):
+        regenerate_shards(root, ["baseline/train-00000-of-00001"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
