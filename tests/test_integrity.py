@@ -390,3 +390,19 @@ def test_regeneration_reads_regular_files_of_the_folder_only(tmp_path: Path) -> 
     with pytest.raises(ValidationError, match=f"{rel} is a symbolic link; a dataset folder holds regular files only"):
         regenerate_shards(root, ["baseline/train-00000-of-00001"], tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_refuses_a_data_file_swapped_for_a_link(tmp_path: Path) -> None:
+    """A listed shard replaced by a link (even to identical bytes) is refused before it is read."""
+    from failmode.dataset import Manifest
+    from failmode.dataset.validate import check_config_files
+    from failmode.errors import ValidationError
+
+    root = _build(tmp_path / "ds")
+    shard = sorted((root / "data" / "baseline").glob("*.parquet"))[0]
+    copy = tmp_path / "copy.parquet"
+    copy.write_bytes(shard.read_bytes())
+    shard.unlink()
+    shard.symlink_to(copy)
+    with pytest.raises(ValidationError, match="is a symbolic link; a dataset folder holds regular files only"):
+        check_config_files(root, Manifest.load(root), "baseline")

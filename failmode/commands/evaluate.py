@@ -7,7 +7,8 @@ import logging
 
 from failmode.typed import arg_type
 
-_PRESET_DATASET = "failmode.generation.presets:DatasetSection"
+_PRESET_DATASET = "failmode.generation.presets:DatasetSection"  # ranges of the flags (docs/settings.md)
+_PRESET_MODEL = "failmode.generation.presets:ModelSection"
 
 HELP = "retrain a model's linear head with a debug dataset and report accuracy before and after"
 DESCRIPTION = (
@@ -90,8 +91,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r = parser.add_argument_group("run")
     r.add_argument("--out", default="runs/evaluate", help="output folder (default runs/evaluate)")
     r.add_argument("--skip-existing", action="store_true", help="skip runs already in OUT/results.jsonl")
-    r.add_argument("--image-size", type=int, help="override the model's input size")
-    r.add_argument("--crop-pct", type=float, help="override the model's centre-crop fraction (1.0: no border crop)")
+    r.add_argument("--image-size", type=arg_type(_PRESET_MODEL, "image_size"), help="override the model's input size")
+    r.add_argument("--crop-pct", type=arg_type(_PRESET_MODEL, "crop_pct", float),
+                   help="override the model's centre-crop fraction (1.0: no border crop)")
     from failmode.commands._common import add_bad_image_argument
     from failmode.options import FeatureOptions
 
