@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from failmode.data.sources import ImageSource
-from failmode.images import Preprocess, Transform, default_workers, resolve_decode
 from failmode.cache import load_arrays, save_arrays
+from failmode.data.sources import ImageSource
 from failmode.errors import FailmodeError
+from failmode.images import Preprocess, Transform, default_workers, resolve_decode
 from failmode.io import stable_hash
 from failmode.options import FeatureOptions
 from failmode.progress import bar

@@ -153,9 +153,8 @@ def fake_hub(monkeypatch: pytest.MonkeyPatch):
 
 
 def test_push_uploads_then_tags(tiny_ds: Path, fake_hub, tmp_path: Path) -> None:
-    from failmode.dataset.publish import push_dataset
-
     from failmode.dataset import Manifest
+    from failmode.dataset.publish import push_dataset
 
     (tiny_ds / "data" / "baseline" / ".train-00000-of-00001.parquet.x1y2.tmp").write_bytes(b"torn")
     url = push_dataset(tiny_ds, "failmode/tiny-debug", private=True)

@@ -491,8 +491,8 @@ def test_vocab_build_stores_no_credential_of_the_endpoint(stub, tmp_path, capsys
     printed = capsys.readouterr()
     stored = [p for p in [out, *cache.rglob("*")] if p.is_file()]
     assert len(stored) >= 3  # the vocabulary and at least two cached answers (common contexts, one round)
-    for text in [*(p.read_text() for p in stored), printed.out, printed.err, caplog.text]:
-        assert "SECRETKEY" not in text and "user:" not in text
+    for written in [*(p.read_text() for p in stored), printed.out, printed.err, caplog.text]:
+        assert "SECRETKEY" not in written and "user:" not in written
     prov = load_vocabulary(out).provenance["generator"]
     assert f"(127.0.0.1:{port})" in prov
     entry = json.loads(next(cache.rglob("*.json")).read_text())

@@ -51,7 +51,8 @@ def add_render_arguments(g: argparse._ArgumentGroup, precision_flag: str = "--pr
     g.add_argument("--scheduler", default="dpmsolver++",
                    help="dpmsolver++ (default), dpmsolver++-karras, ddim, pndm, euler, unipc, or 'pipeline'")
     g.add_argument("--steps", type=arg_type(_PLAN, "steps"), default=25, help="denoising steps (default 25)")
-    g.add_argument("--guidance", type=arg_type(_PLAN, "guidance", float), default=7.5, help="classifier-free guidance scale (default 7.5)")
+    g.add_argument("--guidance", type=arg_type(_PLAN, "guidance", float), default=7.5,
+                   help="classifier-free guidance scale (default 7.5)")
     g.add_argument("--size", type=arg_type(_PLAN, "size"), default=512, help="generated image size in pixels (default 512)")
     RenderOptions.add_arguments(g, precision_flag)
 

@@ -34,7 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="attribution stand-in: exemplar (the classifier's frozen features) or pixels (pixel "
                         "descriptors, no classifier weights); default: the world's")
     p.add_argument("--seed", type=int, help="seed of the world, the halves and generation (default 0)")
-    p.add_argument("--images-per-mode", type=arg_type(_PLAN, "images_per_mode"), help="debug images per failure mode (default 20)")
+    p.add_argument("--images-per-mode", type=arg_type(_PLAN, "images_per_mode"),
+                   help="debug images per failure mode (default 20)")
     p.add_argument("--k", type=arg_type(_PLAN, "k"), help="failure modes per class (default 3)")
     p.add_argument("--lam", type=float, help="weight of the debug loss when retraining the head (default 0.5)")
 

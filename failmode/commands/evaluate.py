@@ -61,8 +61,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    "default: recompute the failures from the model's predictions with the same seed/heldout rule")
     g.add_argument("--train-split", help="training split of --dataset (default: the dataset's own)")
     g.add_argument("--eval-split", help="evaluation split of --dataset holding debug and test (default: the dataset's)")
-    g.add_argument("--train-per-class", type=arg_type(_PRESET_DATASET, "train_per_class", float), help="train subset per class (default: the dataset's recipe)")
-    g.add_argument("--debug-per-class", type=arg_type(_PRESET_DATASET, "debug_per_class", float), help="debug split per class (default: the dataset's recipe)")
+    g.add_argument("--train-per-class", type=arg_type(_PRESET_DATASET, "train_per_class", float),
+                   help="train subset per class (default: the dataset's recipe)")
+    g.add_argument("--debug-per-class", type=arg_type(_PRESET_DATASET, "debug_per_class", float),
+                   help="debug split per class (default: the dataset's recipe)")
     g.add_argument("--group-column", help="column of the evaluation split naming each image's group (e.g. context): "
                    "per-group and worst-group test accuracy")
     g.add_argument("--common-column", help="boolean column of the evaluation split: the image's group is its class's "

@@ -28,7 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a modes.json; its config is named after its source model unless =CONFIG is given")
     p.add_argument("--collective", metavar="FAMILY", help="also add one collective config merging all --modes files")
     p.add_argument("--baseline", action="store_true", help="add the class-only baseline ('a photo of a {class}')")
-    p.add_argument("--baseline-images", type=arg_type(_PRESET_BASELINE, "images_per_class"), default=None, help="baseline images per class (default k*images)")
+    p.add_argument("--baseline-images", type=arg_type(_PRESET_BASELINE, "images_per_class"), default=None,
+                   help="baseline images per class (default k*images)")
     p.add_argument("--vocab", help="vocabulary (shipped dataset name or JSON path; default: the modes files')")
     p.add_argument("--kind", default=None, help="vocabulary kind (default: the modes files', else background)")
     p.add_argument("--out", required=True, help="dataset folder")

@@ -2,8 +2,9 @@
 
 Finalize is resumable as a whole: it first saves the manifest it is completing as a draft (`layout.DRAFT_NAME`) and
 removes the old `failmode.json`, then rewrites every derived file, and last renames the completed draft to
-`failmode.json` (listing every file with its SHA-256, the card included). A folder killed at any point in between is not finalized (no manifest),
-so a rerun of the build, or `failmode finalize DIR` (which resumes from the draft), finishes it with the same bytes.
+`failmode.json` (listing every file with its SHA-256, the card included). A folder killed at any point in between is
+not finalized (no manifest), so a rerun of the build, or `failmode finalize DIR` (which resumes from the draft),
+finishes it with the same bytes. It reads regular files of the folder only: a symbolic link is refused first.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from failmode.dataset.card import card_tags, render_card
 from failmode.dataset.manifest import Manifest
 from failmode.dataset.sample import CODECS
 from failmode.dataset.summary import ConfigSummary, collect_configs, discover_tables
+from failmode.dataset.validate import check_no_links
 from failmode.errors import ValidationError
 from failmode.grids import image_grid
 from failmode.io import read_json, sha256_file, write_bytes_atomic, write_json
@@ -47,6 +49,7 @@ def finalize(root: str | os.PathLike[str], manifest: Manifest) -> Manifest:
     """
     root = Path(root)
     manifest.check()
+    check_no_links(root)  # nothing outside the folder is read, hashed or published
     manifest_in = manifest.to_json()
     configs = {**manifest.configs, **discover_tables(root, manifest)}
     manifest = dataclasses.replace(manifest, configs={k: dataclasses.replace(v) for k, v in configs.items()})

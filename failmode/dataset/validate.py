@@ -57,7 +57,8 @@ def check_config_files(root: str | os.PathLike[str], manifest: Manifest, config:
 def validate_dataset_folder(root: str | os.PathLike[str], *, check_hashes: bool = False) -> Manifest:
     """Return the folder's manifest, or raise ValidationError naming the first problem found.
 
-    Checks: `failmode.json` parses; the folder holds no symbolic link and no file the manifest does not list; `README.md` has a YAML header whose configs, version and per-split counts
+    Checks: `failmode.json` parses; the folder holds no symbolic link and no file the manifest does not list;
+    `README.md` has a YAML header whose configs, version and per-split counts
     match the manifest; every shard of every config exists with the manifest's shard count and sample count, with
     no stray shards; no config is empty;
     every image config has `_info.json`. With `check_hashes`, every file's SHA-256 must match the manifest.

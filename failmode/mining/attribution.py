@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 
 from failmode.backends import ATTRIBUTORS, Attributor, construct
+from failmode.cache import load_arrays, save_arrays
 from failmode.data.sources import ImageSource
 from failmode.errors import UsageError, ValidationError
-from failmode.cache import load_arrays, save_arrays
 from failmode.io import stable_hash
 from failmode.mining.clip_attributor import ClipAttributor
 from failmode.options import AttributionOptions, FeatureOptions
