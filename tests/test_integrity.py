@@ -103,15 +103,21 @@ def test_finalize_killed_between_any_two_files_resumes_to_the_same_bytes(tmp_pat
 
 
 def test_finalize_command_rewrites_a_missing_or_stale_card_and_cleans_temporaries(tmp_path: Path, capsys) -> None:
+    from failmode.generation.build import is_complete
+    from failmode.generation.plan import plan_path, read_plan
+
     root = _build(tmp_path / "ds")
     want = _tree(root)
+    rows = read_plan(plan_path(root))
+    assert is_complete(rows, root, None)
     (root / "README.md").write_text("stale")
+    assert not is_complete(rows, root, None)  # `failmode build` finalizes again instead of "nothing to render"
     (root / "assets" / "grid_baseline.png").unlink()
     (root / ".README.md.abc123.tmp").write_text("torn")
     (root / "assets" / ".grid_baseline.png.x.tmp").write_text("torn")
     assert main(["finalize", str(root)]) == 0
     assert capsys.readouterr().out.strip() == str(root)
-    assert _tree(root) == want
+    assert _tree(root) == want and is_complete(rows, root, None)
     assert main(["finalize", str(tmp_path / "nothing")]) == 1
     assert capsys.readouterr().err.strip() == f"failmode finalize: error: {tmp_path / 'nothing'}: not a directory"
 

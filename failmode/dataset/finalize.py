@@ -88,6 +88,18 @@ def finalize(root: str | os.PathLike[str], manifest: Manifest) -> Manifest:
     return manifest
 
 
+def derived_files_current(root: str | os.PathLike[str], manifest: Manifest) -> bool:
+    """Whether a finalized folder still holds what finalize wrote: every listed file present, no finalize draft, and
+    the small files finalize derives (card, `_info.json`, grids) with the manifest's SHA-256 (a build rerun
+    finalizes again otherwise; shards are checked by validation)."""
+    root = Path(root)
+    if (root / layout.DRAFT_NAME).exists() or not all((root / f).is_file() for f in manifest.files):
+        return False
+    derived = [f for f in manifest.files if f == layout.CARD_NAME or f.startswith("assets/")
+               or f.endswith("/" + layout.INFO_NAME)]
+    return all(sha256_file(root / f) == manifest.files[f] for f in derived)
+
+
 def resume(root: str | os.PathLike[str]) -> Manifest:
     """Finalize a folder whose shards are all written again, from its manifest or from the draft an interrupted
     finalize left (`failmode finalize DIR`); one line when there is neither."""

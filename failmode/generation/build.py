@@ -17,6 +17,7 @@ from typing import Any
 
 from failmode.backends import GENERATORS, ImageGenerator, construct
 from failmode.dataset import Manifest, config_slug
+from failmode.dataset.finalize import derived_files_current
 from failmode.dataset.layout import check_distinct
 from failmode.errors import FailmodeError, UsageError, ValidationError
 from failmode.generation.plan import (
@@ -249,7 +250,7 @@ def is_complete(rows: list[Any], out: Path, quality: QualitySection | None) -> b
                          if was.get(k) != now.get(k))
         raise UsageError(f"{out} was built with another quality filter ({diff}): rebuild it with --mode overwrite "
                          "(or --out another folder)")
-    return True
+    return derived_files_current(out, manifest)  # a card, grid or _info.json missing or stale: finalize again
 
 
 def build(preset: Preset, out: str | os.PathLike[str], *, work: str | os.PathLike[str] | None = None,
