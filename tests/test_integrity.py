@@ -431,3 +431,42 @@ def test_evaluate_refuses_a_data_file_swapped_for_a_link(tmp_path: Path) -> None
     shard.symlink_to(copy)
     with pytest.raises(ValidationError, match="is a symbolic link; a dataset folder holds regular files only"):
         check_config_files(root, Manifest.load(root), "baseline")
+
+
+def test_a_damaged_embedding_cache_is_computed_again_with_one_warning(tmp_path: Path, caplog) -> None:
+    """The image-embedding cache of attribution: NaN, truncated or another key's entry is never used."""
+    import numpy as np
+
+    from failmode.data.sources import ListSource
+    from failmode.mining.attribution import encode_images_cached
+    from failmode.testing import synthetic_images
+
+    images, labels = synthetic_images(6, size=16, seed=5, num_classes=2)
+    source = ListSource(images, labels, ["a", "b"], ident="six")
+
+    class Encoder:  # the attribution side that is cached: embeddings of images by index
+        cache_key = "encoder@1"
+        calls = 0
+
+        def encode_images(self, src, indices):
+            Encoder.calls += 1
+            return np.asarray([[float(i), float(sum(src.image(i).getpixel((0, 0))))] for i in indices], np.float32)
+
+    want = encode_images_cached(Encoder(), source, range(6), tmp_path)
+    entry = next((tmp_path / "embeddings").glob("*.npz"))
+    good = entry.read_bytes()
+    for damage in ("nan", "truncated"):
+        if damage == "nan":
+            with np.load(entry) as z:
+                arrays = {k: z[k] for k in z.files}
+            arrays["embeddings"] = np.full_like(arrays["embeddings"], np.nan)
+            with open(entry, "wb") as f:
+                np.savez(f, **arrays)
+        else:
+            entry.write_bytes(good[: len(good) // 3])
+        caplog.clear()
+        calls = Encoder.calls
+        assert np.array_equal(encode_images_cached(Encoder(), source, range(6), tmp_path), want)
+        assert Encoder.calls == calls + 1 and entry.read_bytes() == good
+        warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert len(warned) == 1 and warned[0].startswith("image embeddings: ignoring the cache entry"), warned
