@@ -331,6 +331,8 @@ def test_flags_out_of_range_and_absent_devices_are_one_usage_line(tmp_path: Path
     ["generate", "--modes", "x.json", "--out", "OUT", "--device", "nonsense"],
     ["generate", "--modes", "x.json", "--out", "OUT", "--guidance", "nan"],
     ["generate", "--modes", "x.json", "--out", "OUT", "--steps", "1000000000"],
+    ["evaluate", "--model", "m", "--dataset", "x", "--debug-data", "y", "--out", "OUT", "--epochs", "1e12"],
+    ["evaluate", "--model", "m", "--dataset", "x", "--debug-data", "y", "--out", "OUT", "--epochs", "10000000"],
 ])
 def test_every_command_checks_device_and_numbers_when_parsing(tmp_path: Path, capsys, command) -> None:
     argv = [str(tmp_path / "out") if a == "OUT" else a for a in command]
@@ -378,6 +380,7 @@ def test_the_documented_ranges_are_the_code_s() -> None:
     import dataclasses
     import re
 
+    from failmode.evaluate.pipeline import HeadParams
     from failmode.generation.plan import GenerationSettings
     from failmode.generation.presets import BaselineSection, DatasetSection, ModelSection, QualitySection
     from failmode.options import FeatureOptions, RenderOptions
@@ -394,7 +397,7 @@ def test_the_documented_ranges_are_the_code_s() -> None:
         documented[section, m[2]] = m[3]
     assert len(documented) >= 15  # the table parses
     classes = [GenerationSettings, BaselineSection, DatasetSection, ModelSection, QualitySection, RenderOptions,
-               FeatureOptions]
+               FeatureOptions, HeadParams]
     code = {(c.__name__, f.name): f.metadata["range"].describe() for c in classes for f in dataclasses.fields(c)
             if "range" in f.metadata}
     assert documented == code
