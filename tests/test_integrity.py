@@ -212,6 +212,8 @@ def test_a_damaged_feature_cache_is_computed_again_with_one_warning(eval_world: 
 
 
 def test_nan_features_from_a_model_name_the_model_and_the_batch(tmp_path: Path) -> None:
+    """A model that gives NaN for one image (here: its input is NaN) is an error naming the model, the batch and the
+    image, and nothing is cached; before, the NaN features were cached and used."""
     import torch
 
     from failmode.data.sources import ListSource
@@ -219,24 +221,20 @@ def test_nan_features_from_a_model_name_the_model_and_the_batch(tmp_path: Path) 
     from failmode.features import extract_features
     from failmode.testing import synthetic_images, tiny_classifier
 
-    model = tiny_classifier(num_classes=4)
     images, labels = synthetic_images(12, size=32, seed=3, num_classes=4)
     source = ListSource(images, labels, NAMES[:4], ident="twelve")
-    kwargs = dict(model_key="tiny@nan", batch_size=5, device="cpu", cache_dir=tmp_path / "c", num_workers=0,
-                  transform=lambda im: torch.zeros(3, 32, 32) + float(sum(im.getpixel((0, 0)))) / 765)
-    assert extract_features(model, source, **kwargs).features.shape[0] == 12  # finite: cached
-    with torch.no_grad():
-        model.get_classifier().bias[:] = float("nan")
-    kwargs["model_key"] = "tiny@nan"
-    for p in (tmp_path / "c").glob("*.npz"):
-        p.unlink()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.fill_(float("inf"))
-    with pytest.raises(FailmodeError, match=r"^tiny@nan: the model gave NaN or infinite features in batch 0 "
-                                            r"\(images 0\.\.4 of 12, first at source index 0\)"):
-        extract_features(model, source, **kwargs)
-    assert not list((tmp_path / "c").glob("*.npz"))  # nothing cached
+    calls = []
+
+    def transform(im):  # images are read in order (no loader workers): the 8th one becomes NaN
+        calls.append(1)
+        x = torch.full((3, 32, 32), float(sum(im.getpixel((0, 0)))) / 765)
+        return x.fill_(float("nan")) if len(calls) == 8 else x
+
+    with pytest.raises(FailmodeError, match=r"^tiny@1: the model gave NaN or infinite features in batch 1 "
+                                            r"\(images 5\.\.9 of 12, first at source index 7\); nothing was cached"):
+        extract_features(tiny_classifier(num_classes=4), source, model_key="tiny@1", batch_size=5, device="cpu",
+                         cache_dir=tmp_path / "c", num_workers=0, transform=transform)
+    assert not (tmp_path / "c").exists() or not list((tmp_path / "c").glob("*.npz"))
 
 
 # -- names stay distinct, bounds before work -------------------------------------------------------------------------
