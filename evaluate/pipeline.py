@@ -34,6 +34,7 @@ from failmode.mining.failures import HALVES, Predictions, failures_from_predicti
 from failmode.mining.mine import check_classes, model_key
 from failmode.options import FeatureOptions
 from failmode.progress import bar
+from failmode.typed import bounded, check_ranges
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class HeadParams:
     lr: float = 0.2
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    epochs: int = 1000
+    epochs: int = bounded(1000, 0, 1_000_000)
     seed: int = 0
     init: str = "model"  # "model": start from the model's own head; "random": nn.Linear's init from `seed`
     precision: str = "auto"
@@ -66,6 +67,10 @@ class HeadParams:
                              f"momentum {self.momentum}, weight decay {self.weight_decay}, epochs {self.epochs})")
         if self.precision not in PRECISIONS:
             raise UsageError(f"head precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        try:
+            check_ranges(self, "head")  # docs/settings.md
+        except ValidationError as e:
+            raise UsageError(str(e)) from None
 
 
 @dataclass

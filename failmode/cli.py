@@ -24,6 +24,7 @@ COMMANDS: tuple[str, ...] = (
     "overlap",
     "generate",
     "build",
+    "finalize",
     "push",
     "evaluate",
     "slices",

@@ -1,7 +1,9 @@
 """Frozen features (timm pre-logits) and the model's own logits, computed once and cached on disk.
 
 The cache key is (model key, source identity, indices, preprocessing, precision): change any of them and the
-features are recomputed; otherwise a rerun reads one .npz file and does no forward pass.
+features are recomputed; otherwise a rerun reads one .npz file and does no forward pass. Each entry carries its own
+check (`failmode.cache`: key, shapes, dtypes, SHA-256); one that fails it is computed again with one warning line.
+NaN or infinite features from a model are an error naming the model and the batch.
 
 Preprocessing is either a per-image transform (a PIL -> tensor callable, run in the loader's workers) or a
 `failmode.images.Preprocess`, the fast path: workers decode only, and resizing, cropping and normalisation run on
@@ -20,9 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from failmode.cache import load_arrays, save_arrays
 from failmode.data.sources import ImageSource
+from failmode.errors import FailmodeError
 from failmode.images import Preprocess, Transform, default_workers, resolve_decode
-from failmode.io import atomic_path, stable_hash
+from failmode.io import stable_hash
 from failmode.options import FeatureOptions
 from failmode.progress import bar
 from failmode.runtime import HostArrays, autocast, autocast_dtype, pick_device
@@ -120,17 +124,19 @@ def extract_features(
     transform = transform or eval_preprocess(model)
     dev = pick_device(str(device) if device else None)
     decode = resolve_decode(decode, dev) if isinstance(transform, Preprocess) else "transform"
-    path = None
+    path, key = None, ""
     if cache_dir is not None:
         pre = (transform, decode) if isinstance(transform, Preprocess) else transform
-        path = Path(cache_dir) / f"{feature_key(model_key, source, idx, pre, precision)}.npz"
-        if path.exists():
-            with np.load(path) as z:
-                logits = z["logits"] if "logits" in z.files else None
-                # an entry written with with_logits=False lacks the logits a classifier can give: recompute
-                if logits is not None or not with_logits or not hasattr(model, "forward_head"):
-                    log.info("%s: %d cached features from %s", desc, len(idx), path)
-                    return Features(z["features"], logits, source.labels[idx], idx, cached=True)
+        key = feature_key(model_key, source, idx, pre, precision)
+        path = Path(cache_dir) / f"{key}.npz"
+        # an entry that fails its own check (key, shapes, row count, checksum, finite values) is computed again
+        z = load_arrays(path, key, rows=len(idx), what=desc)
+        if z is not None and "features" in z:
+            logits = z.get("logits")
+            # an entry written with with_logits=False lacks the logits a classifier can give: recompute
+            if logits is not None or not with_logits or not hasattr(model, "forward_head"):
+                log.info("%s: %d cached features from %s", desc, len(idx), path)
+                return Features(z["features"], logits, source.labels[idx], idx, cached=True)
 
     dtype = autocast_dtype(dev, precision)
     batch_size = batch_size or default_batch_size(dev)
@@ -151,12 +157,26 @@ def extract_features(
     f_all = feats.numpy()
     out = Features(f_all if f_all is not None else np.zeros((0, 0), np.float32), logits.numpy(),
                    source.labels[idx], idx)
+    check_finite(out, model_key, batch_size)
     if path is not None:
-        with atomic_path(path) as tmp:
-            arrays = {"features": out.features} | ({"logits": out.logits} if out.logits is not None else {})
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
+        save_arrays(path, key, {"features": out.features} | ({"logits": out.logits} if out.logits is not None else {}))
     return out
+
+
+def check_finite(out: Features, model_key: str, batch_size: int) -> None:
+    """NaN or infinite features or logits from a model are an error naming the model and the first bad batch (checked
+    on the host after extraction, so the device never waits for a per-batch check)."""
+    for name, a in (("features", out.features), ("logits", out.logits)):
+        if a is None or not len(a):
+            continue
+        bad = ~np.isfinite(a.reshape(len(a), -1)).all(axis=1)
+        if bad.any():
+            row = int(np.argmax(bad))
+            b = row // batch_size
+            raise FailmodeError(f"{model_key}: the model gave NaN or infinite {name} in batch {b} (images "
+                                f"{b * batch_size}..{min((b + 1) * batch_size, len(a)) - 1} of {len(a)}, first at "
+                                f"source index {int(out.indices[row])}); nothing was cached (check the weights and "
+                                "--precision)")
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,11 @@ from failmode.errors import LoadError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+#: a Hub repository id, ORG/NAME, as the Hub accepts it: each part letters, digits, '_', '-', '.', at most 96
+#: characters, not starting or ending with '-' or '.', without '--' or '..' (so never '.' or '..')
+_REPO_PART = r"(?![^/]*(?:--|\.\.))[A-Za-z0-9](?:[\w.-]{0,94}[A-Za-z0-9_])?"
+REPO_ID_RE = re.compile(rf"^{_REPO_PART}/{_REPO_PART}$", re.ASCII)
 
 PROBE_TIMEOUT_S = 3.0
 #: seconds any Hub HTTP request of a push may go without progress (huggingface_hub's own client has no timeout):

@@ -17,10 +17,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from failmode.errors import UsageError
+from failmode.errors import UsageError, ValidationError
 from failmode.registry import Registry
+from failmode.typed import arg_type, bounded, check_ranges
 
 DECODE_CHOICES = ("auto", "cpu", "hybrid", "gpu")
+
+
+def device_type(text: str) -> str:
+    """The argparse `type` of every --device flag: a device this machine does not have (`cuda` without a GPU,
+    `cuda:7`, `mps`, `nonsense`) is a one-line usage error at parse time, before any data loads (torch is imported
+    only when the flag is given)."""
+    from failmode.runtime import device_arg
+
+    return device_arg(text)
+
 PRECISION_CHOICES = ("auto", "fp32", "fp16", "bf16")
 
 
@@ -29,21 +40,28 @@ class FeatureOptions:
     """Feature-extraction settings (`failmode.features.extract_features`); None means the device's default."""
 
     device: str | None = None
-    batch_size: int | None = None  # None: 256 on a GPU, 64 on a CPU
+    batch_size: int | None = bounded(None, 1, 4096)  # None: 256 on a GPU, 64 on a CPU
     precision: str = "auto"
-    num_workers: int | None = None  # None: failmode.images.default_workers
+    num_workers: int | None = bounded(None, 0, 64)  # None: failmode.images.default_workers
     decode: str = "auto"
     cache_dir: str | None = None  # the cache root; features go to cache_dir/features
+
+    def __post_init__(self) -> None:
+        try:
+            check_ranges(self, "")
+        except ValidationError as e:
+            raise UsageError(str(e)) from None
 
     @staticmethod
     def add_arguments(p: argparse.ArgumentParser | Any, batch_default: str = "256 on a GPU, 64 on a CPU") -> None:
         """--device, --batch-size, --precision, --workers, --decode, --cache-dir (`batch_default`: the help's
         words for the default batch of whatever extracts)."""
-        p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
-        p.add_argument("--batch-size", type=int, help=f"images per forward pass (default: {batch_default})")
+        p.add_argument("--device", type=device_type, help="cpu, cuda, cuda:1 (default: cuda if available)")
+        p.add_argument("--batch-size", type=arg_type(FeatureOptions, "batch_size"),
+                       help=f"images per forward pass, 1..4096 (default: {batch_default})")
         p.add_argument("--precision", default="auto", choices=PRECISION_CHOICES,
                        help="precision of the forward passes (auto: bf16/fp16 on a GPU, fp32 on a CPU)")
-        p.add_argument("--workers", "--num-workers", dest="num_workers", type=int,
+        p.add_argument("--workers", "--num-workers", dest="num_workers", type=arg_type(FeatureOptions, "num_workers"),
                        help="loader processes decoding images (default: 0 on CPU, up to 8 on a GPU)")
         p.add_argument("--decode", default="auto", choices=DECODE_CHOICES,
                        help="cpu: resize in the workers (the model's exact preprocessing); hybrid: resize on the device; gpu: "
@@ -159,7 +177,7 @@ class RenderOptions:
 
     device: str | None = None  # default: CUDA when available
     precision: str = "auto"  # fp32 | fp16 | bf16 | auto (fp16 on CUDA, fp32 on CPU)
-    batch_size: int = 16  # fixed kernel batch (samples per denoising pass; CFG doubles it)
+    batch_size: int = bounded(16, 1, 1024)  # fixed kernel batch (samples per denoising pass; CFG doubles it)
     scheduler: str | None = "dpmsolver++"  # None: the pipeline's own scheduler
     channels_last: bool = True
     compile: str | None = None  # None | "default" | "reduce-overhead" | "max-autotune"
@@ -175,8 +193,10 @@ class RenderOptions:
         if self.compile not in COMPILE_MODES:
             raise UsageError(f"compile must be null or one of {', '.join(m for m in COMPILE_MODES if m)}; "
                              f"got {self.compile!r}")
-        if self.batch_size < 1:
-            raise UsageError(f"batch_size must be >= 1, got {self.batch_size}")
+        try:
+            check_ranges(self, "")
+        except ValidationError as e:
+            raise UsageError(str(e)) from None
         if self.scheduler is not None and self.scheduler not in SCHEDULERS:
             SCHEDULERS.get(self.scheduler)  # one line listing the known schedulers
 
@@ -186,8 +206,8 @@ class RenderOptions:
         --no-channels-last, --fuse-qkv, --safety-checker, --threads; a flag not given leaves the base options' value."""
         p.add_argument(precision_flag, dest="render_precision", choices=PRECISION_CHOICES,
                        help="generator precision (default: the preset's, else auto: fp16 on CUDA, fp32 on CPU)")
-        p.add_argument("--batch-size", dest="render_batch_size", type=int, metavar="N",
-                       help="images per denoising pass, one fixed kernel shape (default: the preset's, else 16; "
+        p.add_argument("--batch-size", dest="render_batch_size", type=arg_type(RenderOptions, "batch_size"), metavar="N",
+                       help="images per denoising pass, 1..1024, one fixed kernel shape (default: the preset's, else 16; "
                             "halves on out-of-memory)")
         p.add_argument("--compile", dest="render_compile", choices=[m for m in COMPILE_MODES if m],
                        help="torch.compile the UNet and the VAE decoder in this mode (default: not compiled)")

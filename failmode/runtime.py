@@ -14,10 +14,48 @@ log = logging.getLogger(__name__)
 
 
 def pick_device(device: str | None = None) -> torch.device:
-    """`device` if given ("cpu", "cuda", "cuda:1"), else CUDA when available, else CPU."""
+    """`device` if given ("cpu", "cuda", "cuda:1") and present on this machine, else CUDA when available, else CPU."""
     if device:
-        return torch.device(device)
+        return check_device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def available_devices() -> list[str]:
+    """The devices this machine has: cpu, cuda:0..N-1, mps."""
+    out = ["cpu", *(f"cuda:{i}" for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0))]
+    mps = getattr(torch.backends, "mps", None)
+    return out + (["mps"] if mps is not None and mps.is_available() else [])
+
+
+def check_device(device: str) -> torch.device:
+    """`device` as a torch.device when this machine has it; else UsageError in one line naming the devices it has
+    (checked when a command parses --device, before any data or model loads)."""
+    from failmode.errors import UsageError
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {device!r} is not a device (available here: "
+                         f"{', '.join(available_devices())})") from None
+    have = available_devices()
+    name = dev.type if dev.index is None else f"{dev.type}:{dev.index}"
+    ok = dev.type == "cpu" or name in have or (dev.index is None and any(h.startswith(f"{dev.type}:") for h in have))
+    if not ok:
+        raise UsageError(f"--device {device}: not present on this machine (available here: {', '.join(have)})")
+    return dev
+
+
+def device_arg(text: str) -> str:
+    """An argparse `type` for --device: the device as given when this machine has it, else a one-line usage error."""
+    import argparse
+
+    from failmode.errors import UsageError
+
+    try:
+        check_device(text)
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--device ")) from None
+    return text
 
 
 def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:

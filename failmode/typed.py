@@ -1,17 +1,94 @@
-"""Typed settings from JSON: a frozen dataclass per section, unknown keys and wrong types refused in one line."""
+"""Typed settings from JSON: a frozen dataclass per section, unknown keys and wrong types refused in one line.
+
+A number setting may carry a sane range (`bounded`: field metadata), checked wherever the value comes from: a preset
+file (`from_mapping`), a command-line flag (`arg_type`, an argparse `type`) or code (`check_ranges`); NaN and
+infinities are never in range. The ranges are listed in docs/settings.md.
+"""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
+import math
 import types
 import typing
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar, Union
 
 from failmode.errors import FailmodeError, ValidationError
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Range:
+    """The sane range of a number setting: lo..hi, both included unless `lo_open` (then lo itself is refused)."""
+
+    lo: float
+    hi: float
+    lo_open: bool = False
+
+    def describe(self) -> str:
+        """"1..1000", "> 0 and <= 1e+06"."""
+        return f"> {self.lo:g} and <= {self.hi:g}" if self.lo_open else f"{self.lo:g}..{self.hi:g}"
+
+    def contains(self, value: float) -> bool:
+        """Whether `value` is in range (NaN and infinities never are)."""
+        return math.isfinite(value) and (self.lo < value if self.lo_open else self.lo <= value) and value <= self.hi
+
+    def check(self, value: Any, name: str) -> None:
+        """Raise ValidationError "NAME: VALUE is out of range (LO..HI)" unless `value` is None or in range."""
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not self.contains(value):
+            raise ValidationError(f"{name}: {value!r} is out of range ({self.describe()})")
+
+
+def bounded(default: Any, lo: float, hi: float, *, lo_open: bool = False) -> Any:
+    """A dataclass field with a default and a sane range (`Range`), checked by `from_mapping`, `arg_type` and
+    `check_ranges`."""
+    return dataclasses.field(default=default, metadata={"range": Range(lo, hi, lo_open)})
+
+
+def field_range(cls: type, name: str) -> Range | None:
+    """The range of field `name` of dataclass `cls`, if it has one."""
+    return next((f.metadata.get("range") for f in dataclasses.fields(cls) if f.name == name), None)
+
+
+def check_ranges(obj: Any, where: str) -> None:
+    """Every bounded field of dataclass instance `obj` in its range; ValidationError "WHERE.FIELD: ..." otherwise."""
+    for f in dataclasses.fields(obj):
+        rng = f.metadata.get("range")
+        if rng is not None:
+            rng.check(getattr(obj, f.name), f"{where}.{f.name}" if where else f.name)
+
+
+def arg_type(cls: type | str, name: str, kind: type = int) -> Any:
+    """An argparse `type` for a flag that sets field `name` of `cls` (a class, or "module:Class", imported only when
+    a value is parsed, so commands stay light): parses `kind` and checks the field's range, so a flag and a preset
+    key share one range (a usage error of one line otherwise)."""
+
+    def parse(text: str) -> Any:
+        import importlib
+
+        owner = cls
+        if isinstance(owner, str):
+            module, _, attr = owner.partition(":")
+            owner = getattr(importlib.import_module(module), attr)
+        rng = field_range(owner, name)
+        if rng is None:
+            raise TypeError(f"{owner.__name__}.{name} has no range")
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not rng.contains(value):
+            raise argparse.ArgumentTypeError(f"{text} is out of range ({rng.describe()})")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
 
 
 @functools.cache
@@ -85,6 +162,9 @@ def from_mapping(cls: type[T], data: Any, where: str, *, exclude: tuple[str, ...
         tp = hints[key]
         if not matches(value, tp):
             raise ValidationError(f"{where}.{key} must be {type_name(tp)}, got {value!r}")
+        rng = fields[key].metadata.get("range")
+        if rng is not None:
+            rng.check(value, f"{where}.{key}")
         kwargs[key] = _nested(value, tp, f"{where}.{key}")
     try:
         return cls(**kwargs)

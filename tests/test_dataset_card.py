@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from failmode.dataset import Manifest, ValidationError, config_slug, layout, validate_dataset_folder
+from failmode.dataset import Manifest, ValidationError, config_slug, finalize, layout, validate_dataset_folder
 from failmode.dataset.card import parse_card_header
+from failmode.io import sha256_bytes
 from failmode.testing import TINY_CLASSES, build_tiny_dataset, tiny_manifest
 
 
@@ -154,6 +155,9 @@ def test_validate_checks_the_plan_hash(tmp_path: Path) -> None:
     root = tmp_path / "ds"
     build_tiny_dataset(root, with_table=False)
     (root / layout.PLAN_PATH).parent.mkdir()
+    (root / layout.PLAN_PATH).write_bytes(b"the plan")
+    finalize(root, dataclasses.replace(Manifest.load(root), plan_sha256=sha256_bytes(b"the plan")))
+    assert validate_dataset_folder(root, check_hashes=True).files[layout.PLAN_PATH] == sha256_bytes(b"the plan")
     (root / layout.PLAN_PATH).write_bytes(b"another plan")
     with pytest.raises(ValidationError, match="plan.parquet: content differs from the manifest's plan_sha256"):
         validate_dataset_folder(root, check_hashes=True)

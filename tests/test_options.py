@@ -89,5 +89,7 @@ def test_render_flags_override_a_base_and_only_the_flags_given():
     assert RenderOptions.given(args(["--render-precision", "fp32"], "--render-precision")) == {"precision": "fp32"}
     with pytest.raises(UsageError, match="unknown scheduler 'lms'"):
         RenderOptions.from_args(args([]), scheduler="lms")
-    with pytest.raises(UsageError, match="batch_size must be >= 1"):
-        RenderOptions.from_args(args(["--batch-size", "0"]))
+    with pytest.raises(UsageError, match=r"batch_size: 0 is out of range \(1..1024\)"):
+        RenderOptions(batch_size=0)
+    with pytest.raises(SystemExit):  # a flag out of range is a usage error of argparse, before anything runs
+        args(["--batch-size", "100000"])

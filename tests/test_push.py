@@ -153,15 +153,18 @@ def fake_hub(monkeypatch: pytest.MonkeyPatch):
 
 
 def test_push_uploads_then_tags(tiny_ds: Path, fake_hub, tmp_path: Path) -> None:
+    from failmode.dataset import Manifest
     from failmode.dataset.publish import push_dataset
 
     (tiny_ds / "data" / "baseline" / ".train-00000-of-00001.parquet.x1y2.tmp").write_bytes(b"torn")
-    (tiny_ds / "notes.txt").write_text("not part of the dataset")
     url = push_dataset(tiny_ds, "failmode/tiny-debug", private=True)
     assert url == "http://127.0.0.1:9/datasets/failmode/tiny-debug/tree/v1.0.0"
     assert fake_hub.calls == ["create_repo private=True", "list_repo_refs", "upload_folder", "create_tag v1.0.0 c0ffee"]
-    assert "README.md" in fake_hub.uploaded and "failmode.json" in fake_hub.uploaded
-    assert not any(f.endswith(".tmp") or f == "notes.txt" for f in fake_hub.uploaded)
+    # exactly the manifest and the files it lists: card, shards, markers, _info.json, grids
+    assert fake_hub.uploaded == {"failmode.json", *Manifest.load(tiny_ds).files}
+    assert {"README.md", "assets/grid_test_resnet.png", "wds/test_resnet/_info.json",
+            "data/test_resnet/train-00000-of-00001_stats.json"} <= fake_hub.uploaded
+    assert not any(f.endswith(".tmp") for f in fake_hub.uploaded)
 
 
 def test_incomplete_upload_is_never_tagged(tiny_ds: Path, fake_hub) -> None:
@@ -273,3 +276,64 @@ def test_a_server_that_is_not_the_hub_is_named_in_one_line(tiny_ds: Path, tmp_pa
     assert "Traceback" not in proc.stderr
     assert len(lines) == 1 and f"the server at {url} does not answer as the Hugging Face Hub does" in lines[0], lines
     assert "check HF_ENDPOINT" in lines[0]
+
+
+@pytest.fixture(scope="module")
+def generated_ds(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from failmode.testing import write_debug_dataset
+
+    return write_debug_dataset(tmp_path_factory.mktemp("gen") / "gen-debug", class_names=["cat", "dog"],
+                               images_per_mode=2, baseline_images_per_class=2)
+
+
+@pytest.mark.parametrize("where", ["assets/grid_extra.png", "generation/stats/baseline/secret.json", "stray"])
+def test_a_link_or_an_unlisted_file_is_refused_before_the_hub(generated_ds: Path, tmp_path: Path, where: str,
+                                                              loopback_server) -> None:
+    """A symlink pointing outside the folder (assets/, generation/stats/) or a stray file is named in one line and
+    nothing reaches the (loopback) Hub; before, the link's target was uploaded."""
+    import shutil
+
+    root = tmp_path / "ds"
+    shutil.copytree(generated_ds, root)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("hf_SECRET outside the dataset")
+    if where == "stray":
+        (root / "assets" / "notes.txt").write_text("not part of the dataset")
+        rel, what = "assets/notes.txt", "is not listed in failmode.json"
+    else:
+        (root / where).symlink_to(secret)
+        rel, what = where, "is a symbolic link; a dataset folder holds regular files only"
+    url = loopback_server("empty")
+    proc, _ = _push_cli([str(root), "--repo", "failmode/gen-debug"], tmp_path, HF_TOKEN="hf_test_token",
+                        HF_ENDPOINT=url)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [f"failmode push: error: {root}: {rel} {what}"
+                                                + (" (nothing outside it is published)" if where != "stray" else
+                                                   "; remove it, or run `failmode finalize` if the manifest is out "
+                                                   "of date")]
+    assert proc.stdout == ""
+    assert secret.read_text() == "hf_SECRET outside the dataset"  # left as it was
+
+
+def test_the_manifest_lists_every_published_file(generated_ds: Path) -> None:
+    from failmode.dataset import Manifest, layout, validate_dataset_folder
+    from failmode.io import sha256_file
+
+    m = validate_dataset_folder(generated_ds, check_hashes=True)
+    files, links = layout.folder_files(generated_ds)
+    assert links == [] and set(files) == {layout.MANIFEST_NAME, *m.files}
+    assert {"README.md", "generation/plan.parquet", "assets/grid_baseline.png", "wds/baseline/_info.json"} <= set(m.files)
+    assert any(f.startswith("generation/stats/baseline/") for f in m.files)
+    assert all(sha256_file(generated_ds / f) == d for f, d in m.files.items())
+    assert Manifest.load(generated_ds).files == m.files
+
+
+@pytest.mark.parametrize("repo", ["failmode/..", "failmode/.", "failmode/a--b", "failmode/-x", "a/b/c"])
+def test_a_repo_id_the_hub_refuses_is_refused_locally(tiny_ds: Path, tmp_path: Path, loopback_server, repo) -> None:
+    """Before, `--repo failmode/..` passed and the push failed on the server, which was blamed."""
+    url = loopback_server("empty")
+    proc, _ = _push_cli([str(tiny_ds), "--repo", repo], tmp_path, HF_TOKEN="hf_test_token", HF_ENDPOINT=url)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"failmode push: error: invalid repository {repo!r}: expected ORG/NAME, each part letters, digits, '_', '-' "
+        "or '.', not starting or ending with '-' or '.', without '--' or '..'"]

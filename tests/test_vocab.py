@@ -462,3 +462,57 @@ def test_a_build_with_no_usable_context_says_why_in_the_error(stub, tmp_path):
         build_vocabulary(BuildConfig("cifar10", min_contexts=3, rounds=1),
                          ChatClient(stub, "m", cache_dir=tmp_path), resolve_classes("cifar10", ["cat"]))
     assert "see -v" not in str(e.value) and "\n" not in str(e.value)
+
+
+# -- no secrets at rest ----------------------------------------------------------------------------------------
+
+def test_redact_url_drops_userinfo_and_credential_parameters():
+    from failmode.vocab.llm import redact_url
+
+    assert redact_url("http://user:KEY@127.0.0.1:8080/v1?api-key=K2&x=1") == "http://127.0.0.1:8080/v1?x=1"
+    assert redact_url("https://h/v1?key=a&token=b&access_token=c&sig=d&Api_Key=e&X-Api-Key=f&my_token=g&v=2") == \
+        "https://h/v1?v=2"
+    assert redact_url("https://h.example/v1/") == "https://h.example/v1/"
+
+
+def test_vocab_build_stores_no_credential_of_the_endpoint(stub, tmp_path, capsys, caplog):
+    """`vocab build --endpoint http://user:KEY@host/v1?api-key=KEY2`: neither key reaches the vocabulary's provenance,
+    the LLM cache entries, the logs or the output; cache keys use the redacted URL (a rerun without the credentials
+    is served from the cache). Before, provenance held `user:KEY@...` and every cache entry both keys."""
+    import logging
+
+    port = stub.split(":")[2].split("/")[0]
+    secret = f"http://user:SECRETKEY1@127.0.0.1:{port}/v1?api-key=SECRETKEY2&api_version=3"
+    out, cache = tmp_path / "v.json", tmp_path / "cache"
+    argv = ["build", "--dataset", "cifar10", "--classes", "cat", "--endpoint", secret, "--model", "m",
+            "--min-contexts", "3", "--rounds", "1", "--concurrency", "1", "--cache-dir", str(cache), "--out", str(out)]
+    with caplog.at_level(logging.DEBUG):
+        assert run_vocab(argv) == 0
+    printed = capsys.readouterr()
+    stored = [p for p in [out, *cache.rglob("*")] if p.is_file()]
+    assert len(stored) >= 3  # the vocabulary and at least two cached answers (common contexts, one round)
+    for written in [*(p.read_text() for p in stored), printed.out, printed.err, caplog.text]:
+        assert "SECRETKEY" not in written and "user:" not in written
+    prov = load_vocabulary(out).provenance["generator"]
+    assert f"(127.0.0.1:{port})" in prov
+    entry = json.loads(next(cache.rglob("*.json")).read_text())
+    assert entry["endpoint"] == f"http://127.0.0.1:{port}/v1?api_version=3" and len(entry["sha256"]) == 64
+    sent = len(_Stub.bodies)
+    assert run_vocab([*argv[:6], f"http://127.0.0.1:{port}/v1?api_version=3", *argv[7:]]) == 0
+    assert len(_Stub.bodies) == sent  # the same cache entries: keyed by the redacted URL
+    assert "0 requests" in capsys.readouterr().out
+
+
+def test_a_damaged_llm_cache_entry_is_asked_again_with_one_warning(stub, tmp_path, caplog):
+    request = {"messages": [{"role": "user", "content": "hi"}], "temperature": 0.0, "seed": 1}
+    client = ChatClient(stub, "m", cache_dir=tmp_path)
+    first = client.complete(request)
+    path = client.cache_path(request)
+    for damage in (lambda t: t[: len(t) // 2], lambda t: t.replace("desert", "forest")):
+        path.write_text(damage(path.read_text()))
+        caplog.clear()
+        again = ChatClient(stub, "m", cache_dir=tmp_path)
+        assert again.complete(request).text == first.text and again.stats.requests == 1
+        warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+        assert len(warnings) == 1 and "ignoring the cache entry" in warnings[0].getMessage()
+    assert ChatClient(stub, "m", cache_dir=tmp_path).complete(request).cached  # rewritten, valid again

@@ -25,3 +25,8 @@ def shipped_presets() -> list[str]:
     from pathlib import Path
 
     return sorted(f.stem for f in (Path(__file__).resolve().parents[1] / "builders").glob("*.json"))
+
+
+def add_dataset_folder_argument(p: argparse.ArgumentParser) -> None:
+    """DIR: a dataset folder written by `failmode build` / `failmode generate` (push, finalize)."""
+    p.add_argument("dir", metavar="DIR", help="dataset folder written by 'failmode build' / 'failmode generate'")

@@ -11,7 +11,10 @@ import argparse
 from typing import Any
 
 from failmode.errors import UsageError
-from failmode.options import AttributionOptions, RenderOptions
+from failmode.options import AttributionOptions, RenderOptions, device_type
+from failmode.typed import arg_type
+
+_PLAN = "failmode.generation.plan:GenerationSettings"  # ranges of the flags (docs/settings.md)
 
 
 def add_world_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,7 +40,7 @@ def add_real_arguments(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     g.add_argument("--kinds", nargs="+", default=["background"], metavar="KIND",
                    help="vocabulary kinds of the shipped names: background, color (default background)")
     AttributionOptions.add_arguments(g)
-    g.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    g.add_argument("--device", type=device_type, help="cpu, cuda, cuda:1 (default: cuda if available)")
     return g
 
 
@@ -47,9 +50,10 @@ def add_render_arguments(g: argparse._ArgumentGroup, precision_flag: str = "--pr
     g.add_argument("--revision", help="generator revision on the Hub")
     g.add_argument("--scheduler", default="dpmsolver++",
                    help="dpmsolver++ (default), dpmsolver++-karras, ddim, pndm, euler, unipc, or 'pipeline'")
-    g.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
-    g.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
-    g.add_argument("--size", type=int, default=512, help="generated image size in pixels (default 512)")
+    g.add_argument("--steps", type=arg_type(_PLAN, "steps"), default=25, help="denoising steps (default 25)")
+    g.add_argument("--guidance", type=arg_type(_PLAN, "guidance", float), default=7.5,
+                   help="classifier-free guidance scale (default 7.5)")
+    g.add_argument("--size", type=arg_type(_PLAN, "size"), default=512, help="generated image size in pixels (default 512)")
     RenderOptions.add_arguments(g, precision_flag)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from failmode.options import AttributionOptions, FeatureOptions
+from failmode.typed import arg_type
 
 HELP = "attribute seed failures to vocabulary contexts (CLIP zero-shot); write modes.json and a failure report"
 DESCRIPTION = (
@@ -23,7 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", nargs="+", metavar="MODEL", help="models under --runs to attribute")
     p.add_argument("--vocabulary", required=True, help="a shipped vocabulary's dataset name or a vocabulary JSON")
     p.add_argument("--kind", default="background", help="vocabulary kind: background, color (default background)")
-    p.add_argument("-k", type=int, default=3, help="failure modes (contexts) kept per class (default 3)")
+    p.add_argument("-k", type=arg_type("failmode.generation.plan:GenerationSettings", "k"), default=3,
+                   help="failure modes (contexts) kept per class (default 3)")
     p.add_argument("--out", help="output folder (only with one failures table; default: beside the table)")
     AttributionOptions.add_arguments(p)
     p.add_argument("--dataset", help="read images from here instead of the dataset the failures were mined on")

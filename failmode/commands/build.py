@@ -6,7 +6,10 @@ import argparse
 import logging
 
 from failmode.commands._common import add_mode_argument, shipped_presets
-from failmode.options import BUILD_STAGES, DEFAULT_WAIT_TIMEOUT_S, RenderOptions
+from failmode.options import BUILD_STAGES, DEFAULT_WAIT_TIMEOUT_S, RenderOptions, device_type
+from failmode.typed import arg_type
+
+_PRESET_DATASET = "failmode.generation.presets:DatasetSection"
 
 HELP = "build a target debug dataset from a preset (mine, attribute, generate, finalize)"
 DESCRIPTION = (
@@ -33,10 +36,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d.add_argument("--dataset", help="the classifiers' dataset: a known name, hf:ORG/NAME or a local folder")
     d.add_argument("--split", help="evaluation split holding the debug images")
     d.add_argument("--train-split", help="split a 'head: train' head is fitted on")
-    d.add_argument("--train-per-class", type=float, help="split recipe: train images per class")
-    d.add_argument("--debug-per-class", type=float, help="split recipe: debug images per class (count, or fraction < 1)")
+    d.add_argument("--train-per-class", type=arg_type(_PRESET_DATASET, "train_per_class", float),
+                   help="split recipe: train images per class")
+    d.add_argument("--debug-per-class", type=arg_type(_PRESET_DATASET, "debug_per_class", float),
+                   help="split recipe: debug images per class (count, or fraction < 1)")
     m = p.add_argument_group("models and machine")
-    m.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    m.add_argument("--device", type=device_type, help="cpu, cuda, cuda:1 (default: cuda if available)")
     m.add_argument("--generator", help="diffusers Hub id or local save_pretrained folder (overrides generation.generator)")
     m.add_argument("--clip-model", help="open_clip name or JSON config for attribution and the quality filter")
     m.add_argument("--clip-pretrained", help="open_clip tag or local checkpoint for attribution and the quality filter; "

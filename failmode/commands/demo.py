@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from failmode.typed import arg_type
+
+_PLAN = "failmode.generation.plan:GenerationSettings"  # ranges of the flags (docs/settings.md)
+
 HELP = "run the whole method end to end on the offline fashion-scenes world (CPU, no downloads)"
 DESCRIPTION = (
     "Build the fashion-scenes world (real Fashion-MNIST objects on real scene photos), train a linear head on a "
@@ -30,8 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="attribution stand-in: exemplar (the classifier's frozen features) or pixels (pixel "
                         "descriptors, no classifier weights); default: the world's")
     p.add_argument("--seed", type=int, help="seed of the world, the halves and generation (default 0)")
-    p.add_argument("--images-per-mode", type=int, help="debug images per failure mode (default 20)")
-    p.add_argument("--k", type=int, help="failure modes per class (default 3)")
+    p.add_argument("--images-per-mode", type=arg_type(_PLAN, "images_per_mode"),
+                   help="debug images per failure mode (default 20)")
+    p.add_argument("--k", type=arg_type(_PLAN, "k"), help="failure modes per class (default 3)")
     p.add_argument("--lam", type=float, help="weight of the debug loss when retraining the head (default 0.5)")
 
 

@@ -5,6 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 
+from failmode.typed import arg_type
+
+_PRESET_DATASET = "failmode.generation.presets:DatasetSection"  # ranges of the flags (docs/settings.md)
+_PRESET_MODEL = "failmode.generation.presets:ModelSection"
+
 HELP = "retrain a model's linear head with a debug dataset and report accuracy before and after"
 DESCRIPTION = (
     "Extract frozen features (cached on disk) of the dataset's train subset, test split and the model's seed/heldout "
@@ -56,8 +61,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    "default: recompute the failures from the model's predictions with the same seed/heldout rule")
     g.add_argument("--train-split", help="training split of --dataset (default: the dataset's own)")
     g.add_argument("--eval-split", help="evaluation split of --dataset holding debug and test (default: the dataset's)")
-    g.add_argument("--train-per-class", type=float, help="train subset per class (default: the dataset's recipe)")
-    g.add_argument("--debug-per-class", type=float, help="debug split per class (default: the dataset's recipe)")
+    g.add_argument("--train-per-class", type=arg_type(_PRESET_DATASET, "train_per_class", float),
+                   help="train subset per class (default: the dataset's recipe)")
+    g.add_argument("--debug-per-class", type=arg_type(_PRESET_DATASET, "debug_per_class", float),
+                   help="debug split per class (default: the dataset's recipe)")
     g.add_argument("--group-column", help="column of the evaluation split naming each image's group (e.g. context): "
                    "per-group and worst-group test accuracy")
     g.add_argument("--common-column", help="boolean column of the evaluation split: the image's group is its class's "
@@ -68,7 +75,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     h.add_argument("--lr", type=float, default=0.2, help="learning rate (default 0.2)")
     h.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
     h.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay (default 5e-4)")
-    h.add_argument("--epochs", type=int, default=1000, help="full-batch epochs (default 1000)")
+    h.add_argument("--epochs", type=arg_type("failmode.evaluate.pipeline:HeadParams", "epochs"), default=1000,
+                   help="full-batch epochs, 0..1e6 (default 1000)")
     h.add_argument("--seed", type=int, default=0, help="seed of a random head init (default 0)")
     h.add_argument("--init", choices=("model", "random"), default="model",
                    help="start from the model's own head (default) or a random init")
@@ -87,8 +95,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--out", default="runs/evaluate", help="output folder (default runs/evaluate)")
     r.add_argument("--force", action="store_true", help="recompute runs already in OUT/results.jsonl (their lines "
                    "are replaced); by default they are skipped, so a rerun adds no line")
-    r.add_argument("--image-size", type=int, help="override the model's input size")
-    r.add_argument("--crop-pct", type=float, help="override the model's centre-crop fraction (1.0: no border crop)")
+    r.add_argument("--image-size", type=arg_type(_PRESET_MODEL, "image_size"), help="override the model's input size")
+    r.add_argument("--crop-pct", type=arg_type(_PRESET_MODEL, "crop_pct", float),
+                   help="override the model's centre-crop fraction (1.0: no border crop)")
     from failmode.commands._common import add_bad_image_argument
     from failmode.options import FeatureOptions
 

@@ -6,7 +6,11 @@ import argparse
 from typing import Any
 
 from failmode.commands._common import add_mode_argument
-from failmode.options import DEFAULT_WAIT_TIMEOUT_S, RenderOptions
+from failmode.options import DEFAULT_WAIT_TIMEOUT_S, RenderOptions, device_type
+from failmode.typed import arg_type
+
+_PLAN = "failmode.generation.plan:GenerationSettings"  # ranges of the flags (docs/settings.md)
+_PRESET_BASELINE = "failmode.generation.presets:BaselineSection"
 
 HELP = "render debug images for failure modes (plan, resumable shards, quality filter) into a dataset folder"
 DESCRIPTION = (
@@ -26,7 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a modes.json; its config is named after its source model unless =CONFIG is given")
     p.add_argument("--collective", metavar="FAMILY", help="also add one collective config merging all --modes files")
     p.add_argument("--baseline", action="store_true", help="add the class-only baseline ('a photo of a {class}')")
-    p.add_argument("--baseline-images", type=int, default=None, help="baseline images per class (default k*images)")
+    p.add_argument("--baseline-images", type=arg_type(_PRESET_BASELINE, "images_per_class"), default=None,
+                   help="baseline images per class (default k*images)")
     p.add_argument("--vocab", help="vocabulary (shipped dataset name or JSON path; default: the modes files')")
     p.add_argument("--kind", default=None, help="vocabulary kind (default: the modes files', else background)")
     p.add_argument("--out", required=True, help="dataset folder")
@@ -37,17 +42,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--generator", help="diffusers model id or local pipeline folder (default SD 1.5)")
     g.add_argument("--revision")
     g.add_argument("--scheduler", help="dpmsolver++ (default), dpmsolver++-karras, ddim, pndm, euler, unipc")
-    g.add_argument("--steps", type=int)
-    g.add_argument("--guidance", type=float)
-    g.add_argument("--size", type=int)
+    g.add_argument("--steps", type=arg_type(_PLAN, "steps"))
+    g.add_argument("--guidance", type=arg_type(_PLAN, "guidance", float))
+    g.add_argument("--size", type=arg_type(_PLAN, "size"))
     g.add_argument("--negative-prompt")
-    g.add_argument("--images-per-mode", type=int)
-    g.add_argument("-k", "--k", type=int, help="failure modes per class")
+    g.add_argument("--images-per-mode", type=arg_type(_PLAN, "images_per_mode"))
+    g.add_argument("-k", "--k", type=arg_type(_PLAN, "k"), help="failure modes per class")
     g.add_argument("--seed", type=int, dest="base_seed", help="base seed of the plan")
-    g.add_argument("--shard-size", type=int)
+    g.add_argument("--shard-size", type=arg_type(_PLAN, "shard_size"))
     g.add_argument("--split")
     r = p.add_argument_group("rendering (override the preset's render section)")
-    r.add_argument("--device", help="cpu, cuda, cuda:1 (default: this worker's GPU, else cpu)")
+    r.add_argument("--device", type=device_type, help="cpu, cuda, cuda:1 (default: this worker's GPU, else cpu)")
     RenderOptions.add_arguments(r)
     r.add_argument("--encode-workers", type=int, help="PNG encoding threads (default: CPUs - 2, 2..8)")
     q = p.add_argument_group("filters")

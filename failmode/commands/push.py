@@ -18,7 +18,9 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `failmode push`."""
-    parser.add_argument("dir", metavar="DIR", help="dataset folder written by 'failmode build' / 'failmode generate'")
+    from failmode.commands._common import add_dataset_folder_argument
+
+    add_dataset_folder_argument(parser)
     parser.add_argument("--repo", required=True, metavar="ORG/NAME", help="Hub dataset repository")
     parser.add_argument("--tag", metavar="vX.Y.Z", help="tag to create (default and only accepted value: "
                         "v<version> from the folder's failmode.json)")

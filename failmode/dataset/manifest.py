@@ -12,9 +12,9 @@ from typing import Any
 from failmode import __version__
 from failmode.dataset import layout
 from failmode.errors import ValidationError
+from failmode.hub import REPO_ID_RE  # noqa: F401  (a Hub repository id, ORG/NAME; re-exported)
 from failmode.io import read_json, write_json
 
-REPO_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # a Hub repository id, ORG/NAME
 SEMVER_RE = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?$")
 CONFIG_KINDS = ("model", "collective", "baseline", "random-context", "table")
 MANIFEST_FORMAT = 1

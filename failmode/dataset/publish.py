@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from failmode.dataset import layout
-from failmode.dataset.manifest import REPO_ID_RE
+from failmode.dataset.manifest import REPO_ID_RE, Manifest
 from failmode.dataset.validate import validate_dataset_folder
 from failmode.errors import FailmodeError, UsageError
 from failmode.hub import REQUEST_TIMEOUT_S, hub_endpoint, hub_offline, hub_unreachable_reason
@@ -25,8 +25,6 @@ from failmode.hub import REQUEST_TIMEOUT_S, hub_endpoint, hub_offline, hub_unrea
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 5.0
-# generation/ holds the plan (pinned by the manifest's plan_sha256) and per-shard generation stats.
-UPLOAD_PATTERNS = [layout.CARD_NAME, layout.MANIFEST_NAME, "data/*", "wds/*", "assets/*", "generation/*"]
 # Remote files under these folders that the new version does not have are deleted (stale shards would
 # otherwise be picked up by the card's `data/<config>/<split>-*.parquet` patterns).
 MANAGED_PATTERNS = ["data/*", "wds/*", "assets/*", "generation/*"]
@@ -39,7 +37,8 @@ def push_dataset(root: str | os.PathLike[str], repo_id: str, *, tag: str | None 
     `tag` defaults to `v<manifest version>` and must equal it. Raises FailmodeError with one line on any failure.
     """
     if not REPO_ID_RE.match(repo_id):
-        raise UsageError(f"invalid repository {repo_id!r}: expected ORG/NAME")
+        raise UsageError(f"invalid repository {repo_id!r}: expected ORG/NAME, each part letters, digits, '_', '-' "
+                         "or '.', not starting or ending with '-' or '.', without '--' or '..'")
     manifest = validate_dataset_folder(root, check_hashes=True)
     tag = tag or manifest.tag
     if tag != manifest.tag:
@@ -55,14 +54,20 @@ def push_dataset(root: str | os.PathLike[str], repo_id: str, *, tag: str | None 
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
         if tag in {t.name for t in api.list_repo_refs(repo_id, repo_type="dataset").tags}:
             raise FailmodeError(f"{repo_id} already has tag {tag}; tags are never moved: bump the version and rebuild")
+        # exactly the files the manifest lists (validated above: regular files, no link, nothing unlisted)
         api.upload_folder(repo_id=repo_id, folder_path=str(root), repo_type="dataset",
-                          commit_message=f"{manifest.name} {tag}", allow_patterns=UPLOAD_PATTERNS,
+                          commit_message=f"{manifest.name} {tag}", allow_patterns=upload_list(manifest),
                           ignore_patterns=["*.tmp"], delete_patterns=MANAGED_PATTERNS)
         sha = api.repo_info(repo_id, repo_type="dataset").sha
         _check_remote(api, repo_id, sha, root, manifest.files)
         api.create_tag(repo_id, tag=tag, revision=sha, repo_type="dataset",
                        tag_message=f"{manifest.name} {manifest.version} (failmode {manifest.failmode_version})")
     return f"{hub_endpoint()}/datasets/{repo_id}/tree/{tag}"
+
+
+def upload_list(manifest: Manifest) -> list[str]:
+    """What a push uploads: the manifest and every file it lists, by exact path."""
+    return sorted({layout.MANIFEST_NAME, *manifest.files})
 
 
 def preflight() -> str:

@@ -20,6 +20,9 @@ def load_finalized(root: str | os.PathLike[str]) -> Manifest:
     root = Path(root)
     if not root.is_dir():
         raise ValidationError(f"{root}: not a directory")
+    if (root / layout.MANIFEST_NAME).is_symlink():
+        raise ValidationError(f"{root}: {layout.MANIFEST_NAME} is a symbolic link; a dataset folder holds regular "
+                              "files only")
     if not (root / layout.MANIFEST_NAME).is_file():
         shards = sorted(p.relative_to(root).as_posix() for p in (root / "data").glob("*/*.parquet")) \
             if (root / "data").is_dir() else []
@@ -45,22 +48,24 @@ def check_config_files(root: str | os.PathLike[str], manifest: Manifest, config:
     if stray:
         raise ValidationError(f"{root}: {stray[0]} is not in {layout.MANIFEST_NAME} (a shard of another build?)")
     for rel, digest in sorted(listed.items()):
-        if not (root / rel).is_file():
+        if not (root / rel).is_file() and not (root / rel).is_symlink():
             raise ValidationError(f"{root}: {rel} is missing (listed in {layout.MANIFEST_NAME})")
-        if sha256_file(root / rel) != digest:
+        if sha256_file(layout.regular_file(root, rel)) != digest:  # a link is refused, never followed
             raise ValidationError(f"{root}: {rel} differs from {layout.MANIFEST_NAME} (SHA-256 mismatch)")
 
 
 def validate_dataset_folder(root: str | os.PathLike[str], *, check_hashes: bool = False) -> Manifest:
     """Return the folder's manifest, or raise ValidationError naming the first problem found.
 
-    Checks: `failmode.json` parses; `README.md` has a YAML header whose configs, version and per-split counts
+    Checks: `failmode.json` parses; the folder holds no symbolic link and no file the manifest does not list;
+    `README.md` has a YAML header whose configs, version and per-split counts
     match the manifest; every shard of every config exists with the manifest's shard count and sample count, with
     no stray shards; no config is empty;
     every image config has `_info.json`. With `check_hashes`, every file's SHA-256 must match the manifest.
     """
     root = Path(root)
     manifest = load_finalized(root)
+    files = check_no_links(root)
     header = _check_card(root, manifest)
     summaries = collect_configs(root, manifest)
     for name, summary in summaries.items():
@@ -74,12 +79,36 @@ def validate_dataset_folder(root: str | os.PathLike[str], *, check_hashes: bool 
         if summary.has_images and not info.exists():
             raise ValidationError(f"config {name!r}: {info.relative_to(root)} is missing (run finalize)")
     _check_card_counts(root, manifest, header)
+    _check_unlisted(root, manifest, files)
     missing = [p for p in manifest.files if not (root / p).exists()]
     if missing:
         raise ValidationError(f"{len(missing)} file(s) listed in the manifest are missing, e.g. {missing[0]}")
     if check_hashes:
         _check_hashes(root, manifest)
     return manifest
+
+
+def check_listed(root: str | os.PathLike[str], manifest: Manifest) -> None:
+    """The folder holds exactly what its manifest lists (besides `failmode.json` and local temporaries): a symbolic
+    link or an unlisted file is refused in one line naming it (push uploads the listed files only)."""
+    _check_unlisted(Path(root), manifest, check_no_links(root))
+
+
+def check_no_links(root: str | os.PathLike[str]) -> list[str]:
+    """The folder's regular files (`layout.folder_files`); a symbolic link anywhere in it is refused in one line."""
+    files, links = layout.folder_files(root)
+    if links:
+        raise ValidationError(f"{root}: {links[0]} is a symbolic link; a dataset folder holds regular files only "
+                              "(nothing outside it is published)")
+    return files
+
+
+def _check_unlisted(root: Path, manifest: Manifest, files: list[str]) -> None:
+    stray = [f for f in files if f != layout.MANIFEST_NAME and f not in manifest.files]
+    if stray:
+        more = f" (and {len(stray) - 1} more)" if len(stray) > 1 else ""
+        raise ValidationError(f"{root}: {stray[0]}{more} is not listed in {layout.MANIFEST_NAME}; remove it, or run "
+                              "`failmode finalize` if the manifest is out of date")
 
 
 def _check_card_counts(root: Path, manifest: Manifest, header: dict) -> None:
@@ -114,5 +143,5 @@ def _check_hashes(root: Path, manifest: Manifest) -> None:
     if manifest.plan_sha256 and plan.exists() and sha256_file(plan) != manifest.plan_sha256:
         raise ValidationError(f"{layout.PLAN_PATH}: content differs from the manifest's plan_sha256")
     for rel, digest in progress(sorted(manifest.files.items()), desc="checking files", unit="file"):
-        if sha256_file(root / rel) != digest:
+        if sha256_file(layout.regular_file(root, rel)) != digest:
             raise ValidationError(f"{rel}: content differs from the manifest (SHA-256 mismatch)")

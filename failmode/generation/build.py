@@ -16,7 +16,9 @@ from typing import Any
 
 from failmode.backends import GENERATORS, ImageGenerator, construct
 from failmode.dataset import Manifest, config_slug
-from failmode.errors import FailmodeError, UsageError
+from failmode.dataset.finalize import derived_files_current
+from failmode.dataset.layout import check_distinct
+from failmode.errors import FailmodeError, UsageError, ValidationError
 from failmode.generation.coordinate import DEFAULT_WAIT_TIMEOUT_S, Coordinator, Group
 from failmode.generation.environment import clip_revision, timm_revision
 from failmode.generation.plan import (
@@ -202,6 +204,8 @@ def mode_sets_from_files(modes_files: list[tuple[str, str]], *, k: int, vocab: s
                                 family=collective, k=k))
     if baseline:
         sets.append(baseline_modes(vocabulary.label_names(), [c.prompt_name for c in vocabulary.classes]))
+    check_distinct({f"{ms.source_model!r} ({f})": ms.config for ms, (_, _, f) in zip(sets, loaded, strict=False)}
+                   | {repr(ms.source_model): ms.config for ms in sets[len(loaded):]}, "generate")
     return vocabulary, kind, sets
 
 
@@ -237,7 +241,7 @@ def is_complete(rows: list[Any], out: Path, quality: QualitySection | None) -> b
                          if was.get(k) != now.get(k))
         raise UsageError(f"{out} was built with another quality filter ({diff}): rebuild it with --mode overwrite "
                          "(or --out another folder)")
-    return True
+    return derived_files_current(out, manifest)  # a card, grid or _info.json missing or stale: finalize again
 
 
 def build(preset: Preset, out: str | os.PathLike[str], *, work: str | os.PathLike[str] | None = None,
@@ -262,6 +266,9 @@ def build(preset: Preset, out: str | os.PathLike[str], *, work: str | os.PathLik
     vocab = load_vocabulary(preset.vocabulary.dataset, preset.vocabulary.kind)
     stages = model_stages(preset, work_dir, recipe)
     names = _dataset_class_names(preset, stages)
+    if len(names) < 2:  # no classifier fails between classes of a one-class dataset: nothing to mine
+        raise ValidationError(f"{d.id}: the dataset has {len(names)} class{'es' if len(names) != 1 else ''} "
+                              f"({', '.join(map(repr, names))}); a debug dataset needs at least 2")
     vocab.check_classes(names, d.id)
     settings = with_vocabulary_template(preset.generation, preset.vocabulary.kind, vocab)
     # what prepare makes: this preset (with its overrides) into this folder (the same path on every node)

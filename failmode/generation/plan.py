@@ -30,7 +30,7 @@ from failmode.dataset import layout
 from failmode.errors import ValidationError
 from failmode.io import atomic_path, read_json, sha256_file
 from failmode.prompts import fill_template
-from failmode.typed import labelled_entry
+from failmode.typed import bounded, check_ranges, labelled_entry
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +68,14 @@ class GenerationSettings:
     generator: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     revision: str | None = None
     scheduler: str = "dpmsolver++"
-    steps: int = 25
-    guidance: float = 7.5
-    size: int = 512
+    steps: int = bounded(25, 1, 1000)
+    guidance: float = bounded(7.5, 0, 100)
+    size: int = bounded(512, 8, 4096)
     negative_prompt: str = ""
-    images_per_mode: int = 5
-    k: int = 3
+    images_per_mode: int = bounded(5, 1, 10_000)
+    k: int = bounded(3, 1, 100)
     base_seed: int = 0
-    shard_size: int = 1000
+    shard_size: int = bounded(1000, 1, 100_000)
     split: str = "train"
     prompt_templates: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_TEMPLATES))
 
@@ -90,9 +90,7 @@ class GenerationSettings:
 
     def check(self, where: str = "generation settings") -> GenerationSettings:
         """Raise ValidationError on impossible values; return self."""
-        for name in ("steps", "size", "images_per_mode", "k", "shard_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValidationError(f"{where}: {name} must be >= 1, got {getattr(self, name)!r}")
+        check_ranges(self, where)  # the documented ranges (docs/settings.md); NaN and infinities refused
         if self.size % 8:
             raise ValidationError(f"{where}: size must be a multiple of 8 (the VAE's downsampling), got {self.size}")
         layout.check_split_name(self.split)

@@ -18,7 +18,7 @@ from failmode.errors import UsageError, ValidationError
 from failmode.generation.plan import GenerationSettings
 from failmode.io import read_json
 from failmode.options import AttributionOptions, RenderOptions
-from failmode.typed import from_mapping, to_json
+from failmode.typed import bounded, from_mapping, to_json
 
 PRESET_FORMAT = "failmode-preset/1"
 BUILDERS_DIR = Path(failmode.__file__).parent / "builders"
@@ -31,8 +31,10 @@ class DatasetSection:
     id: str
     split: str | None = None  # evaluation split holding the debug images (default: the dataset's own)
     train_split: str | None = None  # split a `head: train` head is fitted on (default: the dataset's own)
-    train_per_class: float | None = None  # recipe: train images per class (default: the known dataset's recipe)
-    debug_per_class: float | None = None  # recipe: debug images per class, a count or a fraction < 1
+    # recipe: train images per class (default: the known dataset's recipe)
+    train_per_class: float | None = bounded(None, 0, 1_000_000, lo_open=True)
+    # recipe: debug images per class, a count or a fraction < 1
+    debug_per_class: float | None = bounded(None, 0, 1_000_000, lo_open=True)
     split_seed: int = 0  # seed of the debug/test split and of the seed/heldout halves
 
 
@@ -51,8 +53,8 @@ class ModelSection:
     id: str
     weights: str | None = "timm"  # "timm" (pretrained), "none", a state-dict file or an offline provider
     head: str | None = None  # None: the model's own classifier; "train": fitted on the train split; or a head file
-    image_size: int | None = None  # override the model's input size
-    crop_pct: float | None = None  # override its centre-crop fraction (1.0: no border crop)
+    image_size: int | None = bounded(None, 8, 4096)  # override the model's input size
+    crop_pct: float | None = bounded(None, 0, 1, lo_open=True)  # override its centre-crop fraction (1.0: no crop)
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ class BaselineSection:
     """The controls: the class-only config ("a photo of a {class}") and the random-context config."""
 
     enabled: bool = True  # the class-only config "baseline"
-    images_per_class: int | None = None  # class-only images per class (default: k x images_per_mode)
+    images_per_class: int | None = bounded(None, 1, 10_000)  # class-only images per class (default: k x images_per_mode)
     random_context: bool = True  # the "random-context" config: per class as many images as the model configs
 
 
@@ -73,7 +75,7 @@ class QualitySection:
     pretrained: str | None = "openai"
     min_class_score: float | None = None
     min_context_score: float | None = None
-    reserve: int = 3  # spare seeds per shard that replace dropped images
+    reserve: int = bounded(3, 0, 1000)  # spare seeds per shard that replace dropped images
 
 
 #: keys of RenderOptions a preset may not set: the device is the machine's, the scheduler is generation's
@@ -182,7 +184,12 @@ def _check(p: Preset, path: object) -> None:
     if not SEMVER_RE.match(p.version):
         raise ValidationError(f"{path}: version {p.version!r} is not semver (MAJOR.MINOR.PATCH, e.g. 1.0.0)")
     p.generation.check(f"{path}: generation")
-    for name in ("train_per_class", "debug_per_class"):
-        v = getattr(p.dataset, name)
-        if v is not None and v <= 0:
-            raise ValidationError(f"{path}: dataset.{name} must be positive, got {v}")
+    from failmode.dataset.layout import check_distinct, config_slug
+
+    names = {f"model {m!r}": config_slug(m) for m in ids}
+    names |= {f"family {fam!r}": config_slug(f"collective-{fam}") for fam in p.families}
+    if p.baseline.enabled:
+        names["the class-only control"] = "baseline"
+    if p.baseline.random_context:
+        names["the random-context control"] = "random-context"
+    check_distinct(names, str(path))

@@ -15,7 +15,7 @@ from typing import Any
 
 from failmode.backends import GENERATORS, construct
 from failmode.dataset import Manifest, layout
-from failmode.dataset.validate import load_finalized
+from failmode.dataset.validate import check_listed, load_finalized
 from failmode.errors import UsageError
 from failmode.generation.environment import COMMIT_RE, device_record, differences
 from failmode.generation.plan import PlanRow, read_plan_of
@@ -59,6 +59,7 @@ def regenerate_shards(root: str | os.PathLike[str], shards: Sequence[str], out: 
 
     root, out = Path(root), Path(out)
     manifest = load_finalized(root)
+    check_listed(root, manifest)  # read regular files of the folder only: no link, nothing the manifest does not list
     rows = select_shards(read_plan_of(root), shards)
     g = manifest.generation
     fields = {f.name for f in dataclasses.fields(RenderOptions)} - {"device"}

@@ -13,6 +13,7 @@ from typing import Any
 
 from failmode.backends import ImageGenerator
 from failmode.dataset import ConfigSpec, Manifest, finalize, layout
+from failmode.dataset.finalize import derived_files_current
 from failmode.errors import ValidationError
 from failmode.generation.coordinate import Coordinator, finalize_lock
 from failmode.generation.environment import clip_revision, hub_revision
@@ -253,9 +254,11 @@ def finalize_once(rows: Sequence[PlanRow], root: Path, build: str, manifest: Any
 
 
 def finalized_by(root: Path, build: str) -> bool:
-    """True when `root` holds a manifest written by build `build`."""
+    """True when `root` holds a manifest written by build `build` and every file finalize derives is current."""
     path = root / layout.MANIFEST_NAME
-    return path.is_file() and read_json(path).get("generation", {}).get("build") == build
+    if not (path.is_file() and read_json(path).get("generation", {}).get("build") == build):
+        return False
+    return derived_files_current(root, Manifest.load(root))
 
 
 def quality_record(quality: QualityScorer | None, filters: QualitySection) -> dict[str, Any]:

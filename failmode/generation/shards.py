@@ -289,5 +289,5 @@ def shard_current(root: str | os.PathLike[str], job: ShardJob, build: str) -> bo
 
 
 def gen_stats_path(root: str | os.PathLike[str], config: str, split: str, shard_index: int, num_shards: int) -> Path:
-    """Where a shard's generation stats are kept (counts, failures, substitutions, batch size; no timings)."""
-    return Path(root) / "generation" / "stats" / config / f"{layout.shard_stem(split, shard_index, num_shards)}.json"
+    """Where a shard's generation stats are kept (`failmode.dataset.layout.generation_stats_path`)."""
+    return layout.generation_stats_path(root, config, split, shard_index, num_shards)

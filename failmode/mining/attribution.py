@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 
 from failmode.backends import ATTRIBUTORS, Attributor, construct
+from failmode.cache import load_arrays, save_arrays
 from failmode.data.sources import ImageSource
 from failmode.errors import UsageError, ValidationError
-from failmode.io import atomic_path, stable_hash
+from failmode.io import stable_hash
 from failmode.mining.clip_attributor import ClipAttributor
 from failmode.options import AttributionOptions, FeatureOptions
 
@@ -74,18 +75,18 @@ def encode_images_cached(attributor: Attributor, source: ImageSource, indices: S
     idx = np.asarray(indices, dtype=np.int64)
     if key is None or cache_dir is None or len(idx) == 0:
         return attributor.encode_images(source, idx.tolist())
-    path = Path(cache_dir) / "embeddings" / f"{stable_hash({'a': key, 's': source.ident}, n=24)}.npz"
+    entry = stable_hash({'a': key, 's': source.ident}, n=24)
+    path = Path(cache_dir) / "embeddings" / f"{entry}.npz"
     have_idx, have_emb = np.zeros(0, np.int64), None
-    if path.exists():
-        with np.load(path) as z:
-            have_idx, have_emb = z["indices"], z["embeddings"]
+    z = load_arrays(path, entry, what="image embeddings")  # an entry failing its own check is computed again
+    if z is not None and {"indices", "embeddings"} <= set(z) and len(z["indices"]) == len(z["embeddings"]):
+        have_idx, have_emb = z["indices"], z["embeddings"]
     missing = np.setdiff1d(idx, have_idx)
     if len(missing):
         new = attributor.encode_images(source, missing.tolist())
         have_idx = np.concatenate([have_idx, missing])
         have_emb = new if have_emb is None else np.concatenate([have_emb, new])
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.savez(f, indices=have_idx, embeddings=have_emb)
+        save_arrays(path, entry, {"indices": have_idx, "embeddings": have_emb})
     log.info("image embeddings: %d cached, %d computed", len(idx) - len(missing), len(missing))
     pos = {int(i): p for p, i in enumerate(have_idx)}
     return have_emb[[pos[int(i)] for i in idx]]

@@ -2,7 +2,10 @@
 
 Responses are cached under a key of (endpoint, model, full request): a rerun of the same build sends no
 request, and an interrupted build resumes where it stopped (each response is written, atomically, as it
-arrives). `ChatClient.stats` counts requests actually sent and cache hits.
+arrives, with its own check: `failmode.cache`). `ChatClient.stats` counts requests actually sent and cache hits.
+
+No secret is kept: the endpoint is stored, logged and keyed only in its redacted form (`redact_url`: no userinfo, no
+credential-like query parameter); the URL as given is used for the requests only.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from failmode.cache import load_json, save_json
 from failmode.errors import FailmodeError, UsageError
 from failmode.io import read_json, stable_hash, write_json
 
@@ -75,14 +79,15 @@ class ChatClient:
             raise UsageError(f"--retries must be >= 0, got {max_retries!r}")
         import openai
 
-        self.endpoint = endpoint.rstrip("/")
+        self.endpoint = redact_url(endpoint).rstrip("/")  # what is stored, logged and keyed: no secret
+        _hide_in_http_logs(url_secrets(endpoint))
         self.model = model
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.max_retries = max_retries
         self.backoff = backoff
         self.stats = ClientStats()
         # Retries are ours (with logging and a clear final error), so the openai client's own are off.
-        self._client = openai.OpenAI(base_url=self.endpoint, api_key=api_key or "not-needed", timeout=timeout,
+        self._client = openai.OpenAI(base_url=endpoint.rstrip("/"), api_key=api_key or "not-needed", timeout=timeout,
                                      max_retries=0)
 
     def cache_path(self, request: dict[str, Any]) -> Path:
@@ -102,8 +107,8 @@ class ChatClient:
             self.stats.add(cache_hits=1)
             raise StructuredOutputUnsupported(f"{self.endpoint}: {read_json(rejection)['rejected']} (cached)")
         path = self.cache_path(request)
-        if path.exists():
-            entry = read_json(path)
+        entry = load_json(path, path.stem, what="LLM cache")
+        if entry is not None and isinstance(entry.get("text"), str):
             self.stats.add(cache_hits=1)
             return Completion(entry["text"], entry.get("finish_reason"), cached=True)
         try:
@@ -112,8 +117,8 @@ class ChatClient:
             write_json(rejection, {"endpoint": self.endpoint, "model": self.model, "rejected": str(e)})
             raise
         if result.text.strip():  # an empty answer is never cached: a rerun asks again
-            write_json(path, {"endpoint": self.endpoint, "model": self.model, "request": request,
-                              "text": result.text, "finish_reason": result.finish_reason})
+            save_json(path, path.stem, {"endpoint": self.endpoint, "model": self.model, "request": request,
+                                        "text": result.text, "finish_reason": result.finish_reason})
         return result
 
     def _send_with_retries(self, request: dict[str, Any]) -> Completion:
@@ -156,14 +161,80 @@ class ChatClient:
         """Embeddings of `texts` from the endpoint's /embeddings route (cached like completions)."""
         request = {"embeddings": texts, "embedding_model": model}
         path = self.cache_path(request)
-        if path.exists():
+        entry = load_json(path, path.stem, what="embedding cache")
+        if entry is not None and isinstance(entry.get("vectors"), list) and len(entry["vectors"]) == len(texts):
             self.stats.add(cache_hits=1)
-            return read_json(path)["vectors"]
+            return entry["vectors"]
         self.stats.add(requests=1)
         resp = self._client.embeddings.create(model=model, input=texts)
         vectors = [d.embedding for d in sorted(resp.data, key=lambda d: d.index)]
-        write_json(path, {"endpoint": self.endpoint, "request": request, "vectors": vectors})
+        save_json(path, path.stem, {"endpoint": self.endpoint, "request": request, "vectors": vectors})
         return vectors
+
+
+#: query parameters that carry credentials (compared lower-case, '-' read as '_'), and name endings that do
+CREDENTIAL_PARAMS = frozenset({"api_key", "apikey", "key", "token", "access_token", "id_token", "refresh_token",
+                               "auth", "authorization", "sig", "signature", "password", "passwd", "pwd", "secret",
+                               "client_secret", "session", "sessionid", "code", "x_api_key", "subscription_key",
+                               "x_amz_signature", "x_amz_credential", "x_amz_security_token", "x_goog_signature"})
+_CREDENTIAL_ENDINGS = ("_key", "_token", "_secret", "_signature", "_sig", "_password", "_credential")
+
+
+def redact_url(url: str) -> str:
+    """`url` without userinfo (`user:password@`) and without credential-like query parameters (api-key, key, token,
+    access_token, sig, ...): the form an endpoint is stored, logged and cached under."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if not _is_credential(k)]
+    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query), ""))
+
+
+def url_secrets(url: str) -> list[str]:
+    """The secrets `redact_url` drops from `url`: its userinfo and the values of its credential-like parameters."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    parts = urlsplit(url)
+    found = [parts.netloc.rpartition("@")[0]] if "@" in parts.netloc else []
+    found += [v for k, v in parse_qsl(parts.query, keep_blank_values=True) if _is_credential(k) and v]
+    return [f for f in found if f]
+
+
+class _SecretFilter(logging.Filter):
+    """Replaces given secrets by '***' in the records of the HTTP client libraries (they log request URLs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if any(s in msg for s in self.secrets):
+            for s in sorted(self.secrets, key=len, reverse=True):
+                msg = msg.replace(s, "***")
+            record.msg, record.args = msg, ()
+        return True
+
+
+_SECRET_FILTER = _SecretFilter()
+_HTTP_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "openai", "openai._base_client")
+
+
+def _hide_in_http_logs(secrets: list[str]) -> None:
+    """Keep `secrets` out of what the HTTP client libraries log (`failmode -vv` shows their request lines)."""
+    if not secrets:
+        return
+    _SECRET_FILTER.secrets.update(secrets)
+    for name in _HTTP_LOGGERS:
+        logger = logging.getLogger(name)
+        if _SECRET_FILTER not in logger.filters:
+            logger.addFilter(_SECRET_FILTER)
+
+
+def _is_credential(name: str) -> bool:
+    n = name.lower().replace("-", "_")
+    return n in CREDENTIAL_PARAMS or n.endswith(_CREDENTIAL_ENDINGS)
 
 
 _STANDARD_ARGS = frozenset({"messages", "temperature", "seed", "max_tokens", "stop", "top_p", "response_format",
