@@ -206,6 +206,34 @@ def test_kill_during_a_shard_then_resume_gives_the_same_bytes(tiny_gen, tmp_path
     assert not list(resumed.rglob("*.tmp"))
 
 
+def test_kill_after_a_shard_marker_and_before_its_generation_stats_redoes_the_shard(tmp_path, monkeypatch):
+    """A kill once a shard's marker is written but before its final generation stats: the rerun counts the shard as
+    not written and redoes it, so the folder equals an uninterrupted one (the stats once lacked `rejected`)."""
+    import failmode.generation.shards as shards
+
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    generate(plan(), ref, SolidGenerator())
+    real = shards.write_json
+
+    def dies_at_the_final_stats(path, obj, *a, **kw):
+        if "rejected" in obj:
+            raise KeyboardInterrupt("killed (simulated)")
+        return real(path, obj, *a, **kw)
+
+    monkeypatch.setattr(shards, "write_json", dies_at_the_final_stats)
+    with pytest.raises(KeyboardInterrupt):
+        generate(plan(), killed, SolidGenerator())
+    assert "data/resnet50/train-00000-of-00002_stats.json" in tree(killed)  # the marker made it
+    monkeypatch.setattr(shards, "write_json", real)
+    redone = generate(plan(), killed, SolidGenerator())
+    assert [(s["config"], s["shard_index"]) for s in redone][0] == ("resnet50", 0)
+
+    def every_file(root: Path) -> dict[str, str]:
+        return {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+    assert every_file(killed) == every_file(ref)
+
+
 def test_out_of_memory_halves_the_batch_instead_of_dying(tmp_path):
     gen = SolidGenerator(max_batch=2)
     gen.batch_size = 8

@@ -268,6 +268,27 @@ def _main(argv: list[str]) -> int:
         return int(e.code)
 
 
+def test_finalize_command_takes_the_builds_lock(tmp_path: Path, capsys) -> None:
+    """`failmode finalize DIR` never runs beside a live finalizer (one line, the lock kept) and takes over the lock
+    of a finalizer that died on this host (finalized, the lock gone)."""
+    import socket
+    import subprocess
+
+    root = _build(tmp_path / "d")
+    want = _tree(root)
+    lock = root / "generation" / ".finalize.lock"
+    lock.write_text(f"{socket.gethostname()} {os.getpid()}\n")  # a live holder: this process
+    capsys.readouterr()
+    assert main(["finalize", str(root)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "another process is finalizing it" in err[0] and lock.exists()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    lock.write_text(f"{socket.gethostname()} {dead.pid}\n")
+    assert main(["finalize", str(root)]) == 0
+    assert not lock.exists() and _tree(root) == want
+
+
 def _build_cli(tmp_path: Path, preset: Path, capsys, *extra: str) -> tuple[int, list[str]]:
     capsys.readouterr()
     code = _main(["build", str(preset), "--out", str(tmp_path / "out"), *extra])

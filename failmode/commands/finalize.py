@@ -24,9 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Finalize DIR again and print its path."""
-    from failmode.dataset.finalize import resume
+    from failmode.generation.run import finalize_folder
 
-    manifest = resume(args.dir)
+    manifest = finalize_folder(args.dir)
     log.info("finalized %s v%s: %d files listed", manifest.name, manifest.version, len(manifest.files))
     print(args.dir)
     return 0

@@ -111,7 +111,9 @@ def _recipe_values(manifest: Manifest, summaries: dict[str, ConfigSummary], conf
                 f'    ds = load_dataset({source}, config, split="{split}"{revision})\n'
                 '    print(config, ds.num_rows, ds.features["label"].names[ds[0]["label"]], ds[0]["context"])\n'
                 f'stream = load_dataset({source}, "{config}", split="{split}"{revision}, streaming=True)\n'
-                'print(next(iter(stream))["prompt"])')
+                'for row in stream:  # the stream is closed when the loop ends (a half-read one may abort at exit)\n'
+                '    print(row["prompt"])\n'
+                '    break')
 
     timm_body = (f'ds = timm.data.create_dataset(f"hfds/{{local}}/data/{config}", root=None, split="{split}")\n'
                  f'train = timm.data.create_dataset("wds/{name}", root=f"{{local}}/wds/{config}", split="{split}",\n'

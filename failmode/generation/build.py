@@ -19,7 +19,7 @@ from failmode.dataset import Manifest, config_slug
 from failmode.dataset.finalize import derived_files_current
 from failmode.dataset.layout import check_distinct
 from failmode.errors import FailmodeError, UsageError, ValidationError
-from failmode.generation.coordinate import DEFAULT_WAIT_TIMEOUT_S, Coordinator, Group
+from failmode.generation.coordinate import DEFAULT_WAIT_TIMEOUT_S, LOCK_NAME, Coordinator, Group
 from failmode.generation.environment import clip_revision, timm_revision
 from failmode.generation.plan import (
     BASELINE_KIND,
@@ -228,6 +228,8 @@ def is_complete(rows: list[Any], out: Path, quality: QualitySection | None) -> b
     """
     path, manifest_file = plan_path(out), out / "failmode.json"
     if not (path.is_file() and manifest_file.is_file()):
+        return False
+    if (out / "generation" / LOCK_NAME).exists():  # a finalizer at work, or one that died: finalize_once settles it
         return False
     manifest = Manifest.load(out)
     if not all_shards_done(rows, out, manifest.generation.get("build", "")):  # every shard of the finalized build

@@ -13,9 +13,9 @@ from typing import Any
 
 from failmode.backends import ImageGenerator
 from failmode.dataset import ConfigSpec, Manifest, finalize, layout
-from failmode.dataset.finalize import derived_files_current
-from failmode.errors import ValidationError
-from failmode.generation.coordinate import Coordinator, finalize_lock
+from failmode.dataset.finalize import derived_files_current, resume
+from failmode.errors import FailmodeError, ValidationError
+from failmode.generation.coordinate import LOCK_NAME, Coordinator, finalize_lock
 from failmode.generation.environment import clip_revision, hub_revision
 from failmode.generation.plan import SEED_RULE, GenerationSettings, PlanRow, plan_path, read_plan, write_plan
 from failmode.generation.presets import QualitySection
@@ -251,6 +251,21 @@ def finalize_once(rows: Sequence[PlanRow], root: Path, build: str, manifest: Any
             return True
         finalize(root, manifest())
     return True
+
+
+def finalize_folder(root: str | os.PathLike[str]) -> Manifest:
+    """Finalize a folder whose shards are all written again (`failmode finalize DIR`: from its manifest or an
+    interrupted finalize's draft), under the lock a build's finalizer takes: never beside one, and a lock left by a
+    finalizer that died on this host is taken over and removed."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ValidationError(f"{root}: not a directory")
+    folder = root / "generation" if (root / "generation").is_dir() else root
+    with finalize_lock(folder) as mine:
+        if not mine:
+            raise FailmodeError(f"{root}: another process is finalizing it ({folder / LOCK_NAME}); wait for it, or "
+                                "remove the lock once its holder is gone")
+        return resume(root)
 
 
 def finalized_by(root: Path, build: str) -> bool:

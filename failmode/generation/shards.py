@@ -5,8 +5,9 @@ A shard is the unit of work. Worker `i` of `n` (from RANK/WORLD_SIZE, set by `ac
 the id of the build that wrote it (its plan and everything that decides its bytes): only shards of the current
 build count as done, so an overwrite is a new build, never a mix. Within a shard, images are rendered
 in fixed-shape batches on the main thread; each accepted image is handed to a thread pool that encodes it, and a
-finished shard is written by a writer thread while the next shard renders. A shard's generation stats are written
-first and the writer's `_stats.json` marker last, so a shard is either done or redone from scratch on restart.
+finished shard is written by a writer thread while the next shard renders. The writer's `_stats.json` marker comes
+after the shard's files and the generation stats after the marker; a shard counts as done only with both, so a
+killed shard is redone from scratch on restart.
 """
 
 from __future__ import annotations
@@ -249,11 +250,11 @@ class ShardRun:
         encode_s = sum(dt for _, dt in results)
         t1 = time.perf_counter()
         gen["timings"].update(encode_s=round(encode_s, 3), encode_wait_s=round(t1 - t0, 3))
-        # The marker written by write_shard comes last; the generation stats go first so a done shard has both.
-        # Timings stay out of the file (they differ between runs; the folder is deterministic): they are logged
-        # and returned.
+        # The generation stats are written once, after the shard and its marker: a shard counts as written only
+        # when both are there (`shard_current`), so a kill between the two redoes the shard. Timings stay out of
+        # the file (they differ between runs; the folder is deterministic): they are logged and returned.
         path = gen_stats_path(self.root, job.config, job.split, job.shard_index, job.num_shards)
-        write_json(path, {k: v for k, v in gen.items() if k != "timings"})
+        path.unlink(missing_ok=True)
         written = write_shard(self.root, job.config, job.split, job.shard_index, job.num_shards, samples,
                               class_names=self.class_names, image_format=self.image_format)
         gen["timings"]["write_s"] = round(time.perf_counter() - t1, 3)
@@ -276,16 +277,16 @@ def _chunks(items: list[Any], n: int) -> Iterator[list[Any]]:
 
 
 def shard_current(root: str | os.PathLike[str], job: ShardJob, build: str) -> bool:
-    """True when `job`'s shard is written and, when `build` is given, was written by that build."""
+    """True when `job`'s shard and its generation stats (written after it) are there and, when `build` is given,
+    the shard was written by that build."""
     if not shard_done(root, job.config, job.split, job.shard_index, job.num_shards):
         return False
-    if not build:
-        return True
     path = gen_stats_path(root, job.config, job.split, job.shard_index, job.num_shards)
     try:
-        return read_json(path).get("build") == build
-    except Exception:  # noqa: BLE001 - stats missing or torn: not this build's
+        stats = read_json(path)
+    except Exception:  # noqa: BLE001 - stats missing or torn: the shard is redone
         return False
+    return not build or stats.get("build") == build
 
 
 def gen_stats_path(root: str | os.PathLike[str], config: str, split: str, shard_index: int, num_shards: int) -> Path:
