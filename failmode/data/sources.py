@@ -1,20 +1,27 @@
 """Labelled image collections behind one small interface, picked by prefix like timm's readers.
 
-`open_source(spec, split)` accepts:
-  - a known dataset name: `imagenet-1k`, `cifar10`, `cifar100` (their Hub ids and column schemas are data below),
-  - `hf:ORG/NAME` (any Hub image-classification dataset), optionally `hf:ORG/NAME@REVISION`,
+`open_source(spec, split)` accepts every spec `failmode.data.spec.parse_spec` parses:
+  - a known dataset name: `imagenet-1k`, `cifar10`, `cifar100` (their Hub ids and column schemas are data there),
+  - `hf:ORG/NAME` (any Hub image-classification dataset), optionally `hf:ORG/NAME@REVISION`: its parquet files are
+    read through `huggingface_hub.HfFileSystem` (fsspec), downloading only the byte ranges read,
   - a local folder (an existing path that is not a known name; write `./cifar10` for a folder called cifar10):
-    a `datasets.save_to_disk` folder, a folder of parquet files (a Hub dataset checkout or a
-    failmode dataset, config chosen with `#config`), or an ImageFolder (one sub-folder per class),
-  - `wds:DIR` (webdataset shards with `_info.json`, as failmode writes them).
-Heavy libraries are imported only when a source is opened.
+    a `datasets.save_to_disk` folder, a folder of parquet files (a Hub dataset checkout or a failmode dataset,
+    config chosen with `#config`) read in place (memory-mapped, no Arrow copy), an ImageFolder (one sub-folder per
+    class: class names or WordNet ids), or a flat image folder with a labels file (`?labels=FILE`, or a
+    `labels.csv` / Kaggle `LOC_<split>_solution.csv` in or beside it),
+  - `wds:DIR` (webdataset shards with `_info.json`; samples with an image and `cls`), indexed and read in place.
+A class list that is a known dataset's (`failmode.vocab.classnames.align_to_known`: any order, any spelling, or
+WordNet ids) takes that dataset's names and index order; labels outside the class range are refused in one line.
+Images are read lazily, by index; nothing is decoded ahead. Heavy libraries are imported only when a source opens.
 """
 
 from __future__ import annotations
 
+import csv
 import io
 import logging
 import os
+import tarfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,31 +34,16 @@ from PIL import Image
 from failmode.errors import BadImageError, LoadError, UsageError, ValidationError
 from failmode.hub import load_from_hub_or_local
 from failmode.io import read_json, stable_hash
+from failmode.data.spec import KNOWN_DATASETS, DatasetSpec, KnownDataset, parse_spec
 
 log = logging.getLogger(__name__)
+
+__all__ = ["KNOWN_DATASETS", "KnownDataset", "ImageSource", "open_source"]
 
 IMAGE_COLUMNS = ("image", "img", "jpg", "png")
 LABEL_COLUMNS = ("label", "fine_label", "labels")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif"}
-
-
-@dataclass(frozen=True)
-class KnownDataset:
-    """A Hub dataset's id and column schema."""
-
-    repo: str
-    image_column: str
-    label_column: str
-    train_split: str
-    eval_split: str
-
-
-#: The datasets of the paper, by short name.
-KNOWN_DATASETS: dict[str, KnownDataset] = {
-    "imagenet-1k": KnownDataset("ILSVRC/imagenet-1k", "image", "label", "train", "validation"),
-    "cifar10": KnownDataset("uoft-cs/cifar10", "img", "label", "train", "test"),
-    "cifar100": KnownDataset("uoft-cs/cifar100", "img", "fine_label", "train", "test"),
-}
+WDS_IMAGE_KEYS = ("png", "jpg", "jpeg", "webp")
 
 
 def decode_image(data: bytes | str | os.PathLike[str], where: str, *,
@@ -119,13 +111,19 @@ class BadImages:
 
 
 class ImageSource(ABC):
-    """A labelled image collection: `len`, `labels`, `class_names`, stable `ids`, and images by position."""
+    """A labelled image collection: `len`, `labels`, `class_names`, stable `ids`, and images by position.
+
+    `units` (optional) gives each image's read unit (a parquet row group, a tar shard): a subset taken unit by unit
+    reads only the units it touches. `known` names the known dataset whose class order `class_names` follows.
+    """
 
     #: stable identity used in cache keys (Hub id + revision + split, or a local path + content hash)
     ident: str
     class_names: list[str]
     labels: np.ndarray
     ids: list[str]
+    units: np.ndarray | None = None
+    known: str | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -165,7 +163,7 @@ class ListSource(ImageSource):
 
 
 class HFSource(ImageSource):
-    """A `datasets.Dataset` with an image column and a ClassLabel column."""
+    """A `datasets.Dataset` with an image column and a ClassLabel column (a `save_to_disk` folder, memory-mapped)."""
 
     def __init__(self, ds: Any, ident: str, image_column: str | None = None, label_column: str | None = None,
                  id_column: str | None = None) -> None:
@@ -205,8 +203,91 @@ class HFSource(ImageSource):
         return decode_image(data, self.where(i))
 
 
+def _class_label_names(schema: Any, column: str) -> list[str] | None:
+    """The ClassLabel names `datasets` stored for `column` in a parquet schema's `huggingface` metadata, if any."""
+    import json
+
+    meta = (schema.metadata or {}).get(b"huggingface")
+    if not meta:
+        return None
+    feature = (json.loads(meta).get("info") or {}).get("features", {}).get(column) or {}
+    return list(feature["names"]) if feature.get("_type") == "ClassLabel" and feature.get("names") else None
+
+
+class ParquetSource(ImageSource):
+    """Parquet files read in place: local files memory-mapped, Hub files through fsspec (`HfFileSystem`), only the
+    byte ranges read. Labels come from the label column alone; an image's row group is read when it is asked for
+    (one row group held at a time), so nothing is copied into a cache and memory stays flat."""
+
+    def __init__(self, files: Sequence[str], ident: str, *, fs: Any = None, image_column: str | None = None,
+                 label_column: str | None = None) -> None:
+        self.files, self.fs, self.ident = list(files), fs, ident
+        self._open: dict[int, Any] = {}
+        self._cached: tuple[int, Any] | None = None
+        first = self._file(0)
+        cols = first.schema_arrow.names
+        self.image_column = image_column or _pick(cols, IMAGE_COLUMNS, "image", ident)
+        self.label_column = label_column or _pick(cols, LABEL_COLUMNS, "label", ident)
+        for c in (self.image_column, self.label_column):
+            if c not in cols:
+                raise ValidationError(f"{ident}: no column {c!r} (columns: {', '.join(cols)})")
+        names = _class_label_names(first.schema_arrow, self.label_column)
+        if names is None:
+            raise ValidationError(f"{ident}: column {self.label_column!r} is not a ClassLabel, so class names are unknown")
+        self.class_names = names
+        groups, labels = [], []
+        for k in range(len(self.files)):
+            pf = self._file(k)
+            groups += [(k, g, pf.metadata.row_group(g).num_rows) for g in range(pf.metadata.num_row_groups)]
+            labels.append(pf.read(columns=[self.label_column]).column(0).to_numpy(zero_copy_only=False))
+        self._groups = groups
+        self._starts = np.cumsum([0] + [n for _, _, n in groups])
+        self.labels = np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64)
+        self.units = np.repeat(np.arange(len(groups)), [n for _, _, n in groups]).astype(np.int64)
+        self.ids = [f"{i:06d}" for i in range(len(self.labels))]
+
+    def __getstate__(self) -> dict[str, Any]:  # loader workers open their own files
+        return {**self.__dict__, "_open": {}, "_cached": None}
+
+    def _file(self, k: int) -> Any:
+        import pyarrow.parquet as pq
+
+        if k not in self._open:
+            path = self.files[k]
+            self._open[k] = (pq.ParquetFile(path, memory_map=True) if self.fs is None
+                             else pq.ParquetFile(self.fs.open(path, "rb")))
+        return self._open[k]
+
+    def _group(self, unit: int) -> Any:
+        if self._cached is None or self._cached[0] != unit:
+            k, g, _ = self._groups[unit]
+            self._cached = (unit, self._file(k).read_row_group(g, columns=[self.image_column]).column(0).combine_chunks())
+        return self._cached[1]
+
+    def encoded(self, i: int) -> bytes | None:
+        unit = int(np.searchsorted(self._starts, int(i), side="right") - 1)
+        rec = self._group(unit)[int(i) - int(self._starts[unit])].as_py()
+        if isinstance(rec, bytes):
+            return rec
+        if rec.get("bytes") is not None:
+            return rec["bytes"]
+        return Path(rec["path"]).read_bytes() if rec.get("path") else None
+
+    def image(self, i: int) -> Image.Image:
+        data = self.encoded(i)
+        if data is None:
+            raise LoadError(f"{self.ident}: image {i} has neither bytes nor a path")
+        return decode_image(data, self.where(i))
+
+    def column(self, name: str) -> list[Any]:
+        if name not in self._file(0).schema_arrow.names:
+            raise ValidationError(f"{self.ident}: no column {name!r} (columns: "
+                                  f"{', '.join(self._file(0).schema_arrow.names)})")
+        return [v for k in range(len(self.files)) for v in self._file(k).read(columns=[name]).column(0).to_pylist()]
+
+
 class FolderSource(ImageSource):
-    """An ImageFolder: one sub-folder per class (sorted names are the classes), images inside."""
+    """An ImageFolder: one sub-folder per class (sorted names are the classes: class names or WordNet ids)."""
 
     def __init__(self, root: Path) -> None:
         classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -232,6 +313,113 @@ class FolderSource(ImageSource):
     def image(self, i: int) -> Image.Image:
         return decode_image(self.paths[i], self.where(i))
 
+    def reorder(self, order: np.ndarray) -> None:
+        """Put the rows in `order` (class-aligned copies list their images by class index, then file name)."""
+        self.paths = [self.paths[int(i)] for i in order]
+        self.ids = [self.ids[int(i)] for i in order]
+        self.labels = self.labels[order]
+
+
+#: labels files found in or beside a flat image folder when none is given (`labels.csv`; Kaggle's
+#: `LOC_val_solution.csv`, named after the split)
+LABELS_FILES = ("labels.csv", "LOC_{split}_solution.csv")
+
+
+class FlatFolderSource(FolderSource):
+    """A flat image folder with a labels file: a `file,label` CSV (labels as class names or WordNet ids; a header
+    row names the columns) or Kaggle's `LOC_val_solution.csv` as is (`ImageId,PredictionString`: the first WordNet
+    id of each row is the label). Files are matched by path, name or name without suffix."""
+
+    def __init__(self, root: Path, labels_file: Path) -> None:
+        rows = _read_labels(labels_file)
+        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        by_key: dict[str, Path] = {}
+        for p in files:
+            for key in (p.relative_to(root).as_posix(), p.name, p.stem):
+                by_key.setdefault(key, p)
+        labelled: dict[Path, str] = {}
+        for key, label in rows:
+            path = by_key.get(key) or by_key.get(Path(key).name) or by_key.get(Path(key).stem)
+            if path is None:
+                raise ValidationError(f"{labels_file}: image {key!r} is not in {root}")
+            labelled[path] = label
+        unlabelled = [p for p in files if p not in labelled]
+        if unlabelled:
+            raise ValidationError(f"{root}: {len(unlabelled)} image(s) have no label in {labels_file} "
+                                  f"(e.g. {unlabelled[0].name})")
+        self.class_names = sorted(set(labelled.values()))
+        pos = {n: k for k, n in enumerate(self.class_names)}
+        self.paths = files
+        self.labels = np.asarray([pos[labelled[p]] for p in files], dtype=np.int64)
+        self.ids = [p.relative_to(root).as_posix() for p in files]
+        self.ident = (f"flat:{root.resolve()}:{stable_hash([(i, p.stat().st_size) for i, p in zip(self.ids, files)])}"
+                      f":{stable_hash(rows)}")
+
+
+def _read_labels(path: Path) -> list[tuple[str, str]]:
+    """(file, label) rows of a labels CSV: `file,label` (with or without a header) or Kaggle's
+    `ImageId,PredictionString` (the first token of the prediction string is the WordNet id)."""
+    with open(path, newline="", encoding="utf-8") as f:
+        table = [r for r in csv.reader(f) if r]
+    if not table:
+        raise ValidationError(f"{path}: no rows")
+    head = [c.strip().lower() for c in table[0]]
+    if head[:2] == ["imageid", "predictionstring"]:
+        return [(r[0].strip(), r[1].split()[0]) for r in table[1:] if len(r) > 1 and r[1].split()]
+    body = table[1:] if {"file", "filename", "image", "path"} & set(head) else table
+    file_col = next((head.index(c) for c in ("file", "filename", "image", "path") if c in head), 0)
+    label_col = next((head.index(c) for c in ("label", "class", "class_name", "wnid") if c in head), 1)
+    if any(len(r) <= max(file_col, label_col) for r in body):
+        raise ValidationError(f"{path}: every row needs a file and a label (columns: file,label)")
+    return [(r[file_col].strip(), r[label_col].strip()) for r in body]
+
+
+class WdsSource(ImageSource):
+    """Webdataset shards read in place: the tars are indexed once (member headers and each sample's `cls`), an
+    image is read by offset when asked for; the shard is the read unit."""
+
+    def __init__(self, shards: Sequence[Path], class_names: list[str], ident_prefix: str) -> None:
+        self.shards = [Path(s) for s in shards]
+        self.class_names = list(class_names)
+        self._where: list[tuple[int, int, int]] = []  # (shard, data offset, size) of each sample's image
+        labels, ids, units = [], [], []
+        for k, shard in enumerate(self.shards):
+            with tarfile.open(shard) as tar:
+                samples: dict[str, dict[str, Any]] = {}
+                for m in tar:
+                    if not m.isfile():
+                        continue
+                    key, _, ext = m.name.partition(".")
+                    s = samples.setdefault(key, {})
+                    if ext.lower() in WDS_IMAGE_KEYS:
+                        s["image"] = (m.offset_data, m.size)
+                    elif ext == "cls":
+                        s["cls"] = tar.extractfile(m).read()  # type: ignore[union-attr]
+                for key, s in samples.items():
+                    if "image" not in s or "cls" not in s:
+                        raise ValidationError(f"{shard}: sample {key} has no image or cls field")
+                    labels.append(int(s["cls"].decode().strip()))
+                    ids.append(key)
+                    units.append(k)
+                    self._where.append((k, *s["image"]))
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.ids, self.units = ids, np.asarray(units, dtype=np.int64)
+        self.ident = f"{ident_prefix}:{stable_hash(ids)}"
+
+    def encoded(self, i: int) -> bytes | None:
+        k, offset, size = self._where[int(i)]
+        with open(self.shards[k], "rb") as f:
+            f.seek(offset)
+            return f.read(size)
+
+    def where(self, i: int) -> str:
+        return f"{self.shards[self._where[int(i)][0]]}: sample {self.ids[int(i)]}"
+
+    def image(self, i: int) -> Image.Image:
+        data = self.encoded(i)
+        assert data is not None
+        return decode_image(data, self.where(i))
+
 
 def _pick(cols: Sequence[str], candidates: Sequence[str], what: str, ident: str) -> str:
     for c in candidates:
@@ -252,37 +440,65 @@ def offline_datasets() -> Any:
     return datasets
 
 
-def _open_local(path: Path, split: str | None, config: str | None) -> ImageSource:
-    datasets = offline_datasets()
+def parquet_split_files(files: Sequence[str], split: str | None, config: str | None, where: object,
+                        relative: Callable[[str], str]) -> list[str]:
+    """The parquet files of one split (and config) of a dataset's files: `<split>-*.parquet` (or
+    `<split>/*.parquet`) under any folder; a config is a folder name on the way. One split needs no name."""
+    files = sorted(files)
+    if config is not None:
+        files = [f for f in files if config in relative(f).split("/")[:-1]]
+        if not files:
+            raise ValidationError(f"{where}: no parquet files for config {config!r}")
+    by_split: dict[str, list[str]] = {}
+    for f in files:
+        parts = relative(f).split("/")
+        name = parts[-1].split("-")[0] if "-" in parts[-1] else (parts[-2] if len(parts) > 1 else parts[-1])
+        by_split.setdefault(name.removesuffix(".parquet"), []).append(f)
+    if len(by_split) > 1 or split:
+        return by_split[_need_split(split, sorted(by_split), where)]
+    return files
+
+
+def _open_local(path: Path, split: str | None, config: str | None, labels: Path | None) -> ImageSource:
     if (path / "dataset_info.json").exists() or (path / "state.json").exists() or (path / "dataset_dict.json").exists():
+        datasets = offline_datasets()
         ds = datasets.load_from_disk(str(path))
         if isinstance(ds, datasets.DatasetDict):
             ds = ds[_need_split(split, list(ds), path)]
         return HFSource(ds, f"disk:{path.resolve()}:{ds._fingerprint}")
-    parquet = sorted(path.rglob("*.parquet"))
+    parquet = [str(p) for p in path.rglob("*.parquet")]
     if parquet:
-        if config is not None:
-            parquet = [p for p in parquet if config in p.relative_to(path).parts]
-            if not parquet:
-                raise ValidationError(f"{path}: no parquet files for config {config!r}")
-        by_split: dict[str, list[str]] = {}
-        for p in parquet:
-            by_split.setdefault(p.name.split("-")[0], []).append(str(p))
-        files = by_split[_need_split(split, sorted(by_split), path)] if len(by_split) > 1 or split else parquet
-        files = [str(f) for f in files]
-        ds = datasets.Dataset.from_parquet(files, keep_in_memory=False)
+        files = parquet_split_files(parquet, split, config, path, lambda f: Path(f).relative_to(path).as_posix())
         key = stable_hash([(f, os.path.getsize(f)) for f in files])
-        return HFSource(ds, f"parquet:{path.resolve()}#{config or ''}:{split or ''}:{key}")
-    return _open_folder(path, split)
+        return ParquetSource(files, f"parquet:{path.resolve()}#{config or ''}:{split or ''}:{key}")
+    return _open_folder(path, split, labels)
 
 
-def _open_folder(path: Path, split: str | None) -> ImageSource:
-    """An ImageFolder, or split `split` of a folder of ImageFolders (`path/<split>/<class>/...`). A folder without
-    split folders is one split: naming a split there is refused, as two names would read the same images."""
+def _labels_file(folder: Path, split: str | None) -> Path | None:
+    """The labels file of a flat folder when none is given: `labels.csv` in it, or a Kaggle solution file beside it."""
+    for name in LABELS_FILES:
+        name = name.format(split=split or folder.name)
+        for candidate in (folder / name, folder.parent / name):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _folder(folder: Path, split: str | None, labels: Path | None) -> ImageSource:
+    has_classes = any(p.is_dir() and not p.name.startswith(".") for p in folder.iterdir())
+    if labels is None and not has_classes:
+        labels = _labels_file(folder, split)
+    return FlatFolderSource(folder, labels) if labels is not None else FolderSource(folder)
+
+
+def _open_folder(path: Path, split: str | None, labels: Path | None = None) -> ImageSource:
+    """An ImageFolder (or a flat folder with a labels file), or split `split` of a folder of them
+    (`path/<split>/<class>/...`). A folder without split folders is one split: naming a split there is refused, as
+    two names would read the same images."""
     if split is None:
-        return FolderSource(path)
+        return _folder(path, split, labels)
     if (path / split).is_dir():
-        return FolderSource(path / split)
+        return _folder(path / split, split, labels)
     splits = sorted(p.name for p in path.iterdir()
                     if p.is_dir() and any(c.is_dir() for c in p.iterdir()) and not p.name.startswith("."))
     if splits:
@@ -307,42 +523,103 @@ def _need_split(split: str | None, available: Sequence[str], where: object) -> s
 def hub_dataset_id(spec: str) -> str:
     """The Hub id a dataset spec names ("cifar10" -> "uoft-cs/cifar10", "hf:ORG/NAME@rev" -> "ORG/NAME"); empty
     for a local folder or a `wds:` spec (recorded as a card's `source_datasets` only when it is a Hub id)."""
-    if spec in KNOWN_DATASETS:
-        return KNOWN_DATASETS[spec].repo
-    return spec.removeprefix("hf:").partition("@")[0] if spec.startswith("hf:") else ""
+    return parse_spec(spec).hub_id if spec.startswith("hf:") or spec in KNOWN_DATASETS else ""
+
+
+def check_labels(source: ImageSource) -> None:
+    """Every label must be a class of the source (0 .. classes - 1): one line naming how many are not, and one."""
+    bad = np.flatnonzero((source.labels < 0) | (source.labels >= len(source.class_names)))
+    if len(bad):
+        i = int(bad[0])
+        raise ValidationError(f"{source.ident}: {len(bad)} image(s) have a label outside the class range "
+                              f"0..{len(source.class_names) - 1} (e.g. {source.where(i)} has label "
+                              f"{int(source.labels[i])}); fix the labels or leave those images out")
+
+
+def align_classes(source: ImageSource) -> ImageSource:
+    """A source whose class list is a known dataset's (any order or spelling, or WordNet ids) takes that dataset's
+    names and index order, labels remapped (`failmode.vocab.classnames.align_to_known`); folders list their images
+    by class index, then file name, whatever the order of their folders. Other class lists keep their order."""
+    from failmode.vocab.classnames import align_to_known, label_names
+
+    found = align_to_known(source.class_names)
+    if found is None:
+        return source
+    dataset, mapping = found
+    names = label_names(dataset)
+    if list(mapping) != list(range(len(names))) or source.class_names != names:
+        log.info("%s: classes aligned by name to %s's index order", source.ident, dataset)
+        source.labels = mapping[source.labels]
+        source.class_names = names
+        if isinstance(source, FolderSource):
+            source.reorder(np.lexsort((np.asarray(source.ids, dtype=object).astype(str), source.labels))
+                           if source.ids else np.zeros(0, np.int64))
+    source.known = dataset
+    return source
 
 
 def open_source(spec: str, split: str | None = None) -> ImageSource:
     """Open a labelled image collection; see the module docstring for accepted specs."""
-    if spec.startswith("wds:"):
-        return _open_wds(Path(spec[4:]), split)
-    local, _, config = spec.partition("#")
-    known = KNOWN_DATASETS.get(spec)  # a known name is always the Hub dataset: a folder of that name is "./name"
-    if known is None and Path(local).expanduser().exists():
-        return _open_local(Path(local).expanduser(), split, config or None)
-    repo, revision = (known.repo, None) if known else (spec.removeprefix("hf:").partition("@")[::2])
-    if not known and not spec.startswith("hf:"):
-        raise UsageError(
-            f"unknown dataset {spec!r}: use {', '.join(KNOWN_DATASETS)}, hf:ORG/NAME, wds:DIR or an existing local folder"
-        )
+    parsed = parse_spec(spec)
+    if parsed.kind == "wds":
+        source = _open_wds(parsed.path, split)  # type: ignore[arg-type]
+    elif parsed.kind == "local":
+        source = _open_local(parsed.path, split, parsed.config, parsed.labels)  # type: ignore[arg-type]
+    else:
+        source = _open_hub(parsed, split)
+    check_labels(source)
+    return align_classes(source)
+
+
+def hub_filesystem() -> Any:
+    """The Hub as an fsspec filesystem (`huggingface_hub.HfFileSystem`): only the byte ranges read are downloaded."""
+    from huggingface_hub import HfFileSystem
+
+    return HfFileSystem()
+
+
+def open_parquet_split(fs: Any, root: str, split: str | None, config: str | None, ident: str,
+                       known: KnownDataset | None = None) -> ParquetSource | None:
+    """The parquet files of one split under `root` on an fsspec filesystem, read in place (the Hub's path; a local
+    folder under fsspec reads the same way); None when `root` holds no parquet files."""
+    files = [f for f in fs.glob(f"{root.rstrip('/')}/**/*.parquet")]
+    if not files:
+        return None
+    files = parquet_split_files(files, split, config, ident, lambda f: f[len(root.rstrip("/")) + 1:])
+    key = stable_hash([(f, fs.size(f)) for f in files])
+    cols = (known.image_column, known.label_column) if known else (None, None)
+    return ParquetSource(files, f"{ident}:{key}", fs=fs, image_column=cols[0], label_column=cols[1])
+
+
+def _open_hub(parsed: DatasetSpec, split: str | None) -> ImageSource:
+    """A Hub dataset: its parquet files through HfFileSystem when it has them, else `datasets.load_dataset`."""
+    repo, revision, known = parsed.repo, parsed.revision, parsed.known
+    assert repo is not None
     split = split or (known.eval_split if known else None)
+    what, hint = f"the dataset {repo!r} (split {split})", f"download it elsewhere and pass the local folder instead of {parsed.text!r}"
+
+    def load_parquet(ident: str, local_only: bool) -> ParquetSource | None:
+        root = f"datasets/{ident}" + (f"@{revision}" if revision else "")
+        return open_parquet_split(hub_filesystem(), root, split, parsed.config,
+                                  f"hub:{ident}@{revision or 'main'}:{split}", known)
+
+    found = load_from_hub_or_local(repo, load_parquet, what=what, local_hint=hint)
+    if found is not None:
+        return found
     datasets = offline_datasets()
 
     def load(ident: str, local_only: bool) -> Any:
-        mode = datasets.DownloadMode.REUSE_DATASET_IF_EXISTS
         if local_only:
             datasets.config.HF_HUB_OFFLINE = True
-        return datasets.load_dataset(ident, split=split, revision=revision or None, download_mode=mode)
+        return datasets.load_dataset(ident, split=split, revision=revision or None,
+                                     download_mode=datasets.DownloadMode.REUSE_DATASET_IF_EXISTS)
 
-    ds = load_from_hub_or_local(repo, load, what=f"the dataset {repo!r} (split {split})",
-                                local_hint=f"download it elsewhere and pass the local folder instead of {spec!r}")
+    ds = load_from_hub_or_local(repo, load, what=what, local_hint=hint)
     cols = (known.image_column, known.label_column) if known else (None, None)
     return HFSource(ds, f"hub:{repo}@{revision or 'main'}:{split}:{ds._fingerprint}", *cols)
 
 
 def _open_wds(root: Path, split: str | None) -> ImageSource:
-    import webdataset as wds
-
     info_path = root / "_info.json"
     info = read_json(info_path)
     splits = info.get("splits", {})
@@ -350,15 +627,8 @@ def _open_wds(root: Path, split: str | None) -> ImageSource:
     if split not in splits:
         raise UsageError(f"{info_path}: no split {split!r} (available: {', '.join(splits)})")
     names = info.get("class_names") or []
-    shards = sorted(str(p) for p in root.glob(f"{split}-*.tar"))
+    listed = (splits[split] or {}).get("filenames") if isinstance(splits[split], dict) else None
+    shards = [root / f for f in listed] if listed else sorted(root.glob(f"{split}-*.tar"))
     if not shards:
         raise ValidationError(f"{root}: no {split}-*.tar shards")
-    images, labels, ids = [], [], []
-    for sample in wds.WebDataset(shards, shardshuffle=False, empty_check=False):
-        key = next((k for k in ("png", "jpg", "jpeg", "webp") if k in sample), None)
-        if key is None or "cls" not in sample:
-            raise ValidationError(f"{root}: sample {sample.get('__key__')} has no image or cls field")
-        images.append(decode_image(sample[key], f"{sample.get('__url__', root)}: sample {sample['__key__']}"))
-        labels.append(int(sample["cls"]))
-        ids.append(sample["__key__"])
-    return ListSource(images, labels, names, f"wds:{root.resolve()}:{split}:{stable_hash(ids)}", ids)
+    return WdsSource(shards, names, f"wds:{root.resolve()}:{split}")
