@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from failmode.commands._common import add_labels_argument
 from failmode.options import RenderOptions
 
 HELP = "build a target debug dataset from a preset (mine, attribute, generate, finalize)"
@@ -28,6 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", help="feature and embedding cache (default: $FAILMODE_CACHE_DIR or ~/.cache/failmode)")
     d = p.add_argument_group("dataset (override the preset's dataset section)")
     d.add_argument("--dataset", help="the classifiers' dataset: a known name, hf:ORG/NAME or a local folder")
+    add_labels_argument(d)
     d.add_argument("--split", help="evaluation split holding the debug images")
     d.add_argument("--train-split", help="split a 'head: train' head is fitted on")
     d.add_argument("--train-per-class", type=float, help="split recipe: train images per class")
@@ -53,7 +55,7 @@ def overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
     if args.clip_pretrained == "none":  # the command line's word for random weights (null in a preset)
         clip["pretrained"] = None
     sections = {
-        "dataset": pick((("id", args.dataset), ("split", args.split), ("train_split", args.train_split),
+        "dataset": pick((("id", args.dataset), ("labels", args.labels), ("split", args.split), ("train_split", args.train_split),
                          ("train_per_class", args.train_per_class), ("debug_per_class", args.debug_per_class))),
         "generation": pick((("generator", args.generator),)),
         "render": RenderOptions.given(args),

@@ -113,8 +113,7 @@ class BadImages:
 class ImageSource(ABC):
     """A labelled image collection: `len`, `labels`, `class_names`, stable `ids`, and images by position.
 
-    `units` (optional) gives each image's read unit (a parquet row group, a tar shard): a subset taken unit by unit
-    reads only the units it touches. `known` names the known dataset whose class order `class_names` follows.
+    `known` names the known dataset whose class order `class_names` follows (`align_classes`).
     """
 
     #: stable identity used in cache keys (Hub id + revision + split, or a local path + content hash)
@@ -122,11 +121,15 @@ class ImageSource(ABC):
     class_names: list[str]
     labels: np.ndarray
     ids: list[str]
-    units: np.ndarray | None = None
     known: str | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def split_ident(self) -> str:
+        """The identity of the whole split this source reads (a subset's is its split's)."""
+        return getattr(self, "_split_ident", self.ident)
 
     @abstractmethod
     def image(self, i: int) -> Image.Image:
@@ -214,16 +217,54 @@ def _class_label_names(schema: Any, column: str) -> list[str] | None:
     return list(feature["names"]) if feature.get("_type") == "ClassLabel" and feature.get("names") else None
 
 
+class Quota:
+    """A per-class subset taken unit by unit (a parquet file's row groups, a tar shard): `per_class` images of each
+    of `classes` classes, units in a seeded order, each unit's rows in a seeded order, a row taken while its class
+    is short (a stratified sample at unit granularity, like splitting shuffled webdataset shards by shard). Only the
+    units offered are read; `done` says when every class has its quota."""
+
+    def __init__(self, classes: int, per_class: int, seed: int) -> None:
+        self.per_class, self.seed = per_class, seed
+        self.need = np.full(classes, per_class, dtype=np.int64)
+
+    def sized(self, classes: int) -> Quota:
+        """This quota over `classes` classes (a source knows them once it has read its class list)."""
+        self.need = np.full(classes, self.per_class, dtype=np.int64)
+        return self
+
+    def order(self, units: int) -> np.ndarray:
+        """The seeded order in which the units are offered."""
+        return np.random.default_rng([self.seed, 1]).permutation(units)
+
+    def take(self, unit: Sequence[int], labels: np.ndarray) -> np.ndarray:
+        """Rows of one unit taken (sorted): its rows in a seeded order while their class is short."""
+        taken = []
+        for r in np.random.default_rng([self.seed, 1, *unit]).permutation(len(labels)):
+            c = int(labels[r])
+            if not 0 <= c < len(self.need):  # kept, so that `check_labels` names it
+                taken.append(int(r))
+            elif self.need[c] > 0:
+                self.need[c] -= 1
+                taken.append(int(r))
+        return np.sort(np.asarray(taken, dtype=np.int64))
+
+    @property
+    def done(self) -> bool:
+        """Every class has its quota."""
+        return not self.need.any()
+
+
 class ParquetSource(ImageSource):
     """Parquet files read in place: local files memory-mapped, Hub files through fsspec (`HfFileSystem`), only the
     byte ranges read. Labels come from the label column alone; an image's row group is read when it is asked for
-    (one row group held at a time), so nothing is copied into a cache and memory stays flat."""
+    (one row group held at a time), so nothing is copied into a cache and memory stays flat. With `take` (a
+    `Quota`), files are read in its seeded order until every class has its quota, and the source is those rows."""
 
     def __init__(self, files: Sequence[str], ident: str, *, fs: Any = None, image_column: str | None = None,
-                 label_column: str | None = None) -> None:
+                 label_column: str | None = None, take: Quota | None = None) -> None:
         self.files, self.fs, self.ident = list(files), fs, ident
         self._open: dict[int, Any] = {}
-        self._cached: tuple[int, Any] | None = None
+        self._cached: tuple[tuple[int, int], Any] | None = None
         first = self._file(0)
         cols = first.schema_arrow.names
         self.image_column = image_column or _pick(cols, IMAGE_COLUMNS, "image", ident)
@@ -235,16 +276,31 @@ class ParquetSource(ImageSource):
         if names is None:
             raise ValidationError(f"{ident}: column {self.label_column!r} is not a ClassLabel, so class names are unknown")
         self.class_names = names
-        groups, labels = [], []
-        for k in range(len(self.files)):
-            pf = self._file(k)
-            groups += [(k, g, pf.metadata.row_group(g).num_rows) for g in range(pf.metadata.num_row_groups)]
-            labels.append(pf.read(columns=[self.label_column]).column(0).to_numpy(zero_copy_only=False))
-        self._groups = groups
-        self._starts = np.cumsum([0] + [n for _, _, n in groups])
+        take = take.sized(len(names)) if take is not None else None
+        rows, labels = [], []
+        for k in (range(len(self.files)) if take is None else take.order(len(self.files))):
+            pf = self._file(int(k))
+            y = np.asarray(pf.read(columns=[self.label_column]).column(0).to_numpy(zero_copy_only=False))
+            if take is None:
+                chosen = np.arange(len(y))
+            else:  # row groups in a seeded order too: the rows of groups not needed are never read
+                starts = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)])
+                picked = []
+                for g in np.random.default_rng([take.seed, 1, int(k)]).permutation(len(starts) - 1):
+                    picked.append(starts[g] + take.take((int(k), int(g)), y[starts[g]:starts[g + 1]]))
+                    if take.done:
+                        break
+                chosen = np.sort(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
+            rows.append(np.stack([np.full(len(chosen), int(k)), chosen], axis=1))
+            labels.append(y[chosen])
+            if take is not None and take.done:
+                break
+        self._rows = np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, 2), np.int64)
         self.labels = np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64)
-        self.units = np.repeat(np.arange(len(groups)), [n for _, _, n in groups]).astype(np.int64)
-        self.ids = [f"{i:06d}" for i in range(len(self.labels))]
+        self.ids = ([f"{i:06d}" for i in range(len(self.labels))] if take is None else
+                    [f"{Path(self.files[k]).name}:{r}" for k, r in self._rows.tolist()])
+        if take is not None:  # a subset: the files it read
+            self._split_ident, self.ident = ident, f"{ident}:take{stable_hash(self.ids)}"
 
     def __getstate__(self) -> dict[str, Any]:  # loader workers open their own files
         return {**self.__dict__, "_open": {}, "_cached": None}
@@ -258,15 +314,24 @@ class ParquetSource(ImageSource):
                              else pq.ParquetFile(self.fs.open(path, "rb")))
         return self._open[k]
 
-    def _group(self, unit: int) -> Any:
-        if self._cached is None or self._cached[0] != unit:
-            k, g, _ = self._groups[unit]
-            self._cached = (unit, self._file(k).read_row_group(g, columns=[self.image_column]).column(0).combine_chunks())
-        return self._cached[1]
+    def _row_group(self, k: int, row: int) -> tuple[Any, int]:
+        """The image column of the row group holding `row` of file `k` (one held at a time), and the row's offset."""
+        meta = self._file(k).metadata
+        start = 0
+        for g in range(meta.num_row_groups):
+            n = meta.row_group(g).num_rows
+            if row < start + n:
+                break
+            start += n
+        if self._cached is None or self._cached[0] != (k, g):
+            col = self._file(k).read_row_group(g, columns=[self.image_column]).column(0).combine_chunks()
+            self._cached = ((k, g), col)
+        return self._cached[1], row - start
 
     def encoded(self, i: int) -> bytes | None:
-        unit = int(np.searchsorted(self._starts, int(i), side="right") - 1)
-        rec = self._group(unit)[int(i) - int(self._starts[unit])].as_py()
+        k, row = (int(v) for v in self._rows[int(i)])
+        group, j = self._row_group(k, row)
+        rec = group[j].as_py()
         if isinstance(rec, bytes):
             return rec
         if rec.get("bytes") is not None:
@@ -283,7 +348,34 @@ class ParquetSource(ImageSource):
         if name not in self._file(0).schema_arrow.names:
             raise ValidationError(f"{self.ident}: no column {name!r} (columns: "
                                   f"{', '.join(self._file(0).schema_arrow.names)})")
-        return [v for k in range(len(self.files)) for v in self._file(k).read(columns=[name]).column(0).to_pylist()]
+        values: dict[int, list[Any]] = {}
+        for k in dict.fromkeys(self._rows[:, 0].tolist()):
+            values[k] = self._file(k).read(columns=[name]).column(0).to_pylist()
+        return [values[k][r] for k, r in self._rows.tolist()]
+
+
+class SubsetSource(ImageSource):
+    """Some images of another source, by position (the head's train subset of a source read whole)."""
+
+    def __init__(self, base: ImageSource, indices: np.ndarray, ident: str) -> None:
+        self.base, self.indices = base, np.asarray(indices, dtype=np.int64)
+        self.labels = base.labels[self.indices]
+        self.class_names, self.known, self.ident = base.class_names, base.known, ident
+        self.ids = [base.ids[int(i)] for i in self.indices]
+        self._split_ident = base.split_ident
+
+    def image(self, i: int) -> Image.Image:
+        return self.base.image(int(self.indices[i]))
+
+    def encoded(self, i: int) -> bytes | None:
+        return self.base.encoded(int(self.indices[i]))
+
+    def where(self, i: int) -> str:
+        return self.base.where(int(self.indices[i]))
+
+    def column(self, name: str) -> list[Any]:
+        values = self.base.column(name)
+        return [values[int(i)] for i in self.indices]
 
 
 class FolderSource(ImageSource):
@@ -375,15 +467,19 @@ def _read_labels(path: Path) -> list[tuple[str, str]]:
 
 
 class WdsSource(ImageSource):
-    """Webdataset shards read in place: the tars are indexed once (member headers and each sample's `cls`), an
-    image is read by offset when asked for; the shard is the read unit."""
+    """Webdataset shards read in place: the tars are indexed (member headers and each sample's `cls`), an image is
+    read by offset when asked for. With `take` (a `Quota`), shards are read in its seeded order until every class
+    has its quota, and the source is those samples."""
 
-    def __init__(self, shards: Sequence[Path], class_names: list[str], ident_prefix: str) -> None:
+    def __init__(self, shards: Sequence[Path], class_names: list[str], ident_prefix: str,
+                 take: Quota | None = None) -> None:
         self.shards = [Path(s) for s in shards]
         self.class_names = list(class_names)
+        take = take.sized(len(class_names)) if take is not None else None
         self._where: list[tuple[int, int, int]] = []  # (shard, data offset, size) of each sample's image
-        labels, ids, units = [], [], []
-        for k, shard in enumerate(self.shards):
+        labels, ids = [], []
+        for k in (range(len(self.shards)) if take is None else take.order(len(self.shards))):
+            shard = self.shards[int(k)]
             with tarfile.open(shard) as tar:
                 samples: dict[str, dict[str, Any]] = {}
                 for m in tar:
@@ -395,16 +491,21 @@ class WdsSource(ImageSource):
                         s["image"] = (m.offset_data, m.size)
                     elif ext == "cls":
                         s["cls"] = tar.extractfile(m).read()  # type: ignore[union-attr]
-                for key, s in samples.items():
-                    if "image" not in s or "cls" not in s:
-                        raise ValidationError(f"{shard}: sample {key} has no image or cls field")
-                    labels.append(int(s["cls"].decode().strip()))
-                    ids.append(key)
-                    units.append(k)
-                    self._where.append((k, *s["image"]))
+            for key, s in samples.items():
+                if "image" not in s or "cls" not in s:
+                    raise ValidationError(f"{shard}: sample {key} has no image or cls field")
+            keys = list(samples)
+            y = np.asarray([int(samples[key]["cls"].decode().strip()) for key in keys], dtype=np.int64)
+            for r in (range(len(keys)) if take is None else take.take((int(k),), y)):
+                labels.append(int(y[r]))
+                ids.append(keys[r])
+                self._where.append((int(k), *samples[keys[r]]["image"]))
+            if take is not None and take.done:
+                break
         self.labels = np.asarray(labels, dtype=np.int64)
-        self.ids, self.units = ids, np.asarray(units, dtype=np.int64)
+        self.ids = ids
         self.ident = f"{ident_prefix}:{stable_hash(ids)}"
+        self._split_ident = ident_prefix
 
     def encoded(self, i: int) -> bytes | None:
         k, offset, size = self._where[int(i)]
@@ -459,7 +560,8 @@ def parquet_split_files(files: Sequence[str], split: str | None, config: str | N
     return files
 
 
-def _open_local(path: Path, split: str | None, config: str | None, labels: Path | None) -> ImageSource:
+def _open_local(path: Path, split: str | None, config: str | None, labels: Path | None,
+                take: Quota | None = None) -> ImageSource:
     if (path / "dataset_info.json").exists() or (path / "state.json").exists() or (path / "dataset_dict.json").exists():
         datasets = offline_datasets()
         ds = datasets.load_from_disk(str(path))
@@ -470,7 +572,7 @@ def _open_local(path: Path, split: str | None, config: str | None, labels: Path 
     if parquet:
         files = parquet_split_files(parquet, split, config, path, lambda f: Path(f).relative_to(path).as_posix())
         key = stable_hash([(f, os.path.getsize(f)) for f in files])
-        return ParquetSource(files, f"parquet:{path.resolve()}#{config or ''}:{split or ''}:{key}")
+        return ParquetSource(files, f"parquet:{path.resolve()}#{config or ''}:{split or ''}:{key}", take=take)
     return _open_folder(path, split, labels)
 
 
@@ -509,7 +611,7 @@ def _open_folder(path: Path, split: str | None, labels: Path | None = None) -> I
 
 def check_disjoint_splits(train: ImageSource | None, evaluation: ImageSource, dataset: str) -> None:
     """The head's training images and the evaluation images must be different splits (UsageError otherwise)."""
-    if train is not None and train.ident == evaluation.ident:
+    if train is not None and train.split_ident == evaluation.split_ident:
         raise UsageError(f"{dataset}: the train split and the evaluation split are the same images ({train.ident}); "
                          "choose different splits (--train-split / --split)")
 
@@ -558,16 +660,29 @@ def align_classes(source: ImageSource) -> ImageSource:
     return source
 
 
-def open_source(spec: str, split: str | None = None) -> ImageSource:
-    """Open a labelled image collection; see the module docstring for accepted specs."""
+def open_source(spec: str, split: str | None = None, *, per_class: int | None = None, seed: int = 0) -> ImageSource:
+    """Open a labelled image collection; see the module docstring for accepted specs.
+
+    With `per_class`, only a seeded per-class subset: parquet files and tar shards are read one by one in a seeded
+    order until every class has `per_class` images (`Quota`), so a few per class of a large split read a few
+    percent of it; other sources are listed whole and `splits.stratified_take` picks the subset. Its `ids` say
+    which images were taken."""
     parsed = parse_spec(spec)
+    take = None
+    if per_class is not None:
+        take = Quota(0, per_class, seed)  # sized by the source once it knows its classes
     if parsed.kind == "wds":
-        source = _open_wds(parsed.path, split)  # type: ignore[arg-type]
+        source = _open_wds(parsed.path, split, take)  # type: ignore[arg-type]
     elif parsed.kind == "local":
-        source = _open_local(parsed.path, split, parsed.config, parsed.labels)  # type: ignore[arg-type]
+        source = _open_local(parsed.path, split, parsed.config, parsed.labels, take)  # type: ignore[arg-type]
     else:
-        source = _open_hub(parsed, split)
+        source = _open_hub(parsed, split, take)
     check_labels(source)
+    if take is not None and not isinstance(source, ParquetSource | WdsSource):
+        from failmode.data.splits import stratified_take
+
+        chosen, _ = stratified_take(source.labels, per_class, seed, salt=1)  # type: ignore[arg-type]
+        source = SubsetSource(source, chosen, f"{source.ident}:take{per_class}@{seed}")
     return align_classes(source)
 
 
@@ -579,7 +694,7 @@ def hub_filesystem() -> Any:
 
 
 def open_parquet_split(fs: Any, root: str, split: str | None, config: str | None, ident: str,
-                       known: KnownDataset | None = None) -> ParquetSource | None:
+                       known: KnownDataset | None = None, take: Quota | None = None) -> ParquetSource | None:
     """The parquet files of one split under `root` on an fsspec filesystem, read in place (the Hub's path; a local
     folder under fsspec reads the same way); None when `root` holds no parquet files."""
     files = [f for f in fs.glob(f"{root.rstrip('/')}/**/*.parquet")]
@@ -588,10 +703,10 @@ def open_parquet_split(fs: Any, root: str, split: str | None, config: str | None
     files = parquet_split_files(files, split, config, ident, lambda f: f[len(root.rstrip("/")) + 1:])
     key = stable_hash([(f, fs.size(f)) for f in files])
     cols = (known.image_column, known.label_column) if known else (None, None)
-    return ParquetSource(files, f"{ident}:{key}", fs=fs, image_column=cols[0], label_column=cols[1])
+    return ParquetSource(files, f"{ident}:{key}", fs=fs, image_column=cols[0], label_column=cols[1], take=take)
 
 
-def _open_hub(parsed: DatasetSpec, split: str | None) -> ImageSource:
+def _open_hub(parsed: DatasetSpec, split: str | None, take: Quota | None = None) -> ImageSource:
     """A Hub dataset: its parquet files through HfFileSystem when it has them, else `datasets.load_dataset`."""
     repo, revision, known = parsed.repo, parsed.revision, parsed.known
     assert repo is not None
@@ -601,7 +716,7 @@ def _open_hub(parsed: DatasetSpec, split: str | None) -> ImageSource:
     def load_parquet(ident: str, local_only: bool) -> ParquetSource | None:
         root = f"datasets/{ident}" + (f"@{revision}" if revision else "")
         return open_parquet_split(hub_filesystem(), root, split, parsed.config,
-                                  f"hub:{ident}@{revision or 'main'}:{split}", known)
+                                  f"hub:{ident}@{revision or 'main'}:{split}", known, take)
 
     found = load_from_hub_or_local(repo, load_parquet, what=what, local_hint=hint)
     if found is not None:
@@ -619,7 +734,7 @@ def _open_hub(parsed: DatasetSpec, split: str | None) -> ImageSource:
     return HFSource(ds, f"hub:{repo}@{revision or 'main'}:{split}:{ds._fingerprint}", *cols)
 
 
-def _open_wds(root: Path, split: str | None) -> ImageSource:
+def _open_wds(root: Path, split: str | None, take: Quota | None = None) -> ImageSource:
     info_path = root / "_info.json"
     info = read_json(info_path)
     splits = info.get("splits", {})
@@ -631,4 +746,4 @@ def _open_wds(root: Path, split: str | None) -> ImageSource:
     shards = [root / f for f in listed] if listed else sorted(root.glob(f"{split}-*.tar"))
     if not shards:
         raise ValidationError(f"{root}: no {split}-*.tar shards")
-    return WdsSource(shards, names, f"wds:{root.resolve()}:{split}")
+    return WdsSource(shards, names, f"wds:{root.resolve()}:{split}", take)

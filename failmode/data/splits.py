@@ -2,13 +2,13 @@
 
 ImageNet-1k: 30 training images per class train the head; the 50,000 validation images split 30 / 20 per class
 into the debug set (30,000, where failures are mined) and the test set (20,000). CIFAR follows the same shape
-(recipes below). Splits depend only on the labels (and, for a source read in units, the units) and the seed,
-and are recorded as JSON beside the outputs, with the ids of the chosen training images.
+(recipes below). Splits depend only on the labels and the seed, and are recorded as JSON beside the outputs, with
+the ids of the chosen training images.
 
-The head's training images are a small per-class subset of a large split (30 of ImageNet's ~1,300 per class). A
-source read in units (parquet row groups, tar shards) gives them unit by unit: the units in a seeded order, each
-class's rows taken from each unit until the class has its quota (a stratified sample at unit granularity, like
-splitting shuffled webdataset shards by shard), so only the units touched are read (a few percent of the split).
+The head's training images are a small per-class subset of a large split (30 of ImageNet's ~1,300 per class): the
+training source is opened with that quota (`failmode.data.sources.open_source(..., per_class=...)`), which reads
+parquet files and tar shards in a seeded order until every class has its images, so only a few percent of the
+split is read; the split then takes all of them.
 """
 
 from __future__ import annotations
@@ -75,44 +75,16 @@ def stratified_take(labels: np.ndarray, per_class: float, seed: int, salt: int =
     return cat(taken), cat(rest)
 
 
-def take_by_units(labels: np.ndarray, units: np.ndarray, per_class: int, seed: int, salt: int = 0) -> np.ndarray:
-    """Per class, `per_class` images taken unit by unit: units in a seeded order, each unit's rows in a seeded
-    order, a row taken while its class is short; stops at the first unit after which no class is short. Returns
-    the taken rows, sorted (a class with fewer images than asked gives all it has)."""
-    labels, units = np.asarray(labels), np.asarray(units)
-    need = dict(zip(*np.unique(labels, return_counts=True)))
-    need = {int(c): min(int(per_class), int(n)) for c, n in need.items()}
-    short = sum(1 for n in need.values() if n > 0)
-    by_unit = np.argsort(units, kind="stable")
-    ids, starts = np.unique(units[by_unit], return_index=True)
-    bounds = dict(zip(ids.tolist(), zip(starts.tolist(), [*starts[1:].tolist(), len(units)])))
-    taken: list[int] = []
-    rng = np.random.default_rng([seed, salt])
-    for u in rng.permutation(ids):
-        if short == 0:
-            break
-        lo, hi = bounds[int(u)]
-        for r in np.random.default_rng([seed, salt, int(u)]).permutation(by_unit[lo:hi]):
-            c = int(labels[r])
-            if need[c] > 0:
-                taken.append(int(r))
-                need[c] -= 1
-                short -= need[c] == 0
-    return np.sort(np.asarray(taken, dtype=np.int64))
-
-
 def _name(class_names: Sequence[str] | None, c: int) -> str:
     return f"{c} ({class_names[c]!r})" if class_names is not None and 0 <= c < len(class_names) else str(c)
 
 
 def make_splits(train_labels: np.ndarray, eval_labels: np.ndarray, *, train_per_class: float,
                 debug_per_class: float, seed: int = 0, class_names: Sequence[str] | None = None,
-                where: str = "the evaluation split", train_units: np.ndarray | None = None,
-                train_ids: Sequence[str] | None = None) -> Splits:
+                where: str = "the evaluation split", train_ids: Sequence[str] | None = None) -> Splits:
     """Train subset from the training labels; debug/test halves of the evaluation labels; all stratified by class.
 
-    With `train_units` (the training source's read units) and a per-class count, the train subset is taken unit
-    by unit (`take_by_units`); with `train_ids`, the chosen images' ids are recorded.
+    With `train_ids` (the training source's `ids`), the chosen images' ids are recorded.
 
     Refused in one line (ValidationError): an empty evaluation split, a class of it too small to give its debug
     images and at least one test image, and (when training labels are given) a class with no training image.
@@ -140,10 +112,7 @@ def make_splits(train_labels: np.ndarray, eval_labels: np.ndarray, *, train_per_
         if short:
             log.warning("%d classes have fewer than %g training images (e.g. class %s); taking all they have",
                         len(short), train_per_class, _name(class_names, short[0]))
-    if train_units is not None and train_per_class >= 1 and len(train_labels):
-        train = take_by_units(train_labels, train_units, int(train_per_class), seed, salt=1)
-    else:
-        train, _ = stratified_take(train_labels, train_per_class, seed, salt=1)
+    train, _ = stratified_take(train_labels, train_per_class, seed, salt=1)
     debug, test = stratified_take(eval_labels, debug_per_class, seed, salt=2)
     recipe = {"train_per_class": train_per_class, "debug_per_class": debug_per_class}
     ids = [train_ids[int(i)] for i in train] if train_ids is not None else None

@@ -34,6 +34,14 @@ class DatasetSection:
     train_per_class: float | None = None  # recipe: train images per class (default: the known dataset's recipe)
     debug_per_class: float | None = None  # recipe: debug images per class, a count or a fraction < 1
     split_seed: int = 0  # seed of the debug/test split and of the seed/heldout halves
+    labels: str | None = None  # labels file of a flat image folder (`file,label` CSV or LOC_val_solution.csv)
+
+    @property
+    def spec(self) -> str:
+        """The dataset as `failmode.data.sources.open_source` reads it (the id, with the labels file if any)."""
+        from failmode.data.spec import with_labels
+
+        return with_labels(self.id, self.labels)
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,11 @@ def model_key(model: str, weights: str | None) -> str:
     return f"{model}@{weights}"
 
 
-def _train_source(dataset: str, train_split: str | None) -> ImageSource:
-    return open_source(dataset, train_split or parse_spec(dataset).default_split("train"))
+def _train_source(dataset: str, train_split: str | None, per_class: float, seed: int) -> ImageSource:
+    """The head's training images: a count per class is taken as the source is read (`open_source`'s
+    `per_class`: a few percent of a large split); a fraction needs the whole split's labels."""
+    take = int(per_class) if per_class >= 1 else None
+    return open_source(dataset, train_split or parse_spec(dataset).default_split("train"), per_class=take, seed=seed)
 
 
 def split_sources(dataset: str, split: str | None, train_split: str | None,
@@ -42,14 +45,13 @@ def split_sources(dataset: str, split: str | None, train_split: str | None,
     classes checked), the splits made; everything a stage checks about its data before a model loads."""
     recipe = resolve_recipe(dataset, train_per_class, debug_per_class)
     source = open_source(dataset, split)
-    train = _train_source(dataset, train_split) if needs_train else None
+    train = _train_source(dataset, train_split, recipe["train_per_class"], split_seed) if needs_train else None
     check_disjoint_splits(train, source, dataset)
     if train is not None and train.class_names != source.class_names:
         raise ValidationError(f"{dataset}: the training split's classes differ from the evaluation split's")
     splits = make_splits(train.labels if train is not None else np.zeros(0, np.int64), source.labels,
                          seed=split_seed, class_names=source.class_names,
                          where=f"{dataset} (split {split or 'default'})",
-                         train_units=None if train is None else train.units,
                          train_ids=None if train is None else train.ids, **recipe)
     return train, source, splits, recipe
 
