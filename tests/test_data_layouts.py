@@ -329,7 +329,7 @@ def test_imagenet_build_and_evaluate_on_every_layout(tmp_path):
     results, images = {}, {}
     for layout, root in data.items():
         preset = derive_preset("imagenet-bg-debug", tmp_path / f"{layout}.json", root, models, head=None,
-                               train_per_class=2, debug_per_class=2, baseline=True)
+                               train_per_class=2, debug_per_class=2, baseline=False)
         doc = json.loads(preset.read_text())
         doc["dataset"].update(split="val", train_split="train")
         doc["models"][0]["image_size"] = 32
@@ -339,7 +339,7 @@ def test_imagenet_build_and_evaluate_on_every_layout(tmp_path):
         assert main(["evaluate", "--model", "test_efficientnet", "--weights", str(models["weights"]), "--dataset",
                      str(root), "--eval-split", "val", "--train-per-class", "2", "--debug-per-class", "2",
                      "--debug-data", str(out), "--out", str(tmp_path / f"{layout}-eval"), "--epochs", "20",
-                     "--image-size", "32", "--device", "cpu", "--cache-dir", cache]) == 0
+                     "--image-size", "32", "--device", "cpu", "--cache-dir", cache, "--baseline-config", "none"]) == 0
         records = read_jsonl(tmp_path / f"{layout}-eval" / "results.jsonl")
         results[layout] = [(r["setting"], r["config"], r["test"], r["seed"], r["heldout"], r["n_train"], r["n_test"],
                             r["n_seed"], r["n_heldout"], r["n_debug"]) for r in records]
@@ -353,7 +353,7 @@ def test_imagenet_build_and_evaluate_on_every_layout(tmp_path):
     assert results["wnid"] == results["names"] == results["flat"]
     assert images["wnid"] == images["names"] == images["flat"]
     assert [r[:2] for r in results["wnid"]] == [("original", None), ("retrain", None), ("debug", "test_efficientnet"),
-                                                ("debug", "baseline"), ("debug", "random-context")]
+                                                ("debug", "random-context")]
     assert results["wnid"][0][6] == len(FEW)  # one test image per class
     labels = {row["label"] for row in images["wnid"]}
     assert labels <= set(FEW) and {row["class_name"] for row in images["wnid"] if row["label"] == 517} <= {
