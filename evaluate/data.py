@@ -4,7 +4,7 @@ A failmode debug dataset folder holds `data/<config>/<split>-NNNNN-of-MMMMM.parq
 class_name, context, ...), `wds/<config>/` shards and a `failmode.json` manifest. A Hub id is fetched (only the
 chosen config) into the Hugging Face cache and read as such a folder. Only a finalized folder is read: its manifest
 must list the config, with images, and the config's shards must be exactly the listed ones with their hashes.
-Configs are read lazily, one at a time: parquet memory-mapped in place (no Arrow copy), tars by offset.
+Configs are read lazily, image by image: parquet row groups in place (no Arrow copy), tars by offset.
 """
 
 from __future__ import annotations

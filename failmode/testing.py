@@ -501,3 +501,38 @@ def hub_parquet_split(root: str | Path, *, class_names: list[str], per_class: in
         pq.write_table(table, path, row_group_size=rows_per_group)
         paths.append(path)
     return paths
+
+
+class CountingFS:
+    """fsspec's local filesystem behind a counter of the bytes read through it: the calls `HfFileSystem` answers for
+    a Hub id (glob, size, open), so the Hub path is measured offline on a local folder."""
+
+    def __init__(self) -> None:
+        from fsspec.implementations.local import LocalFileSystem
+
+        self.fs, self.read = LocalFileSystem(), 0
+
+    def glob(self, path: str) -> list[str]:
+        """The files matching `path`."""
+        return self.fs.glob(path)
+
+    def size(self, path: str) -> int:
+        """A file's size in bytes."""
+        return self.fs.size(path)
+
+    def open(self, path: str, mode: str = "rb") -> io.RawIOBase:
+        """The file, counting what is read from it."""
+        owner = self
+
+        class Counted(io.FileIO):
+            def read(self, n: int = -1) -> bytes:
+                data = super().read(n)
+                owner.read += len(data)
+                return data
+
+            def readinto(self, b: Any) -> int:
+                n = super().readinto(b) or 0
+                owner.read += n
+                return n
+
+        return Counted(self.fs._strip_protocol(path), mode)

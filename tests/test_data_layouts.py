@@ -14,7 +14,7 @@ from failmode.cli import main
 from failmode.data.sources import FlatFolderSource, FolderSource, ParquetSource, WdsSource, open_source
 from failmode.data.spec import parse_spec, with_labels
 from failmode.errors import UsageError, ValidationError
-from failmode.testing import hub_parquet_split, imagenet_layouts
+from failmode.testing import CountingFS, hub_parquet_split, imagenet_layouts
 from failmode.vocab.classnames import class_infos, class_names, label_names
 
 CRANES = [134, 517]
@@ -237,37 +237,6 @@ def test_webdataset_tars_with_cls_are_read_in_place(layouts, tmp_path):
     theirs = list(wds.WebDataset([str(p) for p in sorted((tmp_path / "wds").glob("*.tar"))], shardshuffle=False,
                                  empty_check=False))
     assert [s["jpg"] for s in theirs] == [src.encoded(i) for i in range(len(src))]
-
-
-class CountingFS:
-    """fsspec's local filesystem behind a counter of the bytes read through it (the Hub path is the same calls)."""
-
-    def __init__(self) -> None:
-        from fsspec.implementations.local import LocalFileSystem
-
-        self.fs, self.read = LocalFileSystem(), 0
-
-    def glob(self, path: str) -> list[str]:
-        return self.fs.glob(path)
-
-    def size(self, path: str) -> int:
-        return self.fs.size(path)
-
-    def open(self, path: str, mode: str = "rb") -> io.RawIOBase:
-        owner = self
-
-        class Counted(io.FileIO):
-            def read(self, n: int = -1) -> bytes:
-                data = super().read(n)
-                owner.read += len(data)
-                return data
-
-            def readinto(self, b) -> int:  # type: ignore[override]
-                n = super().readinto(b)
-                owner.read += n or 0
-                return n
-
-        return Counted(self.fs._strip_protocol(path), mode)
 
 
 def test_a_few_per_class_read_a_few_percent_through_fsspec(tmp_path):

@@ -6,7 +6,7 @@
     read through `huggingface_hub.HfFileSystem` (fsspec), downloading only the byte ranges read,
   - a local folder (an existing path that is not a known name; write `./cifar10` for a folder called cifar10):
     a `datasets.save_to_disk` folder, a folder of parquet files (a Hub dataset checkout or a failmode dataset,
-    config chosen with `#config`) read in place (memory-mapped, no Arrow copy), an ImageFolder (one sub-folder per
+    config chosen with `#config`) read in place (no Arrow copy), an ImageFolder (one sub-folder per
     class: class names or WordNet ids), or a flat image folder with a labels file (`?labels=FILE`, or a
     `labels.csv` / Kaggle `LOC_<split>_solution.csv` in or beside it),
   - `wds:DIR` (webdataset shards with `_info.json`; samples with an image and `cls`), indexed and read in place.
@@ -165,7 +165,26 @@ class ListSource(ImageSource):
         return self._images[i].convert("RGB")
 
 
-class HFSource(ImageSource):
+class RecordSource(ImageSource):
+    """A source storing each image as a `datasets` Image record ({bytes, path}, or bare bytes)."""
+
+    @staticmethod
+    def record_bytes(rec: Any) -> bytes | None:
+        """The encoded image of a record: its bytes, else the file at its path, else None."""
+        if isinstance(rec, bytes):
+            return rec
+        if rec.get("bytes") is not None:
+            return rec["bytes"]
+        return Path(rec["path"]).read_bytes() if rec.get("path") else None
+
+    def image(self, i: int) -> Image.Image:
+        data = self.encoded(i)
+        if data is None:
+            raise LoadError(f"{self.ident}: image {i} has neither bytes nor a path")
+        return decode_image(data, self.where(i))
+
+
+class HFSource(RecordSource):
     """A `datasets.Dataset` with an image column and a ClassLabel column (a `save_to_disk` folder, memory-mapped)."""
 
     def __init__(self, ds: Any, ident: str, image_column: str | None = None, label_column: str | None = None,
@@ -194,16 +213,7 @@ class HFSource(ImageSource):
         return list(self._raw[name])
 
     def encoded(self, i: int) -> bytes | None:
-        rec = self._raw[int(i)][self.image_column]
-        if rec.get("bytes") is not None:
-            return rec["bytes"]
-        return Path(rec["path"]).read_bytes() if rec.get("path") else None
-
-    def image(self, i: int) -> Image.Image:
-        data = self.encoded(i)
-        if data is None:
-            raise LoadError(f"{self.ident}: image {i} has neither bytes nor a path")
-        return decode_image(data, self.where(i))
+        return self.record_bytes(self._raw[int(i)][self.image_column])
 
 
 def _class_label_names(schema: Any, column: str) -> list[str] | None:
@@ -254,9 +264,9 @@ class Quota:
         return not self.need.any()
 
 
-class ParquetSource(ImageSource):
-    """Parquet files read in place: local files memory-mapped, Hub files through fsspec (`HfFileSystem`), only the
-    byte ranges read. Labels come from the label column alone; an image's row group is read when it is asked for
+class ParquetSource(RecordSource):
+    """Parquet files read in place: local files directly, Hub files through fsspec (`HfFileSystem`), only the byte
+    ranges of the columns and row groups read. Labels come from the label column alone; an image's row group is read when it is asked for
     (one row group held at a time), so nothing is copied into a cache and memory stays flat. With `take` (a
     `Quota`), files are read in its seeded order until every class has its quota, and the source is those rows."""
 
@@ -310,8 +320,9 @@ class ParquetSource(ImageSource):
 
         if k not in self._open:
             path = self.files[k]
-            self._open[k] = (pq.ParquetFile(path, memory_map=True) if self.fs is None
-                             else pq.ParquetFile(self.fs.open(path, "rb")))
+            # read in place, only the column chunks asked for; not memory-mapped: mapped pages would stay
+            # resident for as long as the file is open, so memory would grow with every image read
+            self._open[k] = pq.ParquetFile(path if self.fs is None else self.fs.open(path, "rb"))
         return self._open[k]
 
     def _row_group(self, k: int, row: int) -> tuple[Any, int]:
@@ -331,18 +342,7 @@ class ParquetSource(ImageSource):
     def encoded(self, i: int) -> bytes | None:
         k, row = (int(v) for v in self._rows[int(i)])
         group, j = self._row_group(k, row)
-        rec = group[j].as_py()
-        if isinstance(rec, bytes):
-            return rec
-        if rec.get("bytes") is not None:
-            return rec["bytes"]
-        return Path(rec["path"]).read_bytes() if rec.get("path") else None
-
-    def image(self, i: int) -> Image.Image:
-        data = self.encoded(i)
-        if data is None:
-            raise LoadError(f"{self.ident}: image {i} has neither bytes nor a path")
-        return decode_image(data, self.where(i))
+        return self.record_bytes(group[j].as_py())
 
     def column(self, name: str) -> list[Any]:
         if name not in self._file(0).schema_arrow.names:
