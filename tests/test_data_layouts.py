@@ -237,6 +237,10 @@ def test_webdataset_tars_with_cls_are_read_in_place(layouts, tmp_path):
     theirs = list(wds.WebDataset([str(p) for p in sorted((tmp_path / "wds").glob("*.tar"))], shardshuffle=False,
                                  empty_check=False))
     assert [s["jpg"] for s in theirs] == [src.encoded(i) for i in range(len(src))]
+    one = open_source(f"wds:{tmp_path / 'wds'}", "train", per_class=1)  # shards in a seeded order, one per class
+    assert sorted(one.labels.tolist()) == FEW and set(one.ids) <= set(src.ids)
+    folder_one = open_source(str(layouts["wnid"]), "val", per_class=1)  # listed whole: the same stratified take
+    assert sorted(folder_one.labels.tolist()) == FEW and folder_one.split_ident == folder.split_ident
 
 
 def test_a_few_per_class_read_a_few_percent_through_fsspec(tmp_path):

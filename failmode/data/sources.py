@@ -384,7 +384,8 @@ class FolderSource(ImageSource):
     def __init__(self, root: Path) -> None:
         classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not classes:
-            raise ValidationError(f"{root}: no class sub-folders")
+            raise ValidationError(f"{root}: no class sub-folders (a flat image folder needs a labels file: --labels "
+                                  "FILE, labels.csv in it, or LOC_<split>_solution.csv beside it)")
         self.paths: list[Path] = []
         labels = []
         for k, name in enumerate(classes):
@@ -714,6 +715,8 @@ def _open_hub(parsed: DatasetSpec, split: str | None, take: Quota | None = None)
     what, hint = f"the dataset {repo!r} (split {split})", f"download it elsewhere and pass the local folder instead of {parsed.text!r}"
 
     def load_parquet(ident: str, local_only: bool) -> ParquetSource | None:
+        if local_only:  # no Hub to read from: a copy `datasets` cached earlier, below
+            return None
         root = f"datasets/{ident}" + (f"@{revision}" if revision else "")
         return open_parquet_split(hub_filesystem(), root, split, parsed.config,
                                   f"hub:{ident}@{revision or 'main'}:{split}", known, take)
