@@ -169,7 +169,7 @@ def test_labels_outside_the_class_range_are_named_before_any_model_loads(tmp_pat
                  "--debug-per-class", "2", "--out", str(out), "--device", "cpu"])
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("failmode mine:")]
     assert code == 1 and len(err) == 1, err
-    assert f"1 image(s) have a label outside the class range 0..2" in err[0] and f"has label {value}" in err[0]
+    assert "1 image(s) have a label outside the class range 0..2" in err[0] and f"has label {value}" in err[0]
     assert not out.exists()
 
 
@@ -183,8 +183,9 @@ def test_the_models_own_head_refuses_a_class_order_of_its_own(tmp_path, capsys):
     for s in ("train", "validation"):
         _class_label_dataset(root, names, [0, 1] * 4)
         (root / "data" / "validation-00000-of-00001.parquet").rename(root / "data" / f"{s}-00000-of-00001.parquet")
-    from failmode.dataset.writer import write_shard
     from PIL import Image
+
+    from failmode.dataset.writer import write_shard
 
     samples = [{"image": Image.new("RGB", (8, 8)), "label": y, "class_name": names[y], "context": "ctx",
                 "context_kind": "background", "prompt": "p", "seed": i, "generator": "test",

@@ -102,9 +102,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Build the specs and head parameters from the arguments and run the evaluation suite."""
 
+    from failmode.data.spec import with_labels
     from failmode.errors import UsageError
     from failmode.evaluate.pipeline import EvalSpec, HeadParams, recorded_splits
-    from failmode.data.spec import with_labels
     from failmode.evaluate.suite import run_suite
     from failmode.options import FeatureOptions
 

@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from failmode.data.spec import KNOWN_DATASETS, DatasetSpec, KnownDataset, parse_spec
 from failmode.errors import BadImageError, LoadError, UsageError, ValidationError
 from failmode.hub import load_from_hub_or_local
 from failmode.io import read_json, stable_hash
-from failmode.data.spec import KNOWN_DATASETS, DatasetSpec, KnownDataset, parse_spec
 
 log = logging.getLogger(__name__)
 
@@ -266,9 +266,10 @@ class Quota:
 
 class ParquetSource(RecordSource):
     """Parquet files read in place: local files directly, Hub files through fsspec (`HfFileSystem`), only the byte
-    ranges of the columns and row groups read. Labels come from the label column alone; an image's row group is read when it is asked for
-    (one row group held at a time), so nothing is copied into a cache and memory stays flat. With `take` (a
-    `Quota`), files are read in its seeded order until every class has its quota, and the source is those rows."""
+    ranges of the columns and row groups read. Labels come from the label column alone; an image's row group is
+    read when it is asked for (one row group held at a time), so nothing is copied into a cache and memory stays
+    flat. With `take` (a `Quota`), files are read in its seeded order until every class has its quota, and the
+    source is those rows."""
 
     def __init__(self, files: Sequence[str], ident: str, *, fs: Any = None, image_column: str | None = None,
                  label_column: str | None = None, take: Quota | None = None) -> None:
@@ -626,7 +627,10 @@ def _need_split(split: str | None, available: Sequence[str], where: object) -> s
 def hub_dataset_id(spec: str) -> str:
     """The Hub id a dataset spec names ("cifar10" -> "uoft-cs/cifar10", "hf:ORG/NAME@rev" -> "ORG/NAME"); empty
     for a local folder or a `wds:` spec (recorded as a card's `source_datasets` only when it is a Hub id)."""
-    return parse_spec(spec).hub_id if spec.startswith("hf:") or spec in KNOWN_DATASETS else ""
+    try:
+        return parse_spec(spec).hub_id
+    except UsageError:  # not a dataset spec this machine can open: no Hub id to record either
+        return ""
 
 
 def check_labels(source: ImageSource) -> None:
@@ -712,7 +716,8 @@ def _open_hub(parsed: DatasetSpec, split: str | None, take: Quota | None = None)
     repo, revision, known = parsed.repo, parsed.revision, parsed.known
     assert repo is not None
     split = split or (known.eval_split if known else None)
-    what, hint = f"the dataset {repo!r} (split {split})", f"download it elsewhere and pass the local folder instead of {parsed.text!r}"
+    what = f"the dataset {repo!r} (split {split})"
+    hint = f"download it elsewhere and pass the local folder instead of {parsed.text!r}"
 
     def load_parquet(ident: str, local_only: bool) -> ParquetSource | None:
         if local_only:  # no Hub to read from: a copy `datasets` cached earlier, below
