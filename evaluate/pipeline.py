@@ -226,6 +226,15 @@ def _read_halves(spec: EvalSpec, splits: Splits) -> dict[str, np.ndarray] | None
     for name, want in (("model", spec.model), ("split_seed", spec.split_seed)):
         if meta.get(name, want) != want:
             raise ValidationError(f"{spec.failures}: mined with {name} {meta[name]!r}, not {want!r}")
+    recorded = Path(spec.failures).parent / "splits.json"
+    if recorded.is_file() and splits.train_ids is not None:
+        from failmode.io import read_json
+
+        mined = read_json(recorded).get("train_ids")
+        if mined is not None and list(mined) != list(splits.train_ids):
+            raise ValidationError(f"{recorded}: mining's head was trained on other images than this evaluation takes "
+                                  f"({len(mined)} recorded, {len(splits.train_ids)} here): use the dataset, split "
+                                  "seed and recipe it was mined with")
     return _halves(rows, splits, spec.failures)
 
 

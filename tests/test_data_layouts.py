@@ -173,25 +173,30 @@ def test_labels_outside_the_class_range_are_named_before_any_model_loads(tmp_pat
     assert not out.exists()
 
 
+def _debug_folder(root: Path, names: list[str], config: str, labels: list[int]) -> Path:
+    """A finalized debug dataset of one config (tiny images of the given labels), as `evaluate` reads one."""
+    from PIL import Image
+
+    from failmode.dataset.writer import write_shard
+    from failmode.testing import finalize_configs
+
+    samples = [{"image": Image.new("RGB", (8, 8)), "label": y, "class_name": names[y], "context": "ctx",
+                "context_kind": "background", "prompt": "p", "seed": i, "generator": "test",
+                "source_model": config} for i, y in enumerate(labels)]
+    write_shard(root, config, "train", 0, 1, samples, class_names=names)
+    finalize_configs(root, names, {config: "model"})
+    return root
+
+
 def test_the_models_own_head_refuses_a_class_order_of_its_own(tmp_path, capsys):
     """`evaluate` with a 1,000-class model's own head on 1,000 classes that are not ImageNet's: one line, before any
     feature is extracted (it used to score against those labels with no warning)."""
-    from failmode.testing import finalize_configs
-
     names = [f"c{i:03d}" for i in range(1000)]
     root = tmp_path / "ds"
     for s in ("train", "validation"):
         _class_label_dataset(root, names, [0, 1] * 4)
         (root / "data" / "validation-00000-of-00001.parquet").rename(root / "data" / f"{s}-00000-of-00001.parquet")
-    from PIL import Image
-
-    from failmode.dataset.writer import write_shard
-
-    samples = [{"image": Image.new("RGB", (8, 8)), "label": y, "class_name": names[y], "context": "ctx",
-                "context_kind": "background", "prompt": "p", "seed": i, "generator": "test",
-                "source_model": "test_convnext"} for i, y in enumerate([0, 1, 0, 1])]
-    write_shard(tmp_path / "debug", "test_convnext", "train", 0, 1, samples, class_names=names)
-    finalize_configs(tmp_path / "debug", names, {"test_convnext": "model"})
+    _debug_folder(tmp_path / "debug", names, "test_convnext", [0, 1, 0, 1])
     out = tmp_path / "run"
     code = main(["evaluate", "--model", "test_convnext", "--weights", "none", "--dataset", str(root),
                  "--debug-data", str(tmp_path / "debug"), "--train-per-class", "2", "--debug-per-class", "2",
@@ -332,3 +337,29 @@ def test_imagenet_build_and_evaluate_on_every_layout(tmp_path):
     labels = {row["label"] for row in images["wnid"]}
     assert labels <= set(FEW) and {row["class_name"] for row in images["wnid"] if row["label"] == 517} <= {
         "crane, construction crane"}
+
+
+def test_mining_and_evaluation_take_the_same_training_images(layouts, tmp_path, capsys):
+    """The training images mining chose are recorded in splits.json (`train_ids`); `evaluate --failures` checks that
+    it takes the same ones, in one line before any feature is extracted."""
+    common = ["--weights", "none", "--dataset", str(layouts["wnid"]), "--device", "cpu",
+              "--cache-dir", str(tmp_path / "cache"), "--image-size", "32"]
+    mined = tmp_path / "mined"
+    assert main(["mine", "--model", "test_efficientnet", *common, "--split", "val", "--head", "train",
+                 "--train-per-class", "2", "--debug-per-class", "2", "--out", str(mined)]) == 0
+    recorded = json.loads((mined / "splits.json").read_text())
+    assert len(recorded["train_ids"]) == 2 * len(FEW) and recorded["train_ids"][0].startswith("n01440764/")
+    debug = _debug_folder(tmp_path / "debug", label_names("imagenet-1k"), "test_efficientnet", FEW)
+
+    def evaluate(per_class: str, out: str) -> int:
+        return main(["evaluate", "--model", "test_efficientnet", *common, "--eval-split", "val", "--head", "train",
+                     "--train-per-class", per_class, "--debug-per-class", "2", "--failures",
+                     str(mined / "failures.parquet"), "--debug-data", str(debug), "--out", str(tmp_path / out),
+                     "--baseline-config", "none", "--random-config", "none", "--epochs", "5"])
+
+    capsys.readouterr()
+    assert evaluate("1", "other") == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("failmode evaluate:")]
+    assert len(err) == 1 and "trained on other images than this evaluation takes" in err[0], err
+    assert not (tmp_path / "other" / "results.jsonl").exists()
+    assert evaluate("2", "same") == 0 and (tmp_path / "same" / "results.jsonl").read_text().count("\n") == 3
