@@ -11,7 +11,7 @@ import numpy as np
 
 from failmode.data.sources import BadImages, ImageSource, check_disjoint_splits, open_source
 from failmode.data.spec import parse_spec
-from failmode.data.splits import make_splits, resolve_recipe
+from failmode.data.splits import Splits, make_splits, resolve_recipe
 from failmode.errors import UsageError, ValidationError
 from failmode.io import write_json
 from failmode.mining.failures import failures_from_predictions, predict, write_failures, write_predictions
@@ -40,7 +40,7 @@ def _train_source(dataset: str, train_split: str | None, per_class: float, seed:
 
 def split_sources(dataset: str, split: str | None, train_split: str | None,
                   train_per_class: float | None, debug_per_class: float | None, split_seed: int,
-                  needs_train: bool) -> tuple[ImageSource | None, ImageSource, Any, dict[str, float]]:
+                  needs_train: bool) -> tuple[ImageSource | None, ImageSource, Splits, dict[str, float]]:
     """(train source or None, evaluation source, Splits, recipe) of a dataset: the sources opened (labels and
     classes checked), the splits made; everything a stage checks about its data before a model loads."""
     recipe = resolve_recipe(dataset, train_per_class, debug_per_class)
@@ -87,13 +87,15 @@ def check_classes(net: Any, model: str, head: Any, num_classes: int, dataset: st
     the dataset in that class order (`known`: the source's `known`), never a class list of its own order."""
     from timm.data import infer_imagenet_subset
 
+    from failmode.vocab.classnames import known_datasets
+
     have = getattr(net, "num_classes", None)
     fix = ('give it a head for this dataset (--head train fits one on the train split, --head FILE reads one; in a '
            'preset: "head": "train")')
     if head is None and have is not None and have != num_classes:
         raise UsageError(f"{model} has {have} classes but {dataset} has {num_classes}: {fix}")
     order = infer_imagenet_subset(net) if head is None else None
-    if order is not None and known != order:
+    if order in known_datasets() and known != order:
         raise UsageError(f"{dataset}: its class list matches no known class order, so its labels cannot be "
                          f"matched to {model}'s own {order} head: name its classes as {order} does (class names "
                          f"or WordNet ids, in any order) or {fix}")
