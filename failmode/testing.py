@@ -520,6 +520,10 @@ class CountingFS:
         """A file's size in bytes."""
         return self.fs.size(path)
 
+    def exists(self, path: str) -> bool:
+        """Whether `path` exists."""
+        return self.fs.exists(path)
+
     def open(self, path: str, mode: str = "rb") -> io.RawIOBase:
         """The file, counting what is read from it."""
         owner = self

@@ -245,6 +245,17 @@ def test_webdataset_tars_with_cls_are_read_in_place(layouts, tmp_path):
     assert [s["jpg"] for s in theirs] == [src.encoded(i) for i in range(len(src))]
     one = open_source(f"wds:{tmp_path / 'wds'}", "train", per_class=1)  # shards in a seeded order, one per class
     assert sorted(one.labels.tolist()) == FEW and set(one.ids) <= set(src.ids)
+    # the Hub's webdataset copies: the same code through fsspec, reading tar headers and the images taken only
+    from failmode.data.sources import Quota, open_wds_split
+
+    fs = CountingFS()
+    hub = open_wds_split(fs, str(tmp_path / "wds"), "train", "hub-wds:org/name@main", Quota(0, 1, 0))
+    assert hub is not None and hub.ids == one.ids and [hub.encoded(i) for i in range(len(hub))] == [
+        one.encoded(i) for i in range(len(one))]
+    tars = sum(p.stat().st_size for p in (tmp_path / "wds").glob("*.tar"))
+    images = sum(len(one.encoded(i)) for i in range(len(one)))
+    assert fs.read < images + 0.5 * tars, (fs.read, images, tars)  # tar headers of the shards read + images
+    assert open_wds_split(CountingFS(), str(tmp_path), "train", "hub-wds:none") is None  # no _info.json: not wds
     folder_one = open_source(str(layouts["wnid"]), "val", per_class=1)  # listed whole: the same stratified take
     assert sorted(folder_one.labels.tolist()) == FEW and folder_one.split_ident == folder.split_ident
 

@@ -2,8 +2,9 @@
 
 `open_source(spec, split)` accepts every spec `failmode.data.spec.parse_spec` parses:
   - a known dataset name: `imagenet-1k`, `cifar10`, `cifar100` (their Hub ids and column schemas are data there),
-  - `hf:ORG/NAME` (any Hub image-classification dataset), optionally `hf:ORG/NAME@REVISION`: its parquet files are
-    read through `huggingface_hub.HfFileSystem` (fsspec), downloading only the byte ranges read,
+  - `hf:ORG/NAME` (any Hub image-classification dataset), optionally `hf:ORG/NAME@REVISION`: its parquet files (or,
+    without them, its webdataset tars with `_info.json`) are read through `huggingface_hub.HfFileSystem` (fsspec),
+    downloading only the byte ranges read,
   - a local folder (an existing path that is not a known name; write `./cifar10` for a folder called cifar10):
     a `datasets.save_to_disk` folder, a folder of parquet files (a Hub dataset checkout or a failmode dataset,
     config chosen with `#config`) read in place (no Arrow copy), an ImageFolder (one sub-folder per
@@ -469,20 +470,21 @@ def _read_labels(path: Path) -> list[tuple[str, str]]:
 
 
 class WdsSource(ImageSource):
-    """Webdataset shards read in place: the tars are indexed (member headers and each sample's `cls`), an image is
-    read by offset when asked for. With `take` (a `Quota`), shards are read in its seeded order until every class
-    has its quota, and the source is those samples."""
+    """Webdataset shards read in place, local or through fsspec (`fs`: the Hub's webdataset copies): the tars are
+    indexed (member headers and each sample's `cls`), an image is read by offset when asked for. With `take` (a
+    `Quota`), shards are read in its seeded order until every class has its quota, and the source is those
+    samples."""
 
-    def __init__(self, shards: Sequence[Path], class_names: list[str], ident_prefix: str,
-                 take: Quota | None = None) -> None:
-        self.shards = [Path(s) for s in shards]
+    def __init__(self, shards: Sequence[str | Path], class_names: list[str], ident_prefix: str,
+                 take: Quota | None = None, fs: Any = None) -> None:
+        self.shards, self.fs = [str(s) for s in shards], fs
         self.class_names = list(class_names)
         take = take.sized(len(class_names)) if take is not None else None
         self._where: list[tuple[int, int, int]] = []  # (shard, data offset, size) of each sample's image
         labels, ids = [], []
         for k in (range(len(self.shards)) if take is None else take.order(len(self.shards))):
             shard = self.shards[int(k)]
-            with tarfile.open(shard) as tar:
+            with self._open(int(k)) as f, tarfile.open(fileobj=f, mode="r:") as tar:
                 samples: dict[str, dict[str, Any]] = {}
                 for m in tar:
                     if not m.isfile():
@@ -509,9 +511,12 @@ class WdsSource(ImageSource):
         self.ident = f"{ident_prefix}:{stable_hash(ids)}"
         self._split_ident = ident_prefix
 
+    def _open(self, k: int) -> Any:
+        return open(self.shards[k], "rb") if self.fs is None else self.fs.open(self.shards[k], "rb")
+
     def encoded(self, i: int) -> bytes | None:
         k, offset, size = self._where[int(i)]
-        with open(self.shards[k], "rb") as f:
+        with self._open(k) as f:
             f.seek(offset)
             return f.read(size)
 
@@ -726,9 +731,16 @@ def _open_hub(parsed: DatasetSpec, split: str | None, take: Quota | None = None)
         return open_parquet_split(hub_filesystem(), root, split, parsed.config,
                                   f"hub:{ident}@{revision or 'main'}:{split}", known, take)
 
-    found = load_from_hub_or_local(repo, load_parquet, what=what, local_hint=hint)
-    if found is not None:
-        return found
+    def load_tars(ident: str, local_only: bool) -> WdsSource | None:
+        if local_only:
+            return None
+        root = f"datasets/{ident}" + (f"@{revision}" if revision else "")
+        return open_wds_split(hub_filesystem(), root, split, f"hub-wds:{ident}@{revision or 'main'}", take)
+
+    for loader in (load_parquet, load_tars):  # parquet files, else the Hub's webdataset copies
+        found = load_from_hub_or_local(repo, loader, what=what, local_hint=hint)
+        if found is not None:
+            return found
     datasets = offline_datasets()
 
     def load(ident: str, local_only: bool) -> Any:
@@ -743,15 +755,34 @@ def _open_hub(parsed: DatasetSpec, split: str | None, take: Quota | None = None)
 
 
 def _open_wds(root: Path, split: str | None, take: Quota | None = None) -> ImageSource:
-    info_path = root / "_info.json"
-    info = read_json(info_path)
+    return open_wds_split(None, str(root), split, f"wds:{root.resolve()}", take)  # type: ignore[return-value]
+
+
+def open_wds_split(fs: Any, root: str, split: str | None, ident: str, take: Quota | None = None) -> WdsSource | None:
+    """The webdataset split under `root` (`_info.json`: `class_names`, the split's tars as `<split>-*.tar` or listed
+    as `filenames`), local (`fs` None) or on an fsspec filesystem (the Hub's path); None when there is no
+    `_info.json` on a filesystem (a Hub dataset without webdataset copies)."""
+    import json
+
+    info_path = f"{root.rstrip('/')}/_info.json"
+    if fs is None:
+        info = read_json(info_path)
+    elif fs.exists(info_path):
+        with fs.open(info_path, "rb") as f:
+            info = json.loads(f.read())
+    else:
+        return None
     splits = info.get("splits", {})
     split = split or next(iter(splits), None)
     if split not in splits:
         raise UsageError(f"{info_path}: no split {split!r} (available: {', '.join(splits)})")
     names = info.get("class_names") or []
     listed = (splits[split] or {}).get("filenames") if isinstance(splits[split], dict) else None
-    shards = [root / f for f in listed] if listed else sorted(root.glob(f"{split}-*.tar"))
+    if listed:
+        shards = [f"{root.rstrip('/')}/{name}" for name in listed]
+    else:
+        shards = sorted(fs.glob(f"{root.rstrip('/')}/{split}-*.tar") if fs is not None
+                        else (str(p) for p in Path(root).glob(f"{split}-*.tar")))
     if not shards:
         raise ValidationError(f"{root}: no {split}-*.tar shards")
-    return WdsSource(shards, names, f"wds:{root.resolve()}:{split}", take)
+    return WdsSource(shards, names, f"{ident}:{split}", take, fs=fs)
