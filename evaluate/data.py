@@ -4,6 +4,7 @@ A failmode debug dataset folder holds `data/<config>/<split>-NNNNN-of-MMMMM.parq
 class_name, context, ...), `wds/<config>/` shards and a `failmode.json` manifest. A Hub id is fetched (only the
 chosen config) into the Hugging Face cache and read as such a folder. Only a finalized folder is read: its manifest
 must list the config, with images, and the config's shards must be exactly the listed ones with their hashes.
+Configs are read lazily, image by image: parquet row groups in place (no Arrow copy), tars by offset.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from failmode.data.sources import ImageSource, open_source
+from failmode.data.spec import parse_spec
 from failmode.dataset.layout import MANIFEST_NAME
 from failmode.dataset.validate import check_config_files, load_finalized
 from failmode.errors import ValidationError
-from failmode.hub import is_local, load_from_hub_or_local
+from failmode.hub import load_from_hub_or_local
 from failmode.io import read_json
 
 log = logging.getLogger(__name__)
@@ -49,24 +51,25 @@ def _fetch_hub(repo: str, config: str, revision: str | None) -> Path:
 
 def _source_spec(spec: str, config: str, revision: str | None) -> tuple[str, Path | None]:
     """(open_source spec, dataset root folder or None) for a debug-data argument."""
-    if spec.startswith("wds:"):
-        root = Path(spec[4:]).expanduser()
-        per_config = root / "wds" / config
+    parsed = parse_spec(spec, hub_default=True)
+    if parsed.kind == "wds":
+        per_config = parsed.path / "wds" / config  # type: ignore[operator]
         return (f"wds:{per_config}" if (per_config / "_info.json").exists() else spec), None
-    root = Path(spec).expanduser() if is_local(spec) else _fetch_hub(spec.removeprefix("hf:"), config, revision)
+    if parsed.kind == "local":
+        root = parsed.path
+    else:
+        root = _fetch_hub(parsed.repo, config, parsed.revision or revision)  # type: ignore[arg-type]
     check_config_files(root, load_finalized(root), config)  # a finalized dataset, this config as its manifest says
     return f"{root}#{config}", root
 
 
-def _contexts(root: Path, config: str, split: str, n: int) -> list[str] | None:
-    """The `context` column of a config's parquet shards, in the order `open_source` reads them."""
-    import pyarrow.parquet as pq
-
-    files = sorted((root / "data" / config).glob(f"{split}-*.parquet"))
-    if not files or "context" not in pq.read_schema(files[0]).names:
+def _contexts(source: ImageSource) -> list[str] | None:
+    """The `context` column of a config (parquet), None where the source has none (tars)."""
+    try:
+        values = source.column("context")
+    except ValidationError:
         return None
-    values = [v for f in files for v in pq.read_table(f, columns=["context"]).column("context").to_pylist()]
-    return [str(v or "") for v in values] if len(values) == n else None
+    return [str(v or "") for v in values] if len(values) == len(source) else None
 
 
 def manifest_revision(root: Path | None) -> str | None:
@@ -105,7 +108,7 @@ def open_debug_set(spec: str, config: str, model_names: list[str], *, revision: 
     source_spec, root = _source_spec(spec, config, revision)
     source = open_source(source_spec, split=split)
     mapping = align_labels(source.class_names, model_names, f"debug dataset {spec} ({config})")
-    contexts = _contexts(root, config, split, len(source)) if root is not None else None
+    contexts = _contexts(source) if root is not None else None
     log.info("debug set %s#%s: %d images", spec, config, len(source))
     return DebugSet(source, mapping[source.labels], contexts, config, revision or manifest_revision(root))
 

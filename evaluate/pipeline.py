@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 
 from failmode import __version__
-from failmode.data.sources import KNOWN_DATASETS, BadImages, ImageSource, check_disjoint_splits, open_source
-from failmode.data.splits import Splits, make_splits, resolve_recipe
+from failmode.data.sources import BadImages, ImageSource
+from failmode.data.spec import parse_spec
+from failmode.data.splits import Splits, resolve_recipe
 from failmode.dataset.layout import MANIFEST_NAME, config_slug
 from failmode.errors import UsageError, ValidationError
 from failmode.evaluate.data import DebugSet, first_n_mask, open_debug_set, top_k_mask
@@ -31,7 +32,7 @@ from failmode.head import accuracy, train_dataset_head, train_head
 from failmode.io import write_json
 from failmode.linear import LinearHead
 from failmode.mining.failures import HALVES, Predictions, failures_from_predictions, read_failures
-from failmode.mining.mine import check_classes, model_key
+from failmode.mining.mine import check_classes, model_key, split_sources
 from failmode.options import FeatureOptions
 from failmode.progress import bar
 from failmode.typed import bounded, check_ranges
@@ -125,12 +126,12 @@ def recorded_splits(spec: EvalSpec) -> EvalSpec:
     """`spec` with the split recipe and split names recorded in a local debug dataset's manifest filled in, where
     `spec.dataset` is the dataset that debug dataset was mined on and `spec` leaves them unset (the same splits, so
     the same seed and heldout failures)."""
-    from failmode.hub import is_local
     from failmode.io import read_json
 
-    path = Path(spec.debug_data).expanduser() / MANIFEST_NAME
-    if spec.debug_data.startswith("wds:") or not is_local(spec.debug_data) or not path.is_file():
+    parsed = parse_spec(spec.debug_data, hub_default=True)
+    if parsed.kind != "local" or not (parsed.path / MANIFEST_NAME).is_file():  # type: ignore[operator]
         return spec
+    path = parsed.path / MANIFEST_NAME  # type: ignore[operator]
     mining = read_json(path).get("mining") or {}
     if mining.get("id") != spec.dataset:
         return spec
@@ -213,15 +214,6 @@ def _given_head(spec: EvalSpec, num_classes: int) -> LinearHead | None:
     return head
 
 
-def _sources(spec: EvalSpec) -> tuple[ImageSource, ImageSource]:
-    known = KNOWN_DATASETS.get(spec.dataset)
-    train_split = spec.train_split or (known.train_split if known else "train")
-    eval_split = spec.eval_split or (known.eval_split if known else "validation")
-    train, evaluation = open_source(spec.dataset, train_split), open_source(spec.dataset, eval_split)
-    check_disjoint_splits(train, evaluation, spec.dataset)
-    return train, evaluation
-
-
 def _halves(rows: Sequence[dict[str, Any]], splits: Splits, where: str) -> dict[str, np.ndarray]:
     """Eval-source indices of the seed and heldout failures in `rows`; all must lie in the debug split."""
     index = {h: np.asarray([r["index"] for r in rows if r["half"] == h], dtype=np.int64) for h in HALVES}
@@ -240,6 +232,15 @@ def _read_halves(spec: EvalSpec, splits: Splits) -> dict[str, np.ndarray] | None
     for name, want in (("model", spec.model), ("split_seed", spec.split_seed)):
         if meta.get(name, want) != want:
             raise ValidationError(f"{spec.failures}: mined with {name} {meta[name]!r}, not {want!r}")
+    recorded = Path(spec.failures).parent / "splits.json"
+    if recorded.is_file() and splits.train_ids is not None:
+        from failmode.io import read_json
+
+        mined = read_json(recorded).get("train_ids")
+        if mined is not None and list(mined) != list(splits.train_ids):
+            raise ValidationError(f"{recorded}: mining's head was trained on other images than this evaluation takes "
+                                  f"({len(mined)} recorded, {len(splits.train_ids)} here): use the dataset, split "
+                                  "seed and recipe it was mined with")
     return _halves(rows, splits, spec.failures)
 
 
@@ -260,20 +261,19 @@ def load_model_features(spec: EvalSpec, configs: Sequence[str] = ()) -> ModelFea
 
     known_model(spec.model)
     bad = BadImages(spec.on_bad_image)
-    train_src, eval_src = _sources(spec)
+    eval_split = spec.eval_split or parse_spec(spec.dataset).default_split("eval")
+    train_src, eval_src, splits, _ = split_sources(spec.dataset, eval_split, spec.train_split, spec.train_per_class,
+                                                   spec.debug_per_class, spec.split_seed, True)
+    assert train_src is not None
     names = eval_src.class_names
     debug_sets = {c: open_debug_set(spec.debug_data, c, names, revision=spec.revision, split=spec.debug_split)
                   for c in configs}
-    if train_src.class_names != names:
-        raise ValidationError(f"{spec.dataset}: the training split's classes differ from the evaluation split's")
-    splits = make_splits(train_src.labels, eval_src.labels, seed=spec.split_seed, class_names=names,
-                         where=f"{spec.dataset} (split {spec.eval_split or 'default'})", **spec.recipe())
     halves = _read_halves(spec, splits)
     groups = _column(eval_src, spec.group_column, splits.test)  # columns checked before the model loads
     common = _column(eval_src, spec.common_column, splits.test)
     given = _given_head(spec, len(names))
     net = create_classifier(spec.model, spec.weights)
-    check_classes(net, spec.model, spec.head, len(names), spec.dataset)
+    check_classes(net, spec.model, spec.head, len(names), spec.dataset, eval_src.known)
     extractor = FeatureExtractor(net, model_key(spec.model, spec.weights),
                                  eval_preprocess(net, spec.image_size, spec.crop_pct), spec.extraction)
     native = spec.head is None

@@ -12,7 +12,7 @@ import itertools
 import json
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -501,3 +501,121 @@ def check_card_states_the_manifest(root: str | os.PathLike[str], *, run_blocks: 
                                   timeout=300)
             assert done.returncode == 0, f"card block failed:\n{code}\n{done.stderr[-2000:]}"
     return header
+
+
+def imagenet_layouts(root: str | Path, *, train_per_class: int, val_per_class: int, classes: Sequence[int] | None = None,
+                     size: int = 8, layouts: Sequence[str] = ("wnid", "names", "flat"), seed: int = 0) -> dict[str, Path]:
+    """The same tiny ImageNet-1k images (JPEG, a colour per class plus seeded noise) in the common local layouts:
+    `wnid` (an ImageFolder of WordNet ids, `train/` and `val/`, what timm's train.py reads), `names` (folders named by
+    class name, so listed alphabetically) and `flat` (`train/` as wnid folders, `val/` one flat folder with Kaggle's
+    `LOC_val_solution.csv` beside it). `classes`: the class indices that have images (default: all 1,000); the
+    `names` layout has a folder for every class (empty for the others), as a full copy's class list."""
+    from failmode.vocab.classnames import class_infos
+
+    infos = class_infos("imagenet-1k")
+    chosen = list(range(len(infos))) if classes is None else list(classes)
+    root = Path(root)
+    out = {name: root / name for name in layouts}
+    solution = ["ImageId,PredictionString"]
+    n_val = 0
+    for c in chosen:
+        info = infos[c]
+        hue = np.asarray([(37 * c) % 256, (91 * c) % 256, (173 * c) % 256], np.float32)
+        rng = np.random.default_rng([seed, c])
+        for split, n in (("train", train_per_class), ("val", val_per_class)):
+            for k in range(n):
+                pixels = np.clip(hue + rng.normal(0, 24, (size, size, 3)), 0, 255).astype(np.uint8)
+                buf = io.BytesIO()
+                Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
+                if split == "val":
+                    n_val += 1
+                    fname = f"ILSVRC2012_val_{n_val:08d}.JPEG"
+                    solution.append(f"ILSVRC2012_val_{n_val:08d},{info.id} 1 1 {size - 1} {size - 1}")
+                else:
+                    fname = f"{info.id}_{k}.JPEG"
+                folders = {"wnid": info.id, "names": info.name, "flat": info.id if split == "train" else None}
+                for layout, base in out.items():
+                    sub = folders[layout]
+                    path = base / split / sub / fname if sub else base / split / fname
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_bytes(buf.getvalue())
+    if "names" in out:
+        for split in ("train", "val"):
+            for info in infos:
+                (out["names"] / split / info.name).mkdir(parents=True, exist_ok=True)
+    if "flat" in out:
+        (out["flat"] / "LOC_val_solution.csv").write_text("\n".join(solution) + "\n", encoding="utf-8")
+    return out
+
+
+def hub_parquet_split(root: str | Path, *, class_names: list[str], per_class: int, shards: int,
+                      rows_per_group: int = 100, split: str = "train", size: int = 8, seed: int = 0,
+                      image: Callable[[int, int], bytes] | None = None) -> list[Path]:
+    """A split in the Hub's parquet layout (`data/<split>-NNNNN-of-MMMMM.parquet`, `image` + ClassLabel `label`,
+    the `datasets` feature metadata, row groups of `rows_per_group` as the Hub writes image datasets), rows
+    shuffled across shards as ImageNet's are. `image(label, row)` gives each image's encoded bytes (default: a tiny
+    JPEG of the class's colour)."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def tiny(label: int, row: int) -> bytes:
+        rng = np.random.default_rng([seed, row])
+        hue = np.asarray([(37 * label) % 256, (91 * label) % 256, (173 * label) % 256], np.float32)
+        buf = io.BytesIO()
+        Image.fromarray(np.clip(hue + rng.normal(0, 24, (size, size, 3)), 0, 255).astype(np.uint8)).save(
+            buf, format="JPEG", quality=90)
+        return buf.getvalue()
+
+    make = image or tiny
+    labels = np.random.default_rng(seed).permutation(np.repeat(np.arange(len(class_names)), per_class))
+    schema = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=class_names)}).arrow_schema
+    folder = Path(root) / "data"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k, part in enumerate(np.array_split(np.arange(len(labels)), shards)):
+        table = pa.table({"image": [{"bytes": make(int(labels[i]), int(i)), "path": None} for i in part],
+                          "label": labels[part].astype(np.int64)}, schema=schema)
+        path = folder / f"{split}-{k:05d}-of-{shards:05d}.parquet"
+        pq.write_table(table, path, row_group_size=rows_per_group)
+        paths.append(path)
+    return paths
+
+
+class CountingFS:
+    """fsspec's local filesystem behind a counter of the bytes read through it: the calls `HfFileSystem` answers for
+    a Hub id (glob, size, open), so the Hub path is measured offline on a local folder."""
+
+    def __init__(self) -> None:
+        from fsspec.implementations.local import LocalFileSystem
+
+        self.fs, self.read = LocalFileSystem(), 0
+
+    def glob(self, path: str) -> list[str]:
+        """The files matching `path`."""
+        return self.fs.glob(path)
+
+    def size(self, path: str) -> int:
+        """A file's size in bytes."""
+        return self.fs.size(path)
+
+    def exists(self, path: str) -> bool:
+        """Whether `path` exists."""
+        return self.fs.exists(path)
+
+    def open(self, path: str, mode: str = "rb") -> io.RawIOBase:
+        """The file, counting what is read from it."""
+        owner = self
+
+        class Counted(io.FileIO):
+            def read(self, n: int = -1) -> bytes:
+                data = super().read(n)
+                owner.read += len(data)
+                return data
+
+            def readinto(self, b: Any) -> int:
+                n = super().readinto(b) or 0
+                owner.read += n
+                return n
+
+        return Counted(self.fs._strip_protocol(path), mode)

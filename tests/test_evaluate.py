@@ -13,7 +13,8 @@ from failmode.errors import ValidationError
 from failmode.evaluate.results import KEY_FIELDS, ResultsLog, markdown_table, result_key
 from failmode.testing import finalize_configs, synthetic_images
 
-NAMES = [f"c{i:03d}" for i in range(1000)]  # a 1000-class dataset, as the tiny timm models have 1000 outputs
+# ImageNet-1k's classes, as the tiny timm models have 1000 outputs (the model's own head needs its class order)
+NAMES = __import__("failmode.vocab.classnames", fromlist=["label_names"]).label_names("imagenet-1k")
 USED = 4  # classes that have images
 
 
@@ -51,7 +52,7 @@ def world(tmp_path_factory):
     for k, config in enumerate(kinds):
         _write_config(debug, config, 16, 10 + k)
     finalize_configs(debug, NAMES, kinds, version="1.2.3")
-    cifar = ["airplane", "automobile", "bird", "c001"]
+    cifar = ["airplane", "automobile", "bird", NAMES[1]]
     _write_config(root / "cifar-debug", "test_convnext", 8, 20, names=cifar)
     finalize_configs(root / "cifar-debug", cifar, {"test_convnext": "model"})
     return root
@@ -225,7 +226,7 @@ def test_class_name_mismatch_is_one_line(world, tmp_path, capsys, monkeypatch):
 def test_webdataset_debug_data(world, tmp_path):
     from failmode.evaluate.data import open_debug_set
 
-    names = ["c002", "c000", "c001", "c003"]  # a different order than the model's: labels are mapped by name
+    names = [NAMES[2], NAMES[0], NAMES[1], NAMES[3]]  # a different order than the model's: labels are mapped by name
     _write_config(tmp_path / "ds", "test_convnext", 6, 5, names)
     shard_dir = tmp_path / "ds" / "wds" / "test_convnext"
     (shard_dir / "_info.json").write_text(json.dumps({"splits": {"train": {"num_samples": 6}}, "class_names": names}))

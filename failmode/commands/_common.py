@@ -30,3 +30,10 @@ def shipped_presets() -> list[str]:
 def add_dataset_folder_argument(p: argparse.ArgumentParser) -> None:
     """DIR: a dataset folder written by `failmode build` / `failmode generate` (push, finalize)."""
     p.add_argument("dir", metavar="DIR", help="dataset folder written by 'failmode build' / 'failmode generate'")
+
+
+def add_labels_argument(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """--labels FILE: the labels file of a flat image folder (`failmode.data.spec.with_labels` attaches it)."""
+    p.add_argument("--labels", metavar="FILE",
+                   help="labels file of a flat image folder: a file,label CSV (class names or WordNet ids) or Kaggle's "
+                        "LOC_val_solution.csv (default: labels.csv in the folder, or LOC_<split>_solution.csv beside it)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from failmode.commands._common import add_mode_argument, shipped_presets
+from failmode.commands._common import add_labels_argument, add_mode_argument, shipped_presets
 from failmode.options import BUILD_STAGES, DEFAULT_WAIT_TIMEOUT_S, RenderOptions, device_type
 from failmode.typed import arg_type
 
@@ -34,6 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", help="feature and embedding cache (default: $FAILMODE_CACHE_DIR or ~/.cache/failmode)")
     d = p.add_argument_group("dataset (override the preset's dataset section)")
     d.add_argument("--dataset", help="the classifiers' dataset: a known name, hf:ORG/NAME or a local folder")
+    add_labels_argument(d)
     d.add_argument("--split", help="evaluation split holding the debug images")
     d.add_argument("--train-split", help="split a 'head: train' head is fitted on")
     d.add_argument("--train-per-class", type=arg_type(_PRESET_DATASET, "train_per_class", float),
@@ -67,7 +68,7 @@ def overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
     if args.clip_pretrained == "none":  # the command line's word for random weights (null in a preset)
         clip["pretrained"] = None
     sections = {
-        "dataset": pick((("id", args.dataset), ("split", args.split), ("train_split", args.train_split),
+        "dataset": pick((("id", args.dataset), ("labels", args.labels), ("split", args.split), ("train_split", args.train_split),
                          ("train_per_class", args.train_per_class), ("debug_per_class", args.debug_per_class))),
         "generation": pick((("generator", args.generator),)),
         "render": RenderOptions.given(args),

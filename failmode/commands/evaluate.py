@@ -39,6 +39,8 @@ def _ints(text: str) -> list[int]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `failmode evaluate`."""
+    from failmode.commands._common import add_labels_argument
+
     g = parser.add_argument_group("model and data")
     g.add_argument("--model", action="append", required=True, metavar="NAME",
                    help="timm model name (repeat for a family: collective debugging, or several models in one run)")
@@ -48,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    "weight and bias, e.g. the head.safetensors mining saved); default: the model's own classifier")
     g.add_argument("--dataset", default="imagenet-1k", help="the model's dataset: imagenet-1k, cifar10, cifar100, "
                    "hf:ORG/NAME or a local folder (default imagenet-1k)")
+    add_labels_argument(g)
     g.add_argument("--debug-data", required=True, metavar="SPEC",
                    help="debug dataset: Hub id (e.g. failmode/imagenet-bg-debug), local folder, or wds:DIR")
     g.add_argument("--config", help="debug config of the model (default: the model name as a config slug)")
@@ -109,6 +112,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Build the specs and head parameters from the arguments and run the evaluation suite."""
 
+    from failmode.data.spec import with_labels
     from failmode.errors import UsageError
     from failmode.evaluate.pipeline import EvalSpec, HeadParams, recorded_splits
     from failmode.evaluate.suite import run_suite
@@ -121,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
     baseline = None if args.baseline_config == "none" else args.baseline_config
     random_config = None if args.random_config == "none" else args.random_config
     specs = [recorded_splits(EvalSpec(
-        model=m, debug_data=args.debug_data, dataset=args.dataset, weights=args.weights, head=args.head,
+        model=m, debug_data=args.debug_data, dataset=with_labels(args.dataset, args.labels), weights=args.weights,
+        head=args.head,
         config=args.config, baseline_config=baseline, random_config=random_config, revision=args.revision,
         debug_split=args.debug_split, failures=args.failures, train_split=args.train_split, eval_split=args.eval_split,
         train_per_class=args.train_per_class, debug_per_class=args.debug_per_class, split_seed=args.split_seed,

@@ -16,7 +16,7 @@ DESCRIPTION = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `failmode mine`."""
-    from failmode.commands._common import add_bad_image_argument
+    from failmode.commands._common import add_bad_image_argument, add_labels_argument
     from failmode.options import FeatureOptions
 
     which = p.add_mutually_exclusive_group(required=True)
@@ -24,6 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     which.add_argument("--models", nargs="+", metavar="MODEL", help="several timm models (OUT/<model>/ each)")
     p.add_argument("--dataset", required=True,
                    help="imagenet-1k, cifar10, cifar100, hf:ORG/NAME, a local folder or wds:DIR")
+    add_labels_argument(p)
     p.add_argument("--out", required=True, help="output folder (with --models: the parent of one folder per model)")
     p.add_argument("--weights", default="timm",
                    help="timm (pretrained), none, a state-dict file or an offline weight provider")
@@ -50,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     """Mine each model in turn."""
     from pathlib import Path
 
+    from failmode.data.spec import with_labels
     from failmode.mining import mine_failures
     from failmode.models.classifier import known_model
     from failmode.options import FeatureOptions
@@ -60,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     for model in models:
         out = Path(args.out) if args.model else Path(args.out) / folder_name(model)
         path = mine_failures(
-            model, args.dataset, out_dir=out, weights=args.weights, split_seed=args.split_seed,
+            model, with_labels(args.dataset, args.labels), out_dir=out, weights=args.weights,
+            split_seed=args.split_seed,
             extraction=FeatureOptions.from_args(args), head=args.head, split=args.split,
             train_split=args.train_split, train_per_class=args.train_per_class,
             debug_per_class=args.debug_per_class, image_size=args.image_size, crop_pct=args.crop_pct,

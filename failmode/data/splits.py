@@ -2,7 +2,13 @@
 
 ImageNet-1k: 30 training images per class train the head; the 50,000 validation images split 30 / 20 per class
 into the debug set (30,000, where failures are mined) and the test set (20,000). CIFAR follows the same shape
-(recipes below). Splits depend only on the labels and the seed, and are recorded as JSON beside the outputs.
+(recipes below). Splits depend only on the labels and the seed, and are recorded as JSON beside the outputs, with
+the ids of the chosen training images.
+
+The head's training images are a small per-class subset of a large split (30 of ImageNet's ~1,300 per class): the
+training source is opened with that quota (`failmode.data.sources.open_source(..., per_class=...)`), which reads
+parquet files and tar shards in a seeded order until every class has its images, so only a few percent of the
+split is read; the split then takes all of them.
 """
 
 from __future__ import annotations
@@ -35,17 +41,20 @@ class Splits:
     test: np.ndarray
     seed: int
     recipe: dict[str, float] = field(default_factory=dict)
+    train_ids: list[str] | None = None  # ids of the chosen training images (the source's `ids`)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-serialisable form (recorded next to every stage output)."""
-        return {"seed": self.seed, "recipe": self.recipe, "train": self.train.tolist(),
-                "debug": self.debug.tolist(), "test": self.test.tolist()}
+        out = {"seed": self.seed, "recipe": self.recipe, "train": self.train.tolist(),
+               "debug": self.debug.tolist(), "test": self.test.tolist()}
+        return out | ({"train_ids": list(self.train_ids)} if self.train_ids is not None else {})
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Splits:
         """Inverse of `to_json`."""
         arr = lambda k: np.asarray(d[k], dtype=np.int64)  # noqa: E731
-        return cls(arr("train"), arr("debug"), arr("test"), int(d["seed"]), dict(d.get("recipe", {})))
+        return cls(arr("train"), arr("debug"), arr("test"), int(d["seed"]), dict(d.get("recipe", {})),
+                   d.get("train_ids"))
 
 
 def stratified_take(labels: np.ndarray, per_class: float, seed: int, salt: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -72,8 +81,10 @@ def _name(class_names: Sequence[str] | None, c: int) -> str:
 
 def make_splits(train_labels: np.ndarray, eval_labels: np.ndarray, *, train_per_class: float,
                 debug_per_class: float, seed: int = 0, class_names: Sequence[str] | None = None,
-                where: str = "the evaluation split") -> Splits:
+                where: str = "the evaluation split", train_ids: Sequence[str] | None = None) -> Splits:
     """Train subset from the training labels; debug/test halves of the evaluation labels; all stratified by class.
+
+    With `train_ids` (the training source's `ids`), the chosen images' ids are recorded.
 
     Refused in one line (ValidationError): an empty evaluation split, a class of it too small to give its debug
     images and at least one test image, and (when training labels are given) a class with no training image.
@@ -104,7 +115,8 @@ def make_splits(train_labels: np.ndarray, eval_labels: np.ndarray, *, train_per_
     train, _ = stratified_take(train_labels, train_per_class, seed, salt=1)
     debug, test = stratified_take(eval_labels, debug_per_class, seed, salt=2)
     recipe = {"train_per_class": train_per_class, "debug_per_class": debug_per_class}
-    return Splits(train.astype(np.int64), debug.astype(np.int64), test.astype(np.int64), seed, recipe)
+    ids = [train_ids[int(i)] for i in train] if train_ids is not None else None
+    return Splits(train.astype(np.int64), debug.astype(np.int64), test.astype(np.int64), seed, recipe, ids)
 
 
 def recipe_for(dataset: str) -> dict[str, float]:

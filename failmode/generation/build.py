@@ -124,7 +124,7 @@ def model_stages(preset: Preset, work: Path, recipe: dict[str, float]) -> list[M
     out = []
     for m in preset.models:
         mine = stable_hash({"model": m.id, "weights": model_key(m.id, m.weights), "head": m.head,
-                            "image_size": m.image_size, "crop_pct": m.crop_pct, "dataset": d.id,
+                            "image_size": m.image_size, "crop_pct": m.crop_pct, "dataset": d.spec,
                             "split": d.split, "train_split": d.train_split, "recipe": recipe,
                             "split_seed": d.split_seed}, n=16)
         attribute = stable_hash({"mine": mine, "attribution": to_json(a), "k": preset.generation.k,
@@ -144,7 +144,7 @@ def analyse(preset: Preset, stages: list[ModelStages], recipe: dict[str, float],
         done = st.done()
         if not done["mine"]:
             log.info("%s: mining (%s)", st.model.id, "settings changed" if st.failures.exists() else "new")
-            mine_failures(st.model.id, d.id, out_dir=st.folder, weights=st.model.weights, head=st.model.head,
+            mine_failures(st.model.id, d.spec, out_dir=st.folder, weights=st.model.weights, head=st.model.head,
                           image_size=st.model.image_size, crop_pct=st.model.crop_pct,
                           split=d.split, train_split=d.train_split, split_seed=d.split_seed,
                           extraction=FeatureOptions(device=device, cache_dir=None if cache_dir is None else str(cache_dir)),
@@ -217,7 +217,7 @@ def _dataset_class_names(preset: Preset, stages: list[ModelStages]) -> list[str]
         return list(read_failures(stages[0].failures)[1]["class_names"])
     from failmode.data.sources import open_source
 
-    return open_source(preset.dataset.id, preset.dataset.split).class_names
+    return open_source(preset.dataset.spec, preset.dataset.split).class_names
 
 
 def is_complete(rows: list[Any], out: Path, quality: QualitySection | None) -> bool:

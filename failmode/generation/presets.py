@@ -36,6 +36,14 @@ class DatasetSection:
     # recipe: debug images per class, a count or a fraction < 1
     debug_per_class: float | None = bounded(None, 0, 1_000_000, lo_open=True)
     split_seed: int = 0  # seed of the debug/test split and of the seed/heldout halves
+    labels: str | None = None  # labels file of a flat image folder (`file,label` CSV or LOC_val_solution.csv)
+
+    @property
+    def spec(self) -> str:
+        """The dataset as `failmode.data.sources.open_source` reads it (the id, with the labels file if any)."""
+        from failmode.data.spec import with_labels
+
+        return with_labels(self.id, self.labels)
 
 
 @dataclass(frozen=True)

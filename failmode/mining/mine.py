@@ -9,8 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from failmode.data.sources import KNOWN_DATASETS, BadImages, ImageSource, check_disjoint_splits, open_source
-from failmode.data.splits import make_splits, resolve_recipe
+from failmode.data.sources import BadImages, ImageSource, check_disjoint_splits, open_source
+from failmode.data.spec import parse_spec
+from failmode.data.splits import Splits, make_splits, resolve_recipe
 from failmode.errors import UsageError, ValidationError
 from failmode.io import write_json
 from failmode.mining.failures import failures_from_predictions, predict, write_failures, write_predictions
@@ -30,9 +31,29 @@ def model_key(model: str, weights: str | None) -> str:
     return f"{model}@{weights}"
 
 
-def _train_source(dataset: str, train_split: str | None) -> ImageSource:
-    known = KNOWN_DATASETS.get(dataset)
-    return open_source(dataset, train_split or (known.train_split if known else "train"))
+def _train_source(dataset: str, train_split: str | None, per_class: float, seed: int) -> ImageSource:
+    """The head's training images: a count per class is taken as the source is read (`open_source`'s
+    `per_class`: a few percent of a large split); a fraction needs the whole split's labels."""
+    take = int(per_class) if per_class >= 1 else None
+    return open_source(dataset, train_split or parse_spec(dataset).default_split("train"), per_class=take, seed=seed)
+
+
+def split_sources(dataset: str, split: str | None, train_split: str | None,
+                  train_per_class: float | None, debug_per_class: float | None, split_seed: int,
+                  needs_train: bool) -> tuple[ImageSource | None, ImageSource, Splits, dict[str, float]]:
+    """(train source or None, evaluation source, Splits, recipe) of a dataset: the sources opened (labels and
+    classes checked), the splits made; everything a stage checks about its data before a model loads."""
+    recipe = resolve_recipe(dataset, train_per_class, debug_per_class)
+    source = open_source(dataset, split)
+    train = _train_source(dataset, train_split, recipe["train_per_class"], split_seed) if needs_train else None
+    check_disjoint_splits(train, source, dataset)
+    if train is not None and train.class_names != source.class_names:
+        raise ValidationError(f"{dataset}: the training split's classes differ from the evaluation split's")
+    splits = make_splits(train.labels if train is not None else np.zeros(0, np.int64), source.labels,
+                         seed=split_seed, class_names=source.class_names,
+                         where=f"{dataset} (split {split or 'default'})",
+                         train_ids=None if train is None else train.ids, **recipe)
+    return train, source, splits, recipe
 
 
 def _resolve_head(head: Any, train: ImageSource | None, train_idx: np.ndarray, out: Path, record: dict[str, Any],
@@ -59,13 +80,25 @@ def _resolve_head(head: Any, train: ImageSource | None, train_idx: np.ndarray, o
     return head, f"object:{type(head).__name__}"
 
 
-def check_classes(net: Any, model: str, head: Any, num_classes: int, dataset: str) -> None:
-    """With no head, the model's own classifier must have the dataset's classes (one line saying what to pass)."""
+def check_classes(net: Any, model: str, head: Any, num_classes: int, dataset: str,
+                  known: str | None = None) -> None:
+    """With no head, the model's own classifier must have the dataset's classes (one line saying what to pass), and
+    a model whose head is a known dataset's (timm's `infer_imagenet_subset`: 1,000 classes are ImageNet-1k's) needs
+    the dataset in that class order (`known`: the source's `known`), never a class list of its own order."""
+    from timm.data import infer_imagenet_subset
+
+    from failmode.vocab.classnames import known_datasets
+
     have = getattr(net, "num_classes", None)
+    fix = ('give it a head for this dataset (--head train fits one on the train split, --head FILE reads one; in a '
+           'preset: "head": "train")')
     if head is None and have is not None and have != num_classes:
-        raise UsageError(f"{model} has {have} classes but {dataset} has {num_classes}: give it a head for this "
-                         "dataset (--head train fits one on the train split, --head FILE reads one; in a preset: "
-                         '"head": "train")')
+        raise UsageError(f"{model} has {have} classes but {dataset} has {num_classes}: {fix}")
+    order = infer_imagenet_subset(net) if head is None else None
+    if order in known_datasets() and known != order:
+        raise UsageError(f"{dataset}: its class list matches no known class order, so its labels cannot be "
+                         f"matched to {model}'s own {order} head: name its classes as {order} does (class names "
+                         f"or WordNet ids, in any order) or {fix}")
 
 
 def mine_failures(
@@ -102,18 +135,11 @@ def mine_failures(
 
     known_model(model)
     bad = BadImages(on_bad_image)
-    recipe = resolve_recipe(dataset, train_per_class, debug_per_class)
-    source = open_source(dataset, split)
     needs_train = isinstance(head, str) and head == "train"
-    train = _train_source(dataset, train_split) if needs_train else None
-    check_disjoint_splits(train, source, dataset)
-    if train is not None and train.class_names != source.class_names:
-        raise ValidationError(f"{dataset}: the training split's classes differ from the evaluation split's")
-    splits = make_splits(train.labels if train is not None else np.zeros(0, np.int64), source.labels,
-                         seed=split_seed, class_names=source.class_names, where=f"{dataset} (split {split or 'default'})",
-                         **recipe)
+    train, source, splits, recipe = split_sources(dataset, split, train_split, train_per_class, debug_per_class,
+                                                  split_seed, needs_train)
     net = create_classifier(model, weights)
-    check_classes(net, model, head, len(source.class_names), dataset)
+    check_classes(net, model, head, len(source.class_names), dataset, source.known)
     key = model_key(model, weights)
     extractor = FeatureExtractor(net, key, eval_preprocess(net, image_size, crop_pct), extraction)
     out = Path(out_dir)

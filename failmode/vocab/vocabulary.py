@@ -21,7 +21,7 @@ from failmode.io import read_json, write_json
 from failmode.prompts import fill_template
 from failmode.typed import labelled_entry
 from failmode.vocab import text
-from failmode.vocab.classnames import CLASS_LISTS, known_datasets, label_names
+from failmode.vocab.classnames import CLASS_LISTS, known_datasets, label_names, norm_name
 from failmode.vocab.classnames import class_names as dataset_class_names
 from failmode.vocab.kinds import KINDS
 
@@ -104,9 +104,12 @@ class Vocabulary:
         return label_names(self.dataset) if self.dataset in known_datasets() else self.class_names
 
     def check_classes(self, class_names: Sequence[str], dataset: str) -> None:
-        """Every class of the vocabulary must be the dataset's class of the same index, by name (case, `_` and a
-        trailing synonym list "crane, construction crane" aside): matched by name, never by label number alone.
-        Raises a one-line ValidationError otherwise."""
+        """Every class of the vocabulary must be the dataset's class of the same index, by name: matched by name,
+        never by label number alone. The dataset must spell it as the vocabulary's `label_names` do, since debug
+        datasets are matched to it by exact name; a spelling that differs only in case, spaces, `_` or a trailing
+        synonym list is named as such (a known dataset's full class list or WordNet ids are aligned to its spelling
+        when the source opens, so this is a copy of a few classes, or of a dataset with its own vocabulary).
+        Raises a one-line ValidationError otherwise, before any model loads."""
         known = label_names(self.dataset) if self.dataset in known_datasets() else []
         for c in self.classes:
             if c.index >= len(class_names):
@@ -114,9 +117,14 @@ class Vocabulary:
                                       f"{len(class_names)} classes: use the vocabulary of this dataset")
             theirs = class_names[c.index]
             ours = known[c.index] if c.index < len(known) else c.name
+            if theirs == ours:
+                continue
             if not {_norm(theirs), _norm(theirs.split(",")[0])} & {_norm(c.name), _norm(ours)}:
                 raise ValidationError(f"vocabulary {self.source} calls class {c.index} {c.name!r}, but {dataset} calls "
                                       f"it {theirs!r}: use the vocabulary of this dataset")
+            raise ValidationError(f"{dataset} spells class {c.index} {theirs!r}, the vocabulary {ours!r}: debug data "
+                                  "is matched to a dataset by exact class name, so rename the class to "
+                                  f"{ours!r} (case, spaces and synonyms count)")
 
     def to_dict(self) -> dict[str, Any]:
         """The vocabulary as written to a file."""
@@ -131,7 +139,7 @@ class Vocabulary:
 
 
 def _norm(name: str) -> str:
-    return " ".join(name.replace("_", " ").lower().split())
+    return norm_name(name)
 
 
 def shipped_path(dataset: str, kind: str) -> Path:
