@@ -124,7 +124,7 @@ def test_finalize_command_rewrites_a_missing_or_stale_card_and_cleans_temporarie
 
 # -- caches carry their own check --------------------------------------------------------------------------------
 
-NAMES = [f"c{i:03d}" for i in range(1000)]  # the tiny timm models have 1000 outputs
+NAMES = __import__("failmode.vocab.classnames", fromlist=["label_names"]).label_names("imagenet-1k")  # the model's own head: ImageNet's order
 USED = 4
 
 
