@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from failmode.options import RenderOptions
+from failmode.options import BUDGET_HELP, RenderOptions, budget_list
 
 HELP = "build a target debug dataset from a preset (mine, attribute, generate, finalize)"
 DESCRIPTION = (
@@ -39,6 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--clip-pretrained", help="open_clip tag or local checkpoint for attribution and the quality filter; "
                                             "none: random weights (smoke tests)")
     m.add_argument("--no-quality", action="store_true", help="skip the CLIP quality filter")
+    m.add_argument("--budget", type=budget_list, metavar="POLICY[,POLICY]", help=BUDGET_HELP)
     RenderOptions.add_arguments(p.add_argument_group("rendering (override the preset's render section)"))
     w = p.add_argument_group("workers and resume")
     w.add_argument("--mode", choices=["incremental", "overwrite"], default="incremental")
@@ -55,7 +56,7 @@ def overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
     sections = {
         "dataset": pick((("id", args.dataset), ("split", args.split), ("train_split", args.train_split),
                          ("train_per_class", args.train_per_class), ("debug_per_class", args.debug_per_class))),
-        "generation": pick((("generator", args.generator),)),
+        "generation": pick((("generator", args.generator), ("budget", args.budget))),
         "render": RenderOptions.given(args),
         "attribution": clip,
         "quality": clip,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from failmode.options import RenderOptions
+from failmode.options import BUDGET_HELP, RenderOptions, budget_list
 
 HELP = "render debug images for failure modes (plan, resumable shards, quality filter) into a dataset folder"
 DESCRIPTION = (
@@ -44,6 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, dest="base_seed", help="base seed of the plan")
     g.add_argument("--shard-size", type=int)
     g.add_argument("--split")
+    g.add_argument("--budget", type=budget_list, metavar="POLICY[,POLICY]", help=BUDGET_HELP)
     r = p.add_argument_group("rendering (override the preset's render section)")
     r.add_argument("--device", help="cpu, cuda, cuda:1 (default: this worker's GPU, else cpu)")
     RenderOptions.add_arguments(r)
@@ -64,7 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 GEN_KEYS = ("generator", "revision", "scheduler", "steps", "guidance", "size", "negative_prompt", "images_per_mode",
-            "k", "base_seed", "shard_size", "split")
+            "k", "base_seed", "shard_size", "split", "budget")
 
 
 def _given(args: argparse.Namespace, keys: tuple[str, ...]) -> dict[str, Any]:

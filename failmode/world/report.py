@@ -11,8 +11,12 @@ import numpy as np
 from failmode.io import write_bytes_atomic
 from failmode.plots import save_figure, subplots
 
-METHOD_LABELS = {"before": "before (no debug data)", "ours": "ours (mined failure modes)",
+METHOD_LABELS = {"before": "before (no debug data)", "ours": "ours, top-k (the k most frequent mined modes)",
+                 "evidence-weighted": "ours, evidence-weighted (the same images per class, spread by the evidence)",
                  "class-only": "class-only baseline", "random-context": "random-context baseline"}
+#: the methods compared at equal budget in the policy tables, by their names in results.json's `methods`
+POLICY_COLUMNS = (("top-k", "ours"), ("weighted", "evidence-weighted"), ("random-context", "random-context"),
+                  ("class-only", "class-only"))
 METRICS = ("test_acc", "test_common_acc", "test_uncommon_acc", "worst_group_acc", "seed_acc", "heldout_acc")
 
 
@@ -197,6 +201,51 @@ def seeds_table(runs: Sequence[dict[str, Any]]) -> str:
         group = [r for r in runs if r["world"] == world]
         means = [float(np.mean([r[c] for r in group])) for c in cols]
         lines.append(f"| **{world} mean** | {len(group)} seeds | " + " | ".join(_pct(m) for m in means) + " | | |")
+    return "\n".join(lines) + "\n"
+
+
+def _metric(r: dict[str, Any], method: str, metric: str) -> float | None:
+    return (r["methods"].get(method) or {}).get(metric)
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    return None if any(v is None for v in values) or not values else float(np.mean(values))
+
+
+def policies_table(runs: Sequence[dict[str, Any]]) -> str:
+    """Markdown table of held-out failure / test / worst-context accuracy of top-k, evidence-weighted, random-context
+    and class-only (equal budget for the first three), one row per run with its command, then the mean per world."""
+    metrics = (("heldout", "heldout_acc"), ("test", "test_acc"), ("worst context", "worst_group_acc"))
+    head = "| world | seed | " + " | ".join(f"{m}: {n}" for m, _ in metrics for n, _ in POLICY_COLUMNS) + " | command |"
+    lines = [head, "|---|---:|" + "---:|" * (len(metrics) * len(POLICY_COLUMNS)) + "---|"]
+    for r in runs:
+        cells = [_pct(_metric(r, method, key)) for _, key in metrics for _, method in POLICY_COLUMNS]
+        lines.append(f"| {r['world']} | {r['seed']} | " + " | ".join(cells)
+                     + f" | `failmode demo --out runs/{r['world']}-{r['seed']} --world {r['world']} --seed {r['seed']}` |")
+    for world in dict.fromkeys(r["world"] for r in runs):
+        group = [r for r in runs if r["world"] == world]
+        cells = [_pct(_mean([_metric(r, method, key) for r in group])) for _, key in metrics
+                 for _, method in POLICY_COLUMNS]
+        lines.append(f"| **{world} mean** | {len(group)} seeds | " + " | ".join(cells) + " | |")
+    return "\n".join(lines) + "\n"
+
+
+def acceptance_table(runs: Sequence[dict[str, Any]]) -> str:
+    """Per world, mean over its runs: evidence-weighted held-out accuracy minus the better of top-k and
+    random-context, and its test accuracy minus top-k's (points; the bound is -1)."""
+    lines = ["| world | seeds | heldout: weighted | max(top-k, random-context) | difference | test: weighted | top-k "
+             "| difference |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for world in dict.fromkeys(r["world"] for r in runs):
+        group = [r for r in runs if r["world"] == world]
+        held = {m: _mean([_metric(r, m, "heldout_acc") for r in group])
+                for m in ("ours", "evidence-weighted", "random-context")}
+        test = {m: _mean([_metric(r, m, "test_acc") for r in group]) for m in ("ours", "evidence-weighted")}
+        if None in held.values() or None in test.values():
+            continue
+        best = max(held["ours"], held["random-context"])
+        lines.append(f"| {world} | {len(group)} | {_pct(held['evidence-weighted'])} | {_pct(best)} | "
+                     f"{100 * (held['evidence-weighted'] - best):+.1f} | {_pct(test['evidence-weighted'])} | "
+                     f"{_pct(test['ours'])} | {100 * (test['evidence-weighted'] - test['ours']):+.1f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -13,6 +13,7 @@ rendered look (`failmode.world.composite.Look`).
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -125,14 +126,15 @@ def list_presets() -> list[str]:
 
 
 def load_preset(name_or_path: str | Path) -> WorldPreset:
-    """A shipped preset by name ("concentrated", "diffuse") or a preset JSON file by path; validated."""
+    """A shipped preset by name ("concentrated", "diffuse") or a preset JSON file by path; validated (one-line
+    ValidationError naming the file and what is wrong)."""
     path = Path(name_or_path)
-    if not path.suffix:
+    if not path.suffix and os.sep not in str(name_or_path):
         if str(name_or_path) not in list_presets():
             raise UsageError(f"unknown world {name_or_path!r} (known: {', '.join(list_presets())})")
         path = _presets_dir() / f"{name_or_path}.json"
     doc = read_json(path)
-    if doc.get("format") != "failmode-world/1":
+    if not isinstance(doc, dict) or doc.get("format") != "failmode-world/1":
         raise ValidationError(f"{path}: format must be 'failmode-world/1'")
     try:
         lay = doc.get("layout", {})
