@@ -31,11 +31,12 @@ BUDGET_HELP = ("budget policies of the per-model configs, comma-separated: top-k
 
 
 def budget_list(text: str) -> list[str]:
-    """`--budget top-k,evidence-weighted` as a list of known, distinct policies; UsageError otherwise."""
+    """`--budget top-k,evidence-weighted` as a list of known, distinct policies (an argparse type: a bad value is
+    argparse's one-line usage error)."""
     policies = [p.strip() for p in text.split(",") if p.strip()]
     unknown = [p for p in policies if p not in BUDGET_POLICIES]
     if not policies or unknown or len(set(policies)) != len(policies):
-        raise UsageError(f"--budget {text!r}: give distinct policies out of {', '.join(BUDGET_POLICIES)}")
+        raise argparse.ArgumentTypeError(f"{text!r}: give distinct policies out of {', '.join(BUDGET_POLICIES)}")
     return policies
 PRECISION_CHOICES = ("auto", "fp32", "fp16", "bf16")
 

@@ -190,10 +190,9 @@ def test_cli_parses_demo_options_and_rejects_unknown_worlds(capsys):
 
     args = build_parser().parse_args(["demo", "--out", "x", "--world", "diffuse", "--seed", "2"])
     assert (args.world, args.seed, args.out) == ("diffuse", 2, "x")
-    with pytest.raises(SystemExit) as e:
-        main(["demo", "--out", "x", "--world", "uniform"])
-    assert e.value.code == 2
-    assert "invalid choice" in capsys.readouterr().err
+    assert main(["demo", "--out", "x", "--world", "uniform"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown world 'uniform'" in err[0] and "mixed-gap" in err[0]
 
 
 @pytest.mark.slow
@@ -221,3 +220,50 @@ def test_gap_world_demo_records_the_gap_and_an_attributor_without_classifier_wei
     assert not (tmp_path / "x").exists()
     with pytest.raises(UsageError, match="unknown demo attributor"):
         DemoConfig.defaults(attributor="clip")
+
+
+def test_a_world_json_path_is_validated_like_the_shipped_worlds(tmp_path, capsys):
+    """`failmode demo --world FILE`: a malformed world file is one line naming it, before anything runs."""
+    from failmode.cli import main
+
+    shipped = read_json(Path(__file__).resolve().parents[1] / "failmode/world/data/presets/mixed.json")
+    cases = {"not-json.json": "{", "a-list.json": "[]",
+             "bad-type.json": json.dumps({**shipped, "image_size": "big"}),
+             "missing-class.json": json.dumps({**shipped, "common": {"t-shirt": "beach"}}),
+             "unknown-scene.json": json.dumps({**shipped, "uncommon": {**shipped["uncommon"], "bag": ["moon"]}})}
+    for name, text in cases.items():
+        path = tmp_path / name
+        path.write_text(text)
+        assert main(["demo", "--out", str(tmp_path / "out"), "--world", str(path)]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and str(path) in err[0], (name, err)
+    assert not (tmp_path / "out").exists()  # nothing half-written
+    good = tmp_path / "my-world.json"
+    good.write_text(json.dumps({**shipped, "name": "my-world"}))
+    assert DemoConfig.defaults(world=str(good)).world == str(good)
+
+
+@pytest.mark.slow
+def test_a_user_world_runs_end_to_end_with_both_budget_policies(tmp_path):
+    """A world JSON of one's own (`failmode demo --world my-world.json`): the chain runs, the build adds the
+    evidence-weighted sibling with top-k's images per class, evaluate scores all four configs, and the manifest and
+    card record each class's allocation."""
+    shipped = read_json(Path(__file__).resolve().parents[1] / "failmode/world/data/presets/mixed.json")
+    path = tmp_path / "my-world.json"
+    path.write_text(json.dumps({**shipped, "name": "my-world"}))
+    r = run_demo(tmp_path / "run", DemoConfig.defaults(world=str(path), seed=1, **SMALL))
+    assert r["world"] == "my-world"
+    assert set(r["methods"]) == {"before", "ours", "evidence-weighted", "class-only", "random-context"}
+    n = {k: v["n_images"] for k, v in r["methods"].items()}
+    assert n["ours"] == n["evidence-weighted"] == n["random-context"] > 0
+    assert r["configs"]["evidence-weighted"] == f"{MODEL}-evidence-weighted"
+    assert r["heldout_acc_evidence_weighted"] == r["methods"]["evidence-weighted"]["heldout_acc"] is not None
+    manifest = read_json(tmp_path / "run" / "dataset" / "failmode.json")
+    budget = manifest["attribution"]["budget"]
+    assert budget["policies"] == ["top-k", "evidence-weighted"] and manifest["generation"]["budget"] == budget["policies"]
+    top, weighted = budget["configs"][MODEL], budget["configs"][f"{MODEL}-evidence-weighted"]
+    assert (top["policy"], weighted["policy"]) == ("top-k", "evidence-weighted")
+    assert {y: sum(c.values()) for y, c in top["images"].items()} == {
+        y: sum(c.values()) for y, c in weighted["images"].items()}
+    assert "evidence-weighted" in (tmp_path / "run" / "dataset" / "README.md").read_text()
+    assert "evidence-weighted" in (tmp_path / "run" / "report.md").read_text()

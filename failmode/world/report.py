@@ -114,6 +114,22 @@ def _modes_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _budget_table(results: dict[str, Any]) -> list[str]:
+    """Images per context of each class under each budget policy (the manifest's attribution.budget)."""
+    configs = (results.get("budget") or {}).get("configs") or {}
+    if not configs:
+        return ["Budget policy: top-k only."]
+    names = {int(c["label"]): c["class_name"] for c in results["per_class_modes"]}
+    lines = ["| class | " + " | ".join(f"`{c}` ({v['policy']})" for c, v in configs.items()) + " |",
+             "|---|" + "---|" * len(configs)]
+    labels = sorted({int(y) for v in configs.values() for y in v["images"]})
+    for y in labels:
+        cells = [", ".join(f"{ctx} {n}" for ctx, n in sorted(v["images"].get(str(y), {}).items(),
+                                                            key=lambda kv: (-kv[1], kv[0]))) for v in configs.values()]
+        lines.append(f"| {names.get(y, y)} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def report_markdown(results: dict[str, Any]) -> str:
     """The report text (plots are referenced from plots/)."""
     p, s = results["parameters"], results["stand_ins"]
@@ -143,6 +159,10 @@ def report_markdown(results: dict[str, Any]) -> str:
         "`random-context` spreads, per class, as many images as the model's config has over the class's vocabulary "
         "contexts in equal shares (+-1 image, seeded).", "",
         "## Failure modes per class (seed failures)", "", *_modes_table(results), "",
+        "## Images per context under each budget policy (docs/budget-policies.md)", "",
+        "`top-k` puts the same number of images on each of the k most frequent attributed contexts; "
+        "`evidence-weighted` spreads the same number per class over the vocabulary by the seed failures' counts.", "",
+        *_budget_table(results), "",
         "## Lambda sweep (ours)", "", "![lambda sweep](plots/lambda_sweep.png)", "",
         *_sweep_table(results["lambda_sweep"], "lam"), "",
         "## Images-per-mode sweep (ours)", "", "![images per mode sweep](plots/images_per_mode_sweep.png)", "",
