@@ -5,6 +5,7 @@ command lines; top-k alone leaves plans and manifests as they were."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -147,3 +148,40 @@ def test_top_k_mode_sets_of_a_preset_are_unchanged_and_siblings_follow_each_mode
     assert record["policies"] == ["top-k", "evidence-weighted"]
     assert record["configs"]["m"]["images"]["0"] == {"ctx0": 10, "ctx2": 10, "ctx5": 10}
     assert sum(record["configs"]["m-evidence-weighted"]["images"]["1"].values()) == 20
+
+
+def test_generate_plans_the_evidence_weighted_sibling_from_the_attributions_beside_the_modes(tmp_path):
+    """`failmode generate --budget top-k,evidence-weighted --plan-only`: the sibling's counts come from the seed rows
+    of the attributions.parquet next to modes.json (held-out rows are there too, and ignored); a missing table is one
+    line naming it."""
+    from failmode.cli import main
+    from failmode.generation.plan import read_plan
+    from failmode.mining.tables import write_table
+    from failmode.vocab import load_vocabulary
+
+    contexts = list(load_vocabulary("cifar10", "background").contexts(3))
+    modes = {"format": "failmode-modes/1", "source_model": "resnet50", "dataset": "cifar10",
+             "vocabulary": {"dataset": "cifar10", "kind": "background", "version": "1"}, "attributor": "x", "k": 2,
+             "classes": [{"label": 3, "class_name": "cat", "prompt_name": "cat", "n_seed_failures": 14,
+                          "modes": [{"context": contexts[0], "count": 8}, {"context": contexts[1], "count": 6}]}]}
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "modes.json").write_text(json.dumps(modes))
+    rows = ([{"label": 3, "half": "seed", "context": contexts[0]}] * 8 + [{"label": 3, "half": "seed",
+                                                                          "context": contexts[1]}] * 6
+            + [{"label": 3, "half": "heldout", "context": contexts[-1]}] * 30)
+    argv = ["generate", "--modes", str(folder / "modes.json"), "--out", str(tmp_path / "ds"), "--k", "2",
+            "--images-per-mode", "5", "--budget", "top-k,evidence-weighted", "--plan-only"]
+    assert main(argv) == 2  # no attributions.parquet yet: one line naming it, nothing written
+    assert not (tmp_path / "ds").exists()
+    write_table(folder / "attributions.parquet", rows, {})
+    assert main(argv) == 0
+    plan = read_plan(tmp_path / "ds" / "generation" / "plan.parquet")
+    per = {}
+    for r in plan:
+        per.setdefault(r.config, {}).setdefault(r.context, 0)
+        per[r.config][r.context] += 1
+    assert per["resnet50"] == {contexts[0]: 5, contexts[1]: 5}
+    weighted = per["resnet50-evidence-weighted"]
+    assert sum(weighted.values()) == 10 and contexts[-1] not in weighted  # held-out rows never count
+    assert weighted.get(contexts[0], 0) + weighted.get(contexts[1], 0) >= 8
