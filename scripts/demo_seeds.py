@@ -50,6 +50,7 @@ def main() -> None:
     ap.add_argument("--worlds", nargs="+", default=["concentrated", "diffuse", "mixed", "concentrated-gap",
                                                      "diffuse-gap", "mixed-gap"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--existing-only", action="store_true", help="tabulate the runs that have results.json; run none")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     runs = []
@@ -57,6 +58,9 @@ def main() -> None:
         for seed in args.seeds:
             out = Path(args.runs) / f"{world}-{seed}"
             if not (out / "results.json").is_file():
+                if args.existing_only:
+                    log.info("no results in %s: left out", out)
+                    continue
                 log.info("running %s", out)
                 run_demo(out, DemoConfig.defaults(world=world, seed=seed))
             runs.append(json.loads((out / "results.json").read_text()))

@@ -51,9 +51,11 @@ def test_demo_numbers_are_evaluates_results_lines_and_its_commands_reproduce_the
     out, r, _ = demo
     lines = {rec["key"]: rec for rec in read_jsonl(out / "evaluate" / "results.jsonl")}
     for name, field in (("ours", "heldout_acc_ours"), ("class-only", "heldout_acc_class_only"),
-                        ("random-context", "heldout_acc_random_context")):
+                        ("random-context", "heldout_acc_random_context"),
+                        ("evidence-weighted", "heldout_acc_evidence_weighted")):
         assert lines[r["results_keys"][name]]["heldout"] == r[field]
-    assert r["configs"] == {"before": None, "ours": MODEL, "class-only": "baseline", "random-context": "random-context"}
+    assert r["configs"] == {"before": None, "ours": MODEL, "evidence-weighted": f"{MODEL}-evidence-weighted",
+                            "class-only": "baseline", "random-context": "random-context"}
     build, evaluate = (shlex.split(c) for c in (out / "commands.sh").read_text().splitlines())
     assert build[:2] == ["failmode", "build"] and evaluate[:2] == ["failmode", "evaluate"]
     evaluate[evaluate.index("--out") + 1] = str(tmp_path / "again")
@@ -63,6 +65,9 @@ def test_demo_numbers_are_evaluates_results_lines_and_its_commands_reproduce_the
     ours = again[("debug", MODEL, 0.5, None)]
     assert (ours["heldout"], ours["test"], ours["worst_group"]) == (
         r["heldout_acc_ours"], r["test_acc_after"], r["worst_group_acc_after"])
+    weighted = again[("debug", f"{MODEL}-evidence-weighted", 0.5, None)]  # evaluate finds the sibling by itself
+    assert (weighted["heldout"], weighted["test"]) == (r["heldout_acc_evidence_weighted"],
+                                                       r["methods"]["evidence-weighted"]["test_acc"])
 
 
 @pytest.mark.slow
@@ -80,7 +85,7 @@ def test_demo_writes_results_report_plots_mining_and_a_loadable_dataset(demo):
     assert saved["parameters"]["head"]["epochs"] == 60  # evaluate's option, recorded
     assert "stand-in" in saved["stand_ins"]["generator"] and "stand-in" in saved["stand_ins"]["attributor"]
     report = (out / "report.md").read_text()
-    assert "stand-in for Stable Diffusion" in report and f"| ours (mined failure modes) | `{MODEL}` | " in report
+    assert "stand-in for Stable Diffusion" in report and f"| ours, top-k (the k most frequent mined modes) | `{MODEL}` | " in report
     for plot in ("lambda_sweep", "images_per_mode_sweep", "failures", "debug_images"):
         assert f"plots/{plot}.png" in report
         assert (out / "plots" / f"{plot}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -95,7 +100,8 @@ def test_demo_writes_results_report_plots_mining_and_a_loadable_dataset(demo):
         assert {(cls["label"], m["context"]) for m in cls["modes"]} <= contexts
     manifest = json.loads((out / "dataset" / "failmode.json").read_text())
     assert {c: s["kind"] for c, s in manifest["configs"].items()} == {
-        MODEL: "model", "baseline": "baseline", "random-context": "random-context"}
+        MODEL: "model", f"{MODEL}-evidence-weighted": "model", "baseline": "baseline",
+        "random-context": "random-context"}
     assert manifest["name"] == "fashion-scenes-debug" and manifest["generator"]["id"] == "composite"
     assert (out / "dataset" / "README.md").exists()
     # the world is an ordinary local dataset: Hub layout, ClassLabel, ground-truth context columns
@@ -111,11 +117,14 @@ def test_the_demo_dataset_regenerates_bit_for_bit(demo, tmp_path):
     from failmode.generation.regenerate import regenerate_shards
 
     out, _, _ = demo
+    sibling = f"{MODEL}-evidence-weighted"
     shards = {c: read_json(out / "dataset/failmode.json")["configs"][c]["splits"]["train"]
-              for c in ("random-context", MODEL)}
-    assert regenerate_shards(out / "dataset", ["random-context/train-00000", f"{MODEL}/train-00001"],
+              for c in ("random-context", MODEL, sibling)}
+    assert regenerate_shards(out / "dataset", ["random-context/train-00000", f"{MODEL}/train-00001",
+                                               f"{sibling}/train-00000"],
                              tmp_path / "regen") == {f"random-context/train-00000-of-{shards['random-context']:05d}": True,
-                                                     f"{MODEL}/train-00001-of-{shards[MODEL]:05d}": True}
+                                                     f"{MODEL}/train-00001-of-{shards[MODEL]:05d}": True,
+                                                     f"{sibling}/train-00000-of-{shards[sibling]:05d}": True}
 
 
 @pytest.mark.slow
