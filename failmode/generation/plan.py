@@ -560,10 +560,12 @@ def water_fill(p: np.ndarray, budget: float, tau: float) -> np.ndarray:
 def largest_remainder(x: np.ndarray, budget: int, priority: np.ndarray) -> np.ndarray:
     """Integers summing to `budget` from real shares `x`: floors, then one more to the largest remainders (ties: higher
     `priority`, then position)."""
-    floors = np.floor(x + 1e-9).astype(np.int64)
-    left = int(budget - floors.sum())
+    x = np.maximum(np.asarray(x, np.float64), 0.0)
+    x = x * (budget / x.sum()) if x.sum() > 0 else np.full(len(x), budget / max(len(x), 1))
+    floors = np.floor(x).astype(np.int64)
+    left = int(budget - floors.sum())  # 0 <= left <= len(x)
     order = np.lexsort((np.arange(len(x)), -priority, -np.round(x - floors, 9)))
-    floors[order[:max(left, 0)]] += 1
+    floors[order[:left]] += 1
     return floors
 
 
