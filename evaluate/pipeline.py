@@ -86,6 +86,8 @@ class EvalSpec:
     config: str | None = None  # default: the model's config, config_slug(model)
     baseline_config: str | None = "baseline"  # the class-only config; None to skip
     random_config: str | None = "random-context"  # the random-context config; None to skip
+    #: the model's sibling configs made under other budget policies (`<model>-evidence-weighted`), scored like its own
+    policy_configs: tuple[str, ...] = ()
     revision: str | None = None
     debug_split: str = "train"
     failures: str | None = None  # a failures.parquet from `failmode mine`; None: recompute from predictions
@@ -371,11 +373,12 @@ def base_record(spec: EvalSpec, setting: str, config: str | None, params: dict[s
 
 
 def standard_runs(spec: EvalSpec, params: HeadParams) -> list[dict[str, Any]]:
-    """The identifying fields of the standard settings: original, retrain, debug (model config, class-only and
-    random-context controls)."""
+    """The identifying fields of the standard settings: original, retrain, debug (model config, its budget-policy
+    siblings, class-only and random-context controls)."""
     runs = [base_record(spec, "original", None, {}),
             base_record(spec, "retrain", None, head_params_json(params, False))]
-    for config in dict.fromkeys(c for c in (spec.model_config, spec.baseline_config, spec.random_config) if c):
+    configs = (spec.model_config, *spec.policy_configs, spec.baseline_config, spec.random_config)
+    for config in dict.fromkeys(c for c in configs if c):
         runs.append(base_record(spec, "debug", config, head_params_json(params, True)))
     return runs
 

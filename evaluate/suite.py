@@ -43,6 +43,7 @@ def run_suite(specs: Sequence[EvalSpec], params: HeadParams, out_dir: str | os.P
     out = Path(out_dir)
     results = ResultsLog(out / "results.jsonl")
     type2_model = type2_model or specs[0].model
+    specs = [recorded_policy_configs(spec) for spec in specs]
     coll = collective_runs(specs, params, collective, type2_model) if collective else []
     written: list[dict[str, Any]] = []
     for spec in specs:
@@ -53,6 +54,24 @@ def run_suite(specs: Sequence[EvalSpec], params: HeadParams, out_dir: str | os.P
     if written or not (out / "tables.md").exists():
         _write_reports(out, results.read(), specs, params, lambdas, ks, images_per_mode, [run for _, run in coll])
     return written
+
+
+def recorded_policy_configs(spec: EvalSpec) -> EvalSpec:
+    """`spec` with `policy_configs` filled from a local debug dataset's manifest when unset: the model's other
+    configs of kind model (its budget-policy siblings, `<model>-evidence-weighted`), so they are scored beside it."""
+    import dataclasses
+
+    from failmode.dataset.layout import MANIFEST_NAME
+    from failmode.hub import is_local
+    from failmode.io import read_json
+
+    path = Path(spec.debug_data).expanduser() / MANIFEST_NAME
+    if spec.policy_configs or spec.debug_data.startswith("wds:") or not is_local(spec.debug_data) or not path.is_file():
+        return spec
+    configs = read_json(path).get("configs") or {}
+    siblings = tuple(sorted(name for name, c in configs.items() if isinstance(c, dict) and c.get("kind") == "model"
+                            and c.get("source_model") == spec.model and name != spec.model_config))
+    return dataclasses.replace(spec, policy_configs=siblings) if siblings else spec
 
 
 def _write_reports(out: Path, records: list[dict[str, Any]], specs: Sequence[EvalSpec], params: HeadParams,

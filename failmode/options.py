@@ -32,6 +32,23 @@ def device_type(text: str) -> str:
 
     return device_arg(text)
 
+#: how a model config's per-class image budget is spread (failmode.generation.plan, docs/budget-policies.md): top-k,
+#: the paper's rule, or evidence-weighted, by the attributed seed failures
+BUDGET_POLICIES = ("top-k", "evidence-weighted")
+BUDGET_HELP = ("budget policies of the per-model configs, comma-separated: top-k (the paper's rule: images_per_mode "
+               "images on each of the k most frequent attributed contexts) and/or evidence-weighted (the same images "
+               "per class spread over the vocabulary by the attributed seed failures); the first makes the model's "
+               "config, each further one a sibling config <model>-<policy> (default: the preset's, top-k)")
+
+
+def budget_list(text: str) -> list[str]:
+    """`--budget top-k,evidence-weighted` as a list of known, distinct policies (an argparse type: a bad value is
+    argparse's one-line usage error)."""
+    policies = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [p for p in policies if p not in BUDGET_POLICIES]
+    if not policies or unknown or len(set(policies)) != len(policies):
+        raise argparse.ArgumentTypeError(f"{text!r}: give distinct policies out of {', '.join(BUDGET_POLICIES)}")
+    return policies
 PRECISION_CHOICES = ("auto", "fp32", "fp16", "bf16")
 
 

@@ -51,9 +51,11 @@ def test_demo_numbers_are_evaluates_results_lines_and_its_commands_reproduce_the
     out, r, _ = demo
     lines = {rec["key"]: rec for rec in read_jsonl(out / "evaluate" / "results.jsonl")}
     for name, field in (("ours", "heldout_acc_ours"), ("class-only", "heldout_acc_class_only"),
-                        ("random-context", "heldout_acc_random_context")):
+                        ("random-context", "heldout_acc_random_context"),
+                        ("evidence-weighted", "heldout_acc_evidence_weighted")):
         assert lines[r["results_keys"][name]]["heldout"] == r[field]
-    assert r["configs"] == {"before": None, "ours": MODEL, "class-only": "baseline", "random-context": "random-context"}
+    assert r["configs"] == {"before": None, "ours": MODEL, "evidence-weighted": f"{MODEL}-evidence-weighted",
+                            "class-only": "baseline", "random-context": "random-context"}
     build, evaluate = (shlex.split(c) for c in (out / "commands.sh").read_text().splitlines())
     assert build[:2] == ["failmode", "build"] and evaluate[:2] == ["failmode", "evaluate"]
     evaluate[evaluate.index("--out") + 1] = str(tmp_path / "again")
@@ -63,6 +65,9 @@ def test_demo_numbers_are_evaluates_results_lines_and_its_commands_reproduce_the
     ours = again[("debug", MODEL, 0.5, None)]
     assert (ours["heldout"], ours["test"], ours["worst_group"]) == (
         r["heldout_acc_ours"], r["test_acc_after"], r["worst_group_acc_after"])
+    weighted = again[("debug", f"{MODEL}-evidence-weighted", 0.5, None)]  # evaluate finds the sibling by itself
+    assert (weighted["heldout"], weighted["test"]) == (r["heldout_acc_evidence_weighted"],
+                                                       r["methods"]["evidence-weighted"]["test_acc"])
 
 
 @pytest.mark.slow
@@ -80,7 +85,8 @@ def test_demo_writes_results_report_plots_mining_and_a_loadable_dataset(demo):
     assert saved["parameters"]["head"]["epochs"] == 60  # evaluate's option, recorded
     assert "stand-in" in saved["stand_ins"]["generator"] and "stand-in" in saved["stand_ins"]["attributor"]
     report = (out / "report.md").read_text()
-    assert "stand-in for Stable Diffusion" in report and f"| ours (mined failure modes) | `{MODEL}` | " in report
+    assert "stand-in for Stable Diffusion" in report
+    assert f"| ours, top-k (the k most frequent mined modes) | `{MODEL}` | " in report
     for plot in ("lambda_sweep", "images_per_mode_sweep", "failures", "debug_images"):
         assert f"plots/{plot}.png" in report
         assert (out / "plots" / f"{plot}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -95,7 +101,8 @@ def test_demo_writes_results_report_plots_mining_and_a_loadable_dataset(demo):
         assert {(cls["label"], m["context"]) for m in cls["modes"]} <= contexts
     manifest = json.loads((out / "dataset" / "failmode.json").read_text())
     assert {c: s["kind"] for c, s in manifest["configs"].items()} == {
-        MODEL: "model", "baseline": "baseline", "random-context": "random-context"}
+        MODEL: "model", f"{MODEL}-evidence-weighted": "model", "baseline": "baseline",
+        "random-context": "random-context"}
     assert manifest["name"] == "fashion-scenes-debug" and manifest["generator"]["id"] == "composite"
     assert (out / "dataset" / "README.md").exists()
     # the world is an ordinary local dataset: Hub layout, ClassLabel, ground-truth context columns
@@ -111,11 +118,14 @@ def test_the_demo_dataset_regenerates_bit_for_bit(demo, tmp_path):
     from failmode.generation.regenerate import regenerate_shards
 
     out, _, _ = demo
+    sibling = f"{MODEL}-evidence-weighted"
     shards = {c: read_json(out / "dataset/failmode.json")["configs"][c]["splits"]["train"]
-              for c in ("random-context", MODEL)}
-    assert regenerate_shards(out / "dataset", ["random-context/train-00000", f"{MODEL}/train-00001"],
+              for c in ("random-context", MODEL, sibling)}
+    assert regenerate_shards(out / "dataset", ["random-context/train-00000", f"{MODEL}/train-00001",
+                                               f"{sibling}/train-00000"],
                              tmp_path / "regen") == {f"random-context/train-00000-of-{shards['random-context']:05d}": True,
-                                                     f"{MODEL}/train-00001-of-{shards[MODEL]:05d}": True}
+                                                     f"{MODEL}/train-00001-of-{shards[MODEL]:05d}": True,
+                                                     f"{sibling}/train-00000-of-{shards[sibling]:05d}": True}
 
 
 @pytest.mark.slow
@@ -190,10 +200,9 @@ def test_cli_parses_demo_options_and_rejects_unknown_worlds(capsys):
 
     args = build_parser().parse_args(["demo", "--out", "x", "--world", "diffuse", "--seed", "2"])
     assert (args.world, args.seed, args.out) == ("diffuse", 2, "x")
-    with pytest.raises(SystemExit) as e:
-        main(["demo", "--out", "x", "--world", "uniform"])
-    assert e.value.code == 2
-    assert "invalid choice" in capsys.readouterr().err
+    assert main(["demo", "--out", "x", "--world", "uniform"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown world 'uniform'" in err[0] and "mixed-gap" in err[0]
 
 
 @pytest.mark.slow
@@ -255,3 +264,50 @@ def test_rerunning_the_demo_commands_changes_no_result(demo):
     text = tables.read_text()
     for n in (2, 5):
         assert f"| images-per-mode-sweep ({n} images per mode) | 0.5 |" in text
+
+
+def test_a_world_json_path_is_validated_like_the_shipped_worlds(tmp_path, capsys):
+    """`failmode demo --world FILE`: a malformed world file is one line naming it, before anything runs."""
+    from failmode.cli import main
+
+    shipped = read_json(Path(__file__).resolve().parents[1] / "failmode/world/data/presets/mixed.json")
+    cases = {"not-json.json": "{", "a-list.json": "[]",
+             "bad-type.json": json.dumps({**shipped, "image_size": "big"}),
+             "missing-class.json": json.dumps({**shipped, "common": {"t-shirt": "beach"}}),
+             "unknown-scene.json": json.dumps({**shipped, "uncommon": {**shipped["uncommon"], "bag": ["moon"]}})}
+    for name, text in cases.items():
+        path = tmp_path / name
+        path.write_text(text)
+        assert main(["demo", "--out", str(tmp_path / "out"), "--world", str(path)]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and str(path) in err[0], (name, err)
+    assert not (tmp_path / "out").exists()  # nothing half-written
+    good = tmp_path / "my-world.json"
+    good.write_text(json.dumps({**shipped, "name": "my-world"}))
+    assert DemoConfig.defaults(world=str(good)).world == str(good)
+
+
+@pytest.mark.slow
+def test_a_user_world_runs_end_to_end_with_both_budget_policies(tmp_path):
+    """A world JSON of one's own (`failmode demo --world my-world.json`): the chain runs, the build adds the
+    evidence-weighted sibling with top-k's images per class, evaluate scores all four configs, and the manifest and
+    card record each class's allocation."""
+    shipped = read_json(Path(__file__).resolve().parents[1] / "failmode/world/data/presets/mixed.json")
+    path = tmp_path / "my-world.json"
+    path.write_text(json.dumps({**shipped, "name": "my-world"}))
+    r = run_demo(tmp_path / "run", DemoConfig.defaults(world=str(path), seed=1, **SMALL))
+    assert r["world"] == "my-world"
+    assert set(r["methods"]) == {"before", "ours", "evidence-weighted", "class-only", "random-context"}
+    n = {k: v["n_images"] for k, v in r["methods"].items()}
+    assert n["ours"] == n["evidence-weighted"] == n["random-context"] > 0
+    assert r["configs"]["evidence-weighted"] == f"{MODEL}-evidence-weighted"
+    assert r["heldout_acc_evidence_weighted"] == r["methods"]["evidence-weighted"]["heldout_acc"] is not None
+    manifest = read_json(tmp_path / "run" / "dataset" / "failmode.json")
+    budget = manifest["attribution"]["budget"]
+    assert budget["policies"] == ["top-k", "evidence-weighted"] and manifest["generation"]["budget"] == budget["policies"]
+    top, weighted = budget["configs"][MODEL], budget["configs"][f"{MODEL}-evidence-weighted"]
+    assert (top["policy"], weighted["policy"]) == ("top-k", "evidence-weighted")
+    assert {y: sum(c.values()) for y, c in top["images"].items()} == {
+        y: sum(c.values()) for y, c in weighted["images"].items()}
+    assert "evidence-weighted" in (tmp_path / "run" / "dataset" / "README.md").read_text()
+    assert "evidence-weighted" in (tmp_path / "run" / "report.md").read_text()

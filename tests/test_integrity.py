@@ -124,7 +124,8 @@ def test_finalize_command_rewrites_a_missing_or_stale_card_and_cleans_temporarie
 
 # -- caches carry their own check --------------------------------------------------------------------------------
 
-NAMES = __import__("failmode.vocab.classnames", fromlist=["label_names"]).label_names("imagenet-1k")  # the model's own head: ImageNet's order
+# the model's own head: ImageNet's class order
+NAMES = __import__("failmode.vocab.classnames", fromlist=["label_names"]).label_names("imagenet-1k")
 USED = 4
 
 

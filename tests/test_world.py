@@ -77,11 +77,15 @@ def test_scenes_are_distinct_installed_photos():
 
 
 def test_presets_load_and_bad_presets_fail_in_one_line(tmp_path):
-    assert list_presets() == ["concentrated", "concentrated-gap", "diffuse", "diffuse-gap"]
+    assert list_presets() == ["concentrated", "concentrated-gap", "diffuse", "diffuse-gap", "mixed", "mixed-gap"]
     conc, diff = load_preset("concentrated"), load_preset("diffuse")
     assert conc.uncommon_policy == "listed" and diff.uncommon_policy == "all_others"
     assert all(2 <= len(v) <= 3 for v in conc.uncommon.values())
-    with pytest.raises(UsageError, match="known: concentrated, concentrated-gap, diffuse, diffuse-gap"):
+    for name in ("mixed", "mixed-gap"):  # half the classes concentrated (3 scenes), half spread (all 12 others)
+        mixed = load_preset(name)
+        assert sorted(len(v) for v in mixed.uncommon.values()) == [3] * 5 + [12] * 5
+        assert (mixed.gap is not None) == name.endswith("-gap") and mixed.common == conc.common
+    with pytest.raises(UsageError, match="known: concentrated, concentrated-gap, diffuse, diffuse-gap, mixed"):
         load_preset("uniform")
     doc = json.loads(json.dumps(conc.to_dict()))
     doc.update(format="failmode-world/1", description="")

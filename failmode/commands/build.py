@@ -6,7 +6,7 @@ import argparse
 import logging
 
 from failmode.commands._common import add_labels_argument, add_mode_argument, shipped_presets
-from failmode.options import BUILD_STAGES, DEFAULT_WAIT_TIMEOUT_S, RenderOptions, device_type
+from failmode.options import BUDGET_HELP, BUILD_STAGES, DEFAULT_WAIT_TIMEOUT_S, RenderOptions, budget_list, device_type
 from failmode.typed import arg_type
 
 _PRESET_DATASET = "failmode.generation.presets:DatasetSection"
@@ -48,6 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--clip-pretrained", help="open_clip tag or local checkpoint for attribution and the quality filter; "
                                             "none: random weights (smoke tests)")
     m.add_argument("--no-quality", action="store_true", help="skip the CLIP quality filter")
+    m.add_argument("--budget", type=budget_list, metavar="POLICY[,POLICY]", help=BUDGET_HELP)
     RenderOptions.add_arguments(p.add_argument_group("rendering (override the preset's render section)"))
     w = p.add_argument_group("workers and resume")
     add_mode_argument(w)
@@ -70,7 +71,7 @@ def overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
     sections = {
         "dataset": pick((("id", args.dataset), ("labels", args.labels), ("split", args.split), ("train_split", args.train_split),
                          ("train_per_class", args.train_per_class), ("debug_per_class", args.debug_per_class))),
-        "generation": pick((("generator", args.generator),)),
+        "generation": pick((("generator", args.generator), ("budget", args.budget))),
         "render": RenderOptions.given(args),
         "attribution": clip,
         "quality": clip,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from failmode.options import budget_list
 from failmode.typed import arg_type
 
 _PLAN = "failmode.generation.plan:GenerationSettings"  # ranges of the flags (docs/settings.md)
@@ -27,9 +28,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder")
     # the shipped world presets, listed without importing the world package (parsing stays light)
     presets = sorted(f.stem for f in (Path(__file__).resolve().parents[1] / "world" / "data" / "presets").glob("*.json"))
-    p.add_argument("--world", choices=presets,
-                   help="world regime (default concentrated: failures concentrate in a few contexts per class; "
-                        "*-gap: the generator's images differ visibly from the world's photos)")
+    p.add_argument("--world",
+                   help=f"a shipped world ({', '.join(presets)}; default concentrated: failures concentrate in a few "
+                        "contexts per class; diffuse: they spread; mixed: half the classes each way; *-gap: the "
+                        "generator's images differ visibly from the world's photos) or a world JSON file "
+                        "(failmode-world/1, validated as the shipped ones are)")
     p.add_argument("--attributor",
                    help="attribution stand-in: exemplar (the classifier's frozen features) or pixels (pixel "
                         "descriptors, no classifier weights); default: the world's")
@@ -38,6 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="debug images per failure mode (default 20)")
     p.add_argument("--k", type=arg_type(_PLAN, "k"), help="failure modes per class (default 3)")
     p.add_argument("--lam", type=float, help="weight of the debug loss when retraining the head (default 0.5)")
+    p.add_argument("--budget", type=budget_list, metavar="top-k[,POLICY]",
+                   help="budget policies of the model configs, top-k first (default top-k,evidence-weighted: the "
+                        "model's top-k config and its sibling <model>-evidence-weighted, both evaluated)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,10 +53,12 @@ def run(args: argparse.Namespace) -> int:
 
     configure_cpu_threads()
     config = DemoConfig.defaults(world=args.world, seed=args.seed, images_per_mode=args.images_per_mode, k=args.k,
-                                 lam=args.lam, attributor=args.attributor)
+                                 lam=args.lam, attributor=args.attributor, budget=args.budget)
     r = run_demo(args.out, config)
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
-    print(f"world {r['world']} seed {r['seed']}: heldout failures ours {pct(r['heldout_acc_ours'])}, "
+    weighted = r.get("heldout_acc_evidence_weighted")
+    print(f"world {r['world']} seed {r['seed']}: heldout failures ours (top-k) {pct(r['heldout_acc_ours'])}, "
+          + (f"evidence-weighted {pct(weighted)}, " if weighted is not None else "") +
           f"random-context {pct(r['heldout_acc_random_context'])}, class-only {pct(r['heldout_acc_class_only'])}; "
           f"test {pct(r['test_acc_before'])} -> {pct(r['test_acc_after'])}; "
           f"attribution top-1 {pct(r['attribution_top1'])} ({r['attributor']}); "

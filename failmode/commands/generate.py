@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from failmode.commands._common import add_mode_argument
-from failmode.options import DEFAULT_WAIT_TIMEOUT_S, RenderOptions, device_type
+from failmode.options import BUDGET_HELP, DEFAULT_WAIT_TIMEOUT_S, RenderOptions, budget_list, device_type
 from failmode.typed import arg_type
 
 _PLAN = "failmode.generation.plan:GenerationSettings"  # ranges of the flags (docs/settings.md)
@@ -51,6 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, dest="base_seed", help="base seed of the plan")
     g.add_argument("--shard-size", type=arg_type(_PLAN, "shard_size"))
     g.add_argument("--split")
+    g.add_argument("--budget", type=budget_list, metavar="POLICY[,POLICY]", help=BUDGET_HELP)
     r = p.add_argument_group("rendering (override the preset's render section)")
     r.add_argument("--device", type=device_type, help="cpu, cuda, cuda:1 (default: this worker's GPU, else cpu)")
     RenderOptions.add_arguments(r)
@@ -73,7 +74,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 GEN_KEYS = ("generator", "revision", "scheduler", "steps", "guidance", "size", "negative_prompt", "images_per_mode",
-            "k", "base_seed", "shard_size", "split")
+            "k", "base_seed", "shard_size", "split", "budget")
 
 
 def _given(args: argparse.Namespace, keys: tuple[str, ...]) -> dict[str, Any]:

@@ -23,16 +23,23 @@ from failmode.generation.coordinate import DEFAULT_WAIT_TIMEOUT_S, LOCK_NAME, Co
 from failmode.generation.environment import clip_revision, timm_revision
 from failmode.generation.plan import (
     BASELINE_KIND,
+    EVIDENCE_RULE,
+    EVIDENCE_WEIGHTED,
+    TOP_K,
     GenerationSettings,
     ModeSet,
+    allocation_record,
     baseline_modes,
     build_plan,
     check_mode_set,
+    evidence_modes,
     merge_modes,
     modes_from_json,
     plan_path,
+    policy_config,
     random_context_modes,
     read_plan,
+    seed_context_counts,
 )
 from failmode.generation.presets import ModelSection, Preset, QualitySection
 from failmode.generation.quality import ClipQuality, QualityScorer
@@ -160,32 +167,79 @@ def analyse(preset: Preset, stages: list[ModelStages], recipe: dict[str, float],
 
 
 def mode_sets(preset: Preset, stages: list[ModelStages], docs: dict[str, Any], vocab: Any,
-              class_names: list[str]) -> list[ModeSet]:
-    """Per-model configs (from each model's modes.json document in `docs`), one collective config per family, the
-    class-only and the random-context baselines."""
-    k = preset.generation.k
+              class_names: list[str], counts: dict[str, dict[int, list[int]]] | None = None) -> list[ModeSet]:
+    """Per-model configs (from each model's modes.json document in `docs`; one per budget policy, the evidence-weighted
+    ones from each model's seed-failure `counts`), one collective config per family, the class-only and the
+    random-context baselines."""
+    g = preset.generation
+    k = g.k
     sets = [modes_from_json(docs[st.model.id], config=config_slug(st.model.id), k=k, source_model=st.model.id,
                             where=str(st.modes), allow_empty=True) for st in stages]
     for ms, st in zip(sets, stages, strict=True):
         check_mode_set(ms, vocab, str(st.modes))
+    random_context = (random_context_modes(sets, vocab, class_names, base_seed=g.base_seed, k=k,
+                                           images_per_mode=g.images_per_mode) if preset.baseline.random_context else None)
+    sets = budget_mode_sets(sets, g, vocab, counts or {})
     for fam, members in sorted(preset.families.items()):
         sets.append(merge_modes([docs[m] for m in members], config=config_slug(f"collective-{fam}"), family=fam, k=k))
     if preset.baseline.enabled:
         sets.append(baseline_modes(class_names, [c.prompt_name for c in vocab.classes]))
-    if preset.baseline.random_context:
-        g = preset.generation
-        sets.append(random_context_modes(sets, vocab, class_names, base_seed=g.base_seed, k=k,
-                                         images_per_mode=g.images_per_mode))
+    if random_context is not None:
+        sets.append(random_context)
     return sets
 
 
+def budget_mode_sets(top_k: list[ModeSet], settings: GenerationSettings, vocab: Any,
+                     counts: dict[str, dict[int, list[int]]]) -> list[ModeSet]:
+    """Each model's configs, one per budget policy of `settings` (`policy_config` names them), from its top-k
+    ModeSet and, for the evidence-weighted policy, its seed-failure counts per context (keyed by source model)."""
+    out = []
+    for ms in top_k:
+        for policy in settings.budget:
+            config = policy_config(ms.config, policy, settings.budget)
+            if policy == TOP_K:
+                out.append(dataclasses.replace(ms, config=config, policy=TOP_K))
+                continue
+            if ms.source_model not in counts:
+                raise UsageError(f"budget policy {policy!r} needs the seed-failure attributions of {ms.source_model}")
+            out.append(evidence_modes(ms, counts[ms.source_model], vocab, config=config, k=settings.k,
+                                      images_per_mode=settings.images_per_mode))
+    return out
+
+
+def budget_record(sets: list[ModeSet], settings: GenerationSettings) -> dict[str, Any]:
+    """What the manifest (attribution.budget) and card record of the budget policies: the rule and, per model config,
+    its policy and each class's images per context; empty for the default top-k alone (unchanged manifests)."""
+    if tuple(settings.budget) == (TOP_K,):
+        return {}
+    policies = {}
+    for ms in sets:
+        if ms.kind != "model":
+            continue
+        policies[ms.config] = allocation_record(ms, settings.k, settings.images_per_mode)
+    return {"budget": {"policies": list(settings.budget), "evidence_rule": EVIDENCE_RULE, "configs": policies}}
+
+
+def seed_counts(stages: list[ModelStages], vocab: Any, settings: GenerationSettings) -> dict[str, dict[int, list[int]]]:
+    """Per model, its seed failures per class and vocabulary context (from attributions.parquet, seed half only),
+    when a budget policy needs them."""
+    if EVIDENCE_WEIGHTED not in settings.budget:
+        return {}
+    from failmode.mining.tables import read_table
+
+    return {st.model.id: seed_context_counts(read_table(st.folder / "attributions.parquet")[0], vocab)
+            for st in stages}
+
+
 def mode_sets_from_files(modes_files: list[tuple[str, str]], *, k: int, vocab: str | None = None,
-                         kind: str | None = None, collective: str | None = None,
-                         baseline: bool = False) -> tuple[Any, str, list[ModeSet]]:
+                         kind: str | None = None, collective: str | None = None, baseline: bool = False,
+                         settings: GenerationSettings | None = None) -> tuple[Any, str, list[ModeSet]]:
     """(vocabulary, kind, mode sets) from `(modes.json path, config name or "")` pairs, as `failmode generate` takes.
 
-    The vocabulary defaults to the one the first modes file was attributed with; `collective` adds one config
-    pooling every file's modes; `baseline` adds the class-only config.
+    The vocabulary defaults to the one the first modes file was attributed with; each file gives one config per
+    budget policy of `settings` (the evidence-weighted one counts the seed failures of the attributions.parquet
+    beside the modes file); `collective` adds one config pooling every file's modes; `baseline` adds the class-only
+    config.
     """
     from failmode.vocab import load_vocabulary
 
@@ -199,6 +253,18 @@ def mode_sets_from_files(modes_files: list[tuple[str, str]], *, k: int, vocab: s
     vocabulary = load_vocabulary(vocab_name, kind)
     for ms, (_, _, f) in zip(sets, loaded, strict=True):
         check_mode_set(ms, vocabulary, str(f))
+    if settings is not None:
+        counts = {}
+        if EVIDENCE_WEIGHTED in settings.budget:
+            from failmode.mining.tables import read_table
+
+            for ms, (_, _, f) in zip(sets, loaded, strict=True):
+                table = Path(f).parent / "attributions.parquet"
+                if not table.is_file():
+                    raise UsageError(f"budget policy {EVIDENCE_WEIGHTED!r} needs {table} (written by failmode "
+                                     f"attribute beside {f})")
+                counts[ms.source_model] = seed_context_counts(read_table(table)[0], vocabulary)
+        sets = budget_mode_sets(sets, settings, vocabulary, counts)
     if collective:
         sets.append(merge_modes([d for d, _, _ in loaded], config=config_slug(f"collective-{collective}"),
                                 family=collective, k=k))
@@ -280,7 +346,7 @@ def build(preset: Preset, out: str | os.PathLike[str], *, work: str | os.PathLik
     try:
         def plan() -> tuple[dict[str, Any], list[ModeSet], list[Any]]:
             modes_docs = {st.model.id: read_json(st.modes) for st in stages}
-            sets = mode_sets(preset, stages, modes_docs, vocab, names)
+            sets = mode_sets(preset, stages, modes_docs, vocab, names, seed_counts(stages, vocab, preset.generation))
             ident = gen.ident if gen is not None else pipeline_ident(settings.generator, settings.revision)
             rows = build_plan(sets, settings, generator_id=ident,
                               baseline_images_per_class=preset.baseline.images_per_class)
@@ -324,7 +390,8 @@ def _generate(preset: Preset, out: Path, rows: list[Any], sets: list[ModeSet], m
                        attribution={**preset.attribution.record(), "k": preset.generation.k,
                                     "used": {mid: doc.get("attributor") for mid, doc in modes_docs.items()},
                                     "resolved_revision": clip_revision(preset.attribution.clip_model,
-                                                                       preset.attribution.pretrained)},
+                                                                       preset.attribution.pretrained),
+                                    **budget_record(sets, preset.generation)},
                        mining={**to_json(d), "recipe": recipe, "models": [_mined(st) for st in stages]},
                        tags=preset.tags)
     done = generate_dataset(rows, out, gen, info, settings, kinds={s.config: s.kind for s in sets}, quality=scorer,
@@ -411,7 +478,7 @@ def generate(job: GenerateJob) -> bool:
     cfg = _preset_sections(job.preset)
     settings = GenerationSettings.from_dict({**cfg["generation"], **job.generation})
     vocab, kind, sets = mode_sets_from_files(list(job.modes), k=settings.k, vocab=job.vocab, kind=job.kind,
-                                             collective=job.collective, baseline=job.baseline)
+                                             collective=job.collective, baseline=job.baseline, settings=settings)
     settings = with_vocabulary_template(settings, kind, vocab)
     options = RenderOptions(**{**cfg["render"], **job.render, "device": job.device, "scheduler": settings.scheduler})
     ident = pipeline_ident(settings.generator, settings.revision)
@@ -428,7 +495,8 @@ def generate(job: GenerateJob) -> bool:
                        source_dataset=hub_dataset_id(vocab.dataset),
                        vocabulary={"dataset": vocab.dataset, "kind": kind, "version": vocab.version,
                                    "template": vocab.template},
-                       attribution={"k": settings.k, "modes": [str(f) for f, _ in job.modes]})
+                       attribution={"k": settings.k, "modes": [str(f) for f, _ in job.modes],
+                                    **budget_record(sets, settings)})
     coordinator = None
     if worker[1] > 1:  # several workers: one saves the plan (and clears an overwritten build), the others wait
         key = stable_hash({"rows": [to_json(r) for r in rows], "out": str(out.resolve()), "mode": job.mode}, n=16)
@@ -445,6 +513,6 @@ def generate(job: GenerateJob) -> bool:
             coordinator.close()
 
 
-__all__ = ["GenerateJob", "generate", "BASELINE_KIND", "ModelStages", "analyse", "build", "is_complete", "make_generator",
-           "make_quality", "mode_sets", "mode_sets_from_files", "model_stages", "registered_generator",
-           "with_vocabulary_template"]
+__all__ = ["GenerateJob", "generate", "BASELINE_KIND", "ModelStages", "analyse", "budget_mode_sets", "budget_record",
+           "build", "is_complete", "make_generator", "make_quality", "mode_sets", "mode_sets_from_files", "model_stages",
+           "registered_generator", "seed_counts", "with_vocabulary_template"]

@@ -29,6 +29,7 @@ from failmode.backends import GenerationRequest
 from failmode.dataset import layout
 from failmode.errors import ValidationError
 from failmode.io import atomic_path, read_json, sha256_file
+from failmode.options import BUDGET_POLICIES
 from failmode.prompts import fill_template
 from failmode.typed import bounded, check_ranges, labelled_entry
 
@@ -59,6 +60,16 @@ DEFAULT_TEMPLATES = {
     "color": "a photo of a {class_name} {context}",
     BASELINE_KIND: "a photo of a {class_name}",
 }
+#: the paper's rule: k images_per_mode images on each of the k most frequent attributed contexts
+#: spread the same per-class total over the vocabulary by the attributed seed failures (EVIDENCE_RULE)
+TOP_K, EVIDENCE_WEIGHTED = BUDGET_POLICIES
+EVIDENCE_RULE = (
+    "per class: n = seed-failure counts of the m vocabulary contexts (attributed context, seed half only), ranked by "
+    "count then vocabulary order; B = the class's top-k images; model s (s = 1..m-1): a share 1-e of failures spread "
+    "equally over the top-s contexts, e over the others (e ~ Uniform(0, 1)), model m: flat; prior uniform over s and "
+    "over the C(m, s) subsets of size s; p = the posterior-weighted mean of each model's predictive probabilities; "
+    "x = argmax sum_j p_j (1 - exp(-x_j / tau)) subject to sum x = B, tau = images_per_mode / 2 (water-filling: "
+    "x_j = tau ln(p_j / lambda)+); integers by largest remainder (ties: larger p, then vocabulary order)")
 
 
 @dataclass(frozen=True)
@@ -78,6 +89,9 @@ class GenerationSettings:
     shard_size: int = bounded(1000, 1, 100_000)
     split: str = "train"
     prompt_templates: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_TEMPLATES))
+    #: budget policies of the per-model configs (BUDGET_POLICIES): the first makes `<model>`, each further one the
+    #: sibling `<model>-<policy>` (`policy_config`)
+    budget: tuple[str, ...] = (TOP_K,)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "generation settings") -> GenerationSettings:
@@ -86,7 +100,7 @@ class GenerationSettings:
 
         out = from_mapping(cls, data, where)
         templates = {**DEFAULT_TEMPLATES, **out.prompt_templates}
-        return replace(out, prompt_templates=templates).check(where)
+        return replace(out, prompt_templates=templates, budget=tuple(out.budget)).check(where)
 
     def check(self, where: str = "generation settings") -> GenerationSettings:
         """Raise ValidationError on impossible values; return self."""
@@ -94,11 +108,18 @@ class GenerationSettings:
         if self.size % 8:
             raise ValidationError(f"{where}: size must be a multiple of 8 (the VAE's downsampling), got {self.size}")
         layout.check_split_name(self.split)
+        check_budget(self.budget, where)
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict (recorded in the manifest)."""
-        return asdict(self)
+        """Plain dict (recorded in the manifest); `budget` is left out when it is the default top-k alone, so a
+        dataset built with the paper's rule keeps the manifest bytes it had before the policies existed."""
+        out = asdict(self)
+        if tuple(self.budget) == (TOP_K,):
+            del out["budget"]
+        else:
+            out["budget"] = list(self.budget)
+        return out
 
 
 @dataclass(frozen=True)
@@ -110,6 +131,7 @@ class ModeSet:
     source_model: str  # classifier id, "collective:<family>" or "baseline"
     context_kind: str  # "background", "color", ... or "class-only"
     classes: tuple[ClassModes, ...]
+    policy: str = TOP_K  # the budget policy that spread a model config's images (BUDGET_POLICIES)
 
 
 @dataclass(frozen=True)
@@ -453,3 +475,134 @@ def read_plan_of(root: str | os.PathLike[str]) -> list[PlanRow]:
         if expected and sha256_file(path) != expected:
             raise ValidationError(f"{path}: sha256 differs from the manifest's plan_sha256 (the plan was changed)")
     return read_plan(path)
+
+
+# --- budget policies: how a model config's per-class image budget is spread over the class's contexts ----------
+
+def check_budget(policies: Sequence[str], where: str = "generation settings") -> tuple[str, ...]:
+    """`policies` as a tuple if they are distinct known budget policies (at least one), else ValidationError."""
+    policies = tuple(policies)
+    unknown = [p for p in policies if p not in BUDGET_POLICIES]
+    if not policies or unknown or len(set(policies)) != len(policies):
+        raise ValidationError(f"{where}: budget must be distinct policies out of {', '.join(BUDGET_POLICIES)} "
+                              f"(got {', '.join(map(str, policies)) or 'none'})")
+    return policies
+
+
+def policy_config(model_config: str, policy: str, policies: Sequence[str]) -> str:
+    """The config a model's images under `policy` go to: the model's own config for the first of `policies`, the
+    sibling `<model config>-<policy>` for any other."""
+    return model_config if policy == policies[0] else f"{model_config}-{policy}"
+
+
+def seed_context_counts(records: Iterable[Mapping[str, Any]], vocabulary: Any) -> dict[int, list[int]]:
+    """Per class label, the number of seed failures attributed to each of its vocabulary contexts (vocabulary
+    order), from attribution records (attributions.parquet rows); rows of any other half (heldout) are skipped."""
+    counts: dict[int, list[int]] = {}
+    for r in records:
+        if r["half"] != "seed":
+            continue
+        label = int(r["label"])
+        contexts = list(vocabulary.contexts(label))
+        per = counts.setdefault(label, [0] * len(contexts))
+        if r["context"] not in contexts:
+            raise ValidationError(f"attributed context {r['context']!r} of class {label} is not in the vocabulary")
+        per[contexts.index(r["context"])] += 1
+    return counts
+
+
+def evidence_probabilities(counts: Sequence[int]) -> np.ndarray:
+    """The predictive probability of each context under EVIDENCE_RULE's support models, weighted by their
+    posterior: peaked counts put nearly all of it on the few top contexts, flat or sparse counts spread it."""
+    from scipy.special import betaln, gammaln
+
+    n = np.asarray(counts, np.int64)
+    m, total = len(n), int(n.sum())
+    if m == 0:
+        return np.zeros(0)
+    if total == 0 or m == 1:
+        return np.full(m, 1.0 / m)
+    order = np.lexsort((np.arange(m), -n))
+    log_evidence, predictive = [], []
+    for s in range(1, m + 1):
+        top = int(n[order[:s]].sum())
+        rest = total - top
+        p = np.empty(m)
+        if s == m:
+            log_evidence.append(-total * math.log(m))
+            p[:] = 1.0 / m
+        else:
+            log_choose = gammaln(m + 1) - gammaln(s + 1) - gammaln(m - s + 1)
+            log_evidence.append(betaln(top + 1, rest + 1) - top * math.log(s) - rest * math.log(m - s) - log_choose)
+            e = (rest + 1) / (total + 2)
+            p[:] = e / (m - s)
+            p[order[:s]] = (1 - e) / s
+        predictive.append(p)
+    w = np.exp(np.asarray(log_evidence) - max(log_evidence))
+    return (w / w.sum()) @ np.asarray(predictive)
+
+
+def water_fill(p: np.ndarray, budget: float, tau: float) -> np.ndarray:
+    """x maximising sum_j p_j (1 - exp(-x_j / tau)) with sum x = budget, x >= 0: x_j = tau ln(p_j / lambda)+."""
+    order = np.lexsort((np.arange(len(p)), -p))
+    logs = np.log(np.maximum(p[order], 1e-300))
+    x = np.zeros(len(p))
+    for a in range(len(p), 0, -1):  # the largest active set whose weakest member stays above lambda
+        log_lam = (logs[:a].sum() - budget / tau) / a
+        if logs[a - 1] > log_lam:
+            x[order[:a]] = tau * (logs[:a] - log_lam)
+            break
+    return x
+
+
+def largest_remainder(x: np.ndarray, budget: int, priority: np.ndarray) -> np.ndarray:
+    """Integers summing to `budget` from real shares `x`: floors, then one more to the largest remainders (ties: higher
+    `priority`, then position)."""
+    x = np.maximum(np.asarray(x, np.float64), 0.0)
+    x = x * (budget / x.sum()) if x.sum() > 0 else np.full(len(x), budget / max(len(x), 1))
+    floors = np.floor(x).astype(np.int64)
+    left = int(budget - floors.sum())  # 0 <= left <= len(x)
+    order = np.lexsort((np.arange(len(x)), -priority, -np.round(x - floors, 9)))
+    floors[order[:left]] += 1
+    return floors
+
+
+def evidence_allocation(counts: Sequence[int], budget: int, images_per_mode: int) -> tuple[int, ...]:
+    """Images per context (vocabulary order, summing to `budget`) under EVIDENCE_RULE from a class's seed-failure
+    counts per context."""
+    if budget < 0 or images_per_mode < 1:
+        raise ValidationError(f"need budget >= 0 and images_per_mode >= 1 (got {budget}, {images_per_mode})")
+    p = evidence_probabilities(counts)
+    if budget == 0 or len(p) == 0:
+        return tuple(0 for _ in p)
+    x = water_fill(p, float(budget), images_per_mode / 2)
+    return tuple(int(v) for v in largest_remainder(x, budget, p))
+
+
+def evidence_modes(top_k: ModeSet, counts: Mapping[int, Sequence[int]], vocabulary: Any, *, config: str,
+                   k: int, images_per_mode: int) -> ModeSet:
+    """The evidence-weighted sibling of a model's top-k config: per class the same number of images as top-k
+    (`len(top-k contexts) x images_per_mode`), spread over the class's vocabulary contexts by its seed-failure
+    `counts` (EVIDENCE_RULE); contexts that get no image are left out."""
+    classes = []
+    for cm in top_k.classes:
+        budget = len(cm.contexts[:k]) * images_per_mode
+        contexts = tuple(vocabulary.contexts(cm.label))
+        n = counts.get(cm.label, [0] * len(contexts))
+        if len(n) != len(contexts):
+            raise ValidationError(f"config {config}: class {cm.label} has {len(n)} counts for {len(contexts)} contexts")
+        alloc = evidence_allocation(n, budget, images_per_mode)
+        kept = [(c, a) for c, a in zip(contexts, alloc, strict=True) if a > 0]
+        if kept:
+            classes.append(ClassModes(cm.label, cm.class_name, cm.prompt_name, tuple(c for c, _ in kept),
+                                      tuple(a for _, a in kept)))
+    return ModeSet(config, top_k.kind, top_k.source_model, top_k.context_kind, tuple(classes), EVIDENCE_WEIGHTED)
+
+
+def allocation_record(ms: ModeSet, k: int, images_per_mode: int) -> dict[str, Any]:
+    """What the manifest records of one model config's budget: its policy and each class's images per context."""
+    alloc = {}
+    for cm in ms.classes:
+        counts = cm.counts or tuple(images_per_mode for _ in cm.contexts[:k])
+        alloc[str(cm.label)] = dict(zip(cm.contexts, counts, strict=False))
+    return {"policy": ms.policy, "images": alloc}

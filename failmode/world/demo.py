@@ -37,8 +37,11 @@ log = logging.getLogger(__name__)
 
 PRESET = "fashion-scenes-debug"
 STAGES = ("world", "build", "evaluate", "report")
-#: the demo's names of the configs evaluate compares, by their setting and config in the results lines
-METHODS = ("before", "ours", "class-only", "random-context")
+#: the demo's names of the configs evaluate compares, by their setting and config in the results lines ("ours": the
+#: model's top-k config, the paper's rule; "evidence-weighted": its budget-policy sibling)
+METHODS = ("before", "ours", "evidence-weighted", "class-only", "random-context")
+#: the demo's name of each budget policy's config
+POLICY_METHODS = {"top-k": "ours", "evidence-weighted": "evidence-weighted"}
 #: the attributors the demo can use and their options besides `n_exemplars` (a world preset names its default)
 ATTRIBUTOR_OPTIONS: dict[str, dict[str, Any]] = {"exemplar": {"center": "train"}, "pixels": {}}
 
@@ -61,6 +64,7 @@ class DemoConfig:
     grid_examples: int = 4
     attributor: str | None = None  # None: the world preset's
     gap_probe_per_class: int = 80
+    budget: tuple[str, ...] = ("top-k", "evidence-weighted")  # the model configs' budget policies (top-k first)
 
     @classmethod
     def defaults(cls, **overrides: Any) -> DemoConfig:
@@ -71,7 +75,7 @@ class DemoConfig:
         unknown = sorted(set(doc) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise UsageError(f"unknown demo parameter(s): {', '.join(unknown)}")
-        for key in ("images_per_mode_sweep", "lambdas"):
+        for key in ("images_per_mode_sweep", "lambdas", "budget"):
             doc[key] = tuple(doc[key])
         return cls(**doc).check()
 
@@ -87,6 +91,13 @@ class DemoConfig:
             raise UsageError(f"unknown demo attributor {self.attributor!r} (known: {', '.join(ATTRIBUTOR_OPTIONS)})")
         if self.gap_probe_per_class < 2:
             raise UsageError("gap_probe_per_class must be >= 2")
+        if not self.budget or self.budget[0] != "top-k" or len(set(self.budget)) != len(self.budget) \
+                or not set(self.budget) <= set(POLICY_METHODS):
+            raise UsageError(f"demo budget must start with top-k (the paper's rule, compared against), then other "
+                             f"policies of {', '.join(POLICY_METHODS)}; got {', '.join(self.budget) or 'none'}")
+        from failmode.world.world import load_preset
+
+        load_preset(self.world)  # a shipped name or a world JSON path, validated before anything runs
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -147,7 +158,8 @@ def demo_preset(config: DemoConfig, world: Any, paths: Paths) -> dict[str, Any]:
     preset = preset.replace(
         dataset={"id": str(paths.world), "train_per_class": p.per_class["train"],
                  "debug_per_class": p.per_class["debug"], "split_seed": c.seed},
-        generation={"images_per_mode": c.images_per_mode, "k": c.k, "base_seed": c.seed, "size": p.image_size},
+        generation={"images_per_mode": c.images_per_mode, "k": c.k, "base_seed": c.seed, "size": p.image_size,
+                    "budget": list(c.budget)},
         baseline={"images_per_class": c.k * c.images_per_mode},
         attribution={"attributor": attributor,
                      "options": {**ATTRIBUTOR_OPTIONS[attributor], "n_exemplars": c.n_exemplars}})
@@ -175,7 +187,7 @@ def run_demo(out: str | Path, config: DemoConfig | None = None) -> dict[str, Any
     """Run the demo into `out` (world/, dataset/, work/, evaluate/, results.json, report.md, plots/); return the
     results."""
     from failmode.evaluate.pipeline import EvalSpec, HeadParams, recorded_splits
-    from failmode.evaluate.suite import run_suite
+    from failmode.evaluate.suite import recorded_policy_configs, run_suite
     from failmode.generation.build import build
     from failmode.generation.presets import load_preset
     from failmode.options import FeatureOptions
@@ -207,7 +219,8 @@ def run_demo(out: str | Path, config: DemoConfig | None = None) -> dict[str, Any
         with _stage(timings, "build", progress):
             build(preset, paths.dataset, work=paths.work, cache_dir=paths.cache, device="cpu")
         with _stage(timings, "evaluate", progress):
-            spec = recorded_splits(spec)  # the recipe and splits the build recorded, as the command does
+            # the recipe, splits and budget-policy siblings the build recorded, as the command does
+            spec = recorded_policy_configs(recorded_splits(spec))
             params = HeadParams(lam=c.lam, epochs=c.epochs)
             run_suite([spec], params, paths.evaluate, lambdas=c.lambdas, images_per_mode=c.images_per_mode_sweep)
         with _stage(timings, "report", progress):
@@ -255,10 +268,13 @@ def method_records(records: Sequence[dict[str, Any]], spec: Any, params: Any) ->
     configs at the demo's lambda."""
     from failmode.evaluate.pipeline import standard_runs
     from failmode.evaluate.sweeps import select
+    from failmode.generation.plan import EVIDENCE_WEIGHTED
 
     runs = {(r["setting"], r["config"]): r for r in standard_runs(spec, params)}
     wanted = {"before": ("original", None), "ours": ("debug", spec.model_config),
+              "evidence-weighted": ("debug", f"{spec.model_config}-{EVIDENCE_WEIGHTED}"),
               "class-only": ("debug", spec.baseline_config), "random-context": ("debug", spec.random_config)}
+    wanted = {name: key for name, key in wanted.items() if key in runs}
     out = {}
     for name, key in wanted.items():
         found = select(records, [runs[key]])
@@ -274,6 +290,11 @@ def attribution_top1(records: Sequence[dict[str, Any]], truth: Sequence[str],
     class (None when there are none); `truth` and `common` are the evaluation split's columns."""
     hits = [r["context"] == truth[r["index"]] for r in records if r["half"] == "seed" and not common[r["index"]]]
     return (round(float(np.mean(hits)), 4) if hits else None), len(hits)
+
+
+def _budget(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The budget policies and, per model config, each class's images per context, as the manifest records them."""
+    return (manifest.get("attribution") or {}).get("budget") or {}
 
 
 def collect_results(paths: Paths, config: DemoConfig, world: Any, spec: Any, params: Any,
@@ -312,6 +333,8 @@ def collect_results(paths: Paths, config: DemoConfig, world: Any, spec: Any, par
         "heldout_acc_before": before["heldout_acc"], "heldout_acc_ours": ours["heldout_acc"],
         "heldout_acc_class_only": main["class-only"]["heldout_acc"],
         "heldout_acc_random_context": main["random-context"]["heldout_acc"],
+        "heldout_acc_evidence_weighted": main.get("evidence-weighted", {}).get("heldout_acc"),
+        "budget": _budget(manifest),
         "seed_acc_ours": ours["seed_acc"],
         "attribution_top1": top1, "n_attribution_top1": n_top1,
         "n_failures_seed": meta["n_seed"], "n_failures_heldout": meta["n_heldout"],

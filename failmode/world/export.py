@@ -75,9 +75,16 @@ def _render(world: World, splits: tuple[str, ...], desc: str, chunk: int = 250) 
 
 
 def _describe(world: World) -> dict[str, Any]:
+    """world.json: the world by name, seed and sizes; a world that is not a shipped preset (a user's world JSON)
+    also records its whole preset, so the stand-in backends can rebuild it from the folder alone."""
+    from failmode.world.world import is_shipped
+
     p = world.preset
-    return {"format": WORLD_FORMAT, "world": p.name, "seed": world.seed, "per_class": dict(p.per_class),
-            "image_size": p.image_size, "key": world.key}
+    out = {"format": WORLD_FORMAT, "world": p.name, "seed": world.seed, "per_class": dict(p.per_class),
+           "image_size": p.image_size, "key": world.key}
+    if not is_shipped(p):
+        out["preset"] = {**p.to_dict(), "description": p.description, "attributor": p.attributor}
+    return out
 
 
 def export_world(world: World, root: str | os.PathLike[str]) -> Path:
@@ -119,7 +126,10 @@ def world_of(dataset: str | os.PathLike[str]) -> World:
     info = read_json(path)
     if info.get("format") != WORLD_FORMAT:
         raise ValidationError(f"{path}: not a {WORLD_FORMAT} file")
-    world = build_world(info["world"], int(info["seed"]), per_class=info["per_class"], image_size=info["image_size"])
+    from failmode.world.world import preset_from_doc
+
+    preset = preset_from_doc(info["preset"], path) if "preset" in info else info["world"]
+    world = build_world(preset, int(info["seed"]), per_class=info["per_class"], image_size=info["image_size"])
     if world.key != info["key"]:
         raise ValidationError(f"{path}: world {info['world']} seed {info['seed']} now builds another world "
                               f"({world.key}, recorded {info['key']}): export it again")

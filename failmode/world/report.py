@@ -11,8 +11,12 @@ import numpy as np
 from failmode.io import write_bytes_atomic
 from failmode.plots import save_figure, subplots
 
-METHOD_LABELS = {"before": "before (no debug data)", "ours": "ours (mined failure modes)",
+METHOD_LABELS = {"before": "before (no debug data)", "ours": "ours, top-k (the k most frequent mined modes)",
+                 "evidence-weighted": "ours, evidence-weighted (the same images per class, spread by the evidence)",
                  "class-only": "class-only baseline", "random-context": "random-context baseline"}
+#: the methods compared at equal budget in the policy tables, by their names in results.json's `methods`
+POLICY_COLUMNS = (("top-k", "ours"), ("weighted", "evidence-weighted"), ("random-context", "random-context"),
+                  ("class-only", "class-only"))
 METRICS = ("test_acc", "test_common_acc", "test_uncommon_acc", "worst_group_acc", "seed_acc", "heldout_acc")
 
 
@@ -110,6 +114,22 @@ def _modes_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _budget_table(results: dict[str, Any]) -> list[str]:
+    """Images per context of each class under each budget policy (the manifest's attribution.budget)."""
+    configs = (results.get("budget") or {}).get("configs") or {}
+    if not configs:
+        return ["Budget policy: top-k only."]
+    names = {int(c["label"]): c["class_name"] for c in results["per_class_modes"]}
+    lines = ["| class | " + " | ".join(f"`{c}` ({v['policy']})" for c, v in configs.items()) + " |",
+             "|---|" + "---|" * len(configs)]
+    labels = sorted({int(y) for v in configs.values() for y in v["images"]})
+    for y in labels:
+        cells = [", ".join(f"{ctx} {n}" for ctx, n in sorted(v["images"].get(str(y), {}).items(),
+                                                            key=lambda kv: (-kv[1], kv[0]))) for v in configs.values()]
+        lines.append(f"| {names.get(y, y)} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def report_markdown(results: dict[str, Any]) -> str:
     """The report text (plots are referenced from plots/)."""
     p, s = results["parameters"], results["stand_ins"]
@@ -139,6 +159,10 @@ def report_markdown(results: dict[str, Any]) -> str:
         "`random-context` spreads, per class, as many images as the model's config has over the class's vocabulary "
         "contexts in equal shares (+-1 image, seeded).", "",
         "## Failure modes per class (seed failures)", "", *_modes_table(results), "",
+        "## Images per context under each budget policy (docs/budget-policies.md)", "",
+        "`top-k` puts the same number of images on each of the k most frequent attributed contexts; "
+        "`evidence-weighted` spreads the same number per class over the vocabulary by the seed failures' counts.", "",
+        *_budget_table(results), "",
         "## Lambda sweep (ours)", "", "![lambda sweep](plots/lambda_sweep.png)", "",
         *_sweep_table(results["lambda_sweep"], "lam"), "",
         "## Images-per-mode sweep (ours)", "", "![images per mode sweep](plots/images_per_mode_sweep.png)", "",
@@ -197,6 +221,51 @@ def seeds_table(runs: Sequence[dict[str, Any]]) -> str:
         group = [r for r in runs if r["world"] == world]
         means = [float(np.mean([r[c] for r in group])) for c in cols]
         lines.append(f"| **{world} mean** | {len(group)} seeds | " + " | ".join(_pct(m) for m in means) + " | | |")
+    return "\n".join(lines) + "\n"
+
+
+def _metric(r: dict[str, Any], method: str, metric: str) -> float | None:
+    return (r["methods"].get(method) or {}).get(metric)
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    return None if any(v is None for v in values) or not values else float(np.mean(values))
+
+
+def policies_table(runs: Sequence[dict[str, Any]]) -> str:
+    """Markdown table of held-out failure / test / worst-context accuracy of top-k, evidence-weighted, random-context
+    and class-only (equal budget for the first three), one row per run with its command, then the mean per world."""
+    metrics = (("heldout", "heldout_acc"), ("test", "test_acc"), ("worst context", "worst_group_acc"))
+    head = "| world | seed | " + " | ".join(f"{m}: {n}" for m, _ in metrics for n, _ in POLICY_COLUMNS) + " | command |"
+    lines = [head, "|---|---:|" + "---:|" * (len(metrics) * len(POLICY_COLUMNS)) + "---|"]
+    for r in runs:
+        cells = [_pct(_metric(r, method, key)) for _, key in metrics for _, method in POLICY_COLUMNS]
+        lines.append(f"| {r['world']} | {r['seed']} | " + " | ".join(cells)
+                     + f" | `failmode demo --out runs/{r['world']}-{r['seed']} --world {r['world']} --seed {r['seed']}` |")
+    for world in dict.fromkeys(r["world"] for r in runs):
+        group = [r for r in runs if r["world"] == world]
+        cells = [_pct(_mean([_metric(r, method, key) for r in group])) for _, key in metrics
+                 for _, method in POLICY_COLUMNS]
+        lines.append(f"| **{world} mean** | {len(group)} seeds | " + " | ".join(cells) + " | |")
+    return "\n".join(lines) + "\n"
+
+
+def acceptance_table(runs: Sequence[dict[str, Any]]) -> str:
+    """Per world, mean over its runs: evidence-weighted held-out accuracy minus the better of top-k and
+    random-context, and its test accuracy minus top-k's (points; the bound is -1)."""
+    lines = ["| world | seeds | heldout: weighted | max(top-k, random-context) | difference | test: weighted | top-k "
+             "| difference |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for world in dict.fromkeys(r["world"] for r in runs):
+        group = [r for r in runs if r["world"] == world]
+        held = {m: _mean([_metric(r, m, "heldout_acc") for r in group])
+                for m in ("ours", "evidence-weighted", "random-context")}
+        test = {m: _mean([_metric(r, m, "test_acc") for r in group]) for m in ("ours", "evidence-weighted")}
+        if None in held.values() or None in test.values():
+            continue
+        best = max(held["ours"], held["random-context"])
+        lines.append(f"| {world} | {len(group)} | {_pct(held['evidence-weighted'])} | {_pct(best)} | "
+                     f"{100 * (held['evidence-weighted'] - best):+.1f} | {_pct(test['evidence-weighted'])} | "
+                     f"{_pct(test['ours'])} | {100 * (test['evidence-weighted'] - test['ours']):+.1f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -13,6 +13,7 @@ rendered look (`failmode.world.composite.Look`).
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -125,15 +126,22 @@ def list_presets() -> list[str]:
 
 
 def load_preset(name_or_path: str | Path) -> WorldPreset:
-    """A shipped preset by name ("concentrated", "diffuse") or a preset JSON file by path; validated."""
+    """A shipped preset by name ("concentrated", "diffuse") or a preset JSON file by path; validated (one-line
+    ValidationError naming the file and what is wrong)."""
     path = Path(name_or_path)
-    if not path.suffix:
+    if not path.suffix and os.sep not in str(name_or_path):
         if str(name_or_path) not in list_presets():
             raise UsageError(f"unknown world {name_or_path!r} (known: {', '.join(list_presets())})")
         path = _presets_dir() / f"{name_or_path}.json"
     doc = read_json(path)
-    if doc.get("format") != "failmode-world/1":
+    if not isinstance(doc, dict) or doc.get("format") != "failmode-world/1":
         raise ValidationError(f"{path}: format must be 'failmode-world/1'")
+    return preset_from_doc(doc, path)
+
+
+def preset_from_doc(doc: dict[str, Any], where: object) -> WorldPreset:
+    """A world preset from its JSON object (a preset file's, or the `preset` an export records), validated."""
+    path = where
     try:
         lay = doc.get("layout", {})
         preset = WorldPreset(
@@ -145,10 +153,19 @@ def load_preset(name_or_path: str | Path) -> WorldPreset:
             layout=_layout(lay), gap=_gap(doc["gap"]) if "gap" in doc else None,
             attributor=str(doc.get("attributor", "exemplar")),
         )
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise ValidationError(f"{path}: malformed world preset ({type(e).__name__}: {e})") from None
     _check_preset(preset, path)
     return preset
+
+
+def is_shipped(p: WorldPreset) -> bool:
+    """True when `p` is a shipped world preset (by name and content; sizes aside), so its name rebuilds it."""
+    if p.name not in list_presets():
+        return False
+    sizes = ("per_class", "image_size")
+    mine, shipped = p.to_dict(), load_preset(p.name).to_dict()
+    return {k: v for k, v in mine.items() if k not in sizes} == {k: v for k, v in shipped.items() if k not in sizes}
 
 
 def _check_preset(p: WorldPreset, where: object) -> None:
