@@ -194,3 +194,34 @@ def test_generate_command_refuses_empty_or_unnamed_work(tmp_path):
     with pytest.raises(UsageError, match="--vocab is required with --baseline alone"):
         generate.run(generate_args("--baseline", "--out", str(tmp_path / "ds"), "--plan-only"))
     assert not (tmp_path / "ds").exists()
+
+
+def test_mining_and_attribution_run_with_the_builds_fixed_thread_count(tmp_path, monkeypatch):
+    """The prepare stage mines and attributes with the preset's `render.threads`, whatever torch's count was before
+    (a launcher such as torchrun sets OMP_NUM_THREADS=1): CPU predictions and CLIP scores depend on it."""
+    import torch
+
+    import failmode.mining.attribution as attribution
+    import failmode.mining.mine as mine
+    from failmode.generation.build import build
+    from failmode.testing import tiny_build_preset
+
+    path = tiny_build_preset(tmp_path)
+    doc = json.loads(path.read_text())
+    doc.setdefault("render", {})["threads"] = 2
+    path.write_text(json.dumps(doc))
+    seen: list[tuple[str, int]] = []
+
+    def counting(name, real):
+        def call(*args, **kwargs):
+            seen.append((name, torch.get_num_threads()))
+            return real(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(mine, "mine_failures", counting("mine", mine.mine_failures))
+    monkeypatch.setattr(attribution, "attribute_failures", counting("attribute", attribution.attribute_failures))
+    torch.set_num_threads(1)
+    assert build(load_preset(str(path)), tmp_path / "out", work=tmp_path / "work", device="cpu",
+                 cache_dir=tmp_path / "cache", stage="prepare") is False
+    assert seen == [("mine", 2), ("attribute", 2)]
+    assert torch.get_num_threads() == 1  # restored after the stage

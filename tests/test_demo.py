@@ -307,6 +307,9 @@ def test_a_user_world_runs_end_to_end_with_both_budget_policies(tmp_path):
     assert budget["policies"] == ["top-k", "evidence-weighted"] and manifest["generation"]["budget"] == budget["policies"]
     top, weighted = budget["configs"][MODEL], budget["configs"][f"{MODEL}-evidence-weighted"]
     assert (top["policy"], weighted["policy"]) == ("top-k", "evidence-weighted")
+    descriptions = {c: spec["description"] for c, spec in manifest["configs"].items()}
+    assert "top contexts per class" in descriptions[MODEL]
+    assert "by the attributed seed failures" in descriptions[f"{MODEL}-evidence-weighted"]
     assert {y: sum(c.values()) for y, c in top["images"].items()} == {
         y: sum(c.values()) for y, c in weighted["images"].items()}
     assert "evidence-weighted" in (tmp_path / "run" / "dataset" / "README.md").read_text()

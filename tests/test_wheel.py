@@ -120,7 +120,9 @@ def test_wheel_installed_outside_the_repository_builds_evaluates_and_loads(tmp_p
     _run([str(failmode_cli), *build[1:]], work, env)
     _run([str(failmode_cli), *evaluate[1:]], work, env)
     results = (out / "evaluate" / "results.jsonl").read_text().splitlines()
-    assert len(results) == 7  # original, retrain, 3 debug configs, one lambda, one images-per-mode point
+    # original, retrain, 4 debug configs (the model's top-k config, its evidence-weighted sibling, random-context,
+    # class-only), one lambda, one images-per-mode point
+    assert len(results) == 8
     assert "Dataset fashion-scenes-debug v1.0.0" in (out / "dataset" / "README.md").read_text()  # citation.bib
     rows, same, named = _run([str(python), "-c", LOAD_SCRIPT, str(out / "dataset"), MODEL], work, env).split()[-3:]
     assert int(rows) > 0 and same == named == "True"

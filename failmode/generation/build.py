@@ -47,6 +47,7 @@ from failmode.generation.render import pipeline_ident
 from failmode.generation.run import DatasetInfo, all_shards_done, generate_dataset, save_plan
 from failmode.io import read_json, sha256_file, stable_hash, write_json
 from failmode.options import FeatureOptions, RenderOptions
+from failmode.runtime import fixed_threads
 from failmode.typed import to_json
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,15 @@ def model_stages(preset: Preset, work: Path, recipe: dict[str, float]) -> list[M
 
 def analyse(preset: Preset, stages: list[ModelStages], recipe: dict[str, float], *, device: str | None = None,
             cache_dir: str | os.PathLike[str] | None = None) -> None:
-    """Mine and attribute every model whose outputs are missing or stale (the prepare stage's first half)."""
+    """Mine and attribute every model whose outputs are missing or stale (the prepare stage's first half), with the
+    build's fixed CPU thread count (`render.threads`, as rendering and scoring: predictions and CLIP scores made on
+    the CPU depend on it, and a launcher such as torchrun sets its own)."""
+    with fixed_threads(preset.render.threads):
+        _analyse(preset, stages, recipe, device=device, cache_dir=cache_dir)
+
+
+def _analyse(preset: Preset, stages: list[ModelStages], recipe: dict[str, float], *, device: str | None,
+             cache_dir: str | os.PathLike[str] | None) -> None:
     from failmode.mining.attribution import attribute_failures
     from failmode.mining.mine import mine_failures
 
@@ -392,7 +401,8 @@ def _generate(preset: Preset, out: Path, rows: list[Any], sets: list[ModeSet], m
                                     "resolved_revision": clip_revision(preset.attribution.clip_model,
                                                                        preset.attribution.pretrained),
                                     **budget_record(sets, preset.generation)},
-                       mining={**to_json(d), "recipe": recipe, "models": [_mined(st) for st in stages]},
+                       mining={**to_json(d), "recipe": recipe, "threads": preset.render.threads,
+                               "models": [_mined(st) for st in stages]},
                        tags=preset.tags)
     done = generate_dataset(rows, out, gen, info, settings, kinds={s.config: s.kind for s in sets}, quality=scorer,
                             filters=preset.quality, mode=mode, coordinator=coordinator).finalized

@@ -17,7 +17,16 @@ from failmode.dataset.finalize import derived_files_current, resume
 from failmode.errors import FailmodeError, ValidationError
 from failmode.generation.coordinate import LOCK_NAME, Coordinator, finalize_lock
 from failmode.generation.environment import clip_revision, hub_revision
-from failmode.generation.plan import SEED_RULE, GenerationSettings, PlanRow, plan_path, read_plan, write_plan
+from failmode.generation.plan import (
+    EVIDENCE_WEIGHTED,
+    SEED_RULE,
+    TOP_K,
+    GenerationSettings,
+    PlanRow,
+    plan_path,
+    read_plan,
+    write_plan,
+)
 from failmode.generation.presets import QualitySection
 from failmode.generation.quality import QualityScorer
 from failmode.generation.shards import ShardRun, gen_stats_path, shard_current, shard_jobs
@@ -132,11 +141,13 @@ def make_manifest(rows: Sequence[PlanRow], root: str | os.PathLike[str], info: D
     the build's id, the device its shards were rendered on and the generator's resolved commit; `license` and
     `license_note` are the generator's (`ImageGenerator.license`)."""
     kinds = kinds or {}
+    budgets = info.attribution.get("budget", {}).get("configs", {})
     configs: dict[str, ConfigSpec] = {}
     for r in rows:
         kind = kinds.get(r.config, _kind_of(r.source_model))
+        policy = budgets.get(r.config, {}).get("policy", TOP_K)
         spec = configs.setdefault(r.config, ConfigSpec(kind=kind, splits={}, source_model=r.source_model,
-                                                       description=describe_config(kind, r.source_model)))
+                                                       description=describe_config(kind, r.source_model, policy)))
         spec.splits[r.split] = r.num_shards
     generation = {**settings.to_dict(), **render, "quality": quality_summary(rows, root),
                   "plan": plan_path("").as_posix(), "build": build, **rendered_on(rows, root)}
@@ -175,8 +186,12 @@ def rendered_on(rows: Sequence[PlanRow], root: str | os.PathLike[str]) -> dict[s
     return out
 
 
-def describe_config(kind: str, source_model: str) -> str:
-    """What a config of this kind is, in one sentence (the card's and manifest's config description)."""
+def describe_config(kind: str, source_model: str, policy: str = TOP_K) -> str:
+    """What a config of this kind and budget policy is, in one sentence (the card's and manifest's config
+    description)."""
+    if kind == "model" and policy == EVIDENCE_WEIGHTED:
+        return (f"The failure modes of {source_model}: each class's images spread over its vocabulary by the "
+                "attributed seed failures (the evidence-weighted budget).")
     return {
         "model": f"The failure modes of {source_model}: its top contexts per class, a few images each.",
         "collective": f"The failure modes of the {source_model.removeprefix('collective:')} family, counts pooled "
