@@ -322,24 +322,24 @@ def test_a_preset_with_colliding_names_or_numbers_out_of_range_is_refused_before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["preset.json"]  # nothing written: no plan, no work folder
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--batch-size", "100000"], "argument --batch-size: 100000 is out of range (1..1024)"),
-    (["--train-per-class", "1e308"], "argument --train-per-class: 1e308 is out of range (> 0 and <= 1e+06)"),
-    (["--device", "cuda:99"], "argument --device: cuda:99: not present on this machine (available here: HAVE)"),
-    (["--device", "nonsense"], "argument --device: 'nonsense' is not a device (available here: HAVE)"),
-    (["--device", "mps"], "argument --device: mps: not present on this machine (available here: HAVE)"),
+@pytest.mark.parametrize("flags, message", [
+    ("--batch-size 100000", "argument --batch-size: 100000 is out of range (1..1024)"),
+    ("--train-per-class 1e308", "argument --train-per-class: 1e308 is out of range (> 0 and <= 1e+06)"),
+    ("--device cuda:99", "argument --device: cuda:99: not present on this machine (available here: HAVE)"),
+    ("--device nonsense", "argument --device: 'nonsense' is not a device (available here: HAVE)"),
+    ("--device mps", "argument --device: mps: not present on this machine (available here: HAVE)"),
 ])
-def test_flags_out_of_range_and_absent_devices_are_one_usage_line(tmp_path: Path, capsys, argv, message) -> None:
+def test_flags_out_of_range_and_absent_devices_are_one_usage_line(tmp_path: Path, capsys, flags, message) -> None:
     """Before: a RuntimeError traceback after the data had loaded (devices), the allocator's failure (batch)."""
     import sys
 
     from failmode.runtime import available_devices
 
-    if sys.platform == "darwin" and "mps" in argv:
-        argv = ["--device", "cuda:99"]  # (mps is present on Apple silicon)
+    if sys.platform == "darwin" and flags == "--device mps":
+        flags = "--device cuda:99"  # (mps is present on Apple silicon)
         message = "argument --device: cuda:99: not present on this machine (available here: HAVE)"
     message = message.replace("HAVE", ", ".join(available_devices()))
-    code, err = _build_cli(tmp_path, _preset(tmp_path), capsys, *argv)
+    code, err = _build_cli(tmp_path, _preset(tmp_path), capsys, *flags.split())
     assert code == 2 and err == [f"failmode build: error: {message} (see 'failmode build --help')"], err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["preset.json"]
 

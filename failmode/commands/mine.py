@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import re
 
 HELP = "mine a classifier's failures on the debug split (seed / heldout halves)"
 DESCRIPTION = (
@@ -42,15 +41,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_bad_image_argument(p)
 
 
-def folder_name(model: str) -> str:
-    """A model name as a folder name ('hf-hub:timm/x' -> 'hf-hub-timm-x')."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", model).strip("-")
-
-
 def run(args: argparse.Namespace) -> int:
     """Mine each model in turn."""
     from pathlib import Path
 
+    from failmode.commands._common import folder_name
     from failmode.data.spec import with_labels
     from failmode.mining import mine_failures
     from failmode.models.classifier import known_model
