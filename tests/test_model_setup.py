@@ -90,6 +90,7 @@ def test_the_setup_opens_the_data_before_the_model_and_names_it_once(tmp_path):
     from failmode.vocab.classnames import class_names
 
     assert known_order(class_names("cifar10")) == "cifar10" and known_order(NAMES) is None
+    assert known_order(class_names("imagenet-1k")) == "imagenet-1k"  # an ImageNet model's own head fits it
     assert known_order(list(reversed(class_names("cifar10")))) is None  # cifar10's classes, another order
     head = tmp_path / "h.npz"
     assert [head_ident(None), head_ident("train")] == ["native", "train"]
