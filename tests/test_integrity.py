@@ -220,6 +220,7 @@ def test_nan_features_from_a_model_name_the_model_and_the_batch(tmp_path: Path) 
     from failmode.data.sources import ListSource
     from failmode.errors import FailmodeError
     from failmode.features import extract_features
+    from failmode.options import FeatureOptions
     from failmode.testing import synthetic_images, tiny_classifier
 
     images, labels = synthetic_images(12, size=32, seed=3, num_classes=4)
@@ -233,8 +234,8 @@ def test_nan_features_from_a_model_name_the_model_and_the_batch(tmp_path: Path) 
 
     with pytest.raises(FailmodeError, match=r"^tiny@1: the model gave NaN or infinite features in batch 1 "
                                             r"\(images 5\.\.9 of 12, first at source index 7\); nothing was cached"):
-        extract_features(tiny_classifier(num_classes=4), source, model_key="tiny@1", batch_size=5, device="cpu",
-                         cache_dir=tmp_path / "c", num_workers=0, transform=transform)
+        extract_features(tiny_classifier(num_classes=4), source, model_key="tiny@1", transform=transform,
+                         options=FeatureOptions(device="cpu", batch_size=5, num_workers=0), cache_dir=tmp_path / "c")
     assert not (tmp_path / "c").exists() or not list((tmp_path / "c").glob("*.npz"))
 
 
@@ -402,8 +403,8 @@ def test_the_documented_ranges_are_the_code_s() -> None:
 
     from failmode.evaluate.pipeline import HeadParams
     from failmode.generation.plan import GenerationSettings
-    from failmode.generation.presets import BaselineSection, DatasetSection, ModelSection, QualitySection
-    from failmode.options import FeatureOptions, RenderOptions
+    from failmode.generation.presets import BaselineSection, DatasetSection, QualitySection
+    from failmode.options import FeatureOptions, ModelSpec, RenderOptions, SplitSpec
 
     doc = (Path(__file__).parents[1] / "docs" / "settings.md").read_text()
     section = None
@@ -416,8 +417,8 @@ def test_the_documented_ranges_are_the_code_s() -> None:
         section = cls[1] if cls else section
         documented[section, m[2]] = m[3]
     assert len(documented) >= 15  # the table parses
-    classes = [GenerationSettings, BaselineSection, DatasetSection, ModelSection, QualitySection, RenderOptions,
-               FeatureOptions, HeadParams]
+    classes = [GenerationSettings, BaselineSection, DatasetSection, SplitSpec, ModelSpec, QualitySection,
+               RenderOptions, FeatureOptions, HeadParams]
     code = {(c.__name__, f.name): f.metadata["range"].describe() for c in classes for f in dataclasses.fields(c)
             if "range" in f.metadata}
     assert documented == code

@@ -222,7 +222,7 @@ def test_the_table_reads_as_written():
     assert places["errors"].rank == 0 and places["errors"].layer == "foundations"
     assert places["mining"].layer == places["generation"].layer == places["evaluate"].layer == "stages"
     assert places["mining"].rank < places["generation"].rank == places["evaluate"].rank  # "(both above mining)"
-    assert places["models"].rank < places["features"].rank and places["world"].rank < places["discovery"].rank
+    assert places["features"].rank < places["models"].rank and places["world"].rank < places["discovery"].rank
     assert places["dataset"].rank < places["commands"].rank < places["cli"].rank  # cli loads the commands
 
 

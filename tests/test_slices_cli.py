@@ -13,7 +13,7 @@ import torch
 
 from failmode.cli import main
 from failmode.errors import UsageError
-from failmode.options import FeatureOptions
+from failmode.options import FeatureOptions, ModelSpec, SplitSpec
 
 ARCH = "test_efficientnet"
 TOY_CLASSES = ["red thing", "blue thing"]
@@ -54,7 +54,7 @@ def coin_flip_head(net, data):
     from failmode.models.classifier import eval_transform
 
     feats = extract_features(net, open_source(str(data)), model_key="head-probe", transform=eval_transform(net),
-                             device="cpu", with_logits=False).features
+                             options=FeatureOptions(device="cpu"), with_logits=False).features
     w = np.random.default_rng(0).normal(size=feats.shape[1]).astype(np.float32)
     weight = np.stack([np.zeros_like(w), w])
     return {"weight": weight, "bias": np.array([0.0, -float(np.median(feats @ w))], np.float32)}
@@ -72,8 +72,8 @@ def mined(tmp_path_factory):
     net = timm.create_model(ARCH, pretrained=False)
     torch.save(net.state_dict(), root / "w.pth")
     np.savez(root / "head.npz", **coin_flip_head(net, root / "data"))
-    mine_failures(ARCH, str(root / "data"), out_dir=root / "run", weights=str(root / "w.pth"),
-                  head=str(root / "head.npz"), train_per_class=1, debug_per_class=0.5,
+    mine_failures(ModelSpec(ARCH, str(root / "w.pth"), str(root / "head.npz")),
+                  SplitSpec(str(root / "data"), train_per_class=1, debug_per_class=0.5), out_dir=root / "run",
                   extraction=FeatureOptions(device="cpu", batch_size=32, cache_dir=str(root / "cache")))
     vocabulary(root / "vocab.json", "toy", list(enumerate(TOY_CLASSES)),
                ["in a forest", "on a beach", "in the snow", "at night"], prompt_names={"blue thing": "azure object"})
@@ -234,4 +234,4 @@ def test_discover_refuses_a_class_list_that_does_not_fit(tmp_path, capsys):
     assert "class 0 is 'airplane'" in capsys.readouterr().err
     argv[argv.index("--dataset-classes") + 1] = "cifar10"
     assert main(argv) == 2  # 1000 ImageNet logits for 10 classes and no head
-    assert "1000 outputs but there are 10 classes" in capsys.readouterr().err
+    assert f"{ARCH} has 1000 classes but cifar10 has 10: give it a head" in capsys.readouterr().err  # mine's words

@@ -41,12 +41,12 @@ from failmode.generation.plan import (
     read_plan,
     seed_context_counts,
 )
-from failmode.generation.presets import ModelSection, Preset, QualitySection
+from failmode.generation.presets import Preset, QualitySection
 from failmode.generation.quality import ClipQuality, QualityScorer
 from failmode.generation.render import pipeline_ident
 from failmode.generation.run import DatasetInfo, all_shards_done, generate_dataset, save_plan
 from failmode.io import read_json, sha256_file, stable_hash, write_json
-from failmode.options import FeatureOptions, RenderOptions
+from failmode.options import FeatureOptions, ModelSpec, RenderOptions, SplitSpec
 from failmode.runtime import fixed_threads
 from failmode.typed import to_json
 
@@ -92,7 +92,7 @@ def make_quality(cfg: QualitySection, *, device: str | None = None) -> QualitySc
 class ModelStages:
     """Where one model's mining and attribution outputs go, and the fingerprints of the settings behind them."""
 
-    model: ModelSection
+    model: ModelSpec
     folder: Path
     mine: str
     attribute: str
@@ -126,7 +126,7 @@ class ModelStages:
 
 def model_stages(preset: Preset, work: Path, recipe: dict[str, float]) -> list[ModelStages]:
     """Per model: its folder under `work` and the fingerprints of its mining and attribution settings."""
-    from failmode.mining.mine import model_key
+    from failmode.models.setup import model_key
 
     d, a = preset.dataset, preset.attribution
     out = []
@@ -160,11 +160,9 @@ def _analyse(preset: Preset, stages: list[ModelStages], recipe: dict[str, float]
         done = st.done()
         if not done["mine"]:
             log.info("%s: mining (%s)", st.model.id, "settings changed" if st.failures.exists() else "new")
-            mine_failures(st.model.id, d.spec, out_dir=st.folder, weights=st.model.weights, head=st.model.head,
-                          image_size=st.model.image_size, crop_pct=st.model.crop_pct,
-                          split=d.split, train_split=d.train_split, split_seed=d.split_seed,
-                          extraction=FeatureOptions(device=device, cache_dir=None if cache_dir is None else str(cache_dir)),
-                          **recipe)
+            mine_failures(st.model, SplitSpec(d.spec, d.split, d.train_split, split_seed=d.split_seed, **recipe),
+                          out_dir=st.folder,
+                          extraction=FeatureOptions(device=device, cache_dir=None if cache_dir is None else str(cache_dir)))
             st.stamp(mine=st.mine)
         if not done["attribute"]:
             log.info("%s: attributing (%s)", st.model.id, "settings changed" if st.modes.exists() else "new")
