@@ -260,7 +260,7 @@ def write_debug_dataset(root: str | Path, *, class_names: list[str] | None = Non
         build_plan,
         random_context_modes,
     )
-    from failmode.generation.run import DatasetInfo, generate_dataset
+    from failmode.generation.run import DatasetInfo, RunOptions, generate_dataset
 
     names = class_names or CIFAR10_CLASSES
     contexts = ("in a desert", "on snow", "in a cave")
@@ -282,8 +282,8 @@ def write_debug_dataset(root: str | Path, *, class_names: list[str] | None = Non
                       baseline_images_per_class=baseline_images_per_class)
     info = DatasetInfo(name="tiny-debug", version="1.0.0", class_names=list(names), source_dataset="uoft-cs/cifar10",
                        tags=["tiny"])
-    generate_dataset(rows, root, SeedColorGenerator(), info, settings, kinds={s.config: s.kind for s in sets},
-                     encode_workers=2)
+    generate_dataset(rows, root, SeedColorGenerator(), info, settings, roles={s.config: s.role for s in sets},
+                     options=RunOptions(encode_workers=2))
     return Path(root)
 
 

@@ -186,8 +186,8 @@ def test_generate_command_refuses_empty_or_unnamed_work(tmp_path):
 
     with pytest.raises(UsageError, match="nothing to generate"):
         generate.run(generate_args("--out", str(tmp_path / "ds")))
-    for bad, message in ((["--version", "banana"], "not semver"), (["--shard-index", "3", "--num-shards", "2"],
-                                                                      "invalid worker slot")):
+    for bad, message in ((["--version", "banana"], "not semver"), (["--task-index", "3", "--num-tasks", "2"],
+                                                                      "invalid task slot")):
         with pytest.raises(UsageError, match=message):  # before the pipeline loads or anything renders
             generate.run(generate_args("--baseline", "--vocab", "cifar10", "--out", str(tmp_path / "ds"),
                                        "--generator", str(tmp_path / "no-pipeline"), *bad))
@@ -204,6 +204,7 @@ def test_mining_and_attribution_run_with_the_builds_fixed_thread_count(tmp_path,
     import failmode.mining.attribution as attribution
     import failmode.mining.mine as mine
     from failmode.generation.build import build
+    from failmode.generation.run import RunOptions
     from failmode.testing import tiny_build_preset
 
     path = tiny_build_preset(tmp_path)
@@ -221,7 +222,7 @@ def test_mining_and_attribution_run_with_the_builds_fixed_thread_count(tmp_path,
     monkeypatch.setattr(mine, "mine_failures", counting("mine", mine.mine_failures))
     monkeypatch.setattr(attribution, "attribute_failures", counting("attribute", attribution.attribute_failures))
     torch.set_num_threads(1)
-    assert build(load_preset(str(path)), tmp_path / "out", work=tmp_path / "work", device="cpu",
-                 cache_dir=tmp_path / "cache", stage="prepare") is False
+    assert build(load_preset(str(path)), tmp_path / "out", work=tmp_path / "work", cache_dir=tmp_path / "cache",
+                 options=RunOptions(device="cpu", stage="prepare")) is False
     assert seen == [("mine", 2), ("attribute", 2)]
     assert torch.get_num_threads() == 1  # restored after the stage
