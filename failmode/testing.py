@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from failmode.backends import ImageGenerator
+from failmode.backends import GENERATORS, ImageGenerator
 from failmode.dataset.finalize import finalize
 from failmode.dataset.manifest import ConfigSpec, Manifest
 from failmode.dataset.sample import DebugSample
@@ -246,6 +246,11 @@ class SeedColorGenerator(ImageGenerator):
     def generate(self, requests: Any) -> list[Image.Image]:
         """One solid `size` x `size` RGB image per request."""
         return [Image.new("RGB", (self.size, self.size), tuple(r.seed.to_bytes(8, "big")[:3])) for r in requests]
+
+
+#: the seed-colour generator under a registered name, as a preset or `failmode generate --generator` names it
+SEED_COLOR = "seed-color"
+GENERATORS.register(SEED_COLOR)(SeedColorGenerator)
 
 
 def write_debug_dataset(root: str | Path, *, class_names: list[str] | None = None, images_per_mode: int = 8,

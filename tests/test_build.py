@@ -226,3 +226,48 @@ def test_mining_and_attribution_run_with_the_builds_fixed_thread_count(tmp_path,
                  options=RunOptions(device="cpu", stage="prepare")) is False
     assert seen == [("mine", 2), ("attribute", 2)]
     assert torch.get_num_threads() == 1  # restored after the stage
+
+
+def _files(root) -> dict[str, str]:
+    """sha256 of every file under the shard folders and generation/ of a dataset folder, by relative path."""
+    from failmode.io import sha256_file
+
+    return {p.relative_to(root).as_posix(): sha256_file(p) for base in ("data", "wds", "generation")
+            for p in sorted((root / base).rglob("*")) if p.is_file()}
+
+
+def test_a_registered_generator_gives_the_same_shards_through_generate_and_build(tmp_path, caplog):
+    """`failmode generate` resolves a preset's generator as `failmode build` does (one function): a registered name
+    (the seed-colour generator of failmode.testing) is that backend in both, never a diffusers model looked up on the
+    Hub, and the same settings give byte-identical shards (parquet, tar, markers), plan and generation stats. The old
+    flag names still work and log one line naming the new one."""
+    import logging
+
+    from failmode.cli import main
+    from failmode.testing import SEED_COLOR, SeedColorGenerator, tiny_build_preset
+
+    path = tiny_build_preset(tmp_path)
+    doc = json.loads(path.read_text())
+    doc["generation"]["generator"] = SEED_COLOR
+    doc["baseline"]["random_context"] = False  # a control `failmode generate` does not make
+    path.write_text(json.dumps(doc))
+    built, generated, work = tmp_path / "built", tmp_path / "generated", tmp_path / "work"
+    assert main(["build", str(path), "--out", str(built), "--work", str(work), "--cache-dir", str(tmp_path / "cache"),
+                 "--device", "cpu", "--write", "overwrite", "--task-index", "0", "--num-tasks", "1"]) == 0
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="failmode.commands"):
+        assert main(["generate", "--preset", str(path), "--modes", str(work / "models/test_efficientnet/modes.json"),
+                     "--collective", "tiny", "--baseline", "--baseline-images", "1", "--out", str(generated),
+                     "--name", "cifar10-bg-debug", "--version", "1.0.0", "--device", "cpu",
+                     "--mode", "overwrite", "--shard-index", "0", "--num-shards", "1"]) == 0
+    renamed = [r.getMessage() for r in caplog.records if r.name == "failmode.commands"]
+    assert renamed == [f"{old} is renamed {new}; the old name is accepted for one more release" for old, new in
+                       (("--mode", "--write"), ("--shard-index", "--task-index"), ("--num-shards", "--num-tasks"))]
+    for root in (built, generated):
+        manifest = Manifest.load(root)
+        assert sorted(manifest.configs) == ["baseline", "collective-tiny", "test_efficientnet"]
+        assert (manifest.generator["id"], manifest.generator["ident"]) == (SEED_COLOR, SeedColorGenerator.ident)
+        assert manifest.generator["resolved_revision"] == "registered"
+    files = _files(built)
+    assert any(f.endswith(".tar") for f in files) and any(f.endswith("_stats.json") for f in files)
+    assert files == _files(generated)
