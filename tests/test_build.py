@@ -271,3 +271,26 @@ def test_a_registered_generator_gives_the_same_shards_through_generate_and_build
     files = _files(built)
     assert any(f.endswith(".tar") for f in files) and any(f.endswith("_stats.json") for f in files)
     assert files == _files(generated)
+
+
+def test_generate_sections_are_typed_once_from_the_preset_and_the_overrides():
+    """`failmode generate` merges a preset's generation / render / quality sections with its flags once, into the typed
+    objects `GenerateJob` holds (checked as a preset's sections are)."""
+    import dataclasses
+
+    from failmode.generation.build import generate_sections
+    from failmode.generation.plan import GenerationSettings
+    from failmode.generation.presets import QualitySection
+    from failmode.options import RenderOptions
+
+    preset = load_preset("fashion-scenes-debug")
+    settings, render, quality, image_format = generate_sections("fashion-scenes-debug", {"steps": 3},
+                                                                {"batch_size": 2}, {"reserve": 0})
+    assert settings == dataclasses.replace(preset.generation, steps=3)
+    assert render == dataclasses.replace(preset.render, batch_size=2)
+    assert quality == dataclasses.replace(preset.quality, reserve=0) and image_format == "png"
+    assert generate_sections(None, {}, {}, {}) == (GenerationSettings(), RenderOptions(), QualitySection(), "png")
+    with pytest.raises(ValidationError, match="quality settings: unknown key 'colour'"):
+        generate_sections(None, {}, {}, {"colour": 1})
+    with pytest.raises(ValidationError, match=r"generation settings.steps: 0 is out of range"):
+        generate_sections("fashion-scenes-debug", {"steps": 0}, {}, {})

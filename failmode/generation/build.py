@@ -97,10 +97,10 @@ def make_quality(cfg: QualitySection, *, device: str | None = None) -> QualitySc
     """The CLIP quality filter of a preset's `quality` section, or None when disabled."""
     if not cfg.enabled:
         return None
-    from failmode.generation.render import worker_device
+    from failmode.generation.render import process_device
     from failmode.models.clip import create_clip
 
-    dev = worker_device(device)
+    dev = process_device(device)
     clip = create_clip(cfg.clip_model, cfg.pretrained, device=dev)
     return ClipQuality(clip, cfg.min_class_score, cfg.min_context_score, device=dev)
 
@@ -553,6 +553,7 @@ def generate(job: GenerateJob) -> bool:
                                     **budget_record(sets, settings)})
     coordinator = None
     if run.task[1] > 1:  # several tasks: one saves the plan (and clears an overwritten build), the others wait
+        # the prepare marker's key ("mode": the write policy's key as markers already written spell it)
         key = stable_hash({"rows": [to_json(r) for r in rows], "out": str(out.resolve()), "mode": run.write}, n=16)
         coordinator = Coordinator(run.task, out.parent / f"{out.name}.work", key, wait_timeout_s=run.wait_timeout_s,
                                   group=Group.join(run.wait_timeout_s))
