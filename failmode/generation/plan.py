@@ -318,8 +318,8 @@ def random_context_modes(mode_sets: Sequence[ModeSet], vocabulary: Any, class_na
         kept = [(c, m) for c, m in zip(contexts, counts, strict=True) if m > 0]
         classes.append(ClassModes(label, class_names[label], entry.prompt_name, tuple(c for c, _ in kept),
                                   tuple(m for _, m in kept)))
-    kind = models[0].context_kind if models else "background"
-    return ModeSet(config, RANDOM_CONTEXT, RANDOM_CONTEXT, kind, tuple(classes))
+    context_kind = models[0].context_kind if models else "background"
+    return ModeSet(config, RANDOM_CONTEXT, RANDOM_CONTEXT, context_kind, tuple(classes))
 
 
 def build_plan(mode_sets: Iterable[ModeSet], settings: GenerationSettings, *, generator_id: str,
