@@ -19,7 +19,7 @@ def add_write_argument(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> 
     p.add_argument("--write", choices=choices, default="incremental",
                    help="incremental (default): keep the shards already written for this plan and render only the "
                         "missing ones (a rerun resumes); overwrite: delete the folder's previous build (shards, "
-                        "manifest, card) and render everything again")
+                        "manifest, card) and render everything again (old name: --mode, accepted for one release)")
     add_renamed(p, "--mode", "--write", dest="write", choices=choices)
 
 
@@ -27,8 +27,9 @@ def add_task_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> 
     """--task-index / --num-tasks: this process's task of a job array (--shard-index / --num-shards, their old
     names, are kept for one release)."""
     p.add_argument("--task-index", dest="task", type=int, metavar="I",
-                   help="this task of the job array, 0..N-1 (e.g. $SLURM_ARRAY_TASK_ID)")
-    p.add_argument("--num-tasks", dest="tasks", type=int, metavar="N", help="number of tasks of the job array")
+                   help="this task of the job array, 0..N-1 (e.g. $SLURM_ARRAY_TASK_ID; old name: --shard-index)")
+    p.add_argument("--num-tasks", dest="tasks", type=int, metavar="N",
+                   help="number of tasks of the job array (old name: --num-shards)")
     add_renamed(p, "--shard-index", "--task-index", dest="task", type=int)
     add_renamed(p, "--num-shards", "--num-tasks", dest="tasks", type=int)
 
