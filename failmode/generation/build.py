@@ -257,44 +257,43 @@ def seed_counts(stages: list[ModelStages], vocab: Any, settings: GenerationSetti
             for st in stages}
 
 
-def mode_sets_from_files(modes_files: list[tuple[str, str]], *, k: int, vocab: str | None = None,
-                         kind: str | None = None, collective: str | None = None, baseline: bool = False,
-                         settings: GenerationSettings | None = None) -> tuple[Any, str, list[ModeSet]]:
-    """(vocabulary, kind, mode sets) from `(modes.json path, config name or "")` pairs, as `failmode generate` takes.
+def mode_sets_from_files(inputs: GenerateInputs, settings: GenerationSettings) -> tuple[Any, str, list[ModeSet]]:
+    """(vocabulary, vocabulary kind, mode sets) of what `failmode generate` plans: its modes files, `(modes.json path,
+    config name or "")` pairs, with the top `settings.k` contexts of each class.
 
     The vocabulary defaults to the one the first modes file was attributed with; each file gives one config per
     budget policy of `settings` (the evidence-weighted one counts the seed failures of the attributions.parquet
-    beside the modes file); `collective` adds one config pooling every file's modes; `baseline` adds the class-only
-    config.
+    beside the modes file); a collective family adds one config pooling every file's modes; the baseline adds the
+    class-only config.
     """
     from failmode.vocab import load_vocabulary
 
-    loaded = [(read_json(f), name, f) for f, name in modes_files]
+    k = settings.k
+    loaded = [(read_json(f), name, f) for f, name in inputs.modes]
     sets = [modes_from_json(d, config=name or None, k=k, where=str(f)) for d, name, f in loaded]
     first = loaded[0][0].get("vocabulary") or {} if loaded else {}
-    vocab_name = vocab or first.get("dataset")
+    vocab_name = inputs.vocab or first.get("dataset")
     if not vocab_name:
         raise UsageError("--vocab is required with --baseline alone (it names the classes)")
-    kind = kind or first.get("kind") or "background"
+    kind = inputs.kind or first.get("kind") or "background"
     vocabulary = load_vocabulary(vocab_name, kind)
     for ms, (_, _, f) in zip(sets, loaded, strict=True):
         check_mode_set(ms, vocabulary, str(f))
-    if settings is not None:
-        counts = {}
-        if EVIDENCE_WEIGHTED in settings.budget:
-            from failmode.mining.tables import read_table
+    counts = {}
+    if EVIDENCE_WEIGHTED in settings.budget:
+        from failmode.mining.tables import read_table
 
-            for ms, (_, _, f) in zip(sets, loaded, strict=True):
-                table = Path(f).parent / "attributions.parquet"
-                if not table.is_file():
-                    raise UsageError(f"budget policy {EVIDENCE_WEIGHTED!r} needs {table} (written by failmode "
-                                     f"attribute beside {f})")
-                counts[ms.source_model] = seed_context_counts(read_table(table)[0], vocabulary)
-        sets = budget_mode_sets(sets, settings, vocabulary, counts)
-    if collective:
-        sets.append(merge_modes([d for d, _, _ in loaded], config=config_slug(f"collective-{collective}"),
-                                family=collective, k=k))
-    if baseline:
+        for ms, (_, _, f) in zip(sets, loaded, strict=True):
+            table = Path(f).parent / "attributions.parquet"
+            if not table.is_file():
+                raise UsageError(f"budget policy {EVIDENCE_WEIGHTED!r} needs {table} (written by failmode "
+                                 f"attribute beside {f})")
+            counts[ms.source_model] = seed_context_counts(read_table(table)[0], vocabulary)
+    sets = budget_mode_sets(sets, settings, vocabulary, counts)
+    if inputs.collective:
+        sets.append(merge_modes([d for d, _, _ in loaded], config=config_slug(f"collective-{inputs.collective}"),
+                                family=inputs.collective, k=k))
+    if inputs.baseline:
         sets.append(baseline_modes(vocabulary.label_names(), [c.prompt_name for c in vocabulary.classes]))
     check_distinct({f"{ms.source_model!r} ({f})": ms.config for ms, (_, _, f) in zip(sets, loaded, strict=False)}
                    | {repr(ms.source_model): ms.config for ms in sets[len(loaded):]}, "generate")
@@ -532,9 +531,7 @@ def generate(job: GenerateJob) -> bool:
         raise UsageError(f"--version {job.version!r} is not semver (MAJOR.MINOR.PATCH, e.g. 1.0.0)")
     if run.stage not in ("all", "prepare"):
         raise UsageError(f"failmode generate runs stage all or prepare (the plan only), not {run.stage!r}")
-    vocab, kind, sets = mode_sets_from_files(list(inputs.modes), k=job.settings.k, vocab=inputs.vocab,
-                                             kind=inputs.kind, collective=inputs.collective,
-                                             baseline=inputs.baseline, settings=job.settings)
+    vocab, kind, sets = mode_sets_from_files(inputs, job.settings)
     settings = with_vocabulary_template(job.settings, kind, vocab)
     choice = resolve_generator(settings, job.render,
                                BackendContext(device=run.device, kind=kind, dataset=_modes_dataset(inputs.modes)))
