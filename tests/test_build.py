@@ -294,3 +294,25 @@ def test_generate_sections_are_typed_once_from_the_preset_and_the_overrides():
         generate_sections(None, {}, {}, {"colour": 1})
     with pytest.raises(ValidationError, match=r"generation settings.steps: 0 is out of range"):
         generate_sections("fashion-scenes-debug", {"steps": 0}, {}, {})
+
+
+@pytest.mark.parametrize("command,required", [("build", ["preset"]), ("generate", ["--out", "ds"])])
+def test_old_flag_names_set_the_new_flags_and_log_their_new_name(command, required, caplog):
+    import logging
+
+    from failmode.cli import build_parser
+    from failmode.commands._common import log_renamed
+
+    parser = build_parser()._subparsers._group_actions[0].choices[command]
+    new = parser.parse_args([*required, "--write", "overwrite", "--task-index", "1", "--num-tasks", "2"])
+    old = parser.parse_args([*required, "--mode", "overwrite", "--shard-index", "1", "--num-shards", "2"])
+    assert (old.write, old.task, old.tasks) == (new.write, new.task, new.tasks) == ("overwrite", 1, 2)
+    assert parser.parse_args(required).write == "incremental"
+    with caplog.at_level(logging.WARNING, logger="failmode.commands"):
+        log_renamed(new)
+        assert caplog.records == []
+        log_renamed(old)
+    assert [r.getMessage().split(";")[0] for r in caplog.records] == [
+        "--mode is renamed --write", "--shard-index is renamed --task-index", "--num-shards is renamed --num-tasks"]
+    text = " ".join(parser.format_help().split())
+    assert "[--mode {" not in text and "old name: --mode" in text  # hidden from the usage, named in --write's help
