@@ -7,6 +7,7 @@ ones and say so in their `ident`, which every output records.
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -125,7 +126,7 @@ class BackendContext:
     device: str | None = None
     kind: str = "background"
     dataset: str | None = None
-    cache_dir: str | None = None
+    cache_dir: str | os.PathLike[str] | None = None
 
 
 def construct(registry: Registry[Any], name: str, options: dict[str, Any] | None = None,
