@@ -59,7 +59,7 @@ def test_build_help_names_every_shipped_preset_and_the_mode():
     assert all(name in build.description for name in list_presets()) and "fashion-scenes-debug" in build.description
     for command in ("build", "generate"):
         parser = build_parser()._subparsers._group_actions[0].choices[command]
-        mode = next(a for a in parser._actions if "--mode" in a.option_strings)
+        mode = next(a for a in parser._actions if "--write" in a.option_strings)
         assert mode.help.startswith("incremental (default): keep the shards already written")
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from failmode.backends import Attributor
+from failmode.backends import Attributor, BackendContext
 from failmode.data.sources import ImageSource
 from failmode.errors import ValidationError
 from failmode.io import read_json, stable_hash
@@ -49,6 +49,12 @@ class ClipAttributor(Attributor):
     (`decode`: "cpu" workers, "hybrid" worker decode + device resize, or "gpu" nvJPEG; "auto": hybrid on CUDA, else
     cpu), with bf16 autocast and channels_last on CUDA; the decoder is part of the embedding cache key.
     """
+
+    @classmethod
+    def from_context(cls, context: BackendContext, **options: Any) -> ClipAttributor:
+        """CLIP with `options`, prompted for the run's vocabulary kind, on its device (unless `options` set them)."""
+        taken = {"kind": context.kind, "device": context.device}
+        return cls(**{**{k: v for k, v in taken.items() if v is not None}, **options})
 
     def __init__(self, model: str = "ViT-B-32", pretrained: str | None = "openai", *, clip: Any | None = None,
                  templates: str | os.PathLike[str] | Sequence[str] | None = None, kind: str = "background",

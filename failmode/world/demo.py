@@ -191,6 +191,7 @@ def run_demo(out: str | Path, config: DemoConfig | None = None) -> dict[str, Any
     from failmode.evaluate.suite import recorded_policy_configs, run_suite
     from failmode.generation.build import build
     from failmode.generation.presets import load_preset
+    from failmode.generation.run import RunOptions
     from failmode.options import FeatureOptions, SplitSpec
     from failmode.world import build_world
     from failmode.world.export import export_world
@@ -217,7 +218,7 @@ def run_demo(out: str | Path, config: DemoConfig | None = None) -> dict[str, Any
             write_bytes_atomic(paths.out / "commands.sh", ("\n".join(lines) + "\n").encode())
             log.info("the same numbers, as commands (after this world export):\n  %s", "\n  ".join(lines))
         with _stage(timings, "build", progress):
-            build(preset, paths.dataset, work=paths.work, cache_dir=paths.cache, device="cpu")
+            build(preset, paths.dataset, work=paths.work, cache_dir=paths.cache, options=RunOptions(device="cpu"))
         with _stage(timings, "evaluate", progress):
             # the recipe, splits and budget-policy siblings the build recorded, as the command does
             spec = recorded_policy_configs(recorded_splits(spec))
