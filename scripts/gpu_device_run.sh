@@ -12,7 +12,7 @@ py=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:-.}
 site=$(mktemp -d)
 if [ -d bench-wheels ]; then  # the pure-Python packages the device lacks, installed beside the tree (no network)
-  "$py" -m pip install -q --no-deps --no-index --target "$site" bench-wheels/*.whl 2>&1 | tail -3
+  "$py" -m pip install -q --no-deps --no-index --no-compile --no-cache-dir --target "$site" bench-wheels/*.whl 2>&1 | tail -3
   export PYTHONPATH=$PYTHONPATH:$site
 fi
 part() {  # part NAME SECONDS JSONFILE ARGS...
