@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from failmode.vocab import Vocabulary
@@ -54,6 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--decode-only", action="store_true", help="time decoding to uint8 crops only (no model)")
     p.add_argument("--text-only", action="store_true",
                    help="time the context prompts of --classes x --contexts alone: one class at a time vs together")
+    p.add_argument("--model-only-batches", type=int, default=0,
+                   help="also time encode_image alone on this many resident batches (the ratio's denominator)")
     p.add_argument("--images", help="use this existing ImageFolder instead of writing JPEGs")
     return p.parse_args(argv)
 
@@ -83,6 +85,28 @@ def time_calls(obj: object, method: str) -> list[float]:
 
     setattr(obj, method, timed)
     return seconds
+
+
+def model_only(att: Any, args: argparse.Namespace, device: Any) -> dict[str, Any]:
+    """encode_image's throughput on one batch already on the device, as the attributor runs it (dtype, layout)."""
+    import torch
+
+    from failmode.runtime import autocast
+
+    size = att.prep.size
+    x = torch.randn(args.batch_size, 3, size, size, device=device)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    with torch.inference_mode(), autocast(device, att.dtype):
+        att.model.encode_image(x)
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(args.model_only_batches):
+            att.model.encode_image(x)
+        sync()
+    rate = args.model_only_batches * args.batch_size / (time.perf_counter() - t0)
+    return {"model_only_images_per_s": round(rate, 1)}
 
 
 def bench_text(args: argparse.Namespace, device: object) -> int:
@@ -172,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         "decode": args.decode, "draft": not args.no_draft, "precision": args.precision,
         "torch_threads": torch.get_num_threads(), "seconds": round(dt, 3), "images_per_s": round(n / dt, 1),
     }
+    if args.model_only_batches:  # the image tower alone on a resident batch: the ceiling for the end-to-end figure
+        result.update(model_only(att, args, device))
     if image_seconds:  # the image side alone (decode + image tower), without the per-class text prompts
         result["image_seconds"] = round(sum(image_seconds), 3)
         result["image_images_per_s"] = round(n / sum(image_seconds), 1)
