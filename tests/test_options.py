@@ -25,13 +25,15 @@ def test_clip_flags_become_the_clip_factory_options_with_the_image_side_of_the_f
     opts = AttributionOptions.from_args(args)
     assert opts == AttributionOptions("clip", "RN50", None, {"templates": "t.json", "draft": False})
     assert opts.factory_options(FeatureOptions.from_args(args)) == {
-        "model": "RN50", "pretrained": None, "templates": "t.json", "draft": False, "device": "cpu",
-        "batch_size": 32, "num_workers": 2, "precision": "auto", "decode": "auto"}
-    # unset loader flags are left to the attributor's own defaults; --attributor-option wins over a flag
-    bare = AttributionOptions.from_args(parse(["--attributor-option", "model=ViT-L-14"],
+        "model": "RN50", "pretrained": None, "templates": "t.json", "draft": False,
+        "features": FeatureOptions(device="cpu", batch_size=32, num_workers=2)}
+    # --attributor-option wins over a flag, a loader field included
+    bare = AttributionOptions.from_args(parse(["--attributor-option", "model=ViT-L-14", "--option", "batch_size=8"],
                                               AttributionOptions.add_arguments))
-    assert bare.factory_options(FeatureOptions()) == {"model": "ViT-L-14", "pretrained": "openai",
-                                                       "precision": "auto", "decode": "auto"}
+    assert bare.factory_options(FeatureOptions(device="cpu", batch_size=32)) == {
+        "model": "ViT-L-14", "pretrained": "openai", "features": FeatureOptions(device="cpu", batch_size=8)}
+    assert bare.factory_options() == {"model": "ViT-L-14", "pretrained": "openai",
+                                      "features": FeatureOptions(batch_size=8)}
 
 
 def test_another_attributor_gets_only_its_own_options():

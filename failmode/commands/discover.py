@@ -90,7 +90,7 @@ def _real_setup(args: argparse.Namespace) -> Any:
     names, label_names = dataset_classes(spec)
     check_class_names(vocabularies, names)
     labels = pick_labels(args.classes, names, vocabularies)
-    classifier = TimmClassifier(args.model, None if args.weights == "none" else args.weights, head=args.head,
+    classifier = TimmClassifier(args.model, args.weights, head=args.head,
                                 image_size=args.image_size, num_classes=len(names),
                                 extraction=FeatureOptions(device=args.device, cache_dir=str(cache_dir(args))))
     attributor = attributor_from_args(args, vocabularies[0].kind)

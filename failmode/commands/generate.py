@@ -84,15 +84,17 @@ def _given(args: argparse.Namespace, keys: tuple[str, ...]) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     """Parse the arguments into a `GenerateJob` and run it (plan, render this worker's shards, finalize)."""
     from failmode.generation.build import GenerateJob, generate
+    from failmode.options import weights_or_none
     from failmode.runtime import configure_cpu_threads
 
     configure_cpu_threads()
     quality: dict[str, Any] = {}
     if args.quality_threshold is not None:
         quality.update(enabled=True, min_class_score=args.quality_threshold)
-    quality.update({k: v for k, v in (("clip_model", args.clip_model), ("pretrained", args.clip_pretrained)) if v})
-    if args.clip_pretrained == "none":  # the command line's word for random weights (null in a preset)
-        quality["pretrained"] = None
+    if args.clip_model:
+        quality["clip_model"] = args.clip_model
+    if args.clip_pretrained:
+        quality["pretrained"] = weights_or_none(args.clip_pretrained)  # none: random weights (null in a preset)
     if args.reserve is not None:
         quality["reserve"] = args.reserve
     job = GenerateJob(

@@ -24,7 +24,7 @@ class Classifier(Protocol):
 
 
 class FeatureHeadClassifier:
-    """A frozen feature extractor (timm model) and a head on its features (`failmode.mining.heads` forms)."""
+    """A frozen feature extractor (timm model) and a head on its features (`failmode.head.apply_head` forms)."""
 
     def __init__(self, model: Any, head: Any, *, model_key: str, transform: Callable[[Any], Any] | None = None,
                  num_classes: int, cache_dir: str | Path | None = None, device: str | None = None,
@@ -45,7 +45,7 @@ class FeatureHeadClassifier:
 
     def predict(self, source: ImageSource, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         """Predicted labels [N]."""
-        from failmode.mining.heads import apply_head
+        from failmode.head import apply_head
 
         preds, _ = apply_head(self.head, self.features(source, indices), self.num_classes)
         return np.asarray(preds, dtype=np.int64)
@@ -70,7 +70,7 @@ class TimmClassifier:
                  num_classes: int | None = None) -> None:
         from failmode.errors import UsageError
         from failmode.features import FeatureExtractor
-        from failmode.linear import LinearHead
+        from failmode.head import LinearHead
         from failmode.mining.mine import model_key
         from failmode.models.classifier import create_classifier, eval_preprocess
 

@@ -13,10 +13,10 @@ from failmode.data.sources import BadImages, ImageSource, check_disjoint_splits,
 from failmode.data.spec import parse_spec
 from failmode.data.splits import Splits, make_splits, resolve_recipe
 from failmode.errors import UsageError, ValidationError
+from failmode.head import DATASET_HEAD_RECIPE, HEAD_FILE, LinearHead, train_dataset_head
 from failmode.io import write_json
 from failmode.mining.failures import failures_from_predictions, predict, write_failures, write_predictions
-from failmode.mining.heads import HEAD_FILE
-from failmode.options import FeatureOptions
+from failmode.options import FeatureOptions, weights_or_none
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def model_key(model: str, weights: str | None) -> str:
     if weights and os.path.isfile(weights):
         st = os.stat(weights)
         weights = f"file:{os.path.abspath(weights)}:{st.st_size}:{st.st_mtime_ns}"
-    if weights in (None, "none"):
+    if weights_or_none(weights) is None:
         weights = "random-init-seed0"  # create_classifier's seeded random init
     return f"{model}@{weights}"
 
@@ -59,14 +59,9 @@ def split_sources(dataset: str, split: str | None, train_split: str | None,
 def _resolve_head(head: Any, train: ImageSource | None, train_idx: np.ndarray, out: Path, record: dict[str, Any],
                   features: Any) -> tuple[Any, str]:
     """(head object or None, description recorded in the outputs); a trained head is saved as out/head.safetensors."""
-    from failmode.linear import LinearHead
-    from failmode.mining.heads import HEAD_FILE
-
     if head is None:
         return None, "native"
     if isinstance(head, (str, os.PathLike)) and str(head) == "train":
-        from failmode.head import DATASET_HEAD_RECIPE, train_dataset_head
-
         assert train is not None
         feats = features(train, train_idx, "train features")
         fitted = train_dataset_head(feats.features, feats.labels, len(train.class_names),
@@ -124,7 +119,7 @@ def mine_failures(
     predictions.npz and mining.json. The model's own logits are used when its classes are the dataset's;
     otherwise `head` is required: a head file, "train" (fit on the train split with
     `failmode.head.train_dataset_head` and saved as out_dir/head.safetensors, with what it was trained on), or a
-    head object (see `failmode.mining.heads`). `extraction` says how images become features (device, batch,
+    head object (see `failmode.head.apply_head`). `extraction` says how images become features (device, batch,
     precision, workers, decoder; cached under its cache_dir/features, default `default_cache_dir()`). Inputs are
     checked (recipe, splits) before the model is loaded. An image that cannot be decoded
     stops the run with one line naming it; `on_bad_image="skip"` leaves such images out instead (train and debug
