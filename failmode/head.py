@@ -173,6 +173,7 @@ class HeadParams:
     precision: str = "auto"
 
     def __post_init__(self) -> None:
+        """Checked here, before any model or feature is loaded (one line naming the value)."""
         if self.init not in ("model", "random"):
             raise UsageError(f"head init must be 'model' or 'random', got {self.init!r}")
         if not (math.isfinite(self.lam) and self.lam >= 0):

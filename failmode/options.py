@@ -233,11 +233,14 @@ class RenderOptions:
             SCHEDULERS.get(self.scheduler)  # one line listing the known schedulers
 
     @staticmethod
-    def add_arguments(p: argparse.ArgumentParser | Any, precision_flag: str = "--precision") -> None:
-        """--precision (named `precision_flag` where a command has another --precision), --batch-size, --compile,
-        --no-channels-last, --fuse-qkv, --safety-checker, --threads; a flag not given leaves the base options' value."""
-        p.add_argument(precision_flag, dest="render_precision", choices=PRECISION_CHOICES,
-                       help="generator precision (default: the preset's, else auto: fp16 on CUDA, fp32 on CPU)")
+    def add_arguments(p: argparse.ArgumentParser | Any, *aliases: str, **precision: Any) -> None:
+        """--precision (also under `aliases`; `precision`: argparse settings of that flag that replace its own, an
+        action or a type), --batch-size, --compile, --no-channels-last, --fuse-qkv, --safety-checker, --threads; a
+        flag not given leaves the base options' value."""
+        p.add_argument("--precision", *aliases, dest="render_precision", **{
+            "choices": PRECISION_CHOICES,
+            "help": "generator precision, a dtype (default: the preset's, else auto: fp16 on CUDA, fp32 on CPU)",
+            **precision})
         p.add_argument("--batch-size", dest="render_batch_size", type=arg_type(RenderOptions, "batch_size"), metavar="N",
                        help="images per denoising pass, 1..1024, one fixed kernel shape (default: the preset's, else 16; "
                             "halves on out-of-memory)")

@@ -76,8 +76,8 @@ def test_make_attributor_builds_what_the_options_name(tiny_clip, tmp_path):
 def test_render_flags_override_a_base_and_only_the_flags_given():
     from failmode.options import RenderOptions
 
-    def args(argv: list[str], flag: str = "--precision") -> argparse.Namespace:
-        return parse(argv, lambda p: RenderOptions.add_arguments(p, flag))
+    def args(argv: list[str], *aliases: str) -> argparse.Namespace:
+        return parse(argv, lambda p: RenderOptions.add_arguments(p, *aliases))
 
     assert RenderOptions.given(args([])) == {}
     given = args(["--precision", "bf16", "--batch-size", "8", "--no-channels-last", "--safety-checker"])
@@ -87,11 +87,32 @@ def test_render_flags_override_a_base_and_only_the_flags_given():
     out = RenderOptions.from_args(given, preset, device="cpu", scheduler=None)
     assert out == RenderOptions(device="cpu", precision="bf16", batch_size=8, scheduler=None, channels_last=False,
                                 compile="max-autotune", fuse_qkv=True, safety_checker=True)
-    # another --precision on the command (slices' calibration precision): the generator's flag is renamed
+    # --precision is the render dtype everywhere; a command may also spell it otherwise (slices, discover)
     assert RenderOptions.given(args(["--render-precision", "fp32"], "--render-precision")) == {"precision": "fp32"}
+    with pytest.raises(SystemExit):  # not a dtype
+        args(["--precision", "0.9"])
     with pytest.raises(UsageError, match="unknown scheduler 'lms'"):
         RenderOptions.from_args(args([]), scheduler="lms")
     with pytest.raises(UsageError, match=r"batch_size: 0 is out of range \(1..1024\)"):
         RenderOptions(batch_size=0)
     with pytest.raises(SystemExit):  # a flag out of range is a usage error of argparse, before anything runs
         args(["--batch-size", "100000"])
+
+
+def test_none_means_random_weights_through_one_conversion():
+    """The word `none` (random weights) is turned into None in one function, wherever it comes from: CLIP's
+    --clip-pretrained in attribute / build / generate, a classifier's weights in its revision record."""
+    from failmode.cli import build_parser
+    from failmode.commands.build import overrides
+    from failmode.generation.environment import timm_revision
+    from failmode.options import weights_or_none
+
+    assert (weights_or_none("none"), weights_or_none(None), weights_or_none("timm")) == (None, None, "timm")
+    # None and "none" are the same random init for create_classifier and model keys, so for the revision record too
+    assert timm_revision("resnet18", "none") == timm_revision("resnet18", None) == "random"
+    args = build_parser().parse_args(["build", "cifar10-bg-debug", "--clip-pretrained", "none"])
+    assert overrides(args)["attribution"] == overrides(args)["quality"] == {"pretrained": None}
+    args = build_parser().parse_args(["build", "cifar10-bg-debug", "--clip-pretrained", "openai", "--clip-model", "RN50"])
+    assert overrides(args)["attribution"] == {"clip_model": "RN50", "pretrained": "openai"}
+    attribute = build_parser().parse_args(["attribute", "f.parquet", "--vocabulary", "v", "--clip-pretrained", "none"])
+    assert AttributionOptions.from_args(attribute).pretrained is None
