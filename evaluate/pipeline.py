@@ -15,6 +15,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -31,22 +32,19 @@ from failmode.evaluate.results import METRICS, ResultsLog, clean_metric, result_
 from failmode.head import HeadParams, LinearHead, accuracy, train_dataset_head, train_head
 from failmode.io import write_json
 from failmode.mining.failures import HALVES, Predictions, failures_from_predictions, read_failures
-from failmode.mining.mine import check_classes, model_key, split_sources
-from failmode.options import FeatureOptions
+from failmode.models.setup import head_ident, open_classifier
+from failmode.options import FeatureOptions, ModelSpec, SplitSpec
 from failmode.progress import bar
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class EvalSpec:
-    """What to evaluate: model and weights, the model's dataset and its splits, the debug dataset and configs."""
+@dataclass(frozen=True)
+class DebugSpec:
+    """The debug data an evaluation scores and what it scores it on: the debug dataset (its configs, revision and
+    split), the model's failures, and the evaluation split's group columns."""
 
-    model: str
-    debug_data: str
-    dataset: str = "imagenet-1k"
-    weights: str | None = "timm"
-    head: str | None = None  # None: the model's own classifier; "train": fitted on the train subset; or a head file
+    debug_data: str  # a Hub id, a local folder or wds:DIR
     config: str | None = None  # default: the model's config, config_slug(model)
     baseline_config: str | None = "baseline"  # the class-only config; None to skip
     random_config: str | None = "random-context"  # the random-context config; None to skip
@@ -55,60 +53,65 @@ class EvalSpec:
     revision: str | None = None
     debug_split: str = "train"
     failures: str | None = None  # a failures.parquet from `failmode mine`; None: recompute from predictions
-    train_split: str | None = None
-    eval_split: str | None = None
-    train_per_class: float | None = None
-    debug_per_class: float | None = None
-    split_seed: int = 0
-    image_size: int | None = None
-    crop_pct: float | None = None  # override the model's centre-crop fraction (1.0: no border crop)
-    extraction: FeatureOptions = field(default_factory=FeatureOptions)  # device, batch, precision, workers, cache
     group_column: str | None = None  # a column of the evaluation split naming each image's group (e.g. context)
     common_column: str | None = None  # a boolean column: the image's group is its class's common one
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """What to evaluate: the model (`ModelSpec`), its dataset and splits (`SplitSpec`, `split` the evaluation split),
+    the debug data (`DebugSpec`) and how features are extracted."""
+
+    model: ModelSpec
+    data: SplitSpec
+    debug: DebugSpec
+    extraction: FeatureOptions = field(default_factory=FeatureOptions)  # device, batch, precision, workers, cache
     on_bad_image: str = "error"  # an undecodable image: "error" or "skip" (failmode.data.sources.BadImages)
 
     @property
     def model_config(self) -> str:
         """The debug config made from this model's failures."""
-        return self.config or config_slug(self.model)
+        return self.debug.config or config_slug(self.model.id)
 
     def split_params(self) -> dict[str, Any]:
         """The split, failure and preprocessing parameters recorded in every result's `params`."""
         from failmode.images import resolve_decode
         from failmode.runtime import pick_device
 
-        return {"split_seed": self.split_seed, **self.recipe(), "failures": self.failures or "computed",
-                "head": head_ident(self.head),
-                "image_size": self.image_size, "crop_pct": self.crop_pct, "debug_split": self.debug_split,
-                "group_column": self.group_column, "common_column": self.common_column,
+        return {"split_seed": self.data.split_seed, **self.recipe(), "failures": self.debug.failures or "computed",
+                "head": head_ident(self.model.head),
+                "image_size": self.model.image_size, "crop_pct": self.model.crop_pct,
+                "debug_split": self.debug.debug_split, "group_column": self.debug.group_column,
+                "common_column": self.debug.common_column,
                 "decode": resolve_decode(self.extraction.decode, pick_device(self.extraction.device))}
 
     def recipe(self) -> dict[str, float]:
         """Per-class counts of the train subset and debug split (the dataset's recipe unless overridden)."""
-        return resolve_recipe(self.dataset, self.train_per_class, self.debug_per_class)
+        return resolve_recipe(self.data.dataset, self.data.train_per_class, self.data.debug_per_class)
 
 
 def recorded_splits(spec: EvalSpec) -> EvalSpec:
     """`spec` with the split recipe and split names recorded in a local debug dataset's manifest filled in, where
-    `spec.dataset` is the dataset that debug dataset was mined on and `spec` leaves them unset (the same splits, so
-    the same seed and heldout failures)."""
+    `spec.data.dataset` is the dataset that debug dataset was mined on and `spec` leaves them unset (the same splits,
+    so the same seed and heldout failures)."""
     from failmode.io import read_json
 
-    parsed = parse_spec(spec.debug_data, hub_default=True)
+    data = spec.data
+    parsed = parse_spec(spec.debug.debug_data, hub_default=True)
     if parsed.kind != "local" or not (parsed.path / MANIFEST_NAME).is_file():  # type: ignore[operator]
         return spec
     path = parsed.path / MANIFEST_NAME  # type: ignore[operator]
     mining = read_json(path).get("mining") or {}
-    if mining.get("id") != spec.dataset:
+    if mining.get("id") != data.dataset:
         return spec
     recipe = mining.get("recipe") or {}
-    fill = {"eval_split": mining.get("split"), "train_split": mining.get("train_split")}
-    if spec.train_per_class is None and spec.debug_per_class is None:
+    fill = {"split": mining.get("split"), "train_split": mining.get("train_split")}
+    if data.train_per_class is None and data.debug_per_class is None:
         fill |= {"train_per_class": recipe.get("train_per_class"), "debug_per_class": recipe.get("debug_per_class")}
-    fill = {k: v for k, v in fill.items() if v is not None and getattr(spec, k) is None}
+    fill = {k: v for k, v in fill.items() if v is not None and getattr(data, k) is None}
     if fill:
-        log.info("%s: splits as recorded in %s: %s", spec.dataset, path, fill)
-    return dataclasses.replace(spec, **fill)
+        log.info("%s: splits as recorded in %s: %s", data.dataset, path, fill)
+    return dataclasses.replace(spec, data=dataclasses.replace(data, **fill))
 
 
 @dataclass
@@ -135,15 +138,16 @@ class DebugFeatures:
 
 @dataclass
 class ModelFeatures:
-    """Everything a head needs for one model: train subset, test split, seed/heldout failures, its own head."""
+    """Everything a head needs for one model: train subset, test split, the seed and heldout halves of its
+    failures, its own head."""
 
     spec: EvalSpec
     class_names: list[str]
     original: LinearHead
     train: Labeled
     test: Labeled
-    seed: Labeled
-    heldout: Labeled
+    seed_half: Labeled  # the model's failures of the seed half (accuracy `seed` in results)
+    heldout_half: Labeled  # and of the heldout half (`heldout`)
     debug: dict[str, DebugFeatures] = field(default_factory=dict)
     debug_sets: dict[str, DebugSet] = field(default_factory=dict)
     test_groups: np.ndarray | None = None  # group of each test image (spec.group_column)
@@ -153,7 +157,7 @@ class ModelFeatures:
 
     def evals(self) -> dict[str, Labeled]:
         """The evaluation sets by metric name."""
-        return {"test": self.test, "seed": self.seed, "heldout": self.heldout}
+        return {"test": self.test, "seed": self.seed_half, "heldout": self.heldout_half}
 
     def debug_set(self, config: str) -> DebugFeatures:
         """Features of a debug config (extracted on first use, cached on disk)."""
@@ -162,20 +166,14 @@ class ModelFeatures:
         return self.debug[config]
 
 
-def head_ident(head: str | None) -> str:
-    """How a head is named in results: "native", "train", or the head file's absolute path."""
-    if head is None or head == "train":
-        return head or "native"
-    return str(Path(head).expanduser().resolve())
-
-
 def _given_head(spec: EvalSpec, num_classes: int) -> LinearHead | None:
-    """The head file of `spec.head` (read and checked before any model loads), else None."""
-    if spec.head is None or spec.head == "train":
+    """The head file of `spec.model.head` (read and checked before any model loads), else None."""
+    given = spec.model.head
+    if given is None or given == "train":
         return None
-    head = LinearHead.load(spec.head)
+    head = LinearHead.load(given)
     if head.num_classes != num_classes:
-        raise ValidationError(f"{spec.head}: the head has {head.num_classes} classes but {spec.dataset} has "
+        raise ValidationError(f"{given}: the head has {head.num_classes} classes but {spec.data.dataset} has "
                               f"{num_classes}")
     return head
 
@@ -192,13 +190,14 @@ def _halves(rows: Sequence[dict[str, Any]], splits: Splits, where: str) -> dict[
 
 def _read_halves(spec: EvalSpec, splits: Splits) -> dict[str, np.ndarray] | None:
     """Seed/heldout failures from the mining stage's failures.parquet (--failures), or None to recompute them."""
-    if not spec.failures:
+    failures = spec.debug.failures
+    if not failures:
         return None
-    rows, meta = read_failures(spec.failures)
-    for name, want in (("model", spec.model), ("split_seed", spec.split_seed)):
+    rows, meta = read_failures(failures)
+    for name, want in (("model", spec.model.id), ("split_seed", spec.data.split_seed)):
         if meta.get(name, want) != want:
-            raise ValidationError(f"{spec.failures}: mined with {name} {meta[name]!r}, not {want!r}")
-    recorded = Path(spec.failures).parent / "splits.json"
+            raise ValidationError(f"{failures}: mined with {name} {meta[name]!r}, not {want!r}")
+    recorded = Path(failures).parent / "splits.json"
     if recorded.is_file() and splits.train_ids is not None:
         from failmode.io import read_json
 
@@ -207,14 +206,14 @@ def _read_halves(spec: EvalSpec, splits: Splits) -> dict[str, np.ndarray] | None
             raise ValidationError(f"{recorded}: mining's head was trained on other images than this evaluation takes "
                                   f"({len(mined)} recorded, {len(splits.train_ids)} here): use the dataset, split "
                                   "seed and recipe it was mined with")
-    return _halves(rows, splits, spec.failures)
+    return _halves(rows, splits, failures)
 
 
 def _predicted_halves(spec: EvalSpec, eval_src: ImageSource, splits: Splits,
                       logits: np.ndarray) -> dict[str, np.ndarray]:
     """Seed/heldout failures recomputed from the model's own logits on the debug split (the mining stage's rule)."""
     preds = Predictions(splits.debug, eval_src.labels[splits.debug], logits.argmax(1))
-    return _halves(failures_from_predictions(eval_src, preds, seed=spec.split_seed), splits, "predicted failures")
+    return _halves(failures_from_predictions(eval_src, preds, seed=spec.data.split_seed), splits, "predicted failures")
 
 
 def load_model_features(spec: EvalSpec, configs: Sequence[str] = ()) -> ModelFeatures:
@@ -222,27 +221,23 @@ def load_model_features(spec: EvalSpec, configs: Sequence[str] = ()) -> ModelFea
 
     The debug `configs` (class names checked) and a --failures file are read first, before the model is loaded.
     """
-    from failmode.features import FeatureExtractor
-    from failmode.models.classifier import create_classifier, eval_preprocess, known_model
-
-    known_model(spec.model)
     bad = BadImages(spec.on_bad_image)
-    eval_split = spec.eval_split or parse_spec(spec.dataset).default_split("eval")
-    train_src, eval_src, splits, _ = split_sources(spec.dataset, eval_split, spec.train_split, spec.train_per_class,
-                                                   spec.debug_per_class, spec.split_seed, True)
-    assert train_src is not None
+    data = spec.data
+    data = dataclasses.replace(data, split=data.split or parse_spec(data.dataset).default_split("eval"))
+    setup = open_classifier(spec.model, data, spec.extraction, need_train=True)
+    train_src, eval_src, splits = setup.train, setup.source, setup.splits
+    assert train_src is not None and eval_src is not None and splits is not None
     names = eval_src.class_names
-    debug_sets = {c: open_debug_set(spec.debug_data, c, names, revision=spec.revision, split=spec.debug_split)
+    debug = spec.debug
+    debug_sets = {c: open_debug_set(debug.debug_data, c, names, revision=debug.revision, split=debug.debug_split)
                   for c in configs}
     halves = _read_halves(spec, splits)
-    groups = _column(eval_src, spec.group_column, splits.test)  # columns checked before the model loads
-    common = _column(eval_src, spec.common_column, splits.test)
+    groups = _column(eval_src, debug.group_column, splits.test)  # columns checked before the model loads
+    common = _column(eval_src, debug.common_column, splits.test)
     given = _given_head(spec, len(names))
-    net = create_classifier(spec.model, spec.weights)
-    check_classes(net, spec.model, spec.head, len(names), spec.dataset, eval_src.known)
-    extractor = FeatureExtractor(net, model_key(spec.model, spec.weights),
-                                 eval_preprocess(net, spec.image_size, spec.crop_pct), spec.extraction)
-    native = spec.head is None
+    extractor = setup.extractor  # the model loads here, its classes checked against the dataset's
+    net = setup.net
+    native = spec.model.head is None
 
     def extract(name: str, src: ImageSource, idx: np.ndarray) -> Any:
         return bad.run(src, idx, lambda i: extractor(src, i, desc=f"{name} features", with_logits=native))[0]
@@ -250,24 +245,24 @@ def load_model_features(spec: EvalSpec, configs: Sequence[str] = ()) -> ModelFea
     feats = {name: extract(name, src, idx) for name, src, idx in
              (("train", train_src, splits.train), ("debug", eval_src, splits.debug), ("test", eval_src, splits.test))}
     if bad.skipped:  # the images left out are not in any set: groups and failure halves follow what was read
-        groups = _column(eval_src, spec.group_column, feats["test"].indices)
-        common = _column(eval_src, spec.common_column, feats["test"].indices)
+        groups = _column(eval_src, debug.group_column, feats["test"].indices)
+        common = _column(eval_src, debug.common_column, feats["test"].indices)
     if native:
         head = LinearHead.from_module(net.get_classifier())
     else:
         head = given or train_dataset_head(feats["train"].features, feats["train"].labels, len(names),
                                            device=spec.extraction.device)
         if head.dim != feats["train"].features.shape[1]:
-            raise ValidationError(f"{spec.head}: the head takes {head.dim}-d features, {spec.model} gives "
+            raise ValidationError(f"{spec.model.head}: the head takes {head.dim}-d features, {spec.model.id} gives "
                                   f"{feats['train'].features.shape[1]}-d")
-    debug = feats["debug"]
-    logits = debug.logits if native else head.logits(debug.features)
-    read = dataclasses.replace(splits, debug=debug.indices) if bad.skipped else splits
+    split = feats["debug"]
+    logits = split.logits if native else head.logits(split.features)
+    read = dataclasses.replace(splits, debug=split.indices) if bad.skipped else splits
     halves = halves if halves is not None else _predicted_halves(spec, eval_src, read, logits)
-    pos = {int(i): j for j, i in enumerate(debug.indices)}
+    pos = {int(i): j for j, i in enumerate(split.indices)}
     halves = {h: np.asarray([i for i in idx if int(i) in pos], dtype=np.int64) for h, idx in halves.items()}
-    half = {h: Labeled(debug.features[[pos[int(i)] for i in idx]], eval_src.labels[idx]) for h, idx in halves.items()}
-    log.info("%s: %d train, %d test, %d seed and %d heldout failures", spec.model, len(splits.train),
+    half = {h: Labeled(split.features[[pos[int(i)] for i in idx]], eval_src.labels[idx]) for h, idx in halves.items()}
+    log.info("%s: %d train, %d test, %d seed and %d heldout failures", spec.model.id, len(splits.train),
              len(splits.test), len(half["seed"].y), len(half["heldout"].y))
     return ModelFeatures(spec, names, head,
                          Labeled(feats["train"].features, feats["train"].labels),
@@ -277,10 +272,10 @@ def load_model_features(spec: EvalSpec, configs: Sequence[str] = ()) -> ModelFea
 
 
 def _debug_features(mf: ModelFeatures, config: str) -> DebugFeatures:
-    spec = mf.spec
+    debug = mf.spec.debug
     if config not in mf.debug_sets:
-        mf.debug_sets[config] = open_debug_set(spec.debug_data, config, mf.class_names, revision=spec.revision,
-                                               split=spec.debug_split)
+        mf.debug_sets[config] = open_debug_set(debug.debug_data, config, mf.class_names, revision=debug.revision,
+                                               split=debug.debug_split)
     ds = mf.debug_sets[config]
     f, idx = mf.bad.run(ds.source, np.arange(len(ds.source)), lambda i: mf.extractor(
         ds.source, i, desc=f"debug features ({config})", with_logits=False))
@@ -327,43 +322,83 @@ def head_params_json(params: HeadParams, with_debug: bool) -> dict[str, Any]:
     return d
 
 
-def base_record(spec: EvalSpec, setting: str, config: str | None, params: dict[str, Any]) -> dict[str, Any]:
-    """The identifying fields of one result (see failmode.evaluate.results.KEY_FIELDS)."""
-    return {"model": spec.model, "weights": spec.weights, "dataset": spec.dataset, "debug_data": spec.debug_data,
-            "revision": spec.revision, "config": config, "setting": setting,
-            "params": {**spec.split_params(), **params}}
+class Setting(str, Enum):
+    """The kinds of run, as results.jsonl names them in `setting`."""
+
+    ORIGINAL = "original"  # the model's own head, untouched
+    RETRAIN = "retrain"  # retrained on the train subset only
+    DEBUG = "debug"  # retrained with a debug config (the model's, its siblings, the controls)
+    LAMBDA_SWEEP = "lambda-sweep"
+    K_SWEEP = "k-sweep"
+    IMAGES_PER_MODE_SWEEP = "images-per-mode-sweep"
+    COLLECTIVE_INDIVIDUAL = "collective-individual"
+    COLLECTIVE_TYPE1 = "collective-type1"
+    COLLECTIVE_TYPE2 = "collective-type2"
 
 
-def standard_runs(spec: EvalSpec, params: HeadParams) -> list[dict[str, Any]]:
-    """The identifying fields of the standard settings: original, retrain, debug (model config, its budget-policy
-    siblings, class-only and random-context controls)."""
-    runs = [base_record(spec, "original", None, {}),
-            base_record(spec, "retrain", None, head_params_json(params, False))]
-    configs = (spec.model_config, *spec.policy_configs, spec.baseline_config, spec.random_config)
-    for config in dict.fromkeys(c for c in configs if c):
-        runs.append(base_record(spec, "debug", config, head_params_json(params, True)))
+@dataclass(frozen=True)
+class Run:
+    """One planned run: a setting of one model, the debug config it trains with (None: none), the head's training
+    (None: the model's own head, untouched) and the sweep point that subsets the config (`k`: each class's top-k
+    failure modes; `images_per_mode`: the first n images of each mode)."""
+
+    spec: EvalSpec
+    setting: Setting
+    config: str | None = None
+    head: HeadParams | None = None
+    k: int | None = None
+    images_per_mode: int | None = None
+
+    def fields(self) -> dict[str, Any]:
+        """The identifying fields of its result (`failmode.evaluate.results.KEY_FIELDS`)."""
+        params = {} if self.head is None else head_params_json(self.head, self.config is not None)
+        points = {name: v for name, v in (("k", self.k), ("images_per_mode", self.images_per_mode)) if v is not None}
+        spec = self.spec
+        return {"model": spec.model.id, "weights": spec.model.weights, "dataset": spec.data.dataset,
+                "debug_data": spec.debug.debug_data, "revision": spec.debug.revision, "config": self.config,
+                "setting": self.setting.value, "params": {**spec.split_params(), **params, **points}}
+
+    @property
+    def key(self) -> str:
+        """Its result's key in results.jsonl."""
+        return result_key(self.fields())
+
+
+def standard_runs(spec: EvalSpec, params: HeadParams) -> list[Run]:
+    """The standard settings: original, retrain, debug (model config, its budget-policy siblings, class-only and
+    random-context controls)."""
+    runs = [Run(spec, Setting.ORIGINAL), Run(spec, Setting.RETRAIN, head=params)]
+    d = spec.debug
+    configs = (spec.model_config, *d.policy_configs, d.baseline_config, d.random_config)
+    runs += [Run(spec, Setting.DEBUG, config, params) for config in dict.fromkeys(c for c in configs if c)]
     return runs
 
 
-def run_one(mf: ModelFeatures, run: dict[str, Any], params: HeadParams) -> tuple[dict[str, Any], LinearHead]:
-    """Train (unless `original`) and evaluate one planned run; returns the full record and the head."""
-    debug = mf.debug_set(run["config"]) if run["config"] else None
-    k = run["params"].get("k")
-    data = debug.data if debug else None
-    n_per_mode = run["params"].get("images_per_mode")
-    if debug is not None and (k is not None or n_per_mode is not None):
+def _debug_data(mf: ModelFeatures, run: Run) -> tuple[DebugFeatures | None, Labeled | None]:
+    """The debug config of `run` and the part of it the run trains with (its sweep point's subset)."""
+    if run.config is None:
+        return None, None
+    debug = mf.debug_set(run.config)
+    data = debug.data
+    if run.k is not None or run.images_per_mode is not None:
         if debug.contexts is None:
             raise UsageError(f"config {debug.config} has no context column: k and images-per-mode sweeps need the "
                              "parquet folder")
-        if k is not None:
-            data = data.subset(top_k_mask(data.y, debug.contexts, k))
-        if n_per_mode is not None:
-            data = data.subset(first_n_mask(data.y, debug.contexts, n_per_mode))
-    lam = run["params"].get("lam")
-    head = mf.original if run["setting"] == "original" else fit_head(
-        mf, dataclasses.replace(params, lam=lam if lam is not None else params.lam), data)
-    rec = {**run, **evaluate_head(head, mf), "n_train": len(mf.train.y), "n_test": len(mf.test.y),
-           "n_seed": len(mf.seed.y), "n_heldout": len(mf.heldout.y), "n_debug": 0 if data is None else len(data.y),
+        if run.k is not None:
+            data = data.subset(top_k_mask(data.y, debug.contexts, run.k))
+        if run.images_per_mode is not None:
+            data = data.subset(first_n_mask(data.y, debug.contexts, run.images_per_mode))
+    return debug, data
+
+
+def run_one(mf: ModelFeatures, run: Run) -> tuple[dict[str, Any], LinearHead]:
+    """Train (unless the run keeps the model's own head) and evaluate one planned run; returns the full record and
+    the head."""
+    debug, data = _debug_data(mf, run)
+    head = mf.original if run.head is None else fit_head(mf, run.head, data)
+    rec = {**run.fields(), **evaluate_head(head, mf), "n_train": len(mf.train.y), "n_test": len(mf.test.y),
+           "n_seed": len(mf.seed_half.y), "n_heldout": len(mf.heldout_half.y),
+           "n_debug": 0 if data is None else len(data.y),
            "dataset_version": debug.version if debug else None, "model_key": mf.extractor.model_key if mf.extractor else None,
            "bad_images_skipped": len(mf.bad.skipped),
            "failmode_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
@@ -387,30 +422,32 @@ def per_class_gains(before: LinearHead, after: LinearHead, mf: ModelFeatures) ->
     return out
 
 
-def execute(runs: list[dict[str, Any]], spec: EvalSpec, params: HeadParams, results: ResultsLog, force: bool = False,
+def execute(spec: EvalSpec, runs: list[Run], results: ResultsLog, force: bool = False,
             out_dir: Path | None = None) -> list[dict[str, Any]]:
-    """Run the planned `runs` not already in the log (all of them with `force`, each replacing its old line),
-    writing each record as it finishes.
+    """Run the planned `runs` of `spec`'s model not already in the log (all of them with `force`, each replacing its
+    old line), writing each record as it finishes.
 
     The model and features are loaded only if some run is pending. Per-class gains of each `debug` run go to
     out_dir/per_class/. Returns the records written.
     """
     done = set() if force else results.done()
-    pending = [r for r in runs if result_key(r) not in done]
-    log.info("%s: %d of %d runs to do (%d already in %s)", spec.model, len(pending), len(runs),
+    pending = [r for r in runs if r.key not in done]
+    model = spec.model.id
+    log.info("%s: %d of %d runs to do (%d already in %s)", model, len(pending), len(runs),
              len(runs) - len(pending), results.path)
     written: list[dict[str, Any]] = []
     mf = None
-    configs = list(dict.fromkeys(r["config"] for r in pending if r["config"]))
-    with bar(f"{spec.model} runs", total=len(pending), unit="run") as b:
+    configs = list(dict.fromkeys(r.config for r in pending if r.config))
+    with bar(f"{model} runs", total=len(pending), unit="run") as b:
         for run in pending:
             mf = mf or load_model_features(spec, configs)
-            rec, head = run_one(mf, run, params)
-            if out_dir is not None and run["setting"] == "debug":  # before its results line, which marks it done
-                name = f"{config_slug(spec.model)}__{run['config']}__lam{run['params']['lam']}"
+            rec, head = run_one(mf, run)
+            if out_dir is not None and run.setting is Setting.DEBUG:  # before its results line, which marks it done
+                assert run.head is not None
+                name = f"{config_slug(model)}__{run.config}__lam{run.head.lam}"
                 write_json(out_dir / "per_class" / f"{name}.json", per_class_gains(mf.original, head, mf))
             written += results.append([rec])
             b.update(1)
-            log.info("%s %s %s: %s", spec.model, run["setting"], run["config"] or "",
+            log.info("%s %s %s: %s", model, run.setting.value, run.config or "",
                      ", ".join(f"{m} {rec[m] if rec[m] is None else round(100 * rec[m], 2)}" for m in METRICS))
     return written

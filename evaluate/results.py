@@ -19,7 +19,8 @@ from failmode.io import append_jsonl, dumps_jsonl, read_jsonl, stable_hash, writ
 #: fields that identify a run; equal fields -> same key -> skipped on a rerun (recomputed with --force)
 KEY_FIELDS: tuple[str, ...] = ("model", "weights", "dataset", "debug_data", "revision", "config", "setting", "params")
 
-#: the accuracies every record carries (fractions in [0, 1]; NaN-free: an empty set is recorded as null)
+#: the accuracies every record carries (fractions in [0, 1]; NaN-free: an empty set is recorded as null): on the test
+#: split and on the model's failures of the seed and heldout halves (the sets the code calls seed_half / heldout_half)
 METRICS: tuple[str, ...] = ("test", "seed", "heldout")
 
 

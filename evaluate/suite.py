@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from failmode.errors import UsageError
-from failmode.evaluate.pipeline import EvalSpec, base_record, execute, standard_runs
+from failmode.evaluate.pipeline import EvalSpec, Run, Setting, execute, standard_runs
 from failmode.evaluate.results import ResultsLog, write_table
 from failmode.evaluate.sweeps import (
     collective_runs,
@@ -43,17 +43,17 @@ def run_suite(specs: Sequence[EvalSpec], params: HeadParams, out_dir: str | os.P
         raise UsageError("collective debugging needs a family: pass --model at least twice")
     out = Path(out_dir)
     results = ResultsLog(out / "results.jsonl")
-    type2_model = type2_model or specs[0].model
+    type2_model = type2_model or specs[0].model.id
     specs = [recorded_policy_configs(spec) for spec in specs]
     coll = collective_runs(specs, params, collective, type2_model) if collective else []
     written: list[dict[str, Any]] = []
     for spec in specs:
         runs = (standard_runs(spec, params) + lambda_runs(spec, params, lambdas) + k_runs(spec, params, ks)
                 + images_per_mode_runs(spec, params, images_per_mode))
-        runs += [run for s, run in coll if s is spec]
-        written += execute(runs, spec, params, results, force, out_dir=out)
+        runs += [run for run in coll if run.spec is spec]
+        written += execute(spec, runs, results, force, out_dir=out)
     if written or not (out / "tables.md").exists():
-        _write_reports(out, results.read(), specs, params, lambdas, ks, images_per_mode, [run for _, run in coll])
+        _write_reports(out, results.read(), specs, params, lambdas, ks, images_per_mode, coll)
     return written
 
 
@@ -66,20 +66,22 @@ def recorded_policy_configs(spec: EvalSpec) -> EvalSpec:
     from failmode.hub import is_local
     from failmode.io import read_json
 
-    path = Path(spec.debug_data).expanduser() / MANIFEST_NAME
-    if spec.policy_configs or spec.debug_data.startswith("wds:") or not is_local(spec.debug_data) or not path.is_file():
+    debug = spec.debug
+    path = Path(debug.debug_data).expanduser() / MANIFEST_NAME
+    if debug.policy_configs or debug.debug_data.startswith("wds:") or not is_local(debug.debug_data) \
+            or not path.is_file():
         return spec
     configs = read_json(path).get("configs") or {}
     siblings = tuple(sorted(name for name, c in configs.items() if isinstance(c, dict) and c.get("kind") == "model"
-                            and c.get("source_model") == spec.model and name != spec.model_config))
-    return dataclasses.replace(spec, policy_configs=siblings) if siblings else spec
+                            and c.get("source_model") == spec.model.id and name != spec.model_config))
+    return dataclasses.replace(spec, debug=dataclasses.replace(debug, policy_configs=siblings)) if siblings else spec
 
 
 def _write_reports(out: Path, records: list[dict[str, Any]], specs: Sequence[EvalSpec], params: HeadParams,
                    lambdas: Sequence[float], ks: Sequence[int], images_per_mode: Sequence[int],
-                   coll: list[dict[str, Any]]) -> None:
+                   coll: list[Run]) -> None:
     for spec in specs:
-        original = next(iter(select(records, [base_record(spec, "original", None, {})])), None)
+        original = next(iter(select(records, [Run(spec, Setting.ORIGINAL)])), None)
         if lambdas:
             write_sweep(out, spec, "lambda", select(records, lambda_runs(spec, params, lambdas)), original)
         if ks:

@@ -18,20 +18,20 @@ from typing import Any
 
 from failmode.dataset.layout import config_slug
 from failmode.errors import UsageError
-from failmode.evaluate.pipeline import EvalSpec, base_record, head_params_json
-from failmode.evaluate.results import METRICS, result_key
+from failmode.evaluate.pipeline import EvalSpec, Run, Setting
+from failmode.evaluate.results import METRICS
 from failmode.head import HeadParams
 from failmode.io import write_json
 from failmode.plots import save_figure, subplots
 
 SWEEPS = {"lambda": "lam", "k": "k", "images_per_mode": "images_per_mode"}
-COLLECTIVE_SETTINGS = ("collective-individual", "collective-type1", "collective-type2")
+COLLECTIVE = (Setting.COLLECTIVE_INDIVIDUAL, Setting.COLLECTIVE_TYPE1, Setting.COLLECTIVE_TYPE2)
 
 
-def lambda_runs(spec: EvalSpec, params: HeadParams, lambdas: Sequence[float]) -> list[dict[str, Any]]:
+def lambda_runs(spec: EvalSpec, params: HeadParams, lambdas: Sequence[float]) -> list[Run]:
     """Planned runs of a lambda sweep on the model's config (each lambda checked as HeadParams checks it)."""
-    return [base_record(spec, "lambda-sweep", spec.model_config,
-                        head_params_json(dataclasses.replace(params, lam=float(lam)), True)) for lam in lambdas]
+    return [Run(spec, Setting.LAMBDA_SWEEP, spec.model_config, dataclasses.replace(params, lam=float(lam)))
+            for lam in lambdas]
 
 
 def _at_least_one(values: Sequence[int], what: str) -> None:
@@ -40,33 +40,30 @@ def _at_least_one(values: Sequence[int], what: str) -> None:
         raise UsageError(f"{what}: values must be >= 1, got {bad[0]}")
 
 
-def k_runs(spec: EvalSpec, params: HeadParams, ks: Sequence[int]) -> list[dict[str, Any]]:
+def k_runs(spec: EvalSpec, params: HeadParams, ks: Sequence[int]) -> list[Run]:
     """Planned runs of a k sweep (top-k failure modes per class) on the model's config."""
     _at_least_one(ks, "k sweep")
-    return [base_record(spec, "k-sweep", spec.model_config, {**head_params_json(params, True), "k": int(k)})
-            for k in ks]
+    return [Run(spec, Setting.K_SWEEP, spec.model_config, params, k=int(k)) for k in ks]
 
 
-def images_per_mode_runs(spec: EvalSpec, params: HeadParams, counts: Sequence[int]) -> list[dict[str, Any]]:
+def images_per_mode_runs(spec: EvalSpec, params: HeadParams, counts: Sequence[int]) -> list[Run]:
     """Planned runs of an images-per-mode sweep: the first n images of each (class, context) of the model's config."""
     _at_least_one(counts, "images-per-mode sweep")
-    return [base_record(spec, "images-per-mode-sweep", spec.model_config,
-                        {**head_params_json(params, True), "images_per_mode": int(n)}) for n in counts]
+    return [Run(spec, Setting.IMAGES_PER_MODE_SWEEP, spec.model_config, params, images_per_mode=int(n))
+            for n in counts]
 
 
 def collective_runs(specs: Sequence[EvalSpec], params: HeadParams, collective_config: str,
-                    type2_model: str) -> list[tuple[EvalSpec, dict[str, Any]]]:
+                    type2_model: str) -> list[Run]:
     """Planned runs of collective debugging: per model, individual, type 1 (pooled) and type 2 (one model's) config."""
-    hp = head_params_json(params, True)
     configs = (None, collective_config, config_slug(type2_model))
-    return [(s, base_record(s, setting, config or s.model_config, hp))
-            for s in specs for setting, config in zip(COLLECTIVE_SETTINGS, configs)]
+    return [Run(s, setting, config or s.model_config, params) for s in specs for setting, config in zip(COLLECTIVE, configs)]
 
 
-def select(records: Sequence[dict[str, Any]], runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def select(records: Sequence[dict[str, Any]], runs: Sequence[Run]) -> list[dict[str, Any]]:
     """The latest record of each planned run, in plan order (runs not in `records` are left out)."""
     by_key = {r["key"]: r for r in records if "key" in r}
-    return [by_key[k] for k in (result_key(run) for run in runs) if k in by_key]
+    return [by_key[k] for k in (run.key for run in runs) if k in by_key]
 
 
 def sweep_points(records: Sequence[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -96,7 +93,7 @@ def plot_sweep(points: Sequence[dict[str, Any]], kind: str, path: str | os.PathL
 
 def relative_accuracy(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per model and collective setting: accuracies and their ratio to the model's individual debugging."""
-    individual = {r["model"]: r for r in records if r["setting"] == "collective-individual"}
+    individual = {r["model"]: r for r in records if r["setting"] == Setting.COLLECTIVE_INDIVIDUAL.value}
     out = []
     for r in records:
         base = individual.get(r["model"])
@@ -116,7 +113,7 @@ def plot_collective(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str]
 
     models = list(dict.fromkeys(r["model"] for r in rows))
     fig, ax = subplots(figsize=(max(4, 1.2 * len(models) + 2), 3.5))
-    for j, setting in enumerate(COLLECTIVE_SETTINGS[1:]):
+    for j, setting in enumerate(s.value for s in COLLECTIVE[1:]):
         vals = [next((r[f"{metric}_relative"] or 0.0 for r in rows if r["model"] == m and r["setting"] == setting), 0.0)
                 for m in models]
         ax.bar(np.arange(len(models)) + 0.4 * j - 0.2, vals, width=0.4, label=setting.removeprefix("collective-"))
@@ -132,8 +129,9 @@ def write_sweep(out_dir: Path, spec: EvalSpec, kind: str, records: Sequence[dict
                 original: dict[str, Any] | None) -> list[dict[str, Any]]:
     """Write sweeps/<model>__<kind>.json (the numbers) and .png (the plot); return the points."""
     points = sweep_points(records, kind)
-    stem = out_dir / "sweeps" / f"{config_slug(spec.model)}__{kind}"
-    write_json(stem.with_suffix(".json"), {"model": spec.model, "config": spec.model_config, "points": points,
+    model = spec.model.id
+    stem = out_dir / "sweeps" / f"{config_slug(model)}__{kind}"
+    write_json(stem.with_suffix(".json"), {"model": model, "config": spec.model_config, "points": points,
                                            "original": {m: (original or {}).get(m) for m in METRICS}})
-    plot_sweep(points, kind, stem.with_suffix(".png"), f"{spec.model}: {kind} sweep ({spec.model_config})", original)
+    plot_sweep(points, kind, stem.with_suffix(".png"), f"{model}: {kind} sweep ({spec.model_config})", original)
     return points

@@ -7,6 +7,7 @@ ones and say so in their `ident`, which every output records.
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -44,6 +45,11 @@ class Attributor(ABC):
     def scores(self, image_emb: np.ndarray, context_emb: np.ndarray) -> np.ndarray:
         """Similarity logits [N, K] (cosine similarity; subclasses may scale it)."""
         return image_emb @ context_emb.T
+
+    @classmethod
+    def from_context(cls, context: BackendContext, **options: Any) -> Attributor:
+        """The attributor built with `options` and what it takes of the run's `context` (by default nothing)."""
+        return cls(**options)
 
 
 @dataclass(frozen=True)
@@ -92,11 +98,16 @@ class ImageGenerator(ABC):
         """How this generator renders, as the manifest records it (speed options, precision; JSON-ready)."""
         return {}
 
+    @classmethod
+    def from_context(cls, context: BackendContext, **options: Any) -> ImageGenerator:
+        """The generator built with `options` and what it takes of the run's `context` (by default nothing)."""
+        return cls(**options)
 
-#: name -> factory(**options) returning an Attributor ("clip", "exemplar", ...)
-ATTRIBUTORS: Registry[Callable[..., Attributor]] = Registry("attributor")
-#: name -> factory(**options) returning an ImageGenerator ("diffusers", "composite", ...)
-GENERATORS: Registry[Callable[..., ImageGenerator]] = Registry("generator")
+
+#: name -> Attributor class ("clip", "exemplar", ...), built by `construct` through its `from_context`
+ATTRIBUTORS: Registry[type[Attributor]] = Registry("attributor")
+#: name -> ImageGenerator class ("diffusers", "composite", ...), built by `construct` through its `from_context`
+GENERATORS: Registry[type[ImageGenerator]] = Registry("generator")
 
 # Built-in backends, imported on first use.
 ATTRIBUTORS.register_lazy("clip", "failmode.mining.attribution:ClipAttributor")
@@ -106,22 +117,26 @@ GENERATORS.register_lazy("diffusers", "failmode.generation.render:DiffusersGener
 GENERATORS.register_lazy("composite", "failmode.world.backends:CompositeGenerator")
 
 
-def construct(registry: Registry[Callable[..., Any]], name: str, options: dict[str, Any] | None = None,
-              **context: Any) -> Any:
-    """Build backend `name` of `registry` with `options`, plus each `context` value (device, kind, dataset,
-    cache_dir, ...) its factory takes and `options` does not set; bad options are one line."""
-    import inspect
+@dataclass(frozen=True)
+class BackendContext:
+    """What a run offers every backend besides its own options: the device, the vocabulary kind, the classifiers'
+    dataset (an exported world folder for the stand-ins) and the cache folder. A backend's `from_context` takes
+    what it uses of it and says so; nothing is matched by parameter name."""
 
-    factory = registry.get(name)
+    device: str | None = None
+    kind: str = "background"
+    dataset: str | None = None
+    cache_dir: str | os.PathLike[str] | None = None
+
+
+def construct(registry: Registry[Any], name: str, options: dict[str, Any] | None = None,
+              context: BackendContext | None = None) -> Any:
+    """Build backend `name` of `registry` through its `from_context(context, **options)` (the one contract every
+    registered backend class follows: options set in `options` win over what it takes from `context`); bad options
+    are one line."""
+    backend = registry.get(name)
     opts = dict(options or {})
     try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        params = {}
-    for key, value in context.items():
-        if key in params and value is not None:
-            opts.setdefault(key, value)
-    try:
-        return factory(**opts)
+        return backend.from_context(context or BackendContext(), **opts)
     except TypeError as e:
         raise UsageError(f"{registry.kind} {name!r}: bad options {sorted(opts)} ({e})") from None

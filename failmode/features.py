@@ -101,29 +101,24 @@ def extract_features(
     indices: Sequence[int] | np.ndarray | None = None,
     *,
     model_key: str,
-    transform: Transform | None = None,
-    decode: str = "auto",
-    batch_size: int | None = None,
-    device: str | torch.device | None = None,
-    precision: str = "auto",
+    transform: Transform,
+    options: FeatureOptions = FeatureOptions(),
     cache_dir: str | Path | None = None,
-    num_workers: int | None = None,
     with_logits: bool = True,
     desc: str = "features",
 ) -> Features:
     """Features of `source[indices]` (all images if None) through `model`, from the cache when possible.
 
     `model_key` identifies model and weights (e.g. "tf_efficientnet_lite0@efficientnet-lite0-pypi"); the transform
-    (a callable or a `Preprocess`) defaults to timm's evaluation transform for the model, as a `Preprocess` when it
-    is one; it and the decoder (`decode`, used with a `Preprocess` only) are part of the cache key. `num_workers`
-    loader processes decode the images (None: `failmode.images.default_workers`).
+    (a callable or a `Preprocess`, e.g. `failmode.models.classifier.eval_preprocess`) and the decoder
+    (`options.decode`, used with a `Preprocess` only) are part of the cache key. `options` give the device, batch,
+    precision and loader workers (None: `failmode.images.default_workers`); entries are cached in `cache_dir` (None:
+    not cached; `options.cache_dir` is the cache root a `FeatureExtractor` keeps its features/ under).
     """
-    from failmode.models.classifier import eval_preprocess
-
     idx = np.arange(len(source)) if indices is None else np.asarray(indices, dtype=np.int64)
-    transform = transform or eval_preprocess(model)
-    dev = pick_device(str(device) if device else None)
-    decode = resolve_decode(decode, dev) if isinstance(transform, Preprocess) else "transform"
+    precision, num_workers = options.precision, options.num_workers
+    dev = pick_device(str(options.device) if options.device else None)
+    decode = resolve_decode(options.decode, dev) if isinstance(transform, Preprocess) else "transform"
     path, key = None, ""
     if cache_dir is not None:
         pre = (transform, decode) if isinstance(transform, Preprocess) else transform
@@ -139,7 +134,7 @@ def extract_features(
                 return Features(z["features"], logits, source.labels[idx], idx, cached=True)
 
     dtype = autocast_dtype(dev, precision)
-    batch_size = batch_size or default_batch_size(dev)
+    batch_size = options.batch_size or default_batch_size(dev)
     num_workers = default_workers(dev) if num_workers is None else num_workers
     # channels_last: cuDNN's and oneDNN's fast convolution kernels (1.5x for EfficientNet-Lite0 on a CPU); the
     # Preprocess path's inputs are channels_last on CUDA already
@@ -182,16 +177,18 @@ def check_finite(out: Features, model_key: str, batch_size: int) -> None:
 @dataclass(frozen=True)
 class FeatureExtractor:
     """A frozen model bound to how its images become features: its cache key (model and weights), its evaluation
-    transform (None: timm's for the model) and the extraction settings (device, batch, precision, workers, decoder,
-    cache: `failmode.options.FeatureOptions`). Mining, evaluation and the classifiers of slices / discover use it."""
+    transform (`failmode.models.classifier.eval_preprocess`) and the extraction settings (device, batch, precision,
+    workers, decoder, cache: `failmode.options.FeatureOptions`). Mining, evaluation and the classifiers of slices /
+    discover use it."""
 
     model: torch.nn.Module
     model_key: str
-    transform: Transform | None = None
+    transform: Transform
     options: FeatureOptions = field(default_factory=FeatureOptions)
 
     def __call__(self, source: ImageSource, indices: Sequence[int] | np.ndarray | None = None, *,
                  with_logits: bool = True, desc: str = "features") -> Features:
         """`extract_features` of `source[indices]` (all images if None) with these settings."""
         return extract_features(self.model, source, indices, model_key=self.model_key, transform=self.transform,
-                                with_logits=with_logits, desc=desc, **self.options.extract_kwargs())
+                                options=self.options, cache_dir=self.options.feature_cache(), with_logits=with_logits,
+                                desc=desc)

@@ -40,12 +40,12 @@ _warned_gpu_decode: list[bool] = []  # non-empty once the nvJPEG fallback has be
 class Preprocess:
     """Resize the shortest side to `resize` (default: `size`), centre-crop `size` x `size`, normalise."""
 
-    size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str = "bicubic"
-    draft: bool = True
-    resize: int | None = None
+    size: int  #: side of the square crop
+    mean: tuple[float, float, float]  #: per-channel mean, on 0..1 pixels
+    std: tuple[float, float, float]  #: per-channel standard deviation, on 0..1 pixels
+    interpolation: str = "bicubic"  #: PIL resampling of the resize: bicubic, bilinear or nearest
+    draft: bool = True  #: decode JPEGs at a reduced DCT scale, keeping at least twice the short side
+    resize: int | None = None  #: short side before the crop (timm's crop_pct); None: `size`
 
     def __post_init__(self) -> None:
         if self.interpolation not in _PIL_RESAMPLE:

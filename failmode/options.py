@@ -1,6 +1,9 @@
 """Options objects shared by the library and the commands, one per concern (light: no heavy import, so commands can
 add their flags and parse them):
 
+- `ModelSpec` and `SplitSpec`: a classifier (timm name, weights, head, preprocessing) and the dataset splits it is
+  run on (dataset, splits, per-class recipe, split seed); `failmode.models.setup.open_classifier` turns them into a
+  ready classifier for `mine`, `evaluate`, `build` (a preset's `models` entries are ModelSpecs) and `discover`.
 - `FeatureOptions`: how images become frozen features (device, batch, precision, loader workers, decoder, cache);
   `failmode mine`, `evaluate`, `build`, and the image side of `attribute`.
 - `AttributionOptions`: which attributor scores failures against contexts (CLIP's model and weights, or another
@@ -65,6 +68,66 @@ PRECISION_CHOICES = ("auto", "fp32", "fp16", "bf16")
 
 
 @dataclass(frozen=True)
+class ModelSpec:
+    """One classifier: a timm name, its weights, its head and its preprocessing (a preset's `models` entry)."""
+
+    id: str
+    weights: str | None = "timm"  # "timm" (pretrained), "none", a state-dict file or an offline provider
+    head: str | None = None  # None: the model's own classifier; "train": fitted on the train split; or a head file
+    image_size: int | None = bounded(None, 8, 4096)  # override the model's input size
+    crop_pct: float | None = bounded(None, 0, 1, lo_open=True)  # override its centre-crop fraction (1.0: no crop)
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser | Any) -> None:
+        """--weights, --head, --image-size, --crop-pct (the model name is each command's own flag)."""
+        p.add_argument("--weights", default="timm",
+                       help="timm (pretrained), none, a state-dict file or an offline weight provider")
+        p.add_argument("--head", help="the model's head on the dataset: 'train' fits one on the train split, or a "
+                                      "head file (.safetensors/.npz/.pt with weight and bias, e.g. the "
+                                      "head.safetensors mining saved); default: the model's own classifier")
+        p.add_argument("--image-size", type=arg_type(ModelSpec, "image_size"), help="override the model's input size")
+        p.add_argument("--crop-pct", type=arg_type(ModelSpec, "crop_pct", float),
+                       help="override the model's centre-crop fraction (1.0: no border crop)")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, model: str) -> ModelSpec:
+        """`model` with the flags of `add_arguments`."""
+        return cls(model, args.weights, args.head, args.image_size, args.crop_pct)
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """A dataset and its splits as the paper makes them: the evaluation split (debug + test), the split a head is
+    trained on, the per-class recipe (None: the dataset's own) and the split seed."""
+
+    dataset: str = "imagenet-1k"  # a dataset spec (`failmode.data.spec`), with its labels file attached if any
+    split: str | None = None  # evaluation split holding the debug and test images (default: the dataset's)
+    train_split: str | None = None  # split a head is trained on (default: the dataset's)
+    train_per_class: float | None = bounded(None, 0, 1_000_000, lo_open=True)  # train images per class
+    debug_per_class: float | None = bounded(None, 0, 1_000_000, lo_open=True)  # a count, or a fraction < 1
+    split_seed: int = 0  # seed of the debug/test split and of the seed/heldout halves
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser | Any, split_flag: str = "--split") -> None:
+        """`split_flag` (the evaluation split), --train-split, --train-per-class, --debug-per-class, --split-seed
+        (the dataset is each command's own flag)."""
+        p.add_argument(split_flag, dest="split",
+                       help="evaluation split holding the debug and test images (default: the dataset's)")
+        p.add_argument("--train-split", help="split a head is trained on (default: the dataset's)")
+        p.add_argument("--train-per-class", type=arg_type(SplitSpec, "train_per_class", float),
+                       help="override the recipe: train images per class")
+        p.add_argument("--debug-per-class", type=arg_type(SplitSpec, "debug_per_class", float),
+                       help="override the recipe: debug images per class (a count, or a fraction < 1)")
+        p.add_argument("--split-seed", type=int, default=0,
+                       help="seed of the debug/test split and the seed/heldout halves (default 0)")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, dataset: str) -> SplitSpec:
+        """`dataset` (a spec, labels attached) with the flags of `add_arguments`."""
+        return cls(dataset, args.split, args.train_split, args.train_per_class, args.debug_per_class, args.split_seed)
+
+
+@dataclass(frozen=True)
 class FeatureOptions:
     """Feature-extraction settings (`failmode.features.extract_features`); None means the device's default."""
 
@@ -102,13 +165,11 @@ class FeatureOptions:
         """The options the flags of `add_arguments` set."""
         return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
-    def extract_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of `extract_features` (what a `FeatureExtractor` passes): the cache is its features/."""
+    def feature_cache(self) -> Path:
+        """Where a `FeatureExtractor` caches features: features/ under the cache root (default `default_cache_dir()`)."""
         from failmode.io import default_cache_dir
 
-        return {"device": self.device, "batch_size": self.batch_size, "precision": self.precision,
-                "num_workers": self.num_workers, "decode": self.decode,
-                "cache_dir": Path(self.cache_dir or default_cache_dir()) / "features"}
+        return Path(self.cache_dir or default_cache_dir()) / "features"
 
 
 #: FeatureOptions fields the CLIP attributor reads images with (the cache is attribute_failures' own); given as
@@ -233,11 +294,11 @@ class RenderOptions:
             SCHEDULERS.get(self.scheduler)  # one line listing the known schedulers
 
     @staticmethod
-    def add_arguments(p: argparse.ArgumentParser | Any, *aliases: str, **precision: Any) -> None:
-        """--precision (also under `aliases`; `precision`: argparse settings of that flag that replace its own, an
-        action or a type), --batch-size, --compile, --no-channels-last, --fuse-qkv, --safety-checker, --threads; a
-        flag not given leaves the base options' value."""
-        p.add_argument("--precision", *aliases, dest="render_precision", **{
+    def add_arguments(p: argparse.ArgumentParser | Any, **precision: Any) -> None:
+        """--precision (`precision`: argparse settings of that flag that replace its own, a type, say), --batch-size,
+        --compile, --no-channels-last, --fuse-qkv, --safety-checker, --threads; a flag not given leaves the base
+        options' value."""
+        p.add_argument("--precision", dest="render_precision", **{
             "choices": PRECISION_CHOICES,
             "help": "generator precision, a dtype (default: the preset's, else auto: fp16 on CUDA, fp32 on CPU)",
             **precision})

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from failmode.backends import ImageGenerator
+from failmode.backends import GENERATORS, ImageGenerator
 from failmode.dataset.finalize import finalize
 from failmode.dataset.manifest import ConfigSpec, Manifest
 from failmode.dataset.sample import DebugSample
@@ -248,6 +248,11 @@ class SeedColorGenerator(ImageGenerator):
         return [Image.new("RGB", (self.size, self.size), tuple(r.seed.to_bytes(8, "big")[:3])) for r in requests]
 
 
+#: the seed-colour generator under a registered name, as a preset or `failmode generate --generator` names it
+SEED_COLOR = "seed-color"
+GENERATORS.register(SEED_COLOR)(SeedColorGenerator)
+
+
 def write_debug_dataset(root: str | Path, *, class_names: list[str] | None = None, images_per_mode: int = 8,
                         baseline_images_per_class: int = 16, shard_size: int = 1000) -> Path:
     """A finalized failmode dataset written the way `failmode build` writes one (plan, shards, manifest, card):
@@ -260,7 +265,7 @@ def write_debug_dataset(root: str | Path, *, class_names: list[str] | None = Non
         build_plan,
         random_context_modes,
     )
-    from failmode.generation.run import DatasetInfo, generate_dataset
+    from failmode.generation.run import DatasetInfo, RunOptions, generate_dataset
 
     names = class_names or CIFAR10_CLASSES
     contexts = ("in a desert", "on snow", "in a cave")
@@ -282,8 +287,8 @@ def write_debug_dataset(root: str | Path, *, class_names: list[str] | None = Non
                       baseline_images_per_class=baseline_images_per_class)
     info = DatasetInfo(name="tiny-debug", version="1.0.0", class_names=list(names), source_dataset="uoft-cs/cifar10",
                        tags=["tiny"])
-    generate_dataset(rows, root, SeedColorGenerator(), info, settings, kinds={s.config: s.kind for s in sets},
-                     encode_workers=2)
+    generate_dataset(rows, root, SeedColorGenerator(), info, settings, roles={s.config: s.role for s in sets},
+                     options=RunOptions(encode_workers=2))
     return Path(root)
 
 

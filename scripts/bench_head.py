@@ -84,6 +84,7 @@ def bench_features(args: argparse.Namespace, dev: torch.device) -> dict[str, Any
     from failmode.features import extract_features, forward_features
     from failmode.images import iter_crops, normalize
     from failmode.models.classifier import create_classifier, eval_preprocess, eval_transform
+    from failmode.options import FeatureOptions
     from failmode.testing import jpeg_folder
 
     net = create_classifier(args.model, "none").to(dev).eval()
@@ -95,8 +96,9 @@ def bench_features(args: argparse.Namespace, dev: torch.device) -> dict[str, Any
         source = open_source(str(jpeg_folder(tmp, args.images, size=(w, h))))
         for decode in args.decode.split(","):
             transform = eval_transform(net, args.image_size) if decode == "pil" else prep
-            kw = {"model_key": args.model, "transform": transform, "batch_size": args.batch_size, "device": dev,
-                  "num_workers": args.num_workers, "precision": "auto", "decode": "auto" if decode == "pil" else decode}
+            options = FeatureOptions(device=str(dev), batch_size=args.batch_size, num_workers=args.num_workers,
+                                     precision="auto", decode="auto" if decode == "pil" else decode)
+            kw = {"model_key": args.model, "transform": transform, "options": options}
             extract_features(net, source, np.arange(min(len(source), 2 * args.batch_size)), **kw)  # warm-up
             t0 = time.perf_counter()
             extract_features(net, source, None, **kw)

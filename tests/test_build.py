@@ -186,8 +186,8 @@ def test_generate_command_refuses_empty_or_unnamed_work(tmp_path):
 
     with pytest.raises(UsageError, match="nothing to generate"):
         generate.run(generate_args("--out", str(tmp_path / "ds")))
-    for bad, message in ((["--version", "banana"], "not semver"), (["--shard-index", "3", "--num-shards", "2"],
-                                                                      "invalid worker slot")):
+    for bad, message in ((["--version", "banana"], "not semver"), (["--task-index", "3", "--num-tasks", "2"],
+                                                                      "invalid task slot")):
         with pytest.raises(UsageError, match=message):  # before the pipeline loads or anything renders
             generate.run(generate_args("--baseline", "--vocab", "cifar10", "--out", str(tmp_path / "ds"),
                                        "--generator", str(tmp_path / "no-pipeline"), *bad))
@@ -204,6 +204,7 @@ def test_mining_and_attribution_run_with_the_builds_fixed_thread_count(tmp_path,
     import failmode.mining.attribution as attribution
     import failmode.mining.mine as mine
     from failmode.generation.build import build
+    from failmode.generation.run import RunOptions
     from failmode.testing import tiny_build_preset
 
     path = tiny_build_preset(tmp_path)
@@ -221,7 +222,97 @@ def test_mining_and_attribution_run_with_the_builds_fixed_thread_count(tmp_path,
     monkeypatch.setattr(mine, "mine_failures", counting("mine", mine.mine_failures))
     monkeypatch.setattr(attribution, "attribute_failures", counting("attribute", attribution.attribute_failures))
     torch.set_num_threads(1)
-    assert build(load_preset(str(path)), tmp_path / "out", work=tmp_path / "work", device="cpu",
-                 cache_dir=tmp_path / "cache", stage="prepare") is False
+    assert build(load_preset(str(path)), tmp_path / "out", work=tmp_path / "work", cache_dir=tmp_path / "cache",
+                 options=RunOptions(device="cpu", stage="prepare")) is False
     assert seen == [("mine", 2), ("attribute", 2)]
     assert torch.get_num_threads() == 1  # restored after the stage
+
+
+def _files(root) -> dict[str, str]:
+    """sha256 of every file under the shard folders and generation/ of a dataset folder, by relative path."""
+    from failmode.io import sha256_file
+
+    return {p.relative_to(root).as_posix(): sha256_file(p) for base in ("data", "wds", "generation")
+            for p in sorted((root / base).rglob("*")) if p.is_file()}
+
+
+def test_a_registered_generator_gives_the_same_shards_through_generate_and_build(tmp_path, caplog):
+    """`failmode generate` resolves a preset's generator as `failmode build` does (one function): a registered name
+    (the seed-colour generator of failmode.testing) is that backend in both, never a diffusers model looked up on the
+    Hub, and the same settings give byte-identical shards (parquet, tar, markers), plan and generation stats. The old
+    flag names still work and log one line naming the new one."""
+    import logging
+
+    from failmode.cli import main
+    from failmode.testing import SEED_COLOR, SeedColorGenerator, tiny_build_preset
+
+    path = tiny_build_preset(tmp_path)
+    doc = json.loads(path.read_text())
+    doc["generation"]["generator"] = SEED_COLOR
+    doc["baseline"]["random_context"] = False  # a control `failmode generate` does not make
+    path.write_text(json.dumps(doc))
+    built, generated, work = tmp_path / "built", tmp_path / "generated", tmp_path / "work"
+    assert main(["build", str(path), "--out", str(built), "--work", str(work), "--cache-dir", str(tmp_path / "cache"),
+                 "--device", "cpu", "--write", "overwrite", "--task-index", "0", "--num-tasks", "1"]) == 0
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="failmode.commands"):
+        assert main(["generate", "--preset", str(path), "--modes", str(work / "models/test_efficientnet/modes.json"),
+                     "--collective", "tiny", "--baseline", "--baseline-images", "1", "--out", str(generated),
+                     "--name", "cifar10-bg-debug", "--version", "1.0.0", "--device", "cpu",
+                     "--mode", "overwrite", "--shard-index", "0", "--num-shards", "1"]) == 0
+    renamed = [r.getMessage() for r in caplog.records if r.name == "failmode.commands"]
+    assert renamed == [f"{old} is renamed {new}; the old name is accepted for one more release" for old, new in
+                       (("--mode", "--write"), ("--shard-index", "--task-index"), ("--num-shards", "--num-tasks"))]
+    for root in (built, generated):
+        manifest = Manifest.load(root)
+        assert sorted(manifest.configs) == ["baseline", "collective-tiny", "test_efficientnet"]
+        assert (manifest.generator["id"], manifest.generator["ident"]) == (SEED_COLOR, SeedColorGenerator.ident)
+        assert manifest.generator["resolved_revision"] == "registered"
+    files = _files(built)
+    assert any(f.endswith(".tar") for f in files) and any(f.endswith("_stats.json") for f in files)
+    assert files == _files(generated)
+
+
+def test_generate_sections_are_typed_once_from_the_preset_and_the_overrides():
+    """`failmode generate` merges a preset's generation / render / quality sections with its flags once, into the typed
+    objects `GenerateJob` holds (checked as a preset's sections are)."""
+    import dataclasses
+
+    from failmode.generation.build import generate_sections
+    from failmode.generation.plan import GenerationSettings
+    from failmode.generation.presets import QualitySection
+    from failmode.options import RenderOptions
+
+    preset = load_preset("fashion-scenes-debug")
+    settings, render, quality, image_format = generate_sections("fashion-scenes-debug", {"steps": 3},
+                                                                {"batch_size": 2}, {"reserve": 0})
+    assert settings == dataclasses.replace(preset.generation, steps=3)
+    assert render == dataclasses.replace(preset.render, batch_size=2)
+    assert quality == dataclasses.replace(preset.quality, reserve=0) and image_format == "png"
+    assert generate_sections(None, {}, {}, {}) == (GenerationSettings(), RenderOptions(), QualitySection(), "png")
+    with pytest.raises(ValidationError, match="quality settings: unknown key 'colour'"):
+        generate_sections(None, {}, {}, {"colour": 1})
+    with pytest.raises(ValidationError, match=r"generation settings.steps: 0 is out of range"):
+        generate_sections("fashion-scenes-debug", {"steps": 0}, {}, {})
+
+
+@pytest.mark.parametrize("command,required", [("build", ["preset"]), ("generate", ["--out", "ds"])])
+def test_old_flag_names_set_the_new_flags_and_log_their_new_name(command, required, caplog):
+    import logging
+
+    from failmode.cli import build_parser
+    from failmode.commands._common import log_renamed
+
+    parser = build_parser()._subparsers._group_actions[0].choices[command]
+    new = parser.parse_args([*required, "--write", "overwrite", "--task-index", "1", "--num-tasks", "2"])
+    old = parser.parse_args([*required, "--mode", "overwrite", "--shard-index", "1", "--num-shards", "2"])
+    assert (old.write, old.task, old.tasks) == (new.write, new.task, new.tasks) == ("overwrite", 1, 2)
+    assert parser.parse_args(required).write == "incremental"
+    with caplog.at_level(logging.WARNING, logger="failmode.commands"):
+        log_renamed(new)
+        assert caplog.records == []
+        log_renamed(old)
+    assert [r.getMessage().split(";")[0] for r in caplog.records] == [
+        "--mode is renamed --write", "--shard-index is renamed --task-index", "--num-shards is renamed --num-tasks"]
+    text = " ".join(parser.format_help().split())
+    assert "[--mode {" not in text and "old name: --mode" in text  # hidden from the usage, named in --write's help

@@ -59,5 +59,15 @@ def test_build_help_names_every_shipped_preset_and_the_mode():
     assert all(name in build.description for name in list_presets()) and "fashion-scenes-debug" in build.description
     for command in ("build", "generate"):
         parser = build_parser()._subparsers._group_actions[0].choices[command]
-        mode = next(a for a in parser._actions if "--mode" in a.option_strings)
+        mode = next(a for a in parser._actions if "--write" in a.option_strings)
         assert mode.help.startswith("incremental (default): keep the shards already written")
+
+
+def test_attribute_runs_and_models_name_the_folders_mine_writes():
+    """`failmode attribute --runs DIR --models M ...` reads the folder `failmode mine --models` writes for each M
+    (one name rule, shared through commands/_common.py)."""
+    from failmode.cli import build_parser
+    from failmode.commands import attribute
+
+    argv = ["attribute", "--runs", "runs", "--models", "hf-hub:timm/vit_b.augreg", "test_vit", "--vocabulary", "x"]
+    assert attribute.tables(build_parser().parse_args(argv)) == ["runs/hf-hub-timm-vit_b.augreg", "runs/test_vit"]

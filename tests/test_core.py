@@ -75,17 +75,18 @@ def test_splits_are_stratified_deterministic_and_disjoint():
 def test_feature_cache_hit_and_invalidation(tmp_path):
     from failmode.data.sources import HFSource
     from failmode.features import extract_features
-    from failmode.models.classifier import eval_transform
+    from failmode.models.classifier import eval_preprocess, eval_transform
     from failmode.testing import tiny_classifier, tiny_image_dataset
 
     src = HFSource(tiny_image_dataset("cifar10", n=12), "tiny-12")
     model = tiny_classifier(10)
-    first = extract_features(model, src, model_key="m1", cache_dir=tmp_path)
-    again = extract_features(model, src, model_key="m1", cache_dir=tmp_path)
+    prep = eval_preprocess(model)
+    first = extract_features(model, src, model_key="m1", transform=prep, cache_dir=tmp_path)
+    again = extract_features(model, src, model_key="m1", transform=prep, cache_dir=tmp_path)
     assert not first.cached and again.cached
     np.testing.assert_array_equal(first.features, again.features)
     np.testing.assert_array_equal(first.logits, again.logits)
-    assert not extract_features(model, src, model_key="m2", cache_dir=tmp_path).cached
+    assert not extract_features(model, src, model_key="m2", transform=prep, cache_dir=tmp_path).cached
     other = eval_transform(model, image_size=48)
     assert not extract_features(model, src, model_key="m1", cache_dir=tmp_path, transform=other).cached
 
@@ -97,6 +98,7 @@ def test_device_side_preprocessing_matches_timms_eval_transform(tmp_path):
     from failmode.features import extract_features
     from failmode.images import Preprocess
     from failmode.models.classifier import eval_preprocess, eval_transform, model_data_config
+    from failmode.options import FeatureOptions
     from failmode.testing import tiny_classifier
 
     model = tiny_classifier(10)
@@ -107,41 +109,49 @@ def test_device_side_preprocessing_matches_timms_eval_transform(tmp_path):
               for w, h in [(96, 72), (72, 96), (64, 64), (96, 72), (50, 50)]]
     src = ListSource(smooth, [0, 1, 2, 3, 4], [str(i) for i in range(10)], "sizes")
     exact = extract_features(model, src, model_key="m", transform=eval_transform(model, image_size=48))
-    cpu = extract_features(model, src, model_key="m", transform=prep, decode="cpu", batch_size=2)
-    hybrid = extract_features(model, src, model_key="m", transform=prep, decode="hybrid", batch_size=2)
+    cpu = extract_features(model, src, model_key="m", transform=prep,
+                           options=FeatureOptions(decode="cpu", batch_size=2))
+    hybrid = extract_features(model, src, model_key="m", transform=prep,
+                              options=FeatureOptions(decode="hybrid", batch_size=2))
     # "cpu": timm's pixels, normalised on the device (float rounding only); "hybrid": torch's antialiased resize
     np.testing.assert_allclose(cpu.features, exact.features, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(cpu.logits, exact.logits, rtol=1e-4, atol=1e-5)
     rel = np.linalg.norm(hybrid.features - exact.features) / np.linalg.norm(exact.features)
     assert 0 < rel < 0.05
     # cache keys differ by decoder; a squash-crop model has no device-side form and keeps the PIL transform
-    first = extract_features(model, src, model_key="m", transform=prep, decode="cpu", cache_dir=tmp_path)
-    assert not first.cached and extract_features(model, src, model_key="m", transform=prep, decode="cpu",
+    first = extract_features(model, src, model_key="m", transform=prep, options=FeatureOptions(decode="cpu"),
+                             cache_dir=tmp_path)
+    assert not first.cached and extract_features(model, src, model_key="m", transform=prep,
+                                                 options=FeatureOptions(decode="cpu"),
                                                  cache_dir=tmp_path).cached
-    assert not extract_features(model, src, model_key="m", transform=prep, decode="hybrid", cache_dir=tmp_path).cached
+    assert not extract_features(model, src, model_key="m", transform=prep,
+                                options=FeatureOptions(decode="hybrid"), cache_dir=tmp_path).cached
     cfg = {**model_data_config(model), "crop_mode": "squash"}
     assert Preprocess.from_timm(cfg) is None and Preprocess.from_timm({**cfg, "crop_mode": "center"}) is not None
     from failmode.errors import UsageError
 
     with pytest.raises(UsageError, match="decode must be auto or one of cpu, hybrid, gpu"):
-        extract_features(model, src, model_key="m", transform=prep, decode="nvjpeg")
+        extract_features(model, src, model_key="m", transform=prep, options=FeatureOptions(decode="nvjpeg"))
     with pytest.raises(UsageError, match="--decode gpu decodes JPEGs with nvJPEG on a CUDA device, and the device is "
                                          "cpu: use --decode hybrid"):  # refused, not silently replaced
-        extract_features(model, src, model_key="m", transform=prep, decode="gpu", device="cpu")
+        extract_features(model, src, model_key="m", transform=prep,
+                         options=FeatureOptions(decode="gpu", device="cpu"))
 
 
 def test_feature_cache_without_logits_is_recomputed_when_logits_are_asked_for(tmp_path):
     from failmode.data.sources import HFSource
     from failmode.features import extract_features
+    from failmode.models.classifier import eval_preprocess
     from failmode.testing import tiny_classifier, tiny_image_dataset
 
     src = HFSource(tiny_image_dataset("cifar10", n=6), "tiny-6")
     model = tiny_classifier(10)
-    plain = extract_features(model, src, model_key="m", cache_dir=tmp_path, with_logits=False)
+    prep = eval_preprocess(model)
+    plain = extract_features(model, src, model_key="m", transform=prep, cache_dir=tmp_path, with_logits=False)
     assert plain.logits is None
-    full = extract_features(model, src, model_key="m", cache_dir=tmp_path)  # needs logits: not a cache hit
+    full = extract_features(model, src, model_key="m", transform=prep, cache_dir=tmp_path)  # needs logits: no hit
     assert not full.cached and full.logits.shape == (6, 10)
-    again = extract_features(model, src, model_key="m", cache_dir=tmp_path)
+    again = extract_features(model, src, model_key="m", transform=prep, cache_dir=tmp_path)
     assert again.cached and np.array_equal(again.logits, full.logits)
 
 

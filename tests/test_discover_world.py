@@ -149,13 +149,14 @@ def test_slices_tag_precision_calibration_and_its_old_spellings(ws, cache, tmp_p
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="failmode"):
             assert slices_cmd.run(p.parse_args([*world, *flags, "--out", str(tmp_path / name)])) == 0
-        lines[name] = [r.getMessage() for r in caplog.records if " is now " in r.getMessage()]
+        lines[name] = [r.getMessage() for r in caplog.records if " is renamed " in r.getMessage()]
         docs[name] = json.loads((tmp_path / name / "slices.json").read_text())
     meta = docs["new"]["meta"]
     assert meta["calibration"] == "tag-precision" and meta["calibration_options"] == {"tag_precision": 0.7}
     assert meta["calibration_source"] == ws.world.splits["train"].ident
     assert docs["old"] == docs["new"] and docs["new"]["slices"]
     assert lines == {"new": [], "old": [
-        "--precision 0.7 is now --tag-precision 0.7 (--precision is the render dtype) (the old spelling goes in the "
-        "next release)",
-        "--calibration precision is now --calibration tag-precision (the old spelling goes in the next release)"]}
+        "--precision 0.7 is renamed --tag-precision 0.7 (--precision is the render dtype); the old name is accepted "
+        "for one more release",
+        "--calibration precision is renamed --calibration tag-precision; the old name is accepted for one more "
+        "release"]}

@@ -16,6 +16,7 @@ from failmode.errors import LoadError, ValidationError
 from failmode.generation import (
     DatasetInfo,
     GenerationSettings,
+    RunOptions,
     ShardRun,
     attempt_seed,
     baseline_modes,
@@ -23,7 +24,7 @@ from failmode.generation import (
     generate_dataset,
     modes_from_json,
     read_plan,
-    worker_slot,
+    task_slot,
     write_plan,
 )
 from failmode.generation.render import DiffusersGenerator
@@ -119,16 +120,17 @@ def test_same_pixels_alone_in_a_batch_of_4_and_on_rank_1_of_2(tiny_gen, tmp_path
     batch = tiny_gen.generate(reqs)
     for i, r in enumerate(reqs):
         assert np.array_equal(np.asarray(tiny_gen.generate([r])[0]), np.asarray(batch[i]))
-    # Across ranks: shard 1 of the plan is rendered by worker 1 of 2 (alone) and by a single worker (after shard 0).
+    # Across ranks: shard 1 of the plan is rendered by task 1 of 2 (alone) and by a single task (after shard 0).
     one, two = tmp_path / "one", tmp_path / "two"
     assert generate_dataset(plan(), one, tiny_gen, INFO, SETTINGS).finalized
-    assert worker_slot(env={"RANK": "1", "WORLD_SIZE": "2"}) == (1, 2)
-    second = generate_dataset(plan(), two, tiny_gen, INFO, SETTINGS, worker=(1, 2))
+    assert task_slot(env={"RANK": "1", "WORLD_SIZE": "2"}) == (1, 2)
+    second = generate_dataset(plan(), two, tiny_gen, INFO, SETTINGS, options=RunOptions(task=(1, 2)))
     assert [(s["config"], s["shard_index"]) for s in second.stats] == [("resnet50", 1)]
-    assert not second.finalized and not (two / "failmode.json").exists()  # shards of the other worker are missing
+    assert not second.finalized and not (two / "failmode.json").exists()  # shards of the other task are missing
     rel = "data/resnet50/train-00001-of-00002.parquet"
     assert sha256_file(one / rel) == sha256_file(two / rel)
-    assert generate_dataset(plan(), two, tiny_gen, INFO, SETTINGS, worker=(0, 2)).finalized  # the last one finalizes
+    last = generate_dataset(plan(), two, tiny_gen, INFO, SETTINGS, options=RunOptions(task=(0, 2)))
+    assert last.finalized  # the last one finalizes
     assert tree(one) == tree(two)
     assert (one / "failmode.json").read_bytes() == (two / "failmode.json").read_bytes()
     recorded = read_json(one / "failmode.json")["generation"]  # the generator's own description of how it renders
@@ -247,7 +249,7 @@ def test_out_of_memory_halves_the_batch_instead_of_dying(tmp_path):
 def test_overwrite_mode_redoes_done_shards_and_a_changed_plan_needs_it(tmp_path):
     generate(plan(), tmp_path, SolidGenerator())
     assert generate(plan(), tmp_path, SolidGenerator()) == []
-    redone = generate(plan(), tmp_path, SolidGenerator(), mode="overwrite")
+    redone = generate(plan(), tmp_path, SolidGenerator(), options=RunOptions(write="overwrite"))
     assert len(redone) == 3
     changed = plan(GenerationSettings(**{**SETTINGS.to_dict(), "guidance": 5.0}))
     with pytest.raises(ValidationError, match="different plan"):
@@ -262,12 +264,12 @@ def test_overwrite_with_another_shard_count_never_mixes_old_and_new_shards(tmp_p
     (tmp_path / "README.md").write_text("the old card")
     one_shard = plan(GenerationSettings(**{**SETTINGS.to_dict(), "shard_size": 100}))
     with pytest.raises(RuntimeError, match="killed"):
-        generate(one_shard, tmp_path, SolidGenerator(fail_after=2), mode="overwrite")
+        generate(one_shard, tmp_path, SolidGenerator(fail_after=2), options=RunOptions(write="overwrite"))
     assert not (tmp_path / "failmode.json").exists() and not (tmp_path / "README.md").exists()
     left = sorted(p.name for p in (tmp_path / "data" / "resnet50").iterdir())
     assert all("-of-00001" in name for name in left) and not list((tmp_path / "wds").rglob("*-of-00002*"))
     assert not list((tmp_path / "generation" / "stats").rglob("*-of-00002.json"))
-    generate(one_shard, tmp_path, SolidGenerator(), mode="overwrite")
+    generate(one_shard, tmp_path, SolidGenerator(), options=RunOptions(write="overwrite"))
     assert sorted(p.name for p in (tmp_path / "data" / "resnet50").iterdir()) == [
         "train-00000-of-00001.parquet", "train-00000-of-00001_stats.json"]
 

@@ -220,6 +220,7 @@ def test_nan_features_from_a_model_name_the_model_and_the_batch(tmp_path: Path) 
     from failmode.data.sources import ListSource
     from failmode.errors import FailmodeError
     from failmode.features import extract_features
+    from failmode.options import FeatureOptions
     from failmode.testing import synthetic_images, tiny_classifier
 
     images, labels = synthetic_images(12, size=32, seed=3, num_classes=4)
@@ -233,8 +234,8 @@ def test_nan_features_from_a_model_name_the_model_and_the_batch(tmp_path: Path) 
 
     with pytest.raises(FailmodeError, match=r"^tiny@1: the model gave NaN or infinite features in batch 1 "
                                             r"\(images 5\.\.9 of 12, first at source index 7\); nothing was cached"):
-        extract_features(tiny_classifier(num_classes=4), source, model_key="tiny@1", batch_size=5, device="cpu",
-                         cache_dir=tmp_path / "c", num_workers=0, transform=transform)
+        extract_features(tiny_classifier(num_classes=4), source, model_key="tiny@1", transform=transform,
+                         options=FeatureOptions(device="cpu", batch_size=5, num_workers=0), cache_dir=tmp_path / "c")
     assert not (tmp_path / "c").exists() or not list((tmp_path / "c").glob("*.npz"))
 
 
@@ -322,24 +323,24 @@ def test_a_preset_with_colliding_names_or_numbers_out_of_range_is_refused_before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["preset.json"]  # nothing written: no plan, no work folder
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--batch-size", "100000"], "argument --batch-size: 100000 is out of range (1..1024)"),
-    (["--train-per-class", "1e308"], "argument --train-per-class: 1e308 is out of range (> 0 and <= 1e+06)"),
-    (["--device", "cuda:99"], "argument --device: cuda:99: not present on this machine (available here: HAVE)"),
-    (["--device", "nonsense"], "argument --device: 'nonsense' is not a device (available here: HAVE)"),
-    (["--device", "mps"], "argument --device: mps: not present on this machine (available here: HAVE)"),
+@pytest.mark.parametrize("flags, message", [
+    ("--batch-size 100000", "argument --batch-size: 100000 is out of range (1..1024)"),
+    ("--train-per-class 1e308", "argument --train-per-class: 1e308 is out of range (> 0 and <= 1e+06)"),
+    ("--device cuda:99", "argument --device: cuda:99: not present on this machine (available here: HAVE)"),
+    ("--device nonsense", "argument --device: 'nonsense' is not a device (available here: HAVE)"),
+    ("--device mps", "argument --device: mps: not present on this machine (available here: HAVE)"),
 ])
-def test_flags_out_of_range_and_absent_devices_are_one_usage_line(tmp_path: Path, capsys, argv, message) -> None:
+def test_flags_out_of_range_and_absent_devices_are_one_usage_line(tmp_path: Path, capsys, flags, message) -> None:
     """Before: a RuntimeError traceback after the data had loaded (devices), the allocator's failure (batch)."""
     import sys
 
     from failmode.runtime import available_devices
 
-    if sys.platform == "darwin" and "mps" in argv:
-        argv = ["--device", "cuda:99"]  # (mps is present on Apple silicon)
+    if sys.platform == "darwin" and flags == "--device mps":
+        flags = "--device cuda:99"  # (mps is present on Apple silicon)
         message = "argument --device: cuda:99: not present on this machine (available here: HAVE)"
     message = message.replace("HAVE", ", ".join(available_devices()))
-    code, err = _build_cli(tmp_path, _preset(tmp_path), capsys, *argv)
+    code, err = _build_cli(tmp_path, _preset(tmp_path), capsys, *flags.split())
     assert code == 2 and err == [f"failmode build: error: {message} (see 'failmode build --help')"], err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["preset.json"]
 
@@ -401,9 +402,9 @@ def test_the_documented_ranges_are_the_code_s() -> None:
     import re
 
     from failmode.generation.plan import GenerationSettings
-    from failmode.generation.presets import BaselineSection, DatasetSection, ModelSection, QualitySection
+    from failmode.generation.presets import BaselineSection, DatasetSection, QualitySection
     from failmode.head import HeadParams
-    from failmode.options import FeatureOptions, RenderOptions
+    from failmode.options import FeatureOptions, ModelSpec, RenderOptions, SplitSpec
 
     doc = (Path(__file__).parents[1] / "docs" / "settings.md").read_text()
     section = None
@@ -416,8 +417,8 @@ def test_the_documented_ranges_are_the_code_s() -> None:
         section = cls[1] if cls else section
         documented[section, m[2]] = m[3]
     assert len(documented) >= 15  # the table parses
-    classes = [GenerationSettings, BaselineSection, DatasetSection, ModelSection, QualitySection, RenderOptions,
-               FeatureOptions, HeadParams]
+    classes = [GenerationSettings, BaselineSection, DatasetSection, SplitSpec, ModelSpec, QualitySection,
+               RenderOptions, FeatureOptions, HeadParams]
     code = {(c.__name__, f.name): f.metadata["range"].describe() for c in classes for f in dataclasses.fields(c)
             if "range" in f.metadata}
     assert documented == code

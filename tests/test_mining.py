@@ -12,7 +12,7 @@ from failmode.data.sources import ListSource
 from failmode.errors import UsageError, ValidationError
 from failmode.head import LinearHead, apply_head
 from failmode.mining import Predictions, assign_halves, failures_from_predictions, mine_failures, read_failures
-from failmode.options import FeatureOptions
+from failmode.options import FeatureOptions, ModelSpec, SplitSpec
 from failmode.testing import synthetic_images
 
 ARCH = "test_efficientnet"
@@ -43,7 +43,10 @@ def _mine(world, out, cache, decode="cpu", **kw):
     kw = {"weights": str(world / "w.pth"), "head": str(world / "head.npz"), "train_per_class": 1,
           "debug_per_class": 0.75} | kw
     extraction = FeatureOptions(device="cpu", batch_size=16, decode=decode, cache_dir=str(cache))
-    return mine_failures(ARCH, str(world / "data"), out_dir=out, extraction=extraction, **kw)
+    model = ModelSpec(ARCH, **{k: kw.pop(k) for k in ("weights", "head", "image_size", "crop_pct") if k in kw})
+    on_bad_image = kw.pop("on_bad_image", "error")
+    return mine_failures(model, SplitSpec(str(world / "data"), **kw), out_dir=out, extraction=extraction,
+                         on_bad_image=on_bad_image)
 
 
 def test_halves_are_per_class_ceil_half_and_seeded():
@@ -111,13 +114,15 @@ def test_split_seed_changes_split(world, tmp_path):
 def test_native_logits_and_missing_head(tmp_path):
     from failmode.features import FeatureExtractor
     from failmode.mining import predict
+    from failmode.models.classifier import eval_preprocess
     from failmode.testing import tiny_classifier
 
     images, labels = synthetic_images(8, size=32, num_classes=10)
     names = [f"c{i}" for i in range(10)]
     model = tiny_classifier(10)
     src = ListSource(images, labels, names, "mem:native")
-    extractor = FeatureExtractor(model, "tiny@0", options=FeatureOptions(device="cpu", cache_dir=str(tmp_path)))
+    extractor = FeatureExtractor(model, "tiny@0", eval_preprocess(model),
+                                 FeatureOptions(device="cpu", cache_dir=str(tmp_path)))
     p = predict(extractor, src, range(8))
     with torch.inference_mode():
         from failmode.models.classifier import eval_transform
@@ -206,9 +211,9 @@ def test_head_trained_on_the_train_split(world, tmp_path):
     dd = datasets.DatasetDict({"train": tiny_image_dataset("cifar10", n=30, seed=1),
                                "test": tiny_image_dataset("cifar10", n=20, seed=2)})
     dd.save_to_disk(str(tmp_path / "dd"))
-    p = mine_failures(ARCH, str(tmp_path / "dd"), out_dir=tmp_path / "o", weights=str(world / "w.pth"), head="train",
-                      split="test", train_split="train", train_per_class=2, debug_per_class=1,
-                      extraction=FeatureOptions(device="cpu", cache_dir=str(tmp_path / "c")))
+    p = mine_failures(ModelSpec(ARCH, str(world / "w.pth"), "train"),
+                      SplitSpec(str(tmp_path / "dd"), "test", "train", train_per_class=2, debug_per_class=1),
+                      out_dir=tmp_path / "o", extraction=FeatureOptions(device="cpu", cache_dir=str(tmp_path / "c")))
     rows, meta = read_failures(p)
     splits = json.loads((p.parent / "splits.json").read_text())
     assert len(splits["train"]) == 20 and len(splits["debug"]) == 10 and meta["n_debug"] == 10

@@ -55,7 +55,7 @@ def test_disk_full_or_read_only_while_writing_is_one_line_and_leaves_nothing(cod
     assert main(["generate", "--modes", str(_modes(tmp_path)), "--out", str(out), "--plan-only"]) == 0
 
 
-def test_scheduler_and_worker_slot_are_checked_before_the_pipeline_loads(tmp_path, capsys, monkeypatch):
+def test_scheduler_and_task_slot_are_checked_before_the_pipeline_loads(tmp_path, capsys, monkeypatch):
     import failmode.generation.render as render
 
     def refuse(*a, **kw):
@@ -64,7 +64,7 @@ def test_scheduler_and_worker_slot_are_checked_before_the_pipeline_loads(tmp_pat
     monkeypatch.setattr(render.DiffusersGenerator, "__init__", refuse)
     base = ["generate", "--modes", str(_modes(tmp_path)), "--out", str(tmp_path / "out"), "--generator", "sd"]
     for extra, words in ((["--scheduler", "nope"], "unknown scheduler 'nope'"),
-                         (["--shard-index", "3", "--num-shards", "2"], "invalid worker slot"),
+                         (["--task-index", "3", "--num-tasks", "2"], "invalid task slot"),
                          (["--version", "banana"], "is not semver")):
         rc = main(base + extra)
         err = capsys.readouterr().err.strip()

@@ -79,7 +79,7 @@ def _wait_for_line(log: Path, text: str, proc: subprocess.Popen) -> None:
 
 def _array(world: World, out: Path, *args: str, preset: Path | None = None, kill_task_1: bool = False) -> None:
     """A two-task job array started together; with `kill_task_1`, task 1 is SIGKILLed after its first shard."""
-    tasks = [world.start(PLAIN, out, "--shard-index", str(i), "--num-shards", "2", *args, preset=preset)
+    tasks = [world.start(PLAIN, out, "--task-index", str(i), "--num-tasks", "2", *args, preset=preset)
              for i in (0, 1)]
     if not kill_task_1:
         world.ok(*tasks)
@@ -107,7 +107,7 @@ def five(world: World) -> dict[str, Path]:
     _array(world, outs["array"])
     world.ok(world.start(ACCELERATE, outs["accelerate"]))
     _array(world, outs["array-killed"], kill_task_1=True)
-    world.ok(world.start(PLAIN, outs["array-killed"], "--stage", "render", "--shard-index", "1", "--num-shards", "2"))
+    world.ok(world.start(PLAIN, outs["array-killed"], "--stage", "render", "--task-index", "1", "--num-tasks", "2"))
     return outs
 
 
@@ -146,12 +146,12 @@ def test_regenerate_shards_on_a_torchrun_build_is_identical_with_no_thread_varia
                                    "baseline/train-00000-of-00005", "identical"]
 
 
-def test_overwrite_with_a_killed_worker_then_incremental_rerun_equals_a_clean_build(five, world):
+def test_overwrite_with_a_killed_task_then_incremental_rerun_equals_a_clean_build(five, world):
     r = world.root
     ow = r / "overwritten"
     shutil.copytree(five["array"], ow)
     shutil.copytree(r / "array.work", r / "overwritten.work")
-    _array(world, ow, "--mode", "overwrite", preset=world.other, kill_task_1=True)
+    _array(world, ow, "--write", "overwrite", preset=world.other, kill_task_1=True)
     proc, log = world.start(PLAIN, ow, "--stage", "finalize", preset=world.other)
     assert proc.wait(timeout=600) == 1  # old shards are not this build's: nothing is finalized
     assert "not every shard of this build is written" in log.read_text().strip().splitlines()[-1]
@@ -237,7 +237,7 @@ def _environ(pid: int) -> dict[str, str]:
 def test_a_renderer_without_prepare_logs_its_wait_and_stops_at_the_wait_timeout(world, tmp_path, capsys, caplog):
     caplog.set_level("INFO", logger="failmode")
     code = main(["build", str(world.preset), "--out", str(tmp_path / "ds"), "--device", "cpu", "--stage", "render",
-                 "--shard-index", "1", "--num-shards", "2", "--wait-timeout", "1"])
+                 "--task-index", "1", "--num-tasks", "2", "--wait-timeout", "1"])
     assert code == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "gave up after --wait-timeout 1 s waiting for prepare" in err, err

@@ -13,7 +13,7 @@ import torch
 
 from failmode.cli import main
 from failmode.errors import UsageError
-from failmode.options import FeatureOptions
+from failmode.options import FeatureOptions, ModelSpec, SplitSpec
 
 ARCH = "test_efficientnet"
 TOY_CLASSES = ["red thing", "blue thing"]
@@ -54,7 +54,7 @@ def coin_flip_head(net, data):
     from failmode.models.classifier import eval_transform
 
     feats = extract_features(net, open_source(str(data)), model_key="head-probe", transform=eval_transform(net),
-                             device="cpu", with_logits=False).features
+                             options=FeatureOptions(device="cpu"), with_logits=False).features
     w = np.random.default_rng(0).normal(size=feats.shape[1]).astype(np.float32)
     weight = np.stack([np.zeros_like(w), w])
     return {"weight": weight, "bias": np.array([0.0, -float(np.median(feats @ w))], np.float32)}
@@ -72,8 +72,8 @@ def mined(tmp_path_factory):
     net = timm.create_model(ARCH, pretrained=False)
     torch.save(net.state_dict(), root / "w.pth")
     np.savez(root / "head.npz", **coin_flip_head(net, root / "data"))
-    mine_failures(ARCH, str(root / "data"), out_dir=root / "run", weights=str(root / "w.pth"),
-                  head=str(root / "head.npz"), train_per_class=1, debug_per_class=0.5,
+    mine_failures(ModelSpec(ARCH, str(root / "w.pth"), str(root / "head.npz")),
+                  SplitSpec(str(root / "data"), train_per_class=1, debug_per_class=0.5), out_dir=root / "run",
                   extraction=FeatureOptions(device="cpu", batch_size=32, cache_dir=str(root / "cache")))
     vocabulary(root / "vocab.json", "toy", list(enumerate(TOY_CLASSES)),
                ["in a forest", "on a beach", "in the snow", "at night"], prompt_names={"blue thing": "azure object"})
@@ -234,7 +234,7 @@ def test_discover_refuses_a_class_list_that_does_not_fit(tmp_path, capsys):
     assert "class 0 is 'airplane'" in capsys.readouterr().err
     argv[argv.index("--dataset-classes") + 1] = "cifar10"
     assert main(argv) == 2  # 1000 ImageNet logits for 10 classes and no head
-    assert "1000 outputs but there are 10 classes" in capsys.readouterr().err
+    assert f"{ARCH} has 1000 classes but cifar10 has 10: give it a head" in capsys.readouterr().err  # mine's words
 
 
 def _parsed(argv: list[str], caplog) -> tuple[object, list[str]]:
@@ -244,7 +244,7 @@ def _parsed(argv: list[str], caplog) -> tuple[object, list[str]]:
 
     from failmode.cli import build_parser
     from failmode.commands import slices as slices_cmd
-    from failmode.commands._discovery import log_renamed
+    from failmode.commands._common import log_renamed
 
     args = build_parser().parse_args(argv)
     if argv[0] == "slices":
@@ -268,7 +268,7 @@ def test_precision_is_the_render_dtype_and_tag_precision_the_calibration_target(
     for command in ("slices", "discover"):
         args, lines = _parsed([command, *base, "--render-precision", "bf16"], caplog)
         assert args.render_precision == "bf16"
-        assert lines == ["--render-precision is now --precision (the old spelling goes in the next release)"]
+        assert lines == ["--render-precision is renamed --precision; the old name is accepted for one more release"]
         args, lines = _parsed([command, *base, "--precision", "fp32"], caplog)
         assert (args.render_precision, lines) == ("fp32", [])
 
@@ -279,10 +279,10 @@ def test_slices_old_precision_spellings_keep_their_meaning_for_one_release(caplo
     base = ["slices", "--world", "concentrated", "--out", "o"]
     args, lines = _parsed([*base, "--calibration", "precision", "--precision", "0.75"], caplog)
     assert (args.render_precision, args.tag_precision, args.calibration) == (None, 0.75, "tag-precision")
-    assert lines == ["--precision 0.75 is now --tag-precision 0.75 (--precision is the render dtype) (the old "
-                     "spelling goes in the next release)",
-                     "--calibration precision is now --calibration tag-precision (the old spelling goes in the next "
-                     "release)"]
+    assert lines == ["--precision 0.75 is renamed --tag-precision 0.75 (--precision is the render dtype); the old name "
+                     "is accepted for one more release",
+                     "--calibration precision is renamed --calibration tag-precision; the old name is accepted for one "
+                     "more release"]
 
 
 def test_slices_precision_flag_refuses_what_is_neither_a_dtype_nor_a_number(tmp_path, capsys):

@@ -31,15 +31,15 @@ IGNORED = (".git", ".venv", "runs", "build", "dist", "*.egg-info", "__pycache__"
 
 #: the world stage of the demo, reduced: export the world, write the preset and the commands that build and evaluate
 WORLD_SCRIPT = """
-import shlex, sys
+import dataclasses, shlex, sys
 from importlib import resources
 from pathlib import Path
 import failmode, failmode.cards, failmode.evaluate
 print(failmode.__file__, failmode.evaluate.__path__[0], resources.files("failmode.cards") / "citation.bib")
-from failmode.evaluate.pipeline import EvalSpec
+from failmode.evaluate.pipeline import DebugSpec, EvalSpec
 from failmode.generation.presets import load_preset
 from failmode.io import write_json
-from failmode.options import FeatureOptions
+from failmode.options import FeatureOptions, SplitSpec
 from failmode.world import build_world
 from failmode.world.demo import DemoConfig, Paths, commands, demo_preset
 from failmode.world.export import export_world
@@ -53,10 +53,9 @@ export_world(world, paths.world)
 preset_path = paths.out / "preset.json"
 write_json(preset_path, demo_preset(c, world, paths))
 model = load_preset(preset_path).models[0]
-spec = EvalSpec(model=model.id, weights=model.weights, head="train", dataset=str(paths.world),
-                debug_data=str(paths.dataset), image_size=model.image_size, crop_pct=model.crop_pct, split_seed=c.seed,
-                extraction=FeatureOptions(device="cpu", cache_dir=str(paths.cache)), group_column="context",
-                common_column="common")
+spec = EvalSpec(dataclasses.replace(model, head="train"), SplitSpec(str(paths.world), split_seed=c.seed),
+                DebugSpec(str(paths.dataset), group_column="context", common_column="common"),
+                FeatureOptions(device="cpu", cache_dir=str(paths.cache)))
 (paths.out / "commands.sh").write_text("\\n".join(shlex.join(cmd) for cmd in commands(paths, preset_path, spec, c)))
 """
 

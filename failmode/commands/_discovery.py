@@ -8,39 +8,14 @@ model for discover; a vocabulary, the CLIP attributor and a diffusers generator 
 from __future__ import annotations
 
 import argparse
-import logging
 from typing import Any
 
+from failmode.commands._common import add_renamed
 from failmode.errors import UsageError
-from failmode.options import AttributionOptions, RenderOptions, device_type
+from failmode.options import PRECISION_CHOICES, AttributionOptions, RenderOptions, device_type
 from failmode.typed import arg_type
 
 _PLAN = "failmode.generation.plan:GenerationSettings"  # ranges of the flags (docs/settings.md)
-#: old spellings of renamed flags and values, kept for one release: each use logs one line naming the new one
-RENAMED = {"--render-precision": "--precision", "--calibration precision": "--calibration tag-precision"}
-
-log = logging.getLogger(__name__)
-
-
-def note_renamed(args: argparse.Namespace, old: str, new: str) -> None:
-    """Remember that the command line used `old` for `new` (logged by `log_renamed` once logging is set up)."""
-    args.renamed = [*getattr(args, "renamed", []), (old, new)]
-
-
-class _Renamed(argparse.Action):
-    """Stores its value; given under an old spelling of `RENAMED`, notes it for `log_renamed`."""
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
-                 option_string: str | None = None) -> None:
-        setattr(namespace, self.dest, values)
-        if option_string in RENAMED:
-            note_renamed(namespace, option_string, RENAMED[option_string])
-
-
-def log_renamed(args: argparse.Namespace) -> None:
-    """One log line per old spelling the command line used, naming the new one."""
-    for old, new in getattr(args, "renamed", []):
-        log.warning("%s is now %s (the old spelling goes in the next release)", old, new)
 
 
 def add_world_arguments(p: argparse.ArgumentParser) -> None:
@@ -72,7 +47,8 @@ def add_real_arguments(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
 
 def add_render_arguments(g: argparse._ArgumentGroup, **precision: Any) -> None:
     """The diffusers generator, its generation settings and its render options (`RenderOptions.add_arguments`:
-    --precision, the render dtype, also spelt --render-precision; `precision`: argparse settings of that flag)."""
+    --precision, the render dtype; `precision`: argparse settings of that flag); --render-precision, slices' name
+    of the flag, is kept for one release."""
     g.add_argument("--generator", help="diffusers model id or local pipeline folder (default SD 1.5)")
     g.add_argument("--revision", help="generator revision on the Hub")
     g.add_argument("--scheduler", default="dpmsolver++",
@@ -81,7 +57,8 @@ def add_render_arguments(g: argparse._ArgumentGroup, **precision: Any) -> None:
     g.add_argument("--guidance", type=arg_type(_PLAN, "guidance", float), default=7.5,
                    help="classifier-free guidance scale (default 7.5)")
     g.add_argument("--size", type=arg_type(_PLAN, "size"), default=512, help="generated image size in pixels (default 512)")
-    RenderOptions.add_arguments(g, "--render-precision", action=_Renamed, **precision)
+    RenderOptions.add_arguments(g, **precision)
+    add_renamed(g, "--render-precision", "--precision", dest="render_precision", choices=PRECISION_CHOICES)
 
 
 def check_mode(args: argparse.Namespace, real_flag: str) -> bool:

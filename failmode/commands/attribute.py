@@ -39,7 +39,7 @@ def tables(args: argparse.Namespace) -> list[str]:
     """The failures tables named on the command line."""
     from pathlib import Path
 
-    from failmode.commands.mine import folder_name
+    from failmode.commands._common import folder_name
     from failmode.errors import UsageError
 
     if bool(args.runs) != bool(args.models):

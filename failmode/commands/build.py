@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 
-from failmode.commands._common import add_labels_argument, add_mode_argument, shipped_presets
+from failmode.commands._common import (
+    add_labels_argument,
+    add_task_arguments,
+    add_write_argument,
+    log_renamed,
+    shipped_presets,
+)
 from failmode.options import BUDGET_HELP, BUILD_STAGES, DEFAULT_WAIT_TIMEOUT_S, RenderOptions, budget_list, device_type
 from failmode.typed import arg_type
 
@@ -20,7 +26,7 @@ DESCRIPTION = (
     "so a rerun resumes; changed settings redo the stages they affect. Options below override the preset and are "
     "recorded in the manifest. Under accelerate launch / torchrun the processes join the launcher's process group: "
     "rank 0 mines, attributes and plans while the others wait at a barrier, all render, rank 0 finalizes. Job arrays "
-    "run --stage prepare once, then --stage render --shard-index I --num-shards N per task; the last renderer "
+    "run --stage prepare once, then --stage render --task-index I --num-tasks N per task; the last renderer "
     "finalizes (or --stage finalize)."
 )
 
@@ -43,20 +49,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="split recipe: debug images per class (count, or fraction < 1)")
     m = p.add_argument_group("models and machine")
     m.add_argument("--device", type=device_type, help="cpu, cuda, cuda:1 (default: cuda if available)")
-    m.add_argument("--generator", help="diffusers Hub id or local save_pretrained folder (overrides generation.generator)")
+    m.add_argument("--generator", help="a registered generator (e.g. composite), else a diffusers Hub id or local "
+                                       "save_pretrained folder (overrides generation.generator)")
     m.add_argument("--clip-model", help="open_clip name or JSON config for attribution and the quality filter")
     m.add_argument("--clip-pretrained", help="open_clip tag or local checkpoint for attribution and the quality filter; "
                                             "none: random weights (smoke tests)")
     m.add_argument("--no-quality", action="store_true", help="skip the CLIP quality filter")
     m.add_argument("--budget", type=budget_list, metavar="POLICY[,POLICY]", help=BUDGET_HELP)
     RenderOptions.add_arguments(p.add_argument_group("rendering (override the preset's render section)"))
-    w = p.add_argument_group("workers and resume")
-    add_mode_argument(w)
-    w.add_argument("--shard-index", type=int, help="this job's part (job arrays, e.g. $SLURM_ARRAY_TASK_ID)")
-    w.add_argument("--num-shards", type=int, help="number of parts of the job array")
+    w = p.add_argument_group("tasks and resume")
+    add_write_argument(w)
+    add_task_arguments(w)
     w.add_argument("--stage", choices=BUILD_STAGES, default="all",
-                   help="all (default: part 0 prepares, the others wait for it), prepare (mine, attribute, plan), "
-                        "render (this part's shards; the last one finalizes) or finalize")
+                   help="all (default: task 0 prepares, the others wait for it), prepare (mine, attribute, plan), "
+                        "render (this task's shards; the last one finalizes) or finalize")
     w.add_argument("--wait-timeout", type=float, default=DEFAULT_WAIT_TIMEOUT_S, metavar="SECONDS",
                    help="how long a renderer waits for prepare (and a rank for rank 0) before giving up "
                         f"(default {DEFAULT_WAIT_TIMEOUT_S:g} s)")
@@ -86,9 +92,11 @@ def run(args: argparse.Namespace) -> int:
     from failmode.errors import UsageError
     from failmode.generation.build import build
     from failmode.generation.presets import list_presets, load_preset
-    from failmode.generation.shards import worker_slot
+    from failmode.generation.run import RunOptions
+    from failmode.generation.shards import task_slot
     from failmode.runtime import configure_cpu_threads
 
+    log_renamed(args)
     if args.list:
         for name in list_presets():
             print(f"{name}\t{load_preset(name).pretty_name}")
@@ -97,9 +105,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"name a preset (shipped: {', '.join(list_presets())})")
     configure_cpu_threads()
     preset = load_preset(args.preset).replace(**overrides(args))
-    done = build(preset, args.out or preset.name, work=args.work, quality=not args.no_quality, mode=args.mode,
-                 worker=worker_slot(args.shard_index, args.num_shards), device=args.device, cache_dir=args.cache_dir,
-                 stage=args.stage, wait_timeout_s=args.wait_timeout)
+    options = RunOptions(device=args.device, write=args.write, task=task_slot(args.task, args.tasks), stage=args.stage,
+                         wait_timeout_s=args.wait_timeout)
+    done = build(preset, args.out or preset.name, work=args.work, cache_dir=args.cache_dir, quality=not args.no_quality,
+                 options=options)
     if not done:
-        logging.getLogger(__name__).info("this worker is done; the card is written when every shard is")
+        logging.getLogger(__name__).info("this task is done; the card is written when every shard is")
     return 0

@@ -82,7 +82,7 @@ def _real_setup(args: argparse.Namespace) -> Any:
     from failmode.discovery.classify import TimmClassifier
     from failmode.discovery.discover import DiscoverSetup
     from failmode.discovery.inputs import check_class_names, dataset_classes, load_vocabularies, pick_labels
-    from failmode.options import FeatureOptions
+    from failmode.options import FeatureOptions, ModelSpec
 
     params = _params(args, size=args.size, steps=args.steps, guidance=args.guidance)
     vocabularies = load_vocabularies(args.vocabulary, args.kinds)
@@ -90,9 +90,8 @@ def _real_setup(args: argparse.Namespace) -> Any:
     names, label_names = dataset_classes(spec)
     check_class_names(vocabularies, names)
     labels = pick_labels(args.classes, names, vocabularies)
-    classifier = TimmClassifier(args.model, args.weights, head=args.head,
-                                image_size=args.image_size, num_classes=len(names),
-                                extraction=FeatureOptions(device=args.device, cache_dir=str(cache_dir(args))))
+    classifier = TimmClassifier(ModelSpec(args.model, args.weights, args.head, args.image_size), classes=names,
+                                where=spec, extraction=FeatureOptions(device=args.device, cache_dir=str(cache_dir(args))))
     attributor = attributor_from_args(args, vocabularies[0].kind)
     render = render_from_args(args)
     return DiscoverSetup(render.make_generator(), classifier, attributor, vocabularies, names, label_names, labels,
@@ -103,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
     """Run generate-then-discover and write its outputs."""
     import logging
 
-    from failmode.commands._discovery import check_mode, log_renamed
+    from failmode.commands._common import log_renamed
+    from failmode.commands._discovery import check_mode
     from failmode.discovery.discover import discover_run
 
     log_renamed(args)

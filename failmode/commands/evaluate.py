@@ -7,9 +7,6 @@ import logging
 
 from failmode.typed import arg_type
 
-_PRESET_DATASET = "failmode.generation.presets:DatasetSection"  # ranges of the flags (docs/settings.md)
-_PRESET_MODEL = "failmode.generation.presets:ModelSection"
-
 HELP = "retrain a model's linear head with a debug dataset and report accuracy before and after"
 DESCRIPTION = (
     "Extract frozen features (cached on disk) of the dataset's train subset, test split and the model's seed/heldout "
@@ -39,15 +36,13 @@ def _ints(text: str) -> list[int]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `failmode evaluate`."""
-    from failmode.commands._common import add_labels_argument
+    from failmode.commands._common import add_bad_image_argument, add_labels_argument
+    from failmode.options import FeatureOptions, ModelSpec, SplitSpec
 
     g = parser.add_argument_group("model and data")
     g.add_argument("--model", action="append", required=True, metavar="NAME",
                    help="timm model name (repeat for a family: collective debugging, or several models in one run)")
-    g.add_argument("--weights", default="timm", help="'timm' (pretrained), 'none', a state-dict file or a provider")
-    g.add_argument("--head", help="the model's head on --dataset: 'train' fits one on the train subset (as "
-                   "'failmode mine --head train' and CIFAR presets do), or a head file (.safetensors/.npz/.pt with "
-                   "weight and bias, e.g. the head.safetensors mining saved); default: the model's own classifier")
+    ModelSpec.add_arguments(g)
     g.add_argument("--dataset", default="imagenet-1k", help="the model's dataset: imagenet-1k, cifar10, cifar100, "
                    "hf:ORG/NAME or a local folder (default imagenet-1k)")
     add_labels_argument(g)
@@ -62,17 +57,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--debug-split", default="train", help="split of the debug dataset (default train)")
     g.add_argument("--failures", metavar="PARQUET", help="failures.parquet from 'failmode mine' (one model only); "
                    "default: recompute the failures from the model's predictions with the same seed/heldout rule")
-    g.add_argument("--train-split", help="training split of --dataset (default: the dataset's own)")
-    g.add_argument("--eval-split", help="evaluation split of --dataset holding debug and test (default: the dataset's)")
-    g.add_argument("--train-per-class", type=arg_type(_PRESET_DATASET, "train_per_class", float),
-                   help="train subset per class (default: the dataset's recipe)")
-    g.add_argument("--debug-per-class", type=arg_type(_PRESET_DATASET, "debug_per_class", float),
-                   help="debug split per class (default: the dataset's recipe)")
+    SplitSpec.add_arguments(g, "--eval-split")
     g.add_argument("--group-column", help="column of the evaluation split naming each image's group (e.g. context): "
                    "per-group and worst-group test accuracy")
     g.add_argument("--common-column", help="boolean column of the evaluation split: the image's group is its class's "
                    "common one (test accuracy on common vs uncommon groups)")
-    g.add_argument("--split-seed", type=int, default=0, help="seed of the splits and failure halves (default 0)")
     h = parser.add_argument_group("head training (defaults from the paper)")
     h.add_argument("--lam", type=float, default=0.5, help="weight of the debug loss (default 0.5)")
     h.add_argument("--lr", type=float, default=0.2, help="learning rate (default 0.2)")
@@ -98,14 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--out", default="runs/evaluate", help="output folder (default runs/evaluate)")
     r.add_argument("--force", action="store_true", help="recompute runs already in OUT/results.jsonl (their lines "
                    "are replaced); by default they are skipped, so a rerun adds no line")
-    r.add_argument("--image-size", type=arg_type(_PRESET_MODEL, "image_size"), help="override the model's input size")
-    r.add_argument("--crop-pct", type=arg_type(_PRESET_MODEL, "crop_pct", float),
-                   help="override the model's centre-crop fraction (1.0: no border crop)")
-    from failmode.commands._common import add_bad_image_argument
-    from failmode.options import FeatureOptions
-
     FeatureOptions.add_arguments(r)
-
     add_bad_image_argument(r)
 
 
@@ -114,10 +96,10 @@ def run(args: argparse.Namespace) -> int:
 
     from failmode.data.spec import with_labels
     from failmode.errors import UsageError
-    from failmode.evaluate.pipeline import EvalSpec, recorded_splits
+    from failmode.evaluate.pipeline import DebugSpec, EvalSpec, recorded_splits
     from failmode.evaluate.suite import run_suite
     from failmode.head import HeadParams
-    from failmode.options import FeatureOptions
+    from failmode.options import FeatureOptions, ModelSpec, SplitSpec
 
     if args.failures and len(args.model) > 1:
         raise UsageError("--failures belongs to one model; with several --model the failures are recomputed")
@@ -125,15 +107,12 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--config names one model's config; with several --model each uses its own")
     baseline = None if args.baseline_config == "none" else args.baseline_config
     random_config = None if args.random_config == "none" else args.random_config
-    specs = [recorded_splits(EvalSpec(
-        model=m, debug_data=args.debug_data, dataset=with_labels(args.dataset, args.labels), weights=args.weights,
-        head=args.head,
-        config=args.config, baseline_config=baseline, random_config=random_config, revision=args.revision,
-        debug_split=args.debug_split, failures=args.failures, train_split=args.train_split, eval_split=args.eval_split,
-        train_per_class=args.train_per_class, debug_per_class=args.debug_per_class, split_seed=args.split_seed,
-        image_size=args.image_size, crop_pct=args.crop_pct, extraction=FeatureOptions.from_args(args),
-        group_column=args.group_column, common_column=args.common_column, on_bad_image=args.on_bad_image))
-        for m in args.model]
+    data = SplitSpec.from_args(args, with_labels(args.dataset, args.labels))
+    debug = DebugSpec(args.debug_data, args.config, baseline, random_config, revision=args.revision,
+                      debug_split=args.debug_split, failures=args.failures, group_column=args.group_column,
+                      common_column=args.common_column)
+    specs = [recorded_splits(EvalSpec(ModelSpec.from_args(args, m), data, debug, FeatureOptions.from_args(args),
+                                      args.on_bad_image)) for m in args.model]
     params = HeadParams(lam=args.lam, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
                         epochs=args.epochs, seed=args.seed, init=args.init, precision=args.head_precision)
     written = run_suite(specs, params, args.out, lambdas=args.lambda_sweep, ks=args.k_sweep,

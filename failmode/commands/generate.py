@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from failmode.commands._common import add_mode_argument
+from failmode.commands._common import add_task_arguments, add_write_argument, log_renamed
 from failmode.options import BUDGET_HELP, DEFAULT_WAIT_TIMEOUT_S, RenderOptions, budget_list, device_type
 from failmode.typed import arg_type
 
@@ -16,11 +16,13 @@ HELP = "render debug images for failure modes (plan, resumable shards, quality f
 DESCRIPTION = (
     "Turn attributed failure modes (modes.json files from 'failmode attribute') and/or the class-only baseline into "
     "a sample plan (one row per image, seed recorded; written to OUT/generation/plan.parquet before rendering) and "
-    "render it through a diffusers text-to-image pipeline into parquet + webdataset shards. Shards are independent "
-    "and resumable: a restart skips done shards (--mode incremental). Several workers split the shards by "
-    "RANK/WORLD_SIZE (accelerate launch, torchrun: the launcher's process group and its barriers) and "
-    "--shard-index/--num-shards (job arrays: worker 0 writes the plan, the others wait for it). The one worker that "
-    "sees every shard of this build done writes the card and manifest (under a lock)."
+    "render it through the generator the settings name (a registered backend such as the demo's composite "
+    "stand-in, else a diffusers text-to-image pipeline: a Hub id or a folder; resolved as 'failmode build' "
+    "resolves it) into parquet + webdataset shards. Shards are independent and resumable: a restart skips done "
+    "shards (--write incremental). Several tasks split the shards by RANK/WORLD_SIZE (accelerate launch, "
+    "torchrun: the launcher's process group and its barriers) and --task-index/--num-tasks (job arrays: task 0 "
+    "writes the plan, the others wait for it). The one task that sees every shard of this build done writes the "
+    "card and manifest (under a lock)."
 )
 
 
@@ -39,7 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--version", default="0.1.0", help="dataset version (semver)")
     p.add_argument("--preset", help="take generation/render/quality settings from this preset")
     g = p.add_argument_group("generation (override the preset or defaults)")
-    g.add_argument("--generator", help="diffusers model id or local pipeline folder (default SD 1.5)")
+    g.add_argument("--generator", help="a registered generator (e.g. composite), else a diffusers model id or local "
+                                       "pipeline folder (default SD 1.5)")
     g.add_argument("--revision")
     g.add_argument("--scheduler", help="dpmsolver++ (default), dpmsolver++-karras, ddim, pndm, euler, unipc")
     g.add_argument("--steps", type=arg_type(_PLAN, "steps"))
@@ -63,12 +66,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("--clip-pretrained",
                    help="its open_clip tag or local checkpoint; none: seeded random weights (default: the preset's)")
     q.add_argument("--reserve", type=int, help="replacement seeds per image (quality filter, safety checker)")
-    w = p.add_argument_group("workers and resume")
-    add_mode_argument(w)
-    w.add_argument("--shard-index", type=int, help="this job's part (job arrays, e.g. $SLURM_ARRAY_TASK_ID)")
-    w.add_argument("--num-shards", type=int, help="number of parts of the job array")
+    w = p.add_argument_group("tasks and resume")
+    add_write_argument(w)
+    add_task_arguments(w)
     w.add_argument("--wait-timeout", type=float, default=DEFAULT_WAIT_TIMEOUT_S, metavar="SECONDS",
-                   help=f"how long a worker waits for worker 0's plan before giving up (default {DEFAULT_WAIT_TIMEOUT_S:g} s)")
+                   help=f"how long a task waits for task 0's plan before giving up (default {DEFAULT_WAIT_TIMEOUT_S:g} s)")
     w.add_argument("--image-format", choices=["png", "jpeg"])
     w.add_argument("--plan-only", action="store_true", help="write the plan and stop")
 
@@ -82,11 +84,15 @@ def _given(args: argparse.Namespace, keys: tuple[str, ...]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Parse the arguments into a `GenerateJob` and run it (plan, render this worker's shards, finalize)."""
-    from failmode.generation.build import GenerateJob, generate
+    """Parse the arguments into a typed `GenerateJob` (the preset's sections and the overrides merged once) and run
+    it (plan, render this task's shards, finalize)."""
+    from failmode.generation.build import GenerateInputs, GenerateJob, generate, generate_sections
+    from failmode.generation.run import RunOptions
+    from failmode.generation.shards import task_slot
     from failmode.options import weights_or_none
     from failmode.runtime import configure_cpu_threads
 
+    log_renamed(args)
     configure_cpu_threads()
     quality: dict[str, Any] = {}
     if args.quality_threshold is not None:
@@ -97,13 +103,14 @@ def run(args: argparse.Namespace) -> int:
         quality["pretrained"] = weights_or_none(args.clip_pretrained)  # none: random weights (null in a preset)
     if args.reserve is not None:
         quality["reserve"] = args.reserve
-    job = GenerateJob(
-        modes=tuple((f, name) for f, _, name in (spec.partition("=") for spec in args.modes)), out=args.out,
-        preset=args.preset, generation=_given(args, GEN_KEYS), render=RenderOptions.given(args), quality=quality,
-        vocab=args.vocab, kind=args.kind, collective=args.collective, baseline=args.baseline,
-        baseline_images=args.baseline_images, name=args.name, version=args.version, image_format=args.image_format,
-        device=args.device, mode=args.mode, shard_index=args.shard_index, num_shards=args.num_shards,
-        plan_only=args.plan_only, no_quality=args.no_quality, encode_workers=args.encode_workers,
-        wait_timeout_s=args.wait_timeout)
-    generate(job)
+    inputs = GenerateInputs(modes=tuple((f, name) for f, _, name in (spec.partition("=") for spec in args.modes)),
+                            vocab=args.vocab, kind=args.kind, collective=args.collective, baseline=args.baseline,
+                            baseline_images=args.baseline_images)
+    options = RunOptions(device=args.device, write=args.write, task=task_slot(args.task, args.tasks),
+                         stage="prepare" if args.plan_only else "all", wait_timeout_s=args.wait_timeout,
+                         encode_workers=args.encode_workers)
+    settings, render, filters, image_format = generate_sections(args.preset, _given(args, GEN_KEYS),
+                                                                RenderOptions.given(args), quality)
+    generate(GenerateJob(inputs, args.out, settings, render, filters, version=args.version, name=args.name,
+                         image_format=args.image_format or image_format, options=options, no_quality=args.no_quality))
     return 0

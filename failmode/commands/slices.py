@@ -65,7 +65,7 @@ def _precision(text: str) -> str | float:
 def old_spellings(args: argparse.Namespace) -> None:
     """The old meanings kept for one release, as the new flags (each noted, to be logged): a number given to
     --precision is --tag-precision, --calibration precision is --calibration tag-precision."""
-    from failmode.commands._discovery import note_renamed
+    from failmode.commands._common import note_renamed
 
     if isinstance(args.render_precision, float):
         note_renamed(args, f"--precision {args.render_precision:g}", f"--tag-precision {args.render_precision:g} "
@@ -131,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from failmode.commands._discovery import check_mode, log_renamed
+    from failmode.commands._common import log_renamed
+    from failmode.commands._discovery import check_mode
     from failmode.discovery.slicing import write_slice_outputs
     from failmode.slices import SliceParams
 

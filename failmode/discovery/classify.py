@@ -11,7 +11,7 @@ from PIL import Image
 
 from failmode.data.sources import ImageSource, ListSource
 from failmode.io import stable_hash
-from failmode.options import FeatureOptions
+from failmode.options import FeatureOptions, ModelSpec
 
 
 class Classifier(Protocol):
@@ -26,7 +26,7 @@ class Classifier(Protocol):
 class FeatureHeadClassifier:
     """A frozen feature extractor (timm model) and a head on its features (`failmode.head.apply_head` forms)."""
 
-    def __init__(self, model: Any, head: Any, *, model_key: str, transform: Callable[[Any], Any] | None = None,
+    def __init__(self, model: Any, head: Any, *, model_key: str, transform: Callable[[Any], Any],
                  num_classes: int, cache_dir: str | Path | None = None, device: str | None = None,
                  batch_size: int = 64, precision: str = "fp32", ident: str | None = None) -> None:
         self.model, self.head, self.model_key, self.transform = model, head, model_key, transform
@@ -39,9 +39,10 @@ class FeatureHeadClassifier:
         from failmode.features import extract_features
 
         idx = None if indices is None else np.asarray(indices, dtype=np.int64)
+        options = FeatureOptions(device=self.device, batch_size=self.batch_size, precision=self.precision)
         return extract_features(self.model, source, idx, model_key=self.model_key, transform=self.transform,
-                                batch_size=self.batch_size, device=self.device, precision=self.precision,
-                                cache_dir=self.cache_dir, with_logits=False, desc=f"predict {self.ident}").features
+                                options=options, cache_dir=self.cache_dir, with_logits=False,
+                                desc=f"predict {self.ident}").features
 
     def predict(self, source: ImageSource, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         """Predicted labels [N]."""
@@ -58,33 +59,24 @@ def images_source(images: Sequence[Image.Image], labels: Sequence[int], class_na
 
 
 class TimmClassifier:
-    """A timm model's own logits (or a head on its frozen features) as a `Classifier`.
+    """A timm model's own logits (or a head file on its frozen features) as a `Classifier`.
 
-    Built from names with `failmode.models.classifier.create_classifier` (weights "timm", a file, a provider or
-    None) and preprocessed with its `eval_preprocess`; predictions go through `failmode.mining.failures.predict`
-    (batched, mixed precision, the feature cache and device of `extraction`).
+    Set up by `failmode.models.setup.open_classifier` (the model of a `ModelSpec`, its classes checked against
+    `classes` when given, `where` naming their list) and preprocessed with its `eval_preprocess`; predictions go
+    through `failmode.mining.failures.predict` (batched, mixed precision, the feature cache and device of
+    `extraction`).
     """
 
-    def __init__(self, model: str, weights: str | None = "timm", *, head: Any | None = None,
-                 image_size: int | None = None, extraction: FeatureOptions | None = None,
-                 num_classes: int | None = None) -> None:
-        from failmode.errors import UsageError
-        from failmode.features import FeatureExtractor
+    def __init__(self, model: ModelSpec, *, extraction: FeatureOptions | None = None,
+                 classes: Sequence[str] | None = None, where: str | None = None) -> None:
         from failmode.head import LinearHead
-        from failmode.mining.mine import model_key
-        from failmode.models.classifier import create_classifier, eval_preprocess
+        from failmode.models.setup import open_classifier
 
-        net = create_classifier(model, weights)
-        self.head = LinearHead.load(head) if isinstance(head, (str, Path)) else head
-        outputs = getattr(net, "num_classes", None)
-        if self.head is None and num_classes is not None and outputs != num_classes:
-            raise UsageError(f"{model} has {outputs} outputs but there are {num_classes} classes: pass a head "
-                             "file (--head) or the class list the model was trained on")
-        self.extractor = FeatureExtractor(net, model_key(model, weights), eval_preprocess(net, image_size),
-                                          extraction or FeatureOptions())
-        head_name = head if isinstance(head, (str, Path)) else type(head).__name__
+        setup = open_classifier(model, None, extraction or FeatureOptions(), classes=classes, where=where)
+        self.head = LinearHead.load(model.head) if model.head is not None else None  # read before the model loads
+        self.extractor = setup.extractor
         key = self.extractor.model_key
-        self.ident = key if self.head is None else f"{key}+head:{head_name}"
+        self.ident = key if self.head is None else f"{key}+head:{model.head}"
 
     def predict(self, source: ImageSource, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         """Predicted labels [N] of `source[indices]`."""

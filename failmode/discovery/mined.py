@@ -32,7 +32,7 @@ from failmode.discovery.tagging import ContextVocabulary
 from failmode.errors import LoadError, UsageError, ValidationError
 from failmode.io import read_json
 from failmode.mining.failures import Predictions, read_predictions
-from failmode.options import FeatureOptions
+from failmode.options import FeatureOptions, ModelSpec
 from failmode.slices import SliceParams
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ def check_vocabularies(run: MinedRun, vocabularies: Sequence[Any]) -> None:
 def live_classifier(run: MinedRun, extraction: FeatureOptions | None = None) -> tuple[TimmClassifier | None, str]:
     """The mined classifier rebuilt from the run's metadata (extracting with `extraction`), or (None, why it
     cannot be)."""
-    from failmode.mining.mine import model_key
+    from failmode.models.setup import model_key
 
     head = str(run.meta.get("head", "native"))
     head_file = None
@@ -118,8 +118,7 @@ def live_classifier(run: MinedRun, extraction: FeatureOptions | None = None) -> 
     model, weights = run.meta["model"], run.meta.get("weights")
     if model_key(model, weights) != run.meta.get("model_key"):
         return None, f"its weights {weights} changed since mining"
-    return TimmClassifier(model, weights, head=head_file, image_size=run.meta.get("image_size"),
-                          extraction=extraction), ""
+    return TimmClassifier(ModelSpec(model, weights, head_file, run.meta.get("image_size")), extraction=extraction), ""
 
 
 def split_debug(run: MinedRun, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

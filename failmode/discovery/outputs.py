@@ -89,7 +89,7 @@ def write_debug_config(root: str | os.PathLike[str], *, name: str, modes: ModeSe
         raise FailmodeError(f"debug config {modes.config}: nothing to render")
     info = DatasetInfo(name=name, version=version, class_names=list(class_names), description=description,
                        generator_options=dict(render.generator_options))
-    if not generate_dataset(rows, root, generator, info, render.settings, kinds={modes.config: modes.kind}).finalized:
+    if not generate_dataset(rows, root, generator, info, render.settings, roles={modes.config: modes.role}).finalized:
         raise FailmodeError(f"{root}: the debug config was not finalized")
     log.info("debug config %s: %d images -> %s", modes.config, len(rows), root)
     return Path(root)

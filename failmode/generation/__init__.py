@@ -29,16 +29,17 @@ from failmode.generation.presets import Preset, list_presets, load_preset
 from failmode.generation.run import (
     DatasetInfo,
     GenerationResult,
+    RunOptions,
     all_shards_done,
     generate_dataset,
     make_manifest,
     save_plan,
 )
-from failmode.generation.shards import BatchState, ShardRun, assign, shard_jobs, worker_slot
+from failmode.generation.shards import BatchState, ShardRun, assign, shard_jobs, task_slot
 
 __all__ = [
-    "BatchState", "DatasetInfo", "GenerationResult", "GenerationSettings", "ModeSet", "PlanRow", "Preset", "ShardRun",
-    "all_shards_done", "assign", "attempt_seed", "baseline_modes", "build_plan", "derive_seed", "generate_dataset",
+    "BatchState", "DatasetInfo", "GenerationResult", "GenerationSettings", "ModeSet", "PlanRow", "Preset", "RunOptions",
+    "ShardRun", "all_shards_done", "assign", "attempt_seed", "baseline_modes", "build_plan", "derive_seed", "generate_dataset",
     "list_presets", "load_preset", "make_manifest", "merge_modes", "modes_from_json", "plan_path", "read_plan",
-    "read_plan_of", "save_plan", "shard_jobs", "worker_slot", "write_plan",
+    "read_plan_of", "save_plan", "shard_jobs", "task_slot", "write_plan",
 ]

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from failmode.backends import GENERATORS, ImageGenerator, construct
+from failmode.backends import GENERATORS, BackendContext, ImageGenerator, construct
 from failmode.dataset import Manifest, config_slug
 from failmode.dataset.finalize import derived_files_current
 from failmode.dataset.layout import check_distinct
 from failmode.errors import FailmodeError, UsageError, ValidationError
-from failmode.generation.coordinate import DEFAULT_WAIT_TIMEOUT_S, LOCK_NAME, Coordinator, Group
+from failmode.generation.coordinate import LOCK_NAME, Coordinator, Group
 from failmode.generation.environment import clip_revision, timm_revision
 from failmode.generation.plan import (
     BASELINE_KIND,
@@ -41,12 +41,12 @@ from failmode.generation.plan import (
     read_plan,
     seed_context_counts,
 )
-from failmode.generation.presets import ModelSection, Preset, QualitySection
+from failmode.generation.presets import Preset, QualitySection
 from failmode.generation.quality import ClipQuality, QualityScorer
 from failmode.generation.render import pipeline_ident
-from failmode.generation.run import DatasetInfo, all_shards_done, generate_dataset, save_plan
+from failmode.generation.run import DatasetInfo, RunOptions, all_shards_done, generate_dataset, save_plan
 from failmode.io import read_json, sha256_file, stable_hash, write_json
-from failmode.options import FeatureOptions, RenderOptions
+from failmode.options import FeatureOptions, ModelSpec, RenderOptions, SplitSpec
 from failmode.runtime import fixed_threads
 from failmode.typed import to_json
 
@@ -55,35 +55,52 @@ log = logging.getLogger(__name__)
 STAGES_FILE = "stages.json"
 
 
-def registered_generator(preset: Preset, *, device: str | None = None) -> ImageGenerator | None:
-    """The generator registered under `generation.generator` (e.g. the offline "composite" stand-in), built for
-    the preset's dataset; None when the name is a diffusers model (a Hub id or a folder)."""
-    name = preset.generation.generator
-    if name == "diffusers" or name not in GENERATORS:
-        return None
-    log.info("generator %r is a registered backend: the preset's render section and its scheduler, steps and "
-             "guidance are for diffusers and do not apply", name)
-    return construct(GENERATORS, name, dataset=preset.dataset.id, device=device)
+@dataclass(frozen=True)
+class GeneratorChoice:
+    """The generator a build or `failmode generate` renders with, resolved by name in one place
+    (`resolve_generator`): a registered backend (built at once; e.g. the offline "composite" stand-in) or a diffusers
+    model, a Hub id or a folder, loaded only when something renders (`options`: its render options)."""
+
+    settings: GenerationSettings
+    registered: ImageGenerator | None = None
+    options: RenderOptions | None = None
+
+    @property
+    def ident(self) -> str:
+        """The generator's ident, which the plan records (no pipeline is loaded for it)."""
+        if self.registered is not None:
+            return self.registered.ident
+        return pipeline_ident(self.settings.generator, self.settings.revision)
+
+    def load(self) -> ImageGenerator:
+        """The generator itself (a diffusers pipeline loads here)."""
+        if self.registered is not None:
+            return self.registered
+        g = self.settings
+        return GENERATORS.get("diffusers")(g.generator, revision=g.revision, options=self.options, ident=self.ident)
 
 
-def make_generator(preset: Preset, *, device: str | None = None) -> ImageGenerator:
-    """The preset's generator: a registered one by name, else diffusers with its render options on `device`."""
-    registered = registered_generator(preset, device=device)
-    if registered is not None:
-        return registered
-    g = preset.generation
-    options = dataclasses.replace(preset.render, device=device, scheduler=g.scheduler)
-    return GENERATORS.get("diffusers")(g.generator, revision=g.revision, options=options)
+def resolve_generator(settings: GenerationSettings, render: RenderOptions, context: BackendContext) -> GeneratorChoice:
+    """The generator `settings.generator` names: a registered backend (not "diffusers"), built from the run's
+    `context`; else a diffusers model rendering with `render` on the context's device and the settings' scheduler
+    (checked here, before anything runs)."""
+    name = settings.generator
+    if name != "diffusers" and name in GENERATORS:
+        log.info("generator %r is a registered backend: the render options and the scheduler, steps and guidance "
+                 "are for diffusers and do not apply", name)
+        return GeneratorChoice(settings, registered=construct(GENERATORS, name, None, context))
+    options = dataclasses.replace(render, device=context.device, scheduler=settings.scheduler)
+    return GeneratorChoice(settings, options=options)
 
 
 def make_quality(cfg: QualitySection, *, device: str | None = None) -> QualityScorer | None:
     """The CLIP quality filter of a preset's `quality` section, or None when disabled."""
     if not cfg.enabled:
         return None
-    from failmode.generation.render import worker_device
+    from failmode.generation.render import process_device
     from failmode.models.clip import create_clip
 
-    dev = worker_device(device)
+    dev = process_device(device)
     clip = create_clip(cfg.clip_model, cfg.pretrained, device=dev)
     return ClipQuality(clip, cfg.min_class_score, cfg.min_context_score, device=dev)
 
@@ -92,7 +109,7 @@ def make_quality(cfg: QualitySection, *, device: str | None = None) -> QualitySc
 class ModelStages:
     """Where one model's mining and attribution outputs go, and the fingerprints of the settings behind them."""
 
-    model: ModelSection
+    model: ModelSpec
     folder: Path
     mine: str
     attribute: str
@@ -126,7 +143,7 @@ class ModelStages:
 
 def model_stages(preset: Preset, work: Path, recipe: dict[str, float]) -> list[ModelStages]:
     """Per model: its folder under `work` and the fingerprints of its mining and attribution settings."""
-    from failmode.mining.mine import model_key
+    from failmode.models.setup import model_key
 
     d, a = preset.dataset, preset.attribution
     out = []
@@ -160,11 +177,9 @@ def _analyse(preset: Preset, stages: list[ModelStages], recipe: dict[str, float]
         done = st.done()
         if not done["mine"]:
             log.info("%s: mining (%s)", st.model.id, "settings changed" if st.failures.exists() else "new")
-            mine_failures(st.model.id, d.spec, out_dir=st.folder, weights=st.model.weights, head=st.model.head,
-                          image_size=st.model.image_size, crop_pct=st.model.crop_pct,
-                          split=d.split, train_split=d.train_split, split_seed=d.split_seed,
-                          extraction=FeatureOptions(device=device, cache_dir=None if cache_dir is None else str(cache_dir)),
-                          **recipe)
+            mine_failures(st.model, SplitSpec(d.spec, d.split, d.train_split, split_seed=d.split_seed, **recipe),
+                          out_dir=st.folder,
+                          extraction=FeatureOptions(device=device, cache_dir=None if cache_dir is None else str(cache_dir)))
             st.stamp(mine=st.mine)
         if not done["attribute"]:
             log.info("%s: attributing (%s)", st.model.id, "settings changed" if st.modes.exists() else "new")
@@ -224,7 +239,7 @@ def budget_record(sets: list[ModeSet], settings: GenerationSettings) -> dict[str
         return {}
     policies = {}
     for ms in sets:
-        if ms.kind != "model":
+        if ms.role != "model":
             continue
         policies[ms.config] = allocation_record(ms, settings.k, settings.images_per_mode)
     return {"budget": {"policies": list(settings.budget), "evidence_rule": EVIDENCE_RULE, "configs": policies}}
@@ -241,44 +256,43 @@ def seed_counts(stages: list[ModelStages], vocab: Any, settings: GenerationSetti
             for st in stages}
 
 
-def mode_sets_from_files(modes_files: list[tuple[str, str]], *, k: int, vocab: str | None = None,
-                         kind: str | None = None, collective: str | None = None, baseline: bool = False,
-                         settings: GenerationSettings | None = None) -> tuple[Any, str, list[ModeSet]]:
-    """(vocabulary, kind, mode sets) from `(modes.json path, config name or "")` pairs, as `failmode generate` takes.
+def mode_sets_from_files(inputs: GenerateInputs, settings: GenerationSettings) -> tuple[Any, str, list[ModeSet]]:
+    """(vocabulary, vocabulary kind, mode sets) of what `failmode generate` plans: its modes files, `(modes.json path,
+    config name or "")` pairs, with the top `settings.k` contexts of each class.
 
     The vocabulary defaults to the one the first modes file was attributed with; each file gives one config per
     budget policy of `settings` (the evidence-weighted one counts the seed failures of the attributions.parquet
-    beside the modes file); `collective` adds one config pooling every file's modes; `baseline` adds the class-only
-    config.
+    beside the modes file); a collective family adds one config pooling every file's modes; the baseline adds the
+    class-only config.
     """
     from failmode.vocab import load_vocabulary
 
-    loaded = [(read_json(f), name, f) for f, name in modes_files]
+    k = settings.k
+    loaded = [(read_json(f), name, f) for f, name in inputs.modes]
     sets = [modes_from_json(d, config=name or None, k=k, where=str(f)) for d, name, f in loaded]
     first = loaded[0][0].get("vocabulary") or {} if loaded else {}
-    vocab_name = vocab or first.get("dataset")
+    vocab_name = inputs.vocab or first.get("dataset")
     if not vocab_name:
         raise UsageError("--vocab is required with --baseline alone (it names the classes)")
-    kind = kind or first.get("kind") or "background"
+    kind = inputs.kind or first.get("kind") or "background"
     vocabulary = load_vocabulary(vocab_name, kind)
     for ms, (_, _, f) in zip(sets, loaded, strict=True):
         check_mode_set(ms, vocabulary, str(f))
-    if settings is not None:
-        counts = {}
-        if EVIDENCE_WEIGHTED in settings.budget:
-            from failmode.mining.tables import read_table
+    counts = {}
+    if EVIDENCE_WEIGHTED in settings.budget:
+        from failmode.mining.tables import read_table
 
-            for ms, (_, _, f) in zip(sets, loaded, strict=True):
-                table = Path(f).parent / "attributions.parquet"
-                if not table.is_file():
-                    raise UsageError(f"budget policy {EVIDENCE_WEIGHTED!r} needs {table} (written by failmode "
-                                     f"attribute beside {f})")
-                counts[ms.source_model] = seed_context_counts(read_table(table)[0], vocabulary)
-        sets = budget_mode_sets(sets, settings, vocabulary, counts)
-    if collective:
-        sets.append(merge_modes([d for d, _, _ in loaded], config=config_slug(f"collective-{collective}"),
-                                family=collective, k=k))
-    if baseline:
+        for ms, (_, _, f) in zip(sets, loaded, strict=True):
+            table = Path(f).parent / "attributions.parquet"
+            if not table.is_file():
+                raise UsageError(f"budget policy {EVIDENCE_WEIGHTED!r} needs {table} (written by failmode "
+                                 f"attribute beside {f})")
+            counts[ms.source_model] = seed_context_counts(read_table(table)[0], vocabulary)
+    sets = budget_mode_sets(sets, settings, vocabulary, counts)
+    if inputs.collective:
+        sets.append(merge_modes([d for d, _, _ in loaded], config=config_slug(f"collective-{inputs.collective}"),
+                                family=inputs.collective, k=k))
+    if inputs.baseline:
         sets.append(baseline_modes(vocabulary.label_names(), [c.prompt_name for c in vocabulary.classes]))
     check_distinct({f"{ms.source_model!r} ({f})": ms.config for ms, (_, _, f) in zip(sets, loaded, strict=False)}
                    | {repr(ms.source_model): ms.config for ms in sets[len(loaded):]}, "generate")
@@ -300,7 +314,7 @@ def is_complete(rows: list[Any], out: Path, quality: QualitySection | None) -> b
     """True when `out` holds a finalized dataset of exactly this plan and quality filter (nothing to do).
 
     A finalized dataset of this plan made with another quality filter is refused (its shards were filtered
-    otherwise): one line saying to rebuild with --mode overwrite.
+    otherwise): one line saying to rebuild with --write overwrite.
     """
     path, manifest_file = plan_path(out), out / "failmode.json"
     if not (path.is_file() and manifest_file.is_file()):
@@ -317,26 +331,58 @@ def is_complete(rows: list[Any], out: Path, quality: QualitySection | None) -> b
         was, now = used or {"enabled": False}, wanted or {"enabled": False}
         diff = ", ".join(f"{k} {was.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(was) | set(now))
                          if was.get(k) != now.get(k))
-        raise UsageError(f"{out} was built with another quality filter ({diff}): rebuild it with --mode overwrite "
+        raise UsageError(f"{out} was built with another quality filter ({diff}): rebuild it with --write overwrite "
                          "(or --out another folder)")
     return derived_files_current(out, manifest)  # a card, grid or _info.json missing or stale: finalize again
 
 
-def build(preset: Preset, out: str | os.PathLike[str], *, work: str | os.PathLike[str] | None = None,
-          generator: ImageGenerator | None = None, quality: bool = True, mode: str = "incremental",
-          worker: tuple[int, int] = (0, 1), device: str | None = None,
-          cache_dir: str | os.PathLike[str] | None = None, stage: str = "all",
-          wait_timeout_s: float = DEFAULT_WAIT_TIMEOUT_S) -> bool:
-    """Run the whole pipeline for `preset` into dataset folder `out` (or one `stage` of it: prepare, render,
-    finalize); True when the dataset is finalized.
+@dataclass(frozen=True)
+class BuildInputs:
+    """What a build plans from, checked before any model loads: the preset, each model's stages, the split recipe,
+    the dataset's class names, the vocabulary and the generation settings (with the vocabulary's template)."""
 
-    `generator` replaces the preset's generator. Everything checkable is checked before any model loads: the split
-    recipe, the vocabulary against the dataset's class names. Under torchrun / accelerate the processes join the
-    launcher's group; job-array tasks meet through markers in the work folder (`failmode.generation.coordinate`).
+    preset: Preset
+    stages: list[ModelStages]
+    recipe: dict[str, float]
+    names: list[str]
+    vocab: Any
+    settings: GenerationSettings
+
+    def plan(self, generator_id: str) -> BuildPlan:
+        """Every model's modes documents, the configs' mode sets and the plan rows (read from the stages' outputs)."""
+        preset, stages = self.preset, self.stages
+        docs = {st.model.id: read_json(st.modes) for st in stages}
+        sets = mode_sets(preset, stages, docs, self.vocab, self.names, seed_counts(stages, self.vocab, preset.generation))
+        rows = build_plan(sets, self.settings, generator_id=generator_id,
+                          baseline_images_per_class=preset.baseline.images_per_class)
+        return BuildPlan(self, docs, sets, rows)
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """A build's plan: its inputs, every model's modes document, the mode sets and the plan rows."""
+
+    inputs: BuildInputs
+    modes_docs: dict[str, Any]
+    sets: list[ModeSet]
+    rows: list[Any]
+
+
+def build(preset: Preset, out: str | os.PathLike[str], *, work: str | os.PathLike[str] | None = None,
+          cache_dir: str | os.PathLike[str] | None = None, quality: bool = True,
+          options: RunOptions | None = None) -> bool:
+    """Run the whole pipeline for `preset` into dataset folder `out` (or the one stage of it `options` names:
+    prepare, render, finalize); True when the dataset is finalized.
+
+    `options` say how this process runs (device, write policy, task, stage, wait timeout). Everything checkable is
+    checked before any model loads: the split recipe, the vocabulary against the dataset's class names, the
+    generator's render options. Under torchrun / accelerate the processes join the launcher's group; job-array
+    tasks meet through markers in the work folder (`failmode.generation.coordinate`).
     """
     from failmode.data.splits import resolve_recipe
     from failmode.vocab import load_vocabulary
 
+    run = options or RunOptions()
     out = Path(out)
     work_dir = Path(work) if work else out.parent / f"{out.name}.work"
     d = preset.dataset
@@ -348,65 +394,57 @@ def build(preset: Preset, out: str | os.PathLike[str], *, work: str | os.PathLik
         raise ValidationError(f"{d.id}: the dataset has {len(names)} class{'es' if len(names) != 1 else ''} "
                               f"({', '.join(map(repr, names))}); a debug dataset needs at least 2")
     vocab.check_classes(names, d.id)
-    settings = with_vocabulary_template(preset.generation, preset.vocabulary.kind, vocab)
+    inputs = BuildInputs(preset, stages, recipe, names, vocab,
+                         with_vocabulary_template(preset.generation, preset.vocabulary.kind, vocab))
     # what prepare makes: this preset (with its overrides) into this folder (the same path on every node)
     key = stable_hash({"preset": to_json(preset), "out": str(out.resolve())}, n=16)
-    coordinator = Coordinator(worker, work_dir, key, stage=stage,
-                              wait_timeout_s=wait_timeout_s, group=Group.join(wait_timeout_s))
+    coordinator = Coordinator(run.task, work_dir, key, stage=run.stage,
+                              wait_timeout_s=run.wait_timeout_s, group=Group.join(run.wait_timeout_s))
     try:
-        def plan() -> tuple[dict[str, Any], list[ModeSet], list[Any]]:
-            modes_docs = {st.model.id: read_json(st.modes) for st in stages}
-            sets = mode_sets(preset, stages, modes_docs, vocab, names, seed_counts(stages, vocab, preset.generation))
-            ident = gen.ident if gen is not None else pipeline_ident(settings.generator, settings.revision)
-            rows = build_plan(sets, settings, generator_id=ident,
-                              baseline_images_per_class=preset.baseline.images_per_class)
-            return modes_docs, sets, rows
+        choice = resolve_generator(inputs.settings, preset.render,
+                                   BackendContext(device=run.device, kind=preset.vocabulary.kind, dataset=d.id))
 
         def prepare() -> None:
-            analyse(preset, stages, recipe, device=device, cache_dir=cache_dir)
-            save_plan(plan()[2], out, mode)
+            analyse(preset, stages, recipe, device=run.device, cache_dir=cache_dir)
+            save_plan(inputs.plan(choice.ident).rows, out, run.write)
 
-        gen = generator or registered_generator(preset, device=device)
         coordinator.prepare(prepare)
-        if stage == "prepare":
+        if run.stage == "prepare":
             log.info("prepared %s: render its shards with --stage render", out)
             return False
-        modes_docs, sets, rows = plan()
+        planned = inputs.plan(choice.ident)
         wanted = preset.quality if quality and preset.quality.enabled else None
-        if stage != "finalize" and mode == "incremental" and is_complete(rows, out, wanted):
+        if run.stage != "finalize" and run.write == "incremental" and is_complete(planned.rows, out, wanted):
             log.info("%s is complete and up to date: nothing to render", out)
             return True
-        return _generate(preset, out, rows, sets, modes_docs, stages, recipe, names, vocab, settings,
-                         gen or make_generator(preset, device=device), quality=quality, mode=mode, device=device,
-                         coordinator=coordinator)
+        return _generate(planned, out, choice.load(), quality=quality, options=run, coordinator=coordinator)
     finally:
         coordinator.close()
 
 
-def _generate(preset: Preset, out: Path, rows: list[Any], sets: list[ModeSet], modes_docs: dict[str, Any],
-              stages: list[ModelStages], recipe: dict[str, float], names: list[str], vocab: Any,
-              settings: GenerationSettings, gen: ImageGenerator, *, quality: bool, mode: str, device: str | None,
+def _generate(planned: BuildPlan, out: Path, gen: ImageGenerator, *, quality: bool, options: RunOptions,
               coordinator: Coordinator) -> bool:
     """Render this process's shards of a prepared build and finalize when it is the one to."""
     from failmode.data.sources import hub_dataset_id
 
-    d = preset.dataset
-    scorer = make_quality(preset.quality, device=device) if quality else None
-    info = DatasetInfo(name=preset.name, version=preset.version, class_names=names,
+    inputs = planned.inputs
+    preset, d, vocab = inputs.preset, inputs.preset.dataset, inputs.vocab
+    scorer = make_quality(preset.quality, device=options.device) if quality else None
+    info = DatasetInfo(name=preset.name, version=preset.version, class_names=inputs.names,
                        image_format=preset.image_format, repo_id=preset.repo_id, pretty_name=preset.pretty_name,
                        description=preset.description, source_dataset=hub_dataset_id(d.id),
                        vocabulary={**to_json(preset.vocabulary), "version": getattr(vocab, "version", ""),
                                    "template": vocab.template},
                        attribution={**preset.attribution.record(), "k": preset.generation.k,
-                                    "used": {mid: doc.get("attributor") for mid, doc in modes_docs.items()},
+                                    "used": {mid: doc.get("attributor") for mid, doc in planned.modes_docs.items()},
                                     "resolved_revision": clip_revision(preset.attribution.clip_model,
                                                                        preset.attribution.pretrained),
-                                    **budget_record(sets, preset.generation)},
-                       mining={**to_json(d), "recipe": recipe, "threads": preset.render.threads,
-                               "models": [_mined(st) for st in stages]},
+                                    **budget_record(planned.sets, preset.generation)},
+                       mining={**to_json(d), "recipe": inputs.recipe, "threads": preset.render.threads,
+                               "models": [_mined(st) for st in inputs.stages]},
                        tags=preset.tags)
-    done = generate_dataset(rows, out, gen, info, settings, kinds={s.config: s.kind for s in sets}, quality=scorer,
-                            filters=preset.quality, mode=mode, coordinator=coordinator).finalized
+    done = generate_dataset(planned.rows, out, gen, info, inputs.settings, roles={s.config: s.role for s in planned.sets},
+                            quality=scorer, filters=preset.quality, options=options, coordinator=coordinator).finalized
     if coordinator.stage == "finalize" and not done:
         raise FailmodeError(f"{out}: not every shard of this build is written: run the missing --stage render tasks")
     return done
@@ -428,102 +466,110 @@ def with_vocabulary_template(settings: GenerationSettings, kind: str, vocab: Any
 
 
 @dataclass(frozen=True)
-class GenerateJob:
-    """Everything `failmode generate` is asked: modes files (path, config name or ""), the output folder, a preset
-    whose generation / render / quality sections the given overrides change, the controls, the dataset's name and
-    version, and how this worker runs."""
+class GenerateInputs:
+    """What `failmode generate` plans: modes files (path, config name or ""), the vocabulary (default: the files'),
+    its kind, a collective config's family, and the class-only control with its images per class."""
 
-    modes: tuple[tuple[str, str], ...]
-    out: str
-    preset: str | None = None
-    generation: dict[str, Any] = field(default_factory=dict)
-    render: dict[str, Any] = field(default_factory=dict)
-    quality: dict[str, Any] = field(default_factory=dict)
+    modes: tuple[tuple[str, str], ...] = ()
     vocab: str | None = None
     kind: str | None = None
     collective: str | None = None
     baseline: bool = False
     baseline_images: int | None = None
-    name: str | None = None
+
+
+@dataclass(frozen=True)
+class GenerateJob:
+    """Everything `failmode generate` is asked, typed: what to plan, the output folder, the generation settings,
+    render options and quality filter (a preset's sections with the command line's overrides, merged once by
+    `generate_sections`), the dataset's version, name and image format, how this process runs (`options.stage`
+    "prepare": write the plan and stop), and whether the quality filter is left out."""
+
+    inputs: GenerateInputs
+    out: str
+    settings: GenerationSettings = field(default_factory=GenerationSettings)
+    render: RenderOptions = field(default_factory=RenderOptions)
+    quality: QualitySection = field(default_factory=QualitySection)
     version: str = "0.1.0"
-    image_format: str | None = None
-    device: str | None = None
-    mode: str = "incremental"
-    shard_index: int | None = None
-    num_shards: int | None = None
-    plan_only: bool = False
+    name: str | None = None
+    image_format: str = "png"
+    options: RunOptions = field(default_factory=RunOptions)
     no_quality: bool = False
-    encode_workers: int | None = None
-    wait_timeout_s: float = DEFAULT_WAIT_TIMEOUT_S
 
 
-def _preset_sections(path: str | None) -> dict[str, Any]:
-    """The generation / render / quality sections and image format of a preset file, as plain dicts (defaults
-    without one)."""
-    if not path:
-        return {"generation": {}, "render": {}, "quality": {}, "image_format": "png"}
-    from failmode.generation.presets import load_preset
+def generate_sections(preset: str | None, generation: dict[str, Any], render: dict[str, Any],
+                      quality: dict[str, Any]) -> tuple[GenerationSettings, RenderOptions, QualitySection, str]:
+    """The generation settings, render options, quality filter and image format of `failmode generate`: a preset's
+    sections (the defaults without one) with the given keys changed, each checked as a preset's section is."""
+    from failmode.typed import from_mapping
 
-    pr = load_preset(path)
-    render = {k: v for k, v in dataclasses.asdict(pr.render).items() if k not in ("device", "scheduler")}
-    return {"generation": dataclasses.asdict(pr.generation), "render": render,
-            "quality": dataclasses.asdict(pr.quality), "image_format": pr.image_format}
+    base: Preset | None = None
+    if preset:
+        from failmode.generation.presets import load_preset
+
+        base = load_preset(preset)
+    settings = GenerationSettings.from_dict({**(dataclasses.asdict(base.generation) if base else {}), **generation})
+    options = dataclasses.replace(base.render if base else RenderOptions(), **render)
+    section = from_mapping(QualitySection, {**(dataclasses.asdict(base.quality) if base else {}), **quality},
+                           "quality settings")
+    return settings, options, section, base.image_format if base else "png"
 
 
 def generate(job: GenerateJob) -> bool:
-    """`failmode generate`: check everything, plan the modes files (and controls), then render this worker's shards
+    """`failmode generate`: check everything, plan the modes files (and controls), then render this task's shards
     and finalize when all are done; True when the dataset is finalized (False for a plan only or other shards left).
     """
     from failmode.data.sources import hub_dataset_id
     from failmode.dataset.manifest import SEMVER_RE
-    from failmode.generation.render import pipeline_ident
     from failmode.generation.run import DatasetInfo
-    from failmode.generation.shards import worker_slot
-    from failmode.typed import from_mapping
 
-    if not job.modes and not job.baseline:
+    inputs, run = job.inputs, job.options
+    if not inputs.modes and not inputs.baseline:
         raise UsageError("nothing to generate: pass --modes FILE and/or --baseline")
     if not SEMVER_RE.match(job.version):  # checked before anything renders
         raise UsageError(f"--version {job.version!r} is not semver (MAJOR.MINOR.PATCH, e.g. 1.0.0)")
-    worker = worker_slot(job.shard_index, job.num_shards)
-    cfg = _preset_sections(job.preset)
-    settings = GenerationSettings.from_dict({**cfg["generation"], **job.generation})
-    vocab, kind, sets = mode_sets_from_files(list(job.modes), k=settings.k, vocab=job.vocab, kind=job.kind,
-                                             collective=job.collective, baseline=job.baseline, settings=settings)
-    settings = with_vocabulary_template(settings, kind, vocab)
-    options = RenderOptions(**{**cfg["render"], **job.render, "device": job.device, "scheduler": settings.scheduler})
-    ident = pipeline_ident(settings.generator, settings.revision)
-    rows = build_plan(sets, settings, generator_id=ident, baseline_images_per_class=job.baseline_images)
+    if run.stage not in ("all", "prepare"):
+        raise UsageError(f"failmode generate runs stage all or prepare (the plan only), not {run.stage!r}")
+    vocab, kind, sets = mode_sets_from_files(inputs, job.settings)
+    settings = with_vocabulary_template(job.settings, kind, vocab)
+    choice = resolve_generator(settings, job.render,
+                               BackendContext(device=run.device, kind=kind, dataset=_modes_dataset(inputs.modes)))
+    rows = build_plan(sets, settings, generator_id=choice.ident, baseline_images_per_class=inputs.baseline_images)
     out = Path(job.out)
-    if job.plan_only:
-        save_plan(rows, out, job.mode)
+    if run.stage == "prepare":
+        save_plan(rows, out, run.write)
         return False
-    gen = GENERATORS.get("diffusers")(settings.generator, revision=settings.revision, options=options, ident=ident)
-    qsection = from_mapping(QualitySection, {**cfg["quality"], **job.quality}, "quality settings")
-    quality = None if job.no_quality else make_quality(qsection, device=job.device)
+    gen = choice.load()
+    quality = None if job.no_quality else make_quality(job.quality, device=run.device)
     info = DatasetInfo(name=job.name or out.name, version=job.version, class_names=vocab.label_names(),
-                       image_format=job.image_format or cfg["image_format"],
-                       source_dataset=hub_dataset_id(vocab.dataset),
+                       image_format=job.image_format, source_dataset=hub_dataset_id(vocab.dataset),
                        vocabulary={"dataset": vocab.dataset, "kind": kind, "version": vocab.version,
                                    "template": vocab.template},
-                       attribution={"k": settings.k, "modes": [str(f) for f, _ in job.modes],
+                       attribution={"k": settings.k, "modes": [str(f) for f, _ in inputs.modes],
                                     **budget_record(sets, settings)})
     coordinator = None
-    if worker[1] > 1:  # several workers: one saves the plan (and clears an overwritten build), the others wait
-        key = stable_hash({"rows": [to_json(r) for r in rows], "out": str(out.resolve()), "mode": job.mode}, n=16)
-        coordinator = Coordinator(worker, out.parent / f"{out.name}.work", key, wait_timeout_s=job.wait_timeout_s,
-                                  group=Group.join(job.wait_timeout_s))
+    if run.task[1] > 1:  # several tasks: one saves the plan (and clears an overwritten build), the others wait
+        # the prepare marker's key ("mode": the write policy's key as markers already written spell it)
+        key = stable_hash({"rows": [to_json(r) for r in rows], "out": str(out.resolve()), "mode": run.write}, n=16)
+        coordinator = Coordinator(run.task, out.parent / f"{out.name}.work", key, wait_timeout_s=run.wait_timeout_s,
+                                  group=Group.join(run.wait_timeout_s))
     try:
         if coordinator is not None:
-            coordinator.prepare(lambda: save_plan(rows, out, job.mode))
-        return generate_dataset(rows, out, gen, info, settings, kinds={s.config: s.kind for s in sets},
-                                quality=quality, filters=qsection, mode=job.mode, worker=worker,
-                                encode_workers=job.encode_workers, coordinator=coordinator).finalized
+            coordinator.prepare(lambda: save_plan(rows, out, run.write))
+        return generate_dataset(rows, out, gen, info, settings, roles={s.config: s.role for s in sets},
+                                quality=quality, filters=job.quality, options=run, coordinator=coordinator).finalized
     finally:
         if coordinator is not None:
             coordinator.close()
 
 
-__all__ = ["GenerateJob", "generate", "BASELINE_KIND", "ModelStages", "analyse", "budget_mode_sets", "budget_record",
-           "build", "is_complete", "make_generator", "make_quality", "mode_sets", "mode_sets_from_files", "model_stages",
-           "registered_generator", "seed_counts", "with_vocabulary_template"]
+def _modes_dataset(modes: tuple[tuple[str, str], ...]) -> str | None:
+    """The dataset the first modes file's failures were mined on (what a registered generator such as the world's
+    composite stand-in is built for), None without one."""
+    return read_json(modes[0][0]).get("dataset") if modes else None
+
+
+__all__ = ["BASELINE_KIND", "BuildInputs", "BuildPlan", "GenerateInputs", "GenerateJob", "GeneratorChoice",
+           "ModelStages", "analyse", "budget_mode_sets", "budget_record", "build", "generate", "generate_sections",
+           "is_complete", "make_quality", "mode_sets", "mode_sets_from_files", "model_stages", "resolve_generator",
+           "seed_counts", "with_vocabulary_template"]

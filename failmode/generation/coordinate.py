@@ -4,7 +4,7 @@
 Under torchrun / `accelerate launch` (WORLD_SIZE > 1) the processes join the launcher's group (gloo on CPU, nccl
 on GPU): rank 0 prepares (mines, attributes, plans) while the others wait at a barrier, all render their shards,
 and rank 0 finalizes after the last barrier. A rank that fails ends its process, and the launcher ends the job.
-Job-array tasks (`--shard-index/--num-shards`, `--stage`) meet through files instead: `prepare` writes a marker
+Job-array tasks (`--task-index/--num-tasks`, `--stage`) meet through files instead: `prepare` writes a marker
 (or, when it fails, a failure marker that stops the waiters at once); renderers wait for it with a log line every
 minute up to `--wait-timeout`; the renderer that sees every shard of the build done finalizes under an `O_EXCL`
 lock, so two never finalize together.
@@ -89,14 +89,14 @@ class Group:
 
 @dataclass
 class Coordinator:
-    """One process's part in a build: its shard slot, its stage, and where job-array tasks meet.
+    """One process's part in a build: its task slot, its stage, and where job-array tasks meet.
 
     `markers` is the folder of the prepare markers (shared by every task: on a shared filesystem); `key` names
     what prepare makes, from settings known before anything runs, so a renderer never takes an older build's
     marker for its own.
     """
 
-    worker: tuple[int, int]
+    task: tuple[int, int]  # (this task, tasks): `failmode.generation.shards.task_slot`
     markers: Path
     key: str
     stage: str = "all"
@@ -112,8 +112,8 @@ class Coordinator:
 
     @property
     def prepares(self) -> bool:
-        """True when this process runs prepare itself (stage prepare, or worker 0 of a plain run)."""
-        return self.stage == "prepare" or (self.stage == "all" and self.worker[0] == 0)
+        """True when this process runs prepare itself (stage prepare, or task 0 of a plain run)."""
+        return self.stage == "prepare" or (self.stage == "all" and self.task[0] == 0)
 
     @property
     def renders(self) -> bool:
@@ -147,7 +147,7 @@ class Coordinator:
         when prepare left its failure marker."""
         done, failed = self.markers / PREPARED, self.markers / PREPARE_FAILED
         start = last_log = time.monotonic()
-        what = f"prepare (mine, attribute, plan: --stage prepare or worker 0) to write {done}"
+        what = f"prepare (mine, attribute, plan: --stage prepare or task 0) to write {done}"
         first = True
         while True:
             if _marker_key(failed) == self.key:
@@ -198,7 +198,7 @@ def finalize_lock(folder: str | os.PathLike[str]) -> Iterator[bool]:
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
     except FileExistsError:
-        log.info("another worker is finalizing (%s holds %s)", _holder(path), path)
+        log.info("another process is finalizing (%s holds %s)", _holder(path), path)
         yield False
         return
     with os.fdopen(fd, "w") as f:

@@ -39,7 +39,7 @@ SEED_MASK = (1 << 63) - 1
 SEED_RULE = ("seed = first 8 bytes (big-endian) of sha256('{base_seed}|{config}|{label}|{context_kind}|{context}|"
              "{replica}') & (2**63-1); reserve attempt a>0 uses sha256('{seed}|reserve|{a}') the same way")
 BASELINE_KIND = "class-only"
-#: the random-context baseline's config name, kind and source (its seed stream tag: RANDOM_CONTEXT_STREAM)
+#: the random-context baseline's config name, role and source (its seed stream tag: RANDOM_CONTEXT_STREAM)
 RANDOM_CONTEXT = "random-context"
 RANDOM_CONTEXT_STREAM = 11
 #: shard counts are a multiple of SHARD_MULTIPLE (or of the largest power of two below it that keeps
@@ -127,7 +127,7 @@ class ModeSet:
     """The classes and contexts one config renders: a model's failure modes, a family's, or the baseline."""
 
     config: str
-    kind: str  # "model" | "collective" | "baseline" (the manifest's config kinds)
+    role: str  # "model" | "collective" | "baseline" | "random-context" (written as the manifest's config `kind`)
     source_model: str  # classifier id, "collective:<family>" or "baseline"
     context_kind: str  # "background", "color", ... or "class-only"
     classes: tuple[ClassModes, ...]
@@ -206,7 +206,7 @@ def attempt_seed(seed: int, attempt: int) -> int:
     return seed if attempt == 0 else hash_seed(seed, "reserve", attempt)
 
 
-def modes_from_json(data: Any, *, config: str | None = None, k: int, kind: str = "model",
+def modes_from_json(data: Any, *, config: str | None = None, k: int, role: str = "model",
                     source_model: str | None = None, where: str = "modes.json", allow_empty: bool = False) -> ModeSet:
     """A ModeSet from a `failmode-modes/1` document, keeping the top `k` contexts of each class.
 
@@ -244,7 +244,7 @@ def modes_from_json(data: Any, *, config: str | None = None, k: int, kind: str =
     source = source_model or data.get("source_model")
     if not isinstance(source, str) or not source:
         raise ValidationError(f"{where}: source_model must be a non-empty string, not {source!r}")
-    return ModeSet(config or layout.config_slug(source), kind, source, context_kind, tuple(classes))
+    return ModeSet(config or layout.config_slug(source), role, source, context_kind, tuple(classes))
 
 
 def check_mode_set(ms: ModeSet, vocabulary: Any, where: str) -> None:
@@ -301,7 +301,7 @@ def random_context_modes(mode_sets: Sequence[ModeSet], vocabulary: Any, class_na
     spread over all of the class's vocabulary contexts in equal shares; the contexts that get one image more are
     a seeded choice (`base_seed`, label). Classes without images in any model config are left out; `class_names`
     are the dataset's (the written `class_name` column)."""
-    models = [ms for ms in mode_sets if ms.kind == "model"]
+    models = [ms for ms in mode_sets if ms.role == "model"]
     totals: dict[int, int] = {}
     for ms in models:
         for cm in ms.classes:
@@ -318,8 +318,8 @@ def random_context_modes(mode_sets: Sequence[ModeSet], vocabulary: Any, class_na
         kept = [(c, m) for c, m in zip(contexts, counts, strict=True) if m > 0]
         classes.append(ClassModes(label, class_names[label], entry.prompt_name, tuple(c for c, _ in kept),
                                   tuple(m for _, m in kept)))
-    kind = models[0].context_kind if models else "background"
-    return ModeSet(config, RANDOM_CONTEXT, RANDOM_CONTEXT, kind, tuple(classes))
+    context_kind = models[0].context_kind if models else "background"
+    return ModeSet(config, RANDOM_CONTEXT, RANDOM_CONTEXT, context_kind, tuple(classes))
 
 
 def build_plan(mode_sets: Iterable[ModeSet], settings: GenerationSettings, *, generator_id: str,
@@ -596,7 +596,7 @@ def evidence_modes(top_k: ModeSet, counts: Mapping[int, Sequence[int]], vocabula
         if kept:
             classes.append(ClassModes(cm.label, cm.class_name, cm.prompt_name, tuple(c for c, _ in kept),
                                       tuple(a for _, a in kept)))
-    return ModeSet(config, top_k.kind, top_k.source_model, top_k.context_kind, tuple(classes), EVIDENCE_WEIGHTED)
+    return ModeSet(config, top_k.role, top_k.source_model, top_k.context_kind, tuple(classes), EVIDENCE_WEIGHTED)
 
 
 def allocation_record(ms: ModeSet, k: int, images_per_mode: int) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import failmode
 from failmode.errors import UsageError, ValidationError
 from failmode.generation.plan import GenerationSettings
 from failmode.io import read_json
-from failmode.options import AttributionOptions, RenderOptions
+from failmode.options import AttributionOptions, ModelSpec, RenderOptions
 from failmode.typed import bounded, from_mapping, to_json
 
 PRESET_FORMAT = "failmode-preset/1"
@@ -55,17 +55,6 @@ class VocabularySection:
 
 
 @dataclass(frozen=True)
-class ModelSection:
-    """One classifier: a timm name, its weights and its head."""
-
-    id: str
-    weights: str | None = "timm"  # "timm" (pretrained), "none", a state-dict file or an offline provider
-    head: str | None = None  # None: the model's own classifier; "train": fitted on the train split; or a head file
-    image_size: int | None = bounded(None, 8, 4096)  # override the model's input size
-    crop_pct: float | None = bounded(None, 0, 1, lo_open=True)  # override its centre-crop fraction (1.0: no crop)
-
-
-@dataclass(frozen=True)
 class BaselineSection:
     """The controls: the class-only config ("a photo of a {class}") and the random-context config."""
 
@@ -98,7 +87,7 @@ class Preset:
     version: str
     dataset: DatasetSection
     vocabulary: VocabularySection
-    models: tuple[ModelSection, ...]
+    models: tuple[ModelSpec, ...]  # the classifiers (failmode.options.ModelSpec)
     families: dict[str, list[str]]
     attribution: AttributionOptions
     generation: GenerationSettings

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from failmode.backends import GENERATORS, construct
+from failmode.backends import GENERATORS, BackendContext, construct
 from failmode.dataset import Manifest, layout
 from failmode.dataset.validate import check_listed, load_finalized
 from failmode.errors import UsageError
@@ -65,8 +65,8 @@ def regenerate_shards(root: str | os.PathLike[str], shards: Sequence[str], out: 
     fields = {f.name for f in dataclasses.fields(RenderOptions)} - {"device"}
     gen_id = generator or manifest.generator["id"]
     if gen_id != "diffusers" and gen_id in GENERATORS:  # a registered backend (the demo's composite stand-in)
-        gen = construct(GENERATORS, gen_id, manifest.generator.get("options"), dataset=manifest.mining.get("id"),
-                        device=device)
+        gen = construct(GENERATORS, gen_id, manifest.generator.get("options"),
+                        BackendContext(device=device, dataset=manifest.mining.get("id")))
         options = RenderOptions(device=device, batch_size=int(g.get("batch_size", 16)))
     else:
         options = RenderOptions(device=device, **{k: v for k, v in g.items() if k in fields})
@@ -85,7 +85,7 @@ def regenerate_shards(root: str | os.PathLike[str], shards: Sequence[str], out: 
         # and the spare seeds it had per image
         stats = read_json(stats_file) if stats_file.exists() else {}
         gen.batch_size = stats.get("batch_size", options.batch_size)
-        ShardRun(out, gen, manifest.class_names, image_format=manifest.image_format, mode="overwrite",
+        ShardRun(out, gen, manifest.class_names, image_format=manifest.image_format, write="overwrite",
                  quality=quality, reserve=stats.get("reserve", 3), build=g.get("build", "")).run(job.rows)
         results[job.name] = _matches(root, out, job, manifest)
         log.info("%s: %s", job.name, "identical to the manifest" if results[job.name] else "DIFFERS from the manifest")

@@ -38,7 +38,7 @@ def oom_errors() -> tuple[type[BaseException], ...]:
     return tuple(e for e in found if e is not None)
 
 
-def worker_device(device: str | None = None) -> torch.device:
+def process_device(device: str | None = None) -> torch.device:
     """`device` if given; else this process's GPU under accelerate/torchrun (cuda:$LOCAL_RANK), else the default."""
     local_rank = os.environ.get("LOCAL_RANK")
     if not device and local_rank is not None and torch.cuda.is_available():
@@ -90,7 +90,7 @@ def set_scheduler(pipe: Any, name: str) -> None:
 
 def prepare_pipeline(pipe: Any, options: RenderOptions) -> Any:
     """Move to device/dtype, set the scheduler, SDPA attention, channels_last, fused QKV and torch.compile."""
-    device = worker_device(options.device)
+    device = process_device(options.device)
     dtype = PRECISIONS.get(options.precision) or autocast_dtype(device, "auto") or torch.float32
     if device.type == "cpu" and dtype is torch.float16:
         raise LoadError("fp16 is not supported on CPU; use --precision fp32 or bf16")

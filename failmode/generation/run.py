@@ -1,4 +1,4 @@
-"""The generation stage as one call, `generate_dataset`: plan rows -> plan.parquet -> this worker's rendered shards
+"""The generation stage as one call, `generate_dataset`: plan rows -> plan.parquet -> this task's rendered shards
 -> (when every shard is written) manifest and card. Every failmode dataset is written through it: `failmode build`,
 `failmode generate`, the debug configs of `slices` and `discover`, the demo and the test helpers."""
 
@@ -14,8 +14,8 @@ from typing import Any
 from failmode.backends import ImageGenerator
 from failmode.dataset import ConfigSpec, Manifest, finalize, layout
 from failmode.dataset.finalize import derived_files_current, resume
-from failmode.errors import FailmodeError, ValidationError
-from failmode.generation.coordinate import LOCK_NAME, Coordinator, finalize_lock
+from failmode.errors import FailmodeError, UsageError, ValidationError
+from failmode.generation.coordinate import LOCK_NAME, STAGES, Coordinator, finalize_lock
 from failmode.generation.environment import clip_revision, hub_revision
 from failmode.generation.plan import (
     EVIDENCE_WEIGHTED,
@@ -29,23 +29,45 @@ from failmode.generation.plan import (
 )
 from failmode.generation.presets import QualitySection
 from failmode.generation.quality import QualityScorer
-from failmode.generation.shards import ShardRun, gen_stats_path, shard_current, shard_jobs
+from failmode.generation.shards import WRITES, ShardRun, gen_stats_path, shard_current, shard_jobs
 from failmode.io import read_json, sha256_file, stable_hash
+from failmode.options import DEFAULT_WAIT_TIMEOUT_S
 from failmode.typed import to_json
 
 log = logging.getLogger(__name__)
 
 
-def save_plan(rows: Sequence[PlanRow], root: str | os.PathLike[str], mode: str = "incremental") -> str:
+@dataclass(frozen=True)
+class RunOptions:
+    """How this process takes part in writing a dataset folder (`failmode build`, `failmode generate`): its device,
+    the write policy, its task of the job (`failmode.generation.shards.task_slot`), the build stage it runs, how
+    long it waits for prepare, and its PNG encoding threads."""
+
+    device: str | None = None
+    #: WRITES: incremental (keep this build's shards, render the missing ones) or overwrite (a new build)
+    write: str = "incremental"
+    task: tuple[int, int] = (0, 1)  # (this task, tasks)
+    stage: str = "all"  # failmode.options.BUILD_STAGES
+    wait_timeout_s: float = DEFAULT_WAIT_TIMEOUT_S
+    encode_workers: int | None = None  # default: the CPU count minus 2, 2..8
+
+    def __post_init__(self) -> None:
+        if self.write not in WRITES:
+            raise UsageError(f"unknown write policy {self.write!r} (known: {', '.join(WRITES)})")
+        if self.stage not in STAGES:
+            raise UsageError(f"unknown stage {self.stage!r} (known: {', '.join(STAGES)})")
+
+
+def save_plan(rows: Sequence[PlanRow], root: str | os.PathLike[str], write: str = "incremental") -> str:
     """Write `generation/plan.parquet` (before any rendering); an existing different plan is an error unless
-    `mode` is "overwrite". Returns the plan's sha256."""
+    `write` is "overwrite". Returns the plan's sha256."""
     path = plan_path(root)
-    if path.exists() and mode != "overwrite":
+    if path.exists() and write != "overwrite":
         if read_plan(path) != list(rows):
             raise ValidationError(f"{path} holds a different plan (settings or modes changed); rerun with "
-                                  "--mode overwrite or use another output folder")
+                                  "--write overwrite or use another output folder")
         return sha256_file(path)
-    if mode == "overwrite":
+    if write == "overwrite":
         clear_stale(rows, root)
     return write_plan(rows, path)
 
@@ -53,7 +75,7 @@ def save_plan(rows: Sequence[PlanRow], root: str | os.PathLike[str], mode: str =
 def clear_stale(rows: Sequence[PlanRow], root: str | os.PathLike[str]) -> list[str]:
     """Before an overwrite: remove the old manifest, card and grids (the folder is no longer a finalized dataset
     until the new plan is finalized) and every shard file of a config, split or shard count the new plan does not
-    have, so old and new shards never mix. Idempotent (workers of one job may all call it). Returns what went."""
+    have, so old and new shards never mix. Idempotent (tasks of one job may all call it). Returns what went."""
     root = Path(root)
     planned = {(j.config, layout.shard_stem(j.split, j.shard_index, j.num_shards)) for j in shard_jobs(rows)}
     tables = {m.parent.name for m in (root / "data").glob("*/*_stats.json") if read_json(m).get("kind") == "table"}
@@ -92,7 +114,7 @@ def all_shards_done(rows: Sequence[PlanRow], root: str | os.PathLike[str], build
 
 def build_id(root: str | os.PathLike[str], record: dict[str, Any], image_format: str) -> str:
     """The id of a build: its plan file and everything else that decides its shards' bytes (not which device of
-    its kind a worker uses: ranks on cuda:0 and cuda:1 write one build)."""
+    its kind a task uses: ranks on cuda:0 and cuda:1 write one build)."""
     render = {k: v for k, v in record.items() if k != "device"}
     return stable_hash({"plan": sha256_file(plan_path(root)), "render": render, "image_format": image_format})
 
@@ -135,19 +157,20 @@ class DatasetInfo:
 
 def make_manifest(rows: Sequence[PlanRow], root: str | os.PathLike[str], info: DatasetInfo,
                   settings: GenerationSettings, *, generator_ident: str, render: dict[str, Any],
-                  kinds: dict[str, str] | None = None, build: str = "", license: str = "other",
+                  roles: dict[str, str] | None = None, build: str = "", license: str = "other",
                   license_note: str = "") -> Manifest:
     """The manifest of a generated dataset: configs and shard counts from the plan, pinned generation settings,
     the build's id, the device its shards were rendered on and the generator's resolved commit; `license` and
-    `license_note` are the generator's (`ImageGenerator.license`)."""
-    kinds = kinds or {}
+    `license_note` are the generator's (`ImageGenerator.license`); `roles` names each config's role (model,
+    collective, baseline, random-context: the manifest's config `kind`)."""
+    roles = roles or {}
     budgets = info.attribution.get("budget", {}).get("configs", {})
     configs: dict[str, ConfigSpec] = {}
     for r in rows:
-        kind = kinds.get(r.config, _kind_of(r.source_model))
+        role = roles.get(r.config, _role_of(r.source_model))
         policy = budgets.get(r.config, {}).get("policy", TOP_K)
-        spec = configs.setdefault(r.config, ConfigSpec(kind=kind, splits={}, source_model=r.source_model,
-                                                       description=describe_config(kind, r.source_model, policy)))
+        spec = configs.setdefault(r.config, ConfigSpec(kind=role, splits={}, source_model=r.source_model,
+                                                       description=describe_config(role, r.source_model, policy)))
         spec.splits[r.split] = r.num_shards
     generation = {**settings.to_dict(), **render, "quality": quality_summary(rows, root),
                   "plan": plan_path("").as_posix(), "build": build, **rendered_on(rows, root)}
@@ -186,10 +209,10 @@ def rendered_on(rows: Sequence[PlanRow], root: str | os.PathLike[str]) -> dict[s
     return out
 
 
-def describe_config(kind: str, source_model: str, policy: str = TOP_K) -> str:
-    """What a config of this kind and budget policy is, in one sentence (the card's and manifest's config
+def describe_config(role: str, source_model: str, policy: str = TOP_K) -> str:
+    """What a config of this role and budget policy is, in one sentence (the card's and manifest's config
     description)."""
-    if kind == "model" and policy == EVIDENCE_WEIGHTED:
+    if role == "model" and policy == EVIDENCE_WEIGHTED:
         return (f"The failure modes of {source_model}: each class's images spread over its vocabulary by the "
                 "attributed seed failures (the evidence-weighted budget).")
     return {
@@ -199,10 +222,10 @@ def describe_config(kind: str, source_model: str, policy: str = TOP_K) -> str:
         "baseline": "Class-only prompts with no context (the control).",
         "random-context": "As many images per class as the model configs, spread over all of the class's "
                           "vocabulary contexts in equal shares (the control for context diversity).",
-    }.get(kind, "")
+    }.get(role, "")
 
 
-def _kind_of(source_model: str) -> str:
+def _role_of(source_model: str) -> str:
     if source_model in ("baseline", "random-context"):
         return source_model
     return "collective" if source_model.startswith("collective:") else "model"
@@ -210,7 +233,7 @@ def _kind_of(source_model: str) -> str:
 
 @dataclass(frozen=True)
 class GenerationResult:
-    """What one worker's `generate_dataset` did: the generation stats of the shards it wrote (timings included;
+    """What one task's `generate_dataset` did: the generation stats of the shards it wrote (timings included;
     none when every shard was already done) and whether the folder is now a finalized dataset."""
 
     stats: list[dict[str, Any]]
@@ -218,26 +241,28 @@ class GenerationResult:
 
 
 def generate_dataset(rows: Sequence[PlanRow], root: str | os.PathLike[str], generator: ImageGenerator,
-                     info: DatasetInfo, settings: GenerationSettings, *, kinds: dict[str, str] | None = None,
+                     info: DatasetInfo, settings: GenerationSettings, *, roles: dict[str, str] | None = None,
                      quality: QualityScorer | None = None, filters: QualitySection | None = None,
-                     mode: str = "incremental", worker: tuple[int, int] = (0, 1),
-                     encode_workers: int | None = None, coordinator: Coordinator | None = None) -> GenerationResult:
-    """Save the plan, render and write this worker's pending shards through `generator` (at its batch size, with its
+                     options: RunOptions | None = None, coordinator: Coordinator | None = None) -> GenerationResult:
+    """Save the plan, render and write this task's pending shards through `generator` (at its batch size, with its
     safety checker), then write card and manifest if every shard of the plan is done.
 
     `quality` scores images and drops those `filters` (thresholds, spare seeds per image) reject; `settings` are the
-    generation settings the plan was built with (the manifest pins them); `kinds` names each config's kind. With a
-    `coordinator` the plan was saved by its prepare stage, and it says whether this process renders and finalizes.
+    generation settings the plan was built with (the manifest pins them); `roles` names each config's role;
+    `options` gives the write policy, this task and the encoding threads. With a `coordinator` the plan was saved by
+    its prepare stage, and it says whether this process renders and finalizes (and which task it is).
     """
     root = Path(root)
     filters = filters or QualitySection()
+    options = options or RunOptions()
+    task = options.task
     if coordinator is None:
-        save_plan(rows, root, mode)
+        save_plan(rows, root, options.write)
     else:
         check_plan(rows, root)
-        worker = coordinator.worker
-    run = ShardRun(root, generator, list(info.class_names), image_format=info.image_format, mode=mode,
-                   quality=quality, reserve=filters.reserve, encode_workers=encode_workers, worker=worker)
+        task = coordinator.task
+    run = ShardRun(root, generator, list(info.class_names), image_format=info.image_format, write=options.write,
+                   quality=quality, reserve=filters.reserve, encode_workers=options.encode_workers, task=task)
     record = {**generator.describe(), **quality_record(quality, filters), "safety_checker": run.safety is not None}
     run.build = build_id(root, record, info.image_format)
     stats = run.run(rows) if coordinator is None or coordinator.renders else []
@@ -245,7 +270,7 @@ def generate_dataset(rows: Sequence[PlanRow], root: str | os.PathLike[str], gene
         return GenerationResult(stats, False)
 
     def manifest() -> Manifest:
-        return make_manifest(rows, root, info, settings, generator_ident=generator.ident, render=record, kinds=kinds,
+        return make_manifest(rows, root, info, settings, generator_ident=generator.ident, render=record, roles=roles,
                              build=run.build, license=generator.license, license_note=generator.license_note)
 
     return GenerationResult(stats, finalize_once(rows, root, run.build, manifest))
@@ -255,7 +280,7 @@ def finalize_once(rows: Sequence[PlanRow], root: Path, build: str, manifest: Any
     """Finalize `root` (card, manifest from `manifest()`) when every shard of build `build` is written, in one
     process only (an O_EXCL lock; a dataset this build already finalized is left as it is). True when finalized."""
     if not all_shards_done(rows, root, build):
-        log.info("not all shards of this build are written yet; the last worker to finish writes the card and "
+        log.info("not all shards of this build are written yet; the last task to finish writes the card and "
                  "manifest")
         return False
     with finalize_lock(root / "generation") as mine:

@@ -1,7 +1,7 @@
 """Render a plan into dataset shards: resumable, rank-assigned, with encoding and writing overlapped with the GPU.
 
-A shard is the unit of work. Worker `i` of `n` (from RANK/WORLD_SIZE, set by `accelerate launch` / torchrun, and
-`--shard-index/--num-shards` for job arrays) takes every n-th shard of the plan. Each shard's generation stats carry
+A shard is the unit of work. Task `i` of `n` (from RANK/WORLD_SIZE, set by `accelerate launch` / torchrun, and
+`--task-index/--num-tasks` for job arrays) takes every n-th shard of the plan. Each shard's generation stats carry
 the id of the build that wrote it (its plan and everything that decides its bytes): only shards of the current
 build count as done, so an overwrite is a new build, never a mix. Within a shard, images are rendered
 in fixed-shape batches on the main thread; each accepted image is handed to a thread pool that encodes it, and a
@@ -38,7 +38,8 @@ from failmode.runtime import DEFAULT_THREADS, fixed_threads
 
 log = logging.getLogger(__name__)
 
-MODES = ("incremental", "overwrite")
+#: write policies of a dataset folder: resume the current build, or start a new one
+WRITES = ("incremental", "overwrite")
 SafetyFn = Callable[[Sequence[Image.Image]], list[bool]]
 
 
@@ -69,20 +70,20 @@ def shard_jobs(rows: Sequence[PlanRow]) -> list[ShardJob]:
     return list(jobs.values())
 
 
-def worker_slot(shard_index: int | None = None, num_shards: int | None = None,
-                env: dict[str, str] | None = None) -> tuple[int, int]:
-    """(worker index, worker count) from RANK/WORLD_SIZE combined with a job-array slot `shard_index` of `num_shards`."""
+def task_slot(task: int | None = None, tasks: int | None = None, env: dict[str, str] | None = None) -> tuple[int, int]:
+    """(task, tasks): this process's part of the shards, from RANK/WORLD_SIZE combined with job-array task `task` of
+    `tasks`."""
     env = dict(os.environ) if env is None else env
     rank, world = int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1))
-    part, parts = (shard_index or 0), (num_shards or 1)
+    part, parts = (task or 0), (tasks or 1)
     if not (0 <= rank < world) or not (0 <= part < parts):
-        raise UsageError(f"invalid worker slot: rank {rank} of {world}, job-array part {part} of {parts}")
+        raise UsageError(f"invalid task slot: rank {rank} of {world}, job-array task {part} of {parts}")
     return part * world + rank, parts * world
 
 
-def assign(jobs: Sequence[ShardJob], worker: int, workers: int) -> list[ShardJob]:
-    """The shards of worker `worker` of `workers`: every `workers`-th shard of the plan, starting at `worker`."""
-    return [j for i, j in enumerate(jobs) if i % workers == worker]
+def assign(jobs: Sequence[ShardJob], task: int, tasks: int) -> list[ShardJob]:
+    """The shards of task `task` of `tasks`: every `tasks`-th shard of the plan, starting at `task`."""
+    return [j for i, j in enumerate(jobs) if i % tasks == task]
 
 
 @dataclass
@@ -121,7 +122,7 @@ class BatchState:
 
 @dataclass
 class ShardRun:
-    """One worker's pass over the shards of a plan: where they go, what renders them (the generator's batch size
+    """One task's pass over the shards of a plan: where they go, what renders them (the generator's batch size
     and safety checker), the quality filter, and how fast. `failmode.generation.generate_dataset` runs it between
     saving the plan and finalizing; regeneration runs it alone on chosen shards."""
 
@@ -129,17 +130,17 @@ class ShardRun:
     generator: ImageGenerator
     class_names: list[str]
     image_format: str = "png"
-    mode: str = "incremental"
+    write: str = "incremental"  # WRITES: incremental (skip shards of this build already written) or overwrite
     quality: QualityScorer | None = None
     reserve: int = 3  # replacement seeds per planned image
     encode_workers: int | None = None  # PNG encoding threads (default: the CPU count minus 2, 2..8)
-    worker: tuple[int, int] = (0, 1)
+    task: tuple[int, int] = (0, 1)  # (this task, tasks): `task_slot`
     build: str = ""  # the id of the build being written (recorded in each shard's stats; see `shard_current`)
-    stats: list[dict[str, Any]] = field(default_factory=list)
+    stats: list[dict[str, Any]] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise UsageError(f"unknown mode {self.mode!r} (known: {', '.join(MODES)})")
+        if self.write not in WRITES:
+            raise UsageError(f"unknown write policy {self.write!r} (known: {', '.join(WRITES)})")
         self.root = Path(self.root)
         self.safety: SafetyFn | None = self.generator.safety_checker()
         self.encode_workers = self.encode_workers or max(2, min(8, (os.cpu_count() or 4) - 2))
@@ -151,16 +152,16 @@ class ShardRun:
         self.wait_s = 0.0  # time the renderer waited for the writer (encoding/writing not hidden behind rendering)
 
     def pending(self, rows: Sequence[PlanRow]) -> list[ShardJob]:
-        """This worker's shards still to write: those not written by this build (all of them in overwrite mode)."""
-        mine = assign(shard_jobs(rows), *self.worker)
-        if self.mode == "overwrite":
+        """This task's shards still to write: those not written by this build (all of them when overwriting)."""
+        mine = assign(shard_jobs(rows), *self.task)
+        if self.write == "overwrite":
             return mine
         return [j for j in mine if not shard_current(self.root, j, self.build)]
 
     def run(self, rows: Sequence[PlanRow]) -> list[dict[str, Any]]:
-        """Render and write this worker's pending shards; returns their generation stats."""
+        """Render and write this task's pending shards; returns their generation stats."""
         jobs = self.pending(rows)
-        log.info("worker %d of %d: %d shard(s) to write (%d CPU thread(s))", *self.worker, len(jobs), self.threads)
+        log.info("task %d of %d: %d shard(s) to write (%d CPU thread(s))", *self.task, len(jobs), self.threads)
         with fixed_threads(self.threads), ThreadPoolExecutor(self.encode_workers, thread_name_prefix="encode") as enc, \
                 ThreadPoolExecutor(1, thread_name_prefix="write") as writer, \
                 bar("images", total=sum(len(j.rows) for j in jobs), unit="img") as b:

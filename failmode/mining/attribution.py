@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from failmode.backends import ATTRIBUTORS, Attributor, construct
+from failmode.backends import ATTRIBUTORS, Attributor, BackendContext, construct
 from failmode.cache import load_arrays, save_arrays
 from failmode.data.sources import ImageSource
 from failmode.errors import UsageError, ValidationError
@@ -137,14 +137,15 @@ def attribute(rows: Sequence[dict[str, Any]], source: ImageSource, vocabulary: A
 
 
 def make_attributor(options: AttributionOptions | None = None, kind: str = "background", *,
-                    features: FeatureOptions | None = None, **context: Any) -> Attributor:
-    """Build the attributor `options` name (CLIP ViT-B-32 / openai by default); its factory gets the vocabulary kind,
-    the image side of `features` (device, batch, workers, decoder, precision) and any `context` value (`dataset`,
-    `cache_dir`) it takes, unless the options set them."""
+                    features: FeatureOptions | None = None, dataset: str | None = None,
+                    cache_dir: str | os.PathLike[str] | None = None) -> Attributor:
+    """Build the attributor `options` name (CLIP ViT-B-32 / openai by default) with the image side of `features`
+    (device, batch, workers, decoder, precision); its `from_context` takes what it uses of the vocabulary kind, the
+    device, the `dataset` and the `cache_dir`, unless the options set them."""
     options = options or AttributionOptions()
     device = features.device if features is not None else None
-    return construct(ATTRIBUTORS, options.attributor, options.factory_options(features), kind=kind, device=device,
-                     **context)
+    return construct(ATTRIBUTORS, options.attributor, options.factory_options(features),
+                     BackendContext(device=device, kind=kind, dataset=dataset, cache_dir=cache_dir))
 
 
 def attribute_failures(

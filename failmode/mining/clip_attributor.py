@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Sequence
@@ -10,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from failmode.backends import Attributor
+from failmode.backends import Attributor, BackendContext
 from failmode.data.sources import ImageSource
 from failmode.errors import ValidationError
 from failmode.io import read_json, stable_hash
@@ -52,6 +53,15 @@ class ClipAttributor(Attributor):
     nvJPEG; "auto": hybrid on CUDA, else cpu), with bf16 autocast and channels_last on CUDA; the decoder is part of
     the embedding cache key.
     """
+
+    @classmethod
+    def from_context(cls, context: BackendContext, **options: Any) -> ClipAttributor:
+        """CLIP with `options`, prompted for the run's vocabulary kind, reading images on its device (unless `options`
+        set them: `kind`, the device of `features`)."""
+        features = options.pop("features", None) or FeatureOptions()
+        if features.device is None and context.device is not None:
+            features = dataclasses.replace(features, device=context.device)
+        return cls(**{"kind": context.kind, **options, "features": features})
 
     def __init__(self, model: str = "ViT-B-32", pretrained: str | None = "openai", *, clip: Any | None = None,
                  templates: str | os.PathLike[str] | Sequence[str] | None = None, kind: str = "background",

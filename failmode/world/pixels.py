@@ -10,15 +10,16 @@ other than the classifier, so its agreement with the true context says nothing a
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from failmode.backends import Attributor
+from failmode.backends import Attributor, BackendContext
 from failmode.data.sources import ImageSource
 from failmode.errors import ValidationError
 from failmode.progress import bar
-from failmode.world.backends import exemplar_images, normalise_rows, resolve_world
+from failmode.world.backends import exemplar_images, from_dataset, normalise_rows, resolve_world
 from failmode.world.fashion import FASHION_CLASSES
 from failmode.world.world import WORLD_NAME, World
 
@@ -69,6 +70,11 @@ class PixelAttributor(Attributor):
         self.ident = (f"pixels:rgb{COLOUR_BINS}^3+grad{ORIENTATION_BINS}x{len(MAGNITUDE_EDGES) + 1}/"
                       f"{n_exemplars} crops per scene, centred on the exemplars "
                       "(stand-in for CLIP; no classifier weights)")
+
+    @classmethod
+    def from_context(cls, context: BackendContext, **options: Any) -> PixelAttributor:
+        """The world of the run's dataset (an exported world folder), unless `options` name one."""
+        return cls(**{**from_dataset(context), **options})
 
     def prototypes(self) -> np.ndarray:
         """L2-normalised context prototypes [n_scenes, D] (computed once)."""
