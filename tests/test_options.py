@@ -76,8 +76,8 @@ def test_make_attributor_builds_what_the_options_name(tiny_clip, tmp_path):
 def test_render_flags_override_a_base_and_only_the_flags_given():
     from failmode.options import RenderOptions
 
-    def args(argv: list[str], *aliases: str) -> argparse.Namespace:
-        return parse(argv, lambda p: RenderOptions.add_arguments(p, *aliases))
+    def args(argv: list[str], **precision: object) -> argparse.Namespace:
+        return parse(argv, lambda p: RenderOptions.add_arguments(p, **precision))
 
     assert RenderOptions.given(args([])) == {}
     given = args(["--precision", "bf16", "--batch-size", "8", "--no-channels-last", "--safety-checker"])
@@ -87,10 +87,10 @@ def test_render_flags_override_a_base_and_only_the_flags_given():
     out = RenderOptions.from_args(given, preset, device="cpu", scheduler=None)
     assert out == RenderOptions(device="cpu", precision="bf16", batch_size=8, scheduler=None, channels_last=False,
                                 compile="max-autotune", fuse_qkv=True, safety_checker=True)
-    # --precision is the render dtype everywhere; a command may also spell it otherwise (slices, discover)
-    assert RenderOptions.given(args(["--render-precision", "fp32"], "--render-precision")) == {"precision": "fp32"}
+    # --precision is the render dtype everywhere; a command may read it with its own type (slices, for one release)
     with pytest.raises(SystemExit):  # not a dtype
         args(["--precision", "0.9"])
+    assert RenderOptions.given(args(["--precision", "0.9"], type=float, choices=None)) == {"precision": 0.9}
     with pytest.raises(UsageError, match="unknown scheduler 'lms'"):
         RenderOptions.from_args(args([]), scheduler="lms")
     with pytest.raises(UsageError, match=r"batch_size: 0 is out of range \(1..1024\)"):
