@@ -29,50 +29,14 @@ from failmode.dataset.layout import MANIFEST_NAME, config_slug
 from failmode.errors import UsageError, ValidationError
 from failmode.evaluate.data import DebugSet, first_n_mask, open_debug_set, top_k_mask
 from failmode.evaluate.results import METRICS, ResultsLog, clean_metric, result_key
-from failmode.head import accuracy, train_dataset_head, train_head
+from failmode.head import HeadParams, LinearHead, accuracy, train_dataset_head, train_head
 from failmode.io import write_json
-from failmode.linear import LinearHead
 from failmode.mining.failures import HALVES, Predictions, failures_from_predictions, read_failures
 from failmode.models.setup import head_ident, open_classifier
 from failmode.options import FeatureOptions, ModelSpec, SplitSpec
 from failmode.progress import bar
-from failmode.typed import bounded, check_ranges
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class HeadParams:
-    """Head-training hyper-parameters (defaults from the paper) and the head's starting point."""
-
-    lam: float = 0.5
-    lr: float = 0.2
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    epochs: int = bounded(1000, 0, 1_000_000)
-    seed: int = 0
-    init: str = "model"  # "model": start from the model's own head; "random": nn.Linear's init from `seed`
-    precision: str = "auto"
-
-    def __post_init__(self) -> None:
-        """Checked here, before any model or feature is loaded (one line naming the value)."""
-        import math
-
-        from failmode.head import PRECISIONS
-
-        if self.init not in ("model", "random"):
-            raise UsageError(f"head init must be 'model' or 'random', got {self.init!r}")
-        if not (math.isfinite(self.lam) and self.lam >= 0):
-            raise UsageError(f"lambda must be a finite number >= 0, got {self.lam}")
-        if not (self.lr > 0 and 0 <= self.momentum < 1 and self.weight_decay >= 0 and self.epochs >= 0):
-            raise UsageError(f"need lr > 0, 0 <= momentum < 1, weight decay >= 0 and epochs >= 0 (got lr {self.lr}, "
-                             f"momentum {self.momentum}, weight decay {self.weight_decay}, epochs {self.epochs})")
-        if self.precision not in PRECISIONS:
-            raise UsageError(f"head precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        try:
-            check_ranges(self, "head")  # docs/settings.md
-        except ValidationError as e:
-            raise UsageError(str(e)) from None
 
 
 @dataclass(frozen=True)
@@ -343,13 +307,11 @@ def evaluate_head(head: LinearHead, mf: ModelFeatures) -> dict[str, Any]:
 
 
 def fit_head(mf: ModelFeatures, params: HeadParams, debug: Labeled | None = None) -> LinearHead:
-    """Retrain the head on the train subset (+ lambda * the debug set when given)."""
-    init = mf.original if params.init == "model" else None
-    return train_head(mf.train.x, mf.train.y, debug_x=None if debug is None else debug.x,
-                      debug_y=None if debug is None else debug.y, lam=params.lam if debug is not None else 0.0,
-                      lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay, epochs=params.epochs,
-                      num_classes=len(mf.class_names), init=init, device=mf.spec.extraction.device, seed=params.seed,
-                      precision=params.precision)
+    """Retrain the head on the train subset (+ lambda * the debug set when given), from the model's own head when
+    `params.init` is "model"."""
+    return train_head(mf.train.x, mf.train.y, params, debug_x=None if debug is None else debug.x,
+                      debug_y=None if debug is None else debug.y, num_classes=len(mf.class_names), init=mf.original,
+                      device=mf.spec.extraction.device)
 
 
 def head_params_json(params: HeadParams, with_debug: bool) -> dict[str, Any]:

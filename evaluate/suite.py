@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from failmode.errors import UsageError
-from failmode.evaluate.pipeline import EvalSpec, HeadParams, Run, Setting, execute, standard_runs
+from failmode.evaluate.pipeline import EvalSpec, Run, Setting, execute, standard_runs
 from failmode.evaluate.results import ResultsLog, write_table
 from failmode.evaluate.sweeps import (
     collective_runs,
@@ -27,6 +27,7 @@ from failmode.evaluate.sweeps import (
     select,
     write_sweep,
 )
+from failmode.head import HeadParams
 from failmode.io import write_json
 
 

@@ -18,8 +18,9 @@ from typing import Any
 
 from failmode.dataset.layout import config_slug
 from failmode.errors import UsageError
-from failmode.evaluate.pipeline import EvalSpec, HeadParams, Run, Setting
+from failmode.evaluate.pipeline import EvalSpec, Run, Setting
 from failmode.evaluate.results import METRICS
+from failmode.head import HeadParams
 from failmode.io import write_json
 from failmode.plots import save_figure, subplots
 

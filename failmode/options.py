@@ -35,6 +35,18 @@ def device_type(text: str) -> str:
 
     return device_arg(text)
 
+
+#: the word for random weights: of a classifier (`--weights none`, a preset's `models[].weights`) and of CLIP
+#: (`--clip-pretrained none`; null in a preset)
+RANDOM_WEIGHTS = "none"
+
+
+def weights_or_none(weights: str | None) -> str | None:
+    """`weights` as the loaders take them: None (random weights) for `RANDOM_WEIGHTS`, else unchanged; the one place
+    the word is converted (commands, presets, model keys and revisions alike)."""
+    return None if weights == RANDOM_WEIGHTS else weights
+
+
 #: how a model config's per-class image budget is spread (failmode.generation.plan, docs/budget-policies.md): top-k,
 #: the paper's rule, or evidence-weighted, by the attributed seed failures
 BUDGET_POLICIES = ("top-k", "evidence-weighted")
@@ -160,7 +172,8 @@ class FeatureOptions:
         return Path(self.cache_dir or default_cache_dir()) / "features"
 
 
-#: FeatureOptions fields the CLIP attributor takes for its image side (the cache is attribute_failures' own)
+#: FeatureOptions fields the CLIP attributor reads images with (the cache is attribute_failures' own); given as
+#: attributor options they override the flags
 CLIP_LOADER_FIELDS = ("device", "batch_size", "precision", "num_workers", "decode")
 
 
@@ -191,7 +204,7 @@ class AttributionOptions:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> AttributionOptions:
         """The options the flags of `add_arguments` set (`--clip-pretrained none`: random weights)."""
-        pretrained = None if args.clip_pretrained == "none" else args.clip_pretrained
+        pretrained = weights_or_none(args.clip_pretrained)
         extra = {"templates": args.templates} if args.templates and args.attributor == "clip" else {}
         return cls(args.attributor, args.clip_model, pretrained,
                    extra | parse_options(args.attributor_option, "--attributor-option"))
@@ -202,14 +215,16 @@ class AttributionOptions:
         return {"attributor": self.attributor, **clip, **({"options": dict(self.options)} if self.options else {})}
 
     def factory_options(self, features: FeatureOptions | None = None) -> dict[str, Any]:
-        """Keyword arguments of the attributor's factory: for "clip" its model and weights and the image side of
-        `features` (what is set), then `options`, which win."""
+        """Keyword arguments of the attributor's factory: for "clip" its model and weights and `features`, how it
+        reads images (`CLIP_LOADER_FIELDS` among `options` override those of `features`), then `options`, which
+        win."""
         if self.attributor != "clip":
             return dict(self.options)
+        loader = {k: v for k, v in self.options.items() if k in CLIP_LOADER_FIELDS}
         clip: dict[str, Any] = {"model": self.clip_model, "pretrained": self.pretrained}
-        if features is not None:
-            clip |= {k: v for k in CLIP_LOADER_FIELDS if (v := getattr(features, k)) is not None}
-        return clip | self.options
+        if features is not None or loader:
+            clip["features"] = dataclasses.replace(features or FeatureOptions(), **loader)
+        return clip | {k: v for k, v in self.options.items() if k not in CLIP_LOADER_FIELDS}
 
 
 def parse_options(items: list[str], flag: str) -> dict[str, Any]:
@@ -279,11 +294,14 @@ class RenderOptions:
             SCHEDULERS.get(self.scheduler)  # one line listing the known schedulers
 
     @staticmethod
-    def add_arguments(p: argparse.ArgumentParser | Any, precision_flag: str = "--precision") -> None:
-        """--precision (named `precision_flag` where a command has another --precision), --batch-size, --compile,
-        --no-channels-last, --fuse-qkv, --safety-checker, --threads; a flag not given leaves the base options' value."""
-        p.add_argument(precision_flag, dest="render_precision", choices=PRECISION_CHOICES,
-                       help="generator precision (default: the preset's, else auto: fp16 on CUDA, fp32 on CPU)")
+    def add_arguments(p: argparse.ArgumentParser | Any, **precision: Any) -> None:
+        """--precision (`precision`: argparse settings of that flag that replace its own, a type, say), --batch-size,
+        --compile, --no-channels-last, --fuse-qkv, --safety-checker, --threads; a flag not given leaves the base
+        options' value."""
+        p.add_argument("--precision", dest="render_precision", **{
+            "choices": PRECISION_CHOICES,
+            "help": "generator precision, a dtype (default: the preset's, else auto: fp16 on CUDA, fp32 on CPU)",
+            **precision})
         p.add_argument("--batch-size", dest="render_batch_size", type=arg_type(RenderOptions, "batch_size"), metavar="N",
                        help="images per denoising pass, 1..1024, one fixed kernel shape (default: the preset's, else 16; "
                             "halves on out-of-memory)")

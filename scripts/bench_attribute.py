@@ -115,8 +115,10 @@ def bench_text(args: argparse.Namespace, device: object) -> int:
 
     from failmode.mining import ClipAttributor
     from failmode.models.clip import create_clip
+    from failmode.options import FeatureOptions
 
     clip = create_clip(args.model, pretrained=None, device=device)
+    features = FeatureOptions(device=str(device), batch_size=args.batch_size, precision=args.precision)
     names = [f"class {i}" for i in range(args.classes)]
     vocab = vocabulary(names, args.contexts)
     sets = [(n, list(vocab.contexts(i))) for i, n in enumerate(names)]
@@ -124,10 +126,9 @@ def bench_text(args: argparse.Namespace, device: object) -> int:
     result = {"bench": "attribute-text", "model": args.model, "classes": args.classes, "contexts": args.contexts,
               "batch_size": args.batch_size, "torch_threads": torch.get_num_threads()}
     # warm-up over every prompt: kernels, and the tokenizer's per-word cache, which both timings then share
-    ClipAttributor(clip=clip, device=str(device), batch_size=args.batch_size, precision=args.precision
-                   ).encode_context_sets(sets)
+    ClipAttributor(clip=clip, features=features).encode_context_sets(sets)
     for how in ("one_class_at_a_time", "together"):
-        att = ClipAttributor(clip=clip, device=str(device), batch_size=args.batch_size, precision=args.precision)
+        att = ClipAttributor(clip=clip, features=features)
         prompts = len(att.templates) * args.classes * args.contexts
         sync()
         t0 = time.perf_counter()
@@ -151,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     from failmode.images import Preprocess, iter_crops
     from failmode.mining import ClipAttributor, attribute
     from failmode.models.clip import create_clip
+    from failmode.options import FeatureOptions
     from failmode.runtime import configure_cpu_threads, pick_device
     from failmode.testing import jpeg_folder
 
@@ -166,8 +168,9 @@ def main(argv: list[str] | None = None) -> int:
         source = open_source(str(root))
         n = min(args.n, len(source))
         clip = create_clip(args.model, pretrained=None, device=device)
-        att = ClipAttributor(clip=clip, device=str(device), batch_size=args.batch_size, num_workers=args.workers,
-                             decode=args.decode, precision=args.precision, draft=not args.no_draft)
+        features = FeatureOptions(device=str(device), batch_size=args.batch_size, precision=args.precision,
+                                  num_workers=args.workers, decode=args.decode)
+        att = ClipAttributor(clip=clip, features=features, draft=not args.no_draft)
         rows = [{"index": i, "image_id": source.ids[i], "label": int(source.labels[i]), "prediction": 0,
                  "class_name": source.class_names[int(source.labels[i])], "half": "seed"} for i in range(n)]
         vocab = vocabulary(source.class_names, args.contexts)

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from failmode.head import train_head
+from failmode.head import HeadParams, train_head
 from failmode.runtime import autocast, autocast_dtype, pick_device
 
 log = logging.getLogger("bench_head")
@@ -65,11 +65,11 @@ def bench_head(args: argparse.Namespace, dev: torch.device) -> dict[str, Any]:
     init = (lin0.weight.detach().clone(), lin0.bias.detach().clone())
     precisions = ["fp32"] + (["tf32", "bf16"] if dev.type == "cuda" else [])
     for p in precisions:
-        train_head(x, y, epochs=2, num_classes=args.classes, init=init, device=dev, precision=p)  # warm-up
+        train_head(x, y, HeadParams(epochs=2, precision=p), num_classes=args.classes, init=init, device=dev)  # warm-up
         _sync(dev)
         t0 = time.perf_counter()
-        head = train_head(x, y, lam=0.0, epochs=args.epochs, num_classes=args.classes, init=init, device=dev,
-                          precision=p)
+        head = train_head(x, y, HeadParams(lam=0.0, epochs=args.epochs, precision=p), num_classes=args.classes,
+                          init=init, device=dev)
         _sync(dev)
         res[f"train_head_{p}_s"] = time.perf_counter() - t0
         res[f"train_head_{p}_max_abs_diff"] = float((head.weight - ref.weight.detach().cpu()).abs().max())

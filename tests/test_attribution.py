@@ -13,8 +13,11 @@ from failmode.backends import Attributor
 from failmode.data.sources import ListSource
 from failmode.errors import UsageError, ValidationError
 from failmode.mining import attribute, attribute_failures, top_k_modes, write_failures
+from failmode.options import FeatureOptions
 from failmode.testing import CIFAR10_CLASSES, synthetic_images
 from failmode.vocab import from_dict
+
+CPU = FeatureOptions(device="cpu")
 
 CONTEXTS = ["in a desert", "on a beach", "in the snow", "underwater"]
 
@@ -182,9 +185,9 @@ def test_clip_attribution_is_deterministic_and_writes_outputs(mined, tiny_clip, 
 
     outs = []
     for name in ("a", "b"):
-        att = ClipAttributor(clip=tiny_clip, device="cpu", batch_size=7)
+        att = ClipAttributor(clip=tiny_clip, features=FeatureOptions(device="cpu", batch_size=7))
         outs.append(attribute_failures(mined / "run", vocabulary=str(mined / "voc.json"), attributor=att,
-                                       out_dir=tmp_path / name, cache_dir=tmp_path / "cache"))
+                                       out_dir=tmp_path / name, features=FeatureOptions(cache_dir=str(tmp_path / "cache"))))
     a, b = outs
     assert a.read_bytes() == b.read_bytes()
     for f in ("attributions.parquet", "report.md"):
@@ -225,13 +228,13 @@ def test_template_ensemble_is_normalised_mean(tiny_clip):
     from failmode.mining import ClipAttributor
 
     t1, t2 = "a photo of a {class_name} {context}.", "a {context} scene with a {class_name}."
-    both = ClipAttributor(clip=tiny_clip, device="cpu", templates=[t1, t2]).encode_contexts("cat", CONTEXTS[:2])
-    e1 = ClipAttributor(clip=tiny_clip, device="cpu", templates=[t1]).encode_contexts("cat", CONTEXTS[:2])
-    e2 = ClipAttributor(clip=tiny_clip, device="cpu", templates=[t2]).encode_contexts("cat", CONTEXTS[:2])
+    both = ClipAttributor(clip=tiny_clip, features=CPU, templates=[t1, t2]).encode_contexts("cat", CONTEXTS[:2])
+    e1 = ClipAttributor(clip=tiny_clip, features=CPU, templates=[t1]).encode_contexts("cat", CONTEXTS[:2])
+    e2 = ClipAttributor(clip=tiny_clip, features=CPU, templates=[t2]).encode_contexts("cat", CONTEXTS[:2])
     mean = (e1 + e2) / np.linalg.norm(e1 + e2, axis=1, keepdims=True)
     assert np.allclose(both, mean, atol=1e-5)
     with pytest.raises(ValidationError, match="class_name"):
-        ClipAttributor(clip=tiny_clip, device="cpu", templates=["a photo of {context}"])
+        ClipAttributor(clip=tiny_clip, features=CPU, templates=["a photo of {context}"])
 
 
 def test_context_sets_are_encoded_in_one_call_once_and_match_one_class_at_a_time(tiny_clip, monkeypatch):
@@ -240,8 +243,8 @@ def test_context_sets_are_encoded_in_one_call_once_and_match_one_class_at_a_time
     from failmode.mining import ClipAttributor
 
     sets = [("cat", CONTEXTS[:3]), ("dog", CONTEXTS[1:]), ("cat", CONTEXTS[:3]), ("ship", [])]
-    alone = [ClipAttributor(clip=tiny_clip, device="cpu").encode_contexts(n, c) for n, c in sets]
-    att = ClipAttributor(clip=tiny_clip, device="cpu", batch_size=4)  # 3 + 3 contexts x 5 templates
+    alone = [ClipAttributor(clip=tiny_clip, features=CPU).encode_contexts(n, c) for n, c in sets]
+    att = ClipAttributor(clip=tiny_clip, features=FeatureOptions(device="cpu", batch_size=4))  # 3 + 3 contexts x 5 templates
     calls = []
     real = att.model.encode_text
     monkeypatch.setattr(att.model, "encode_text", lambda t: calls.append(len(t)) or real(t))

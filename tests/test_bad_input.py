@@ -71,7 +71,7 @@ def test_generate_plans_a_valid_modes_file(tmp_path):
 
 def test_weights_and_head_files_that_are_not_tensors_are_one_line(tmp_path):
     from failmode.errors import ValidationError
-    from failmode.linear import LinearHead
+    from failmode.head import LinearHead
     from failmode.models.classifier import create_classifier
 
     js = tmp_path / "weights.json"

@@ -53,7 +53,8 @@ def test_both_work_in_either_import_order(tmp_path):
             os.environ["HF_HUB_OFFLINE"] = "1"
             importlib.import_module({first!r}); importlib.import_module({second!r})
             import evaluate
-            from failmode.evaluate.pipeline import HeadParams, fit_head
+            from failmode.evaluate.pipeline import fit_head
+            from failmode.head import HeadParams
             metric = evaluate.load({str(tmp_path / "exact_match_count.py")!r})
             print(metric.compute(predictions=[1, 2, 3], references=[1, 0, 3])["matches"],
                   callable(fit_head) and HeadParams().lam == 0.5)

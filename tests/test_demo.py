@@ -143,8 +143,11 @@ def test_demo_config_defaults_come_from_data_and_bad_values_fail():
     assert (c.world, c.k, c.images_per_mode, c.lam) == ("concentrated", 3, 20, 0.5)
     assert max(c.images_per_mode_sweep) == c.images_per_mode
     assert DemoConfig.defaults(seed=None).seed == 0  # None means "the default"
-    with pytest.raises(UsageError, match="unknown demo parameter"):
+    with pytest.raises(UsageError, match="demo parameters: unknown key 'colour' \\(known: attributor, budget, "):
         DemoConfig.defaults(colour="red")
+    with pytest.raises(UsageError, match="demo parameters.k must be integer, got 'three'"):
+        DemoConfig.defaults(k="three")
+    assert DemoConfig.defaults(lambdas=[0.0, 1]).lambdas == (0.0, 1)  # JSON lists become the typed tuples
     with pytest.raises(UsageError, match="lambda"):
         DemoConfig.defaults(lam=-1)
     with pytest.raises(UsageError, match="images_per_mode_sweep"):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from failmode.discovery.discover import DiscoverParams, spherical_kmeans
-from failmode.discovery.tagging import TagScores, apply_thresholds, calibrate, precision_threshold, truth_matrix
+from failmode.discovery.tagging import TagScores, apply_thresholds, calibrate, tag_precision_threshold, truth_matrix
 from failmode.errors import UsageError
 from failmode.stats import two_proportion_p
 
@@ -31,26 +31,26 @@ def test_robust_z_calibration_tags_the_outliers_pooled_over_classes():
     assert tags[20:200].sum() + tags[230:, 1].sum() <= 3
 
 
-def test_precision_calibration_uses_ground_truth():
+def test_tag_precision_calibration_uses_ground_truth():
     sc = scores_two_classes()
     contexts = [["in a forest"] if i < 20 else ["on gravel"] if 200 <= i < 230 else [] for i in range(400)]
     truth = truth_matrix(sc, contexts)
     assert truth.sum() == 50
-    thr = calibrate(sc, "precision", truth=truth, precision=0.95)
+    thr = calibrate(sc, "tag-precision", truth=truth, tag_precision=0.95)
     tags = apply_thresholds(sc, thr)
     prec = (tags & truth).sum() / tags.sum()
     assert prec >= 0.95 and (tags & truth).sum() >= 45
-    with pytest.raises(UsageError):
-        calibrate(sc, "precision")
+    with pytest.raises(UsageError, match="calibration 'tag-precision' needs images with known contexts"):
+        calibrate(sc, "tag-precision")
     with pytest.raises(UsageError):
         calibrate(sc, "no-such-method")
 
 
-def test_precision_threshold_unreachable_is_infinite_and_ties_are_not_split():
-    assert precision_threshold(np.array([0.3, 0.2, 0.1]), np.array([False, False, True])) == float("inf")
+def test_tag_precision_threshold_unreachable_is_infinite_and_ties_are_not_split():
+    assert tag_precision_threshold(np.array([0.3, 0.2, 0.1]), np.array([False, False, True])) == float("inf")
     # two tied top scores, one true: precision 0.5 at the tie, so no threshold reaches 0.9
-    assert precision_threshold(np.array([0.5, 0.5, 0.1]), np.array([True, False, False]), min_support=1) == float("inf")
-    assert precision_threshold(np.array([0.9, 0.5, 0.1]), np.array([True, True, False]), min_support=1) == 0.5
+    assert tag_precision_threshold(np.array([0.5, 0.5, 0.1]), np.array([True, False, False]), min_support=1) == float("inf")
+    assert tag_precision_threshold(np.array([0.9, 0.5, 0.1]), np.array([True, True, False]), min_support=1) == 0.5
 
 
 def test_spherical_kmeans_separates_directions_deterministically():

@@ -129,3 +129,34 @@ def assert_regenerates(root, regen, *extra):
     shards = sorted({f"{config}/{r.split}-{r.shard_index:05d}-of-{r.num_shards:05d}" for r in rows})
     script = runpy.run_path(str(Path(__file__).parents[1] / "scripts" / "regenerate_shards.py"))
     assert script["main"]([str(root), *shards, "--out", str(regen), "--device", "cpu", *extra]) == 0
+
+
+def test_slices_tag_precision_calibration_and_its_old_spellings(ws, cache, tmp_path, caplog):
+    """--calibration tag-precision --tag-precision 0.7 calibrates each tag on the train split's known contexts; the
+    old spellings (--calibration precision, the number given to --precision) give the same slices for one release,
+    with one line each naming the new flag."""
+    import logging
+
+    from failmode.commands import slices as slices_cmd
+
+    world = ["--world", "concentrated", "--per-class", "train=40,debug=60,test=40", "--image-size", str(SIZE),
+             "--exemplars", "4", "--cache-dir", str(cache), "-m", "5", "-d", "0.2"]
+    docs, lines = {}, {}
+    for name, flags in (("new", ["--calibration", "tag-precision", "--tag-precision", "0.7"]),
+                        ("old", ["--calibration", "precision", "--precision", "0.7"])):
+        p = argparse.ArgumentParser()
+        slices_cmd.add_arguments(p)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="failmode"):
+            assert slices_cmd.run(p.parse_args([*world, *flags, "--out", str(tmp_path / name)])) == 0
+        lines[name] = [r.getMessage() for r in caplog.records if " is renamed " in r.getMessage()]
+        docs[name] = json.loads((tmp_path / name / "slices.json").read_text())
+    meta = docs["new"]["meta"]
+    assert meta["calibration"] == "tag-precision" and meta["calibration_options"] == {"tag_precision": 0.7}
+    assert meta["calibration_source"] == ws.world.splits["train"].ident
+    assert docs["old"] == docs["new"] and docs["new"]["slices"]
+    assert lines == {"new": [], "old": [
+        "--precision 0.7 is renamed --tag-precision 0.7 (--precision is the render dtype); the old name is accepted "
+        "for one more release",
+        "--calibration precision is renamed --calibration tag-precision; the old name is accepted for one more "
+        "release"]}

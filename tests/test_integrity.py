@@ -401,9 +401,9 @@ def test_the_documented_ranges_are_the_code_s() -> None:
     import dataclasses
     import re
 
-    from failmode.evaluate.pipeline import HeadParams
     from failmode.generation.plan import GenerationSettings
     from failmode.generation.presets import BaselineSection, DatasetSection, QualitySection
+    from failmode.head import HeadParams
     from failmode.options import FeatureOptions, ModelSpec, RenderOptions, SplitSpec
 
     doc = (Path(__file__).parents[1] / "docs" / "settings.md").read_text()

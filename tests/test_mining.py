@@ -10,8 +10,8 @@ import torch
 
 from failmode.data.sources import ListSource
 from failmode.errors import UsageError, ValidationError
+from failmode.head import LinearHead, apply_head
 from failmode.mining import Predictions, assign_halves, failures_from_predictions, mine_failures, read_failures
-from failmode.mining.heads import LinearHead, apply_head
 from failmode.options import FeatureOptions, ModelSpec, SplitSpec
 from failmode.testing import synthetic_images
 
@@ -219,8 +219,6 @@ def test_head_trained_on_the_train_split(world, tmp_path):
     assert len(splits["train"]) == 20 and len(splits["debug"]) == 10 and meta["n_debug"] == 10
     assert meta["head"] == "linear head trained on 20 train images (head.safetensors)"
     # the head is saved beside the outputs, with what it was trained on
-    from failmode.linear import LinearHead
-
     saved = LinearHead.load(p.parent / "head.safetensors")
     assert saved.num_classes == 10 and meta["head_file"] == "head.safetensors"
     from safetensors import safe_open

@@ -54,13 +54,14 @@ def test_head_training_reports_its_epochs(monkeypatch, caplog):
     """The linear head's full-batch epochs go through the progress mechanism (evaluate and mining train heads)."""
     import numpy as np
 
-    from failmode.head import train_head
+    from failmode.head import HeadParams, train_head
 
     monkeypatch.setenv("FAILMODE_PROGRESS", "0")
     monkeypatch.setenv("FAILMODE_PROGRESS_INTERVAL", "0")  # every epoch logs
     caplog.set_level(logging.INFO, logger="failmode.progress")
     rng = np.random.default_rng(0)
-    train_head(rng.normal(size=(8, 4)).astype(np.float32), np.arange(8) % 2, epochs=3, num_classes=2, device="cpu")
+    train_head(rng.normal(size=(8, 4)).astype(np.float32), np.arange(8) % 2, HeadParams(epochs=3), num_classes=2,
+               device="cpu")
     lines = [line for line in _lines(caplog) if line.startswith("head training: ")]
     assert [line.split(" epoch")[0] for line in lines[:3]] == ["head training: 1/3", "head training: 2/3",
                                                                 "head training: 3/3"]

@@ -235,3 +235,69 @@ def test_discover_refuses_a_class_list_that_does_not_fit(tmp_path, capsys):
     argv[argv.index("--dataset-classes") + 1] = "cifar10"
     assert main(argv) == 2  # 1000 ImageNet logits for 10 classes and no head
     assert f"{ARCH} has 1000 classes but cifar10 has 10: give it a head" in capsys.readouterr().err  # mine's words
+
+
+def _parsed(argv: list[str], caplog) -> tuple[object, list[str]]:
+    """The command line as slices / discover read it (old spellings turned into the new flags) and the log lines
+    naming new flags."""
+    import logging
+
+    from failmode.cli import build_parser
+    from failmode.commands import slices as slices_cmd
+    from failmode.commands._common import log_renamed
+
+    args = build_parser().parse_args(argv)
+    if argv[0] == "slices":
+        slices_cmd.old_spellings(args)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="failmode"):
+        log_renamed(args)
+    return args, [r.getMessage() for r in caplog.records]
+
+
+def test_precision_is_the_render_dtype_and_tag_precision_the_calibration_target(caplog):
+    """`precision` means a dtype: slices and discover take the render dtype as --precision like every other
+    command (--render-precision is kept as an alias, with a line naming --precision); slices' calibration target
+    is --tag-precision, its method --calibration tag-precision."""
+    base = ["--world", "concentrated", "--out", "o"]
+    args, lines = _parsed(["slices", *base, "--precision", "fp16", "--tag-precision", "0.8",
+                           "--calibration", "tag-precision"], caplog)
+    assert (args.render_precision, args.tag_precision, args.calibration, lines) == ("fp16", 0.8, "tag-precision", [])
+    args, lines = _parsed(["slices", *base], caplog)
+    assert (args.render_precision, args.tag_precision, args.calibration, lines) == (None, 0.9, "robust-z", [])
+    for command in ("slices", "discover"):
+        args, lines = _parsed([command, *base, "--render-precision", "bf16"], caplog)
+        assert args.render_precision == "bf16"
+        assert lines == ["--render-precision is renamed --precision; the old name is accepted for one more release"]
+        args, lines = _parsed([command, *base, "--precision", "fp32"], caplog)
+        assert (args.render_precision, lines) == ("fp32", [])
+
+
+def test_slices_old_precision_spellings_keep_their_meaning_for_one_release(caplog):
+    """A number given to slices' --precision is the tag-precision target it was, --calibration precision is
+    tag-precision; each logs one line naming the new flag."""
+    base = ["slices", "--world", "concentrated", "--out", "o"]
+    args, lines = _parsed([*base, "--calibration", "precision", "--precision", "0.75"], caplog)
+    assert (args.render_precision, args.tag_precision, args.calibration) == (None, 0.75, "tag-precision")
+    assert lines == ["--precision 0.75 is renamed --tag-precision 0.75 (--precision is the render dtype); the old name "
+                     "is accepted for one more release",
+                     "--calibration precision is renamed --calibration tag-precision; the old name is accepted for one "
+                     "more release"]
+
+
+def test_slices_precision_flag_refuses_what_is_neither_a_dtype_nor_a_number(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["slices", "--world", "concentrated", "--precision", "fp8", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "invalid choice: 'fp8' (choose from auto, fp32, fp16, bf16; the tags' target " \
+                                 "precision is --tag-precision)" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+def test_tag_precision_calibration_needs_the_world_under_both_spellings(mined, tmp_path, capsys):
+    for calibration in ("tag-precision", "precision"):
+        assert main(slices_argv(mined, tmp_path / "o", "--calibration", calibration)) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1] == ("failmode slices: error: --calibration tag-precision needs images with known contexts: "
+                           "only with --world")
+    assert not (tmp_path / "o").exists()

@@ -46,7 +46,12 @@ class RenamedFlag(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
                  option_string: str | None = None) -> None:
         setattr(namespace, self.dest, values)
-        namespace.renamed_flags = [*getattr(namespace, "renamed_flags", []), (option_string, self.new)]
+        note_renamed(namespace, str(option_string), self.new)
+
+
+def note_renamed(args: argparse.Namespace, old: str, new: str) -> None:
+    """Note that the command line used `old` (a flag's old name, or an old spelling of a value) for `new`."""
+    args.renamed_flags = [*getattr(args, "renamed_flags", []), (old, new)]
 
 
 def add_renamed(p: argparse.ArgumentParser | argparse._ArgumentGroup, old: str, new: str, **kwargs: object) -> None:

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     halves = ("seed", "heldout") if args.include_heldout else ("seed",)
     for path in paths:
         modes = attribute_failures(path, vocabulary=args.vocabulary, kind=args.kind, attributor=attributor, k=args.k,
-                                   out_dir=args.out, cache_dir=features.cache_dir, dataset=args.dataset,
+                                   out_dir=args.out, features=features, dataset=args.dataset,
                                    split=args.split, halves=halves)
         print(modes)
     return 0

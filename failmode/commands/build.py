@@ -70,10 +70,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
     """The preset keys the command line changes, by section."""
+    from failmode.options import weights_or_none
+
     pick = lambda pairs: {k: v for k, v in pairs if v is not None}  # noqa: E731
-    clip = pick((("clip_model", args.clip_model), ("pretrained", args.clip_pretrained)))
-    if args.clip_pretrained == "none":  # the command line's word for random weights (null in a preset)
-        clip["pretrained"] = None
+    clip = pick((("clip_model", args.clip_model),))
+    if args.clip_pretrained is not None:
+        clip["pretrained"] = weights_or_none(args.clip_pretrained)  # none: random weights (null in a preset)
     sections = {
         "dataset": pick((("id", args.dataset), ("labels", args.labels), ("split", args.split), ("train_split", args.train_split),
                          ("train_per_class", args.train_per_class), ("debug_per_class", args.debug_per_class))),

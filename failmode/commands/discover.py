@@ -102,9 +102,11 @@ def run(args: argparse.Namespace) -> int:
     """Run generate-then-discover and write its outputs."""
     import logging
 
+    from failmode.commands._common import log_renamed
     from failmode.commands._discovery import check_mode
     from failmode.discovery.discover import discover_run
 
+    log_renamed(args)
     setup = _world_setup(args) if check_mode(args, "--model") else _real_setup(args)
     report, paths = discover_run(setup, args.out, debug_images=args.debug_images)
     logging.getLogger("failmode.discover").info("%d confirmed bugs of %d candidates -> %s", len(report.confirmed),

@@ -67,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     h.add_argument("--lr", type=float, default=0.2, help="learning rate (default 0.2)")
     h.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
     h.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay (default 5e-4)")
-    h.add_argument("--epochs", type=arg_type("failmode.evaluate.pipeline:HeadParams", "epochs"), default=1000,
+    h.add_argument("--epochs", type=arg_type("failmode.head:HeadParams", "epochs"), default=1000,
                    help="full-batch epochs, 0..1e6 (default 1000)")
     h.add_argument("--seed", type=int, default=0, help="seed of a random head init (default 0)")
     h.add_argument("--init", choices=("model", "random"), default="model",
@@ -96,8 +96,9 @@ def run(args: argparse.Namespace) -> int:
 
     from failmode.data.spec import with_labels
     from failmode.errors import UsageError
-    from failmode.evaluate.pipeline import DebugSpec, EvalSpec, HeadParams, recorded_splits
+    from failmode.evaluate.pipeline import DebugSpec, EvalSpec, recorded_splits
     from failmode.evaluate.suite import run_suite
+    from failmode.head import HeadParams
     from failmode.options import FeatureOptions, ModelSpec, SplitSpec
 
     if args.failures and len(args.model) > 1:

@@ -89,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
     from failmode.generation.build import GenerateInputs, GenerateJob, generate, generate_sections
     from failmode.generation.run import RunOptions
     from failmode.generation.shards import task_slot
+    from failmode.options import weights_or_none
     from failmode.runtime import configure_cpu_threads
 
     log_renamed(args)
@@ -96,9 +97,10 @@ def run(args: argparse.Namespace) -> int:
     quality: dict[str, Any] = {}
     if args.quality_threshold is not None:
         quality.update(enabled=True, min_class_score=args.quality_threshold)
-    quality.update({k: v for k, v in (("clip_model", args.clip_model), ("pretrained", args.clip_pretrained)) if v})
-    if args.clip_pretrained == "none":  # the command line's word for random weights (null in a preset)
-        quality["pretrained"] = None
+    if args.clip_model:
+        quality["clip_model"] = args.clip_model
+    if args.clip_pretrained:
+        quality["pretrained"] = weights_or_none(args.clip_pretrained)  # none: random weights (null in a preset)
     if args.reserve is not None:
         quality["reserve"] = args.reserve
     inputs = GenerateInputs(modes=tuple((f, name) for f, _, name in (spec.partition("=") for spec in args.modes)),

@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = add_real_arguments(p)
     g.add_argument("--mined", metavar="DIR", help="a 'failmode mine' output folder (failures.parquet, splits.json, "
                                                  "predictions.npz): find slices on its debug split")
-    add_render_arguments(g, precision_flag="--render-precision")
+    add_render_arguments(g, type=_precision, choices=None, metavar="{auto,fp32,fp16,bf16}")
     p.add_argument("--find", default="debug", help="world: split the slices are searched on (default debug)")
     p.add_argument("--check", help="world: split they are checked on, or none (default test); mined run: auto "
                                    "(default: test if predictable, else debug-half), test, debug-half, none")
@@ -37,10 +37,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gain", type=float, default=0.1,
                    help="minimality: dropping any tag must raise accuracy by at least this much (default 0.1)")
     p.add_argument("--calibration", default="robust-z",
-                   help="tag thresholds: robust-z (default), fixed, precision (world only: needs known contexts)")
+                   help="tag thresholds: robust-z (default), fixed, tag-precision (world only: needs known contexts)")
     p.add_argument("--z", type=float, default=3.0, help="robust-z: threshold = median + z * MAD-sigma (default 3)")
-    p.add_argument("--precision", type=float, default=0.9,
-                   help="precision: target precision on the train split's known contexts (default 0.9)")
+    p.add_argument("--tag-precision", type=float, default=0.9,
+                   help="tag-precision: the tags' target precision on the train split's known contexts (default 0.9)")
     p.add_argument("--threshold", type=float, default=0.05, help="fixed: threshold on the centred score")
     p.add_argument("--min-check-size", type=int, default=5, help="check-split images a slice needs to be compared")
     p.add_argument("--generate-top", type=int, default=0, metavar="K",
@@ -49,18 +49,45 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder")
 
 
+def _precision(text: str) -> str | float:
+    """--precision: a render dtype; for one release a number is the tag-precision target it used to be."""
+    from failmode.options import PRECISION_CHOICES
+
+    if text in PRECISION_CHOICES:
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(PRECISION_CHOICES)}; "
+                                         f"the tags' target precision is --tag-precision)") from None
+
+
+def old_spellings(args: argparse.Namespace) -> None:
+    """The old meanings kept for one release, as the new flags (each noted, to be logged): a number given to
+    --precision is --tag-precision, --calibration precision is --calibration tag-precision."""
+    from failmode.commands._common import note_renamed
+
+    if isinstance(args.render_precision, float):
+        note_renamed(args, f"--precision {args.render_precision:g}", f"--tag-precision {args.render_precision:g} "
+                     "(--precision is the render dtype)")
+        args.tag_precision, args.render_precision = args.render_precision, None
+    if args.calibration == "precision":
+        note_renamed(args, "--calibration precision", "--calibration tag-precision")
+        args.calibration = "tag-precision"
+
+
 def _calibration(args: argparse.Namespace, ws: Any) -> Any:
-    """The tag calibration the options name (precision: the world's train split with its known contexts)."""
+    """The tag calibration the options name (tag-precision: the world's train split with its known contexts)."""
     from failmode.discovery.slicing import Calibration
     from failmode.discovery.world import world_split
     from failmode.errors import UsageError
 
-    options = {"robust-z": {"z": args.z}, "precision": {"precision": args.precision},
+    options = {"robust-z": {"z": args.z}, "tag-precision": {"tag_precision": args.tag_precision},
                "fixed": {"value": args.threshold}}.get(args.calibration, {})
-    if args.calibration != "precision":
+    if args.calibration != "tag-precision":
         return Calibration(args.calibration, options)
     if ws is None:
-        raise UsageError("--calibration precision needs images with known contexts: only with --world")
+        raise UsageError("--calibration tag-precision needs images with known contexts: only with --world")
     train = world_split(ws, "train")
     return Calibration(args.calibration, options, train, None, [[c] for c in train.contexts()])
 
@@ -104,10 +131,13 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
+    from failmode.commands._common import log_renamed
     from failmode.commands._discovery import check_mode
     from failmode.discovery.slicing import write_slice_outputs
     from failmode.slices import SliceParams
 
+    old_spellings(args)
+    log_renamed(args)
     world = check_mode(args, "--mined")
     params = SliceParams(args.order, args.min_size, args.min_drop, args.gain).check()
     result = _world(args, params) if world else _mined(args, params)

@@ -24,7 +24,7 @@ class Classifier(Protocol):
 
 
 class FeatureHeadClassifier:
-    """A frozen feature extractor (timm model) and a head on its features (`failmode.mining.heads` forms)."""
+    """A frozen feature extractor (timm model) and a head on its features (`failmode.head.apply_head` forms)."""
 
     def __init__(self, model: Any, head: Any, *, model_key: str, transform: Callable[[Any], Any],
                  num_classes: int, cache_dir: str | Path | None = None, device: str | None = None,
@@ -46,7 +46,7 @@ class FeatureHeadClassifier:
 
     def predict(self, source: ImageSource, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         """Predicted labels [N]."""
-        from failmode.mining.heads import apply_head
+        from failmode.head import apply_head
 
         preds, _ = apply_head(self.head, self.features(source, indices), self.num_classes)
         return np.asarray(preds, dtype=np.int64)
@@ -69,7 +69,7 @@ class TimmClassifier:
 
     def __init__(self, model: ModelSpec, *, extraction: FeatureOptions | None = None,
                  classes: Sequence[str] | None = None, where: str | None = None) -> None:
-        from failmode.linear import LinearHead
+        from failmode.head import LinearHead
         from failmode.models.setup import open_classifier
 
         setup = open_classifier(model, None, extraction or FeatureOptions(), classes=classes, where=where)

@@ -53,7 +53,7 @@ class TaggedSplit:
 class Calibration:
     """How tag thresholds are set: a method of `failmode.discovery.tagging.CALIBRATIONS` and its options.
 
-    `source`/`indices`/`contexts` name labelled calibration images (each image's true contexts) for "precision";
+    `source`/`indices`/`contexts` name labelled calibration images (each image's true contexts) for "tag-precision";
     without them the thresholds are calibrated on the find split itself (fine for unsupervised methods).
     """
 

@@ -9,11 +9,11 @@ Thresholds are calibrated per tag, pooled over the classes that list it (see `CA
   - "robust-z" (default, unsupervised): a context is present in a minority of images, so its centred scores are
     mostly "absent" scores; threshold = median + z * 1.4826 * MAD of the tag's scores on the calibration images
     (z = 3 by default: a one-sided outlier test against the "absent" bulk). No labels needed.
-  - "precision" (supervised): on held-out images whose true contexts are known (a labelled split, or images
+  - "tag-precision" (supervised): on held-out images whose true contexts are known (a labelled split, or images
     generated from "a photo of a {class} {context}" prompts), the lowest threshold whose precision reaches the
     target (0.9 by default) with at least `min_support` true positives; a tag that never reaches it is never set.
   - "fixed": one threshold on the centred score for every tag.
-Measured on the fashion-scenes world (exemplar attributor, 600 debug images): oracle "precision" at 0.9 gave
+Measured on the fashion-scenes world (exemplar attributor, 600 debug images): oracle "tag-precision" at 0.9 gave
 precision 0.91 / recall 0.69 per (image, context); "robust-z" with z = 3 gave precision 0.87 / recall 0.60.
 """
 
@@ -123,19 +123,19 @@ def robust_z_threshold(scores: np.ndarray, truth: np.ndarray | None = None, *, z
     return med + z * MAD_TO_SIGMA * float(np.median(np.abs(scores - med)))
 
 
-@CALIBRATIONS.register("precision")
-def precision_threshold(scores: np.ndarray, truth: np.ndarray | None = None, *, precision: float = 0.9,
-                        min_support: int = 3, **_: Any) -> float:
-    """Lowest threshold whose precision on labelled images reaches `precision` (inf when none does)."""
+@CALIBRATIONS.register("tag-precision")
+def tag_precision_threshold(scores: np.ndarray, truth: np.ndarray | None = None, *, tag_precision: float = 0.9,
+                            min_support: int = 3, **_: Any) -> float:
+    """Lowest threshold whose precision on labelled images reaches `tag_precision` (inf when none does)."""
     if truth is None:
-        raise UsageError("calibration 'precision' needs images with known contexts (ground truth)")
+        raise UsageError("calibration 'tag-precision' needs images with known contexts (ground truth)")
     order = np.argsort(-scores, kind="stable")
     tp = np.cumsum(truth[order])
     prec = tp / np.arange(1, len(order) + 1)
     # a threshold must not split tied scores: only positions where the next score is strictly lower
     s = scores[order]
     cut = np.append(s[1:] < s[:-1], True)
-    ok = np.flatnonzero((prec >= precision) & (tp >= min_support) & cut)
+    ok = np.flatnonzero((prec >= tag_precision) & (tp >= min_support) & cut)
     return float(s[ok.max()]) if len(ok) else float("inf")
 
 

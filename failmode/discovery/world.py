@@ -81,7 +81,7 @@ def setup_world(preset: str = "concentrated", seed: int = 0, *, per_class: dict[
                 image_size: int | None = None, cache_dir: str | Path | None = None, n_exemplars: int = 16,
                 epochs: int = 300) -> WorldSetup:
     """Build the world, train the linear head on frozen train features, and make the stand-in backends."""
-    from failmode.head import train_head
+    from failmode.head import HeadParams, train_head
     from failmode.world import build_world
     from failmode.world.backbone import MODEL_KEY, backbone_transform, encode, load_backbone
     from failmode.world.backends import CompositeGenerator, ExemplarAttributor
@@ -91,7 +91,8 @@ def setup_world(preset: str = "concentrated", seed: int = 0, *, per_class: dict[
     size = world.preset.image_size
     feature_cache = None if cache_dir is None else Path(cache_dir) / "features"
     train = encode(model, world.splits["train"], size, cache_dir=feature_cache, desc="train features")
-    head = train_head(train.features, train.labels, epochs=epochs, num_classes=len(world.class_names), seed=seed)
+    head = train_head(train.features, train.labels, HeadParams(epochs=epochs, seed=seed),
+                      num_classes=len(world.class_names))
     classifier = FeatureHeadClassifier(model, head, model_key=MODEL_KEY, transform=backbone_transform(model, size),
                                        num_classes=len(world.class_names), cache_dir=feature_cache,
                                        ident=f"{MODEL_KEY}+linear head (world {world.preset.name}, seed {seed})")

@@ -184,7 +184,8 @@ def _analyse(preset: Preset, stages: list[ModelStages], recipe: dict[str, float]
         if not done["attribute"]:
             log.info("%s: attributing (%s)", st.model.id, "settings changed" if st.modes.exists() else "new")
             attribute_failures(st.failures, vocabulary=preset.vocabulary.dataset, kind=preset.vocabulary.kind,
-                               attributor=a, k=preset.generation.k, out_dir=st.folder, cache_dir=cache_dir, device=device)
+                               attributor=a, k=preset.generation.k, out_dir=st.folder,
+                               features=FeatureOptions(device=device, cache_dir=None if cache_dir is None else str(cache_dir)))
             st.stamp(attribute=st.attribute)
         if done["mine"] and done["attribute"]:
             log.info("%s: mining and attribution up to date (%s)", st.model.id, st.folder)

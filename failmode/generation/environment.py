@@ -52,7 +52,9 @@ def hub_revision(repo_id: str, revision: str | None = None, *, repo_type: str = 
 
 def timm_revision(model: str, weights: str | None) -> str:
     """The resolved commit of a timm classifier's weights: LOCAL for a weights file, else its Hub repo's."""
-    if weights == "none":
+    from failmode.options import weights_or_none
+
+    if weights_or_none(weights) is None:
         return "random"
     if weights and weights != "timm":
         return LOCAL if Path(weights).expanduser().exists() else UNRESOLVED

@@ -156,29 +156,30 @@ def attribute_failures(
     attributor: AttributionOptions | Attributor | None = None,
     k: int = 3,
     out_dir: str | os.PathLike[str] | None = None,
-    cache_dir: str | os.PathLike[str] | None = None,
+    features: FeatureOptions | None = None,
     dataset: str | None = None,
     split: str | None = None,
     halves: Sequence[str] = ("seed",),
-    device: str | None = None,
 ) -> Path:
     """Attribute the seed failures of a failures.parquet; write attributions.parquet, modes.json, report.md and
     the failure records as a metadata-only dataset config; return the modes.json path.
 
     `out_dir` defaults to the folder of `failures`; `dataset`/`split` override where the images are read from
     (by default the dataset the failures were mined on). `attributor` is a loaded one or the options of one to make
-    (default: CLIP ViT-B-32 / openai) on `device`. Image embeddings are cached under `cache_dir`.
+    (default: CLIP ViT-B-32 / openai) reading images as `features` says (device, batch, workers, decoder,
+    precision). Image embeddings are cached under `features.cache_dir` (default `default_cache_dir()`).
     """
     from failmode.io import default_cache_dir
     from failmode.mining.report import write_attribution
 
     rows, meta, vocab, source = check_attribution_inputs(failures, vocabulary, kind, k, dataset=dataset, split=split)
+    features = features or FeatureOptions()
+    cache_dir = Path(features.cache_dir or default_cache_dir())
     if not isinstance(attributor, Attributor):
-        attributor = make_attributor(attributor, kind, features=FeatureOptions(device=device),
-                                     dataset=dataset or meta["dataset"],
-                                     cache_dir=Path(cache_dir or default_cache_dir()) / "features")
-    result = attribute(rows, source, vocab, attributor, k=k, cache_dir=Path(cache_dir or default_cache_dir()),
-                       halves=halves, vocabulary_name=str(vocabulary))
+        attributor = make_attributor(attributor, kind, features=features, dataset=dataset or meta["dataset"],
+                                     cache_dir=cache_dir / "features")
+    result = attribute(rows, source, vocab, attributor, k=k, cache_dir=cache_dir, halves=halves,
+                       vocabulary_name=str(vocabulary))
     table = Path(failures)
     out = Path(out_dir) if out_dir is not None else table.parent if table.is_file() else table
     return write_attribution(out, result, meta, rows, vocab)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ from failmode.backends import Attributor, BackendContext
 from failmode.data.sources import ImageSource
 from failmode.errors import ValidationError
 from failmode.io import read_json, stable_hash
+from failmode.options import FeatureOptions
 from failmode.progress import bar
 from failmode.prompts import fill_template
 
@@ -45,37 +47,42 @@ class ClipAttributor(Attributor):
     """CLIP zero-shot attribution: images and ensemble-averaged context prompts in CLIP space.
 
     `model`/`pretrained` name any open_clip model and tag or a local checkpoint (`failmode.models.clip`), or
-    pass a ready `clip` (a `failmode.models.clip.Clip`). Images go through `failmode.images`
-    (`decode`: "cpu" workers, "hybrid" worker decode + device resize, or "gpu" nvJPEG; "auto": hybrid on CUDA, else
-    cpu), with bf16 autocast and channels_last on CUDA; the decoder is part of the embedding cache key.
+    pass a ready `clip` (a `failmode.models.clip.Clip`). `features` says how images are read (the image side of a
+    `FeatureOptions`: device, batch (default 256), precision, loader workers, decoder; its cache is the caller's).
+    Images go through `failmode.images` (`decode`: "cpu" workers, "hybrid" worker decode + device resize, or "gpu"
+    nvJPEG; "auto": hybrid on CUDA, else cpu), with bf16 autocast and channels_last on CUDA; the decoder is part of
+    the embedding cache key.
     """
 
     @classmethod
     def from_context(cls, context: BackendContext, **options: Any) -> ClipAttributor:
-        """CLIP with `options`, prompted for the run's vocabulary kind, on its device (unless `options` set them)."""
-        taken = {"kind": context.kind, "device": context.device}
-        return cls(**{**{k: v for k, v in taken.items() if v is not None}, **options})
+        """CLIP with `options`, prompted for the run's vocabulary kind, reading images on its device (unless `options`
+        set them: `kind`, the device of `features`)."""
+        features = options.pop("features", None) or FeatureOptions()
+        if features.device is None and context.device is not None:
+            features = dataclasses.replace(features, device=context.device)
+        return cls(**{"kind": context.kind, **options, "features": features})
 
     def __init__(self, model: str = "ViT-B-32", pretrained: str | None = "openai", *, clip: Any | None = None,
                  templates: str | os.PathLike[str] | Sequence[str] | None = None, kind: str = "background",
-                 device: str | None = None, batch_size: int = 256, precision: str = "auto",
-                 num_workers: int | None = None, decode: str = "auto", draft: bool = True) -> None:
+                 features: FeatureOptions | None = None, draft: bool = True) -> None:
         import torch
 
         from failmode.images import Preprocess, default_workers, resolve_decode
         from failmode.models.clip import create_clip
         from failmode.runtime import autocast_dtype, pick_device
 
-        self.device = pick_device(device)
+        f = features or FeatureOptions()
+        self.device = pick_device(f.device)
         self.clip = clip if clip is not None else create_clip(model, pretrained, device=self.device)
         self.model = self.clip.model.to(self.device).eval()
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.templates = load_templates(templates, kind)
         self.prep = Preprocess.from_open_clip(self.model, draft=draft)
-        self.dtype = autocast_dtype(self.device, precision)
-        self.batch_size, self.decode = batch_size, resolve_decode(decode, self.device)
-        self.num_workers = default_workers(self.device) if num_workers is None else num_workers
+        self.dtype = autocast_dtype(self.device, f.precision)
+        self.batch_size, self.decode = f.batch_size or 256, resolve_decode(f.decode, self.device)
+        self.num_workers = default_workers(self.device) if f.num_workers is None else f.num_workers
         self.ident = f"clip:{self.clip.ident}"
         self._texts: dict[tuple[str, tuple[str, ...]], np.ndarray] = {}  # (class name, contexts) -> embeddings
 

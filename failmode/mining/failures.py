@@ -60,7 +60,7 @@ def predict(extractor: FeatureExtractor, source: ImageSource, indices: Sequence[
     Features and logits come from the extractor (batched, mixed precision, disk cache); with a head, the model's
     own logits are not computed.
     """
-    from failmode.mining.heads import apply_head
+    from failmode.head import apply_head
 
     idx = np.asarray(indices, dtype=np.int64)
     feats = extractor(source, idx, with_logits=head is None, desc=f"predict {extractor.model_key}")

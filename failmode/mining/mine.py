@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 
 from failmode.data.sources import BadImages, ImageSource
+from failmode.head import DATASET_HEAD_RECIPE, HEAD_FILE, LinearHead, train_dataset_head
 from failmode.io import write_json
 from failmode.mining.failures import failures_from_predictions, predict, write_failures, write_predictions
-from failmode.mining.heads import HEAD_FILE
 from failmode.models.setup import head_ident, open_classifier
 from failmode.options import FeatureOptions, ModelSpec, SplitSpec
 
@@ -22,12 +22,7 @@ log = logging.getLogger(__name__)
 def _resolve_head(head: str | None, train: ImageSource | None, train_idx: np.ndarray, out: Path,
                   record: dict[str, Any], features: Any) -> tuple[Any, str]:
     """(head object or None, description recorded in the outputs); a trained head is saved as out/head.safetensors."""
-    from failmode.linear import LinearHead
-    from failmode.mining.heads import HEAD_FILE
-
     if head == "train":
-        from failmode.head import DATASET_HEAD_RECIPE, train_dataset_head
-
         assert train is not None
         feats = features(train, train_idx, "train features")
         fitted = train_dataset_head(feats.features, feats.labels, len(train.class_names),

@@ -14,6 +14,7 @@ import torch
 
 from failmode.errors import LoadError, UsageError
 from failmode.hub import load_from_hub_or_local
+from failmode.options import weights_or_none
 from failmode.registry import Registry
 
 if TYPE_CHECKING:
@@ -85,7 +86,7 @@ def create_classifier(name: str, weights: str | None = "timm", num_classes: int 
 
     known_model(name)
     kwargs: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
-    if weights is None or weights == "none":
+    if weights_or_none(weights) is None:
         with torch.random.fork_rng(devices=[]):  # a seeded init: the same random model in every process (caches)
             torch.manual_seed(0)
             model = timm.create_model(name, pretrained=False, **kwargs)

@@ -22,7 +22,7 @@ from failmode.data.sources import ImageSource, check_disjoint_splits, open_sourc
 from failmode.data.spec import parse_spec
 from failmode.data.splits import Splits, make_splits, resolve_recipe
 from failmode.errors import UsageError, ValidationError
-from failmode.options import FeatureOptions, ModelSpec, SplitSpec
+from failmode.options import FeatureOptions, ModelSpec, SplitSpec, weights_or_none
 
 if TYPE_CHECKING:
     import torch
@@ -35,7 +35,7 @@ def model_key(model: str, weights: str | None) -> str:
     if weights and os.path.isfile(weights):
         st = os.stat(weights)
         weights = f"file:{os.path.abspath(weights)}:{st.st_size}:{st.st_mtime_ns}"
-    if weights in (None, "none"):
+    if weights_or_none(weights) is None:
         weights = "random-init-seed0"  # create_classifier's seeded random init
     return f"{model}@{weights}"
 

@@ -22,14 +22,14 @@ import shlex
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from failmode.errors import UsageError
+from failmode.errors import UsageError, ValidationError
 from failmode.io import dumps_json, read_json, write_bytes_atomic, write_json
 from failmode.progress import bar
 
@@ -68,16 +68,18 @@ class DemoConfig:
 
     @classmethod
     def defaults(cls, **overrides: Any) -> DemoConfig:
-        """The shipped defaults with `overrides` (None values are ignored) applied, checked."""
+        """The shipped defaults with `overrides` (None values are ignored) applied, typed and checked
+        (`typed.from_mapping`: unknown keys and wrong types are one line)."""
+        from failmode.typed import from_mapping
+
         doc = read_json(Path(str(resources.files("failmode.world") / "data" / "demo.json")))
         doc = {k: v for k, v in doc.items() if k not in ("format", "note")}
         doc.update({k: v for k, v in overrides.items() if v is not None})
-        unknown = sorted(set(doc) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise UsageError(f"unknown demo parameter(s): {', '.join(unknown)}")
-        for key in ("images_per_mode_sweep", "lambdas", "budget"):
-            doc[key] = tuple(doc[key])
-        return cls(**doc).check()
+        try:
+            config = from_mapping(cls, doc, "demo parameters")
+        except ValidationError as e:
+            raise UsageError(str(e)) from None
+        return config.check()
 
     def check(self) -> DemoConfig:
         """Raise UsageError on impossible values; return self."""
@@ -107,34 +109,22 @@ class DemoConfig:
 
 @dataclass(frozen=True)
 class Paths:
-    """The folders of one demo run."""
+    """The folders of one demo run under `out`, each a subfolder of its name: `world` (the exported world, a local
+    dataset folder), `dataset` (the debug dataset `failmode build` writes), `work` (mining and attribution outputs,
+    `failmode build --work`), `cache` (feature and embedding caches, `--cache-dir`) and `evaluate` (`failmode
+    evaluate --out`: results.jsonl, tables.md, sweeps)."""
 
     out: Path
+    world: Path = field(init=False)
+    dataset: Path = field(init=False)
+    work: Path = field(init=False)
+    cache: Path = field(init=False)
+    evaluate: Path = field(init=False)
 
-    @property
-    def world(self) -> Path:
-        """The exported world (a local dataset folder)."""
-        return self.out / "world"
-
-    @property
-    def dataset(self) -> Path:
-        """The debug dataset `failmode build` writes."""
-        return self.out / "dataset"
-
-    @property
-    def work(self) -> Path:
-        """Mining and attribution outputs (`failmode build --work`)."""
-        return self.out / "work"
-
-    @property
-    def cache(self) -> Path:
-        """Feature and embedding caches (`--cache-dir`)."""
-        return self.out / "cache"
-
-    @property
-    def evaluate(self) -> Path:
-        """`failmode evaluate --out`: results.jsonl, tables.md, sweeps."""
-        return self.out / "evaluate"
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if not f.init:
+                object.__setattr__(self, f.name, self.out / f.name)
 
 
 @contextmanager
@@ -187,11 +177,12 @@ def commands(paths: Paths, preset_path: Path, spec: Any, config: DemoConfig) -> 
 def run_demo(out: str | Path, config: DemoConfig | None = None) -> dict[str, Any]:
     """Run the demo into `out` (world/, dataset/, work/, evaluate/, results.json, report.md, plots/); return the
     results."""
-    from failmode.evaluate.pipeline import DebugSpec, EvalSpec, HeadParams, recorded_splits
+    from failmode.evaluate.pipeline import DebugSpec, EvalSpec, recorded_splits
     from failmode.evaluate.suite import recorded_policy_configs, run_suite
     from failmode.generation.build import build
     from failmode.generation.presets import load_preset
     from failmode.generation.run import RunOptions
+    from failmode.head import HeadParams
     from failmode.options import FeatureOptions, SplitSpec
     from failmode.world import build_world
     from failmode.world.export import export_world

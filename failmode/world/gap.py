@@ -18,6 +18,7 @@ import torch
 
 from failmode.data.sources import ListSource
 from failmode.errors import ValidationError
+from failmode.head import HeadParams, accuracy, train_head
 from failmode.world.backends import CompositeGenerator
 from failmode.world.composite import composite
 from failmode.world.fashion import load_fashion_mnist
@@ -26,7 +27,7 @@ from failmode.world.world import OBJECT_RANGES, World
 #: Seed-stream tag of the probe's pairs (apart from the world's split streams 1-4 and the exemplars' 5).
 GAP_STREAM = 6
 #: the probe head's recipe (full-batch SGD on standardised features)
-PROBE_RECIPE = {"lr": 0.2, "momentum": 0.9, "weight_decay": 5e-4, "epochs": 300, "seed": 0}
+PROBE_HEAD = HeadParams(epochs=300)
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,6 @@ def measure_gap(world: World, model: torch.nn.Module | None = None, *, per_class
                 cache_dir: str | Path | None = None) -> GapProbe:
     """The held-out accuracy of a linear probe on the frozen features telling the generator's images from the
     world's photos (module docstring); objects of the fit and held-out halves are disjoint."""
-    from failmode.head import accuracy, train_head
     from failmode.world.backbone import MODEL_KEY, encode, load_backbone
 
     if per_class < 2:
@@ -83,7 +83,7 @@ def measure_gap(world: World, model: torch.nn.Module | None = None, *, per_class
     fit = pair % 2 == 0  # alternate objects of each class: the halves share no object
     mu, sd = feats[fit].mean(axis=0), feats[fit].std(axis=0) + 1e-6
     x = (feats - mu) / sd
-    head = train_head(x[fit], y[fit], num_classes=2, device="cpu", **PROBE_RECIPE)
+    head = train_head(x[fit], y[fit], PROBE_HEAD, num_classes=2, device="cpu")
     acc = accuracy(head, x[~fit], y[~fit])
     return GapProbe(round(float(acc), 4), int(fit.sum()), int((~fit).sum()), MODEL_KEY,
                     tuple(sorted(set(objects[fit].tolist()))), tuple(sorted(set(objects[~fit].tolist()))))
