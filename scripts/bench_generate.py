@@ -100,11 +100,13 @@ def bench_toolkit(pipe: Any, args: argparse.Namespace, out: Path) -> dict[str, A
     t0 = time.perf_counter()
     warm.run(rows(args.batch_size, "warmup"))  # compile + autotune happen here
     warmup_s = time.perf_counter() - t0
+    log.warning("warm-up (compile): %.1f s", warmup_s)
     extra: dict[str, Any] = {}
     threads = int(gen.describe().get("threads") or DEFAULT_THREADS)  # ShardRun renders with this CPU thread count
     if args.steady_batches:  # the same compiled pipeline, steady state: plain call, then failmode's render alone
         with fixed_threads(threads):
             extra["plain_call_images_per_s"] = round(bench_plain(gen, args), 3)
+        log.warning("plain pipeline call: %s images/s", extra["plain_call_images_per_s"])  # kept if killed later
         reqs = [r.request(0) for r in rows(args.steady_batches * args.batch_size, "steady")]
         gen._embeds.clear()  # each timed path encodes its prompts, as a build does (new prompts every few images)
         sync(gen.device)
@@ -113,6 +115,7 @@ def bench_toolkit(pipe: Any, args: argparse.Namespace, out: Path) -> dict[str, A
             gen.generate(reqs)
         sync(gen.device)
         extra["render_only_images_per_s"] = round(len(reqs) / (time.perf_counter() - t0), 3)
+        log.warning("failmode's render alone: %s images/s", extra["render_only_images_per_s"])
     if args.profile:
         with fixed_threads(threads):
             profile_batch(gen, [r.request(0) for r in rows(args.batch_size, "profile")], Path(args.profile))
