@@ -624,3 +624,42 @@ class CountingFS:
                 return n
 
         return Counted(self.fs._strip_protocol(path), mode)
+
+
+class BatchClock:
+    """Steady-state throughput for benchmarks: while active, every batch `failmode.images.iter_crops` yields is
+    time-stamped, so a run's images/s can be given without the loader's start-up and first batch."""
+
+    def __init__(self) -> None:
+        self.stamps: list[tuple[float, int]] = []  # (time the batch reached the caller, images in it)
+
+    def __enter__(self) -> BatchClock:
+        import time
+
+        from failmode import images
+
+        self._inner = inner = images.iter_crops
+
+        def timed(*args: Any, **kwargs: Any) -> Iterator[torch.Tensor]:
+            for x in inner(*args, **kwargs):
+                self.stamps.append((time.perf_counter(), len(x)))
+                yield x
+
+        images.iter_crops = timed
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from failmode import images
+
+        images.iter_crops = self._inner
+
+    def steady_rate(self, end: float, skip: int = 1) -> float | None:
+        """Images/s from the arrival of batch `skip` - 1 to `end` (a perf_counter time after the last batch's work
+        finished); None with too few batches. The last call's batches only (stamps are cleared by `reset`)."""
+        if len(self.stamps) <= skip:
+            return None
+        return sum(n for _, n in self.stamps[skip:]) / (end - self.stamps[skip - 1][0])
+
+    def reset(self) -> None:
+        """Forget the batches seen so far."""
+        self.stamps.clear()

@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     from failmode.models.clip import create_clip
     from failmode.options import FeatureOptions
     from failmode.runtime import configure_cpu_threads, pick_device
-    from failmode.testing import jpeg_folder
+    from failmode.testing import BatchClock, jpeg_folder
 
     configure_cpu_threads()
     device = pick_device(args.device)
@@ -184,13 +184,18 @@ def main(argv: list[str] | None = None) -> int:
         else:
             run = lambda rs: attribute(rs, source, vocab, att, k=3)  # noqa: E731
         image_seconds = time_calls(att, "encode_images")
-        run(warm)
-        sync()
-        image_seconds.clear()
-        t0 = time.perf_counter()
-        run(rows)
-        sync()
-        dt = time.perf_counter() - t0
+        with BatchClock() as clock:
+            run(warm)
+            sync()
+            image_seconds.clear()
+            clock.reset()
+            t0 = time.perf_counter()
+            run(rows)
+            sync()
+            end = time.perf_counter()
+        dt = end - t0
+        # without the loader's start-up: from the arrival of the workers' first round of batches to the end
+        steady = clock.steady_rate(end, skip=max(1, min(args.workers, len(clock.stamps) // 2)))
     result = {
         "bench": "attribute" + ("-decode-only" if args.decode_only else ""), "model": args.model,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda"
@@ -198,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         "n": n, "jpeg_size": args.jpeg_size, "batch_size": args.batch_size, "workers": args.workers,
         "decode": args.decode, "draft": not args.no_draft, "precision": args.precision,
         "torch_threads": torch.get_num_threads(), "seconds": round(dt, 3), "images_per_s": round(n / dt, 1),
+        "steady_images_per_s": round(steady, 1) if steady is not None else None,
     }
     if args.model_only_batches:  # the image tower alone on a resident batch: the ceiling for the end-to-end figure
         result.update(model_only(att, args, device))

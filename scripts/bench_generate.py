@@ -27,7 +27,7 @@ import torch
 from failmode.generation import GenerationSettings, ShardRun, baseline_modes, build_plan
 from failmode.generation.render import PRECISIONS, DiffusersGenerator
 from failmode.options import RenderOptions
-from failmode.runtime import pick_device
+from failmode.runtime import DEFAULT_THREADS, fixed_threads, pick_device
 
 CONFIGS = Path(__file__).resolve().parents[1] / "failmode" / "models" / "configs" / "sd15"
 CLASSES = [f"class {i}" for i in range(1000)]
@@ -100,8 +100,28 @@ def bench_toolkit(pipe: Any, args: argparse.Namespace, out: Path) -> dict[str, A
     t0 = time.perf_counter()
     warm.run(rows(args.batch_size, "warmup"))  # compile + autotune happen here
     warmup_s = time.perf_counter() - t0
+    log.warning("warm-up (compile): %.1f s", warmup_s)
+    extra: dict[str, Any] = {}
+    threads = int(gen.describe().get("threads") or DEFAULT_THREADS)  # ShardRun renders with this CPU thread count
+    if args.steady_batches:  # the same compiled pipeline, steady state: plain call, then failmode's render alone
+        with fixed_threads(threads):
+            extra["plain_call_images_per_s"] = round(bench_plain(gen, args), 3)
+        log.warning("plain pipeline call: %s images/s", extra["plain_call_images_per_s"])  # kept if killed later
+        reqs = [r.request(0) for r in rows(args.steady_batches * args.batch_size, "steady")]
+        gen._embeds.clear()  # each timed path encodes its prompts, as a build does (new prompts every few images)
+        sync(gen.device)
+        t0 = time.perf_counter()
+        with fixed_threads(threads):
+            gen.generate(reqs)
+        sync(gen.device)
+        extra["render_only_images_per_s"] = round(len(reqs) / (time.perf_counter() - t0), 3)
+        log.warning("failmode's render alone: %s images/s", extra["render_only_images_per_s"])
+    if args.profile:
+        with fixed_threads(threads):
+            profile_batch(gen, [r.request(0) for r in rows(args.batch_size, "profile")], Path(args.profile))
     run = ShardRun(out / "ds", gen, CLASSES, **kw)
     plan = rows(args.images, "bench")
+    gen._embeds.clear()
     sync(gen.device)
     t0 = time.perf_counter()
     stats = run.run(plan)
@@ -114,7 +134,54 @@ def bench_toolkit(pipe: Any, args: argparse.Namespace, out: Path) -> dict[str, A
             "render_s": round(render, 3), "encode_cpu_s": round(encode, 3), "write_s": round(write, 3),
             "writer_wait_s": round(run.wait_s, 3),
             "shard_writing_overhead_pct_of_gpu": round(100 * (wall - render) / render, 2),
-            "warmup_s": round(warmup_s, 2), "batch_size_used": stats[-1]["batch_size"]}
+            "warmup_s": round(warmup_s, 2), "batch_size_used": stats[-1]["batch_size"], **extra}
+
+
+def bench_plain(gen: DiffusersGenerator, args: argparse.Namespace) -> float:
+    """Images/s of the plain pipeline call on failmode's prepared (compiled) pipeline, as the H100 anchor runs it:
+    random prompt embeddings, one device generator, output_type="pil", no encoding or writing. The latents are
+    given in channels_last, the layout failmode's batches have, so the compiled UNet is reused (no recompile)."""
+    pipe, bs, dev = gen.pipe, args.batch_size, gen.device
+    dim = pipe.text_encoder.config.hidden_size
+    pe = torch.randn(bs, 77, dim, device=dev, dtype=gen.dtype)
+    ne = torch.randn(bs, 77, dim, device=dev, dtype=gen.dtype)
+    g = torch.Generator(dev).manual_seed(0)
+    f = pipe.vae_scale_factor
+
+    def call(steps: int) -> None:
+        lat = torch.randn(bs, pipe.unet.config.in_channels, args.size // f, args.size // f, generator=g, device=dev,
+                          dtype=gen.dtype).contiguous(memory_format=torch.channels_last)
+        pipe(prompt_embeds=pe, negative_prompt_embeds=ne, latents=lat, num_inference_steps=steps,
+             height=args.size, width=args.size, output_type="pil")
+
+    with torch.inference_mode():
+        call(2)
+        sync(dev)
+        t0 = time.perf_counter()
+        for _ in range(args.steady_batches):
+            call(args.steps)
+        sync(dev)
+    return args.steady_batches * bs / (time.perf_counter() - t0)
+
+
+def profile_batch(gen: DiffusersGenerator, reqs: list[Any], path: Path) -> None:
+    """torch.profiler over one batch of failmode's render: the 25 ops with the most device (else CPU) time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = gen.device.type == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    sync(gen.device)
+    t0 = time.perf_counter()
+    with profile(activities=acts) as prof:
+        gen.generate(reqs)
+        sync(gen.device)
+    wall = time.perf_counter() - t0
+    avg = prof.key_averages()
+    key = "device_time_total" if cuda else "cpu_time_total"
+    busy = sum(getattr(e, "self_device_time_total", 0) for e in avg) / 1e6 if cuda else 0.0
+    path.write_text(f"one batch of {len(reqs)}: wall {wall:.3f} s under the profiler, device busy {busy:.3f} s\n"
+                    + avg.table(sort_by=key, row_limit=25) + "\n"
+                    + avg.table(sort_by="cpu_time_total", row_limit=15) + "\n")
 
 
 def main() -> None:
@@ -137,6 +204,10 @@ def main() -> None:
     p.add_argument("--quality", metavar="CLIP", help="also run the quality filter with this open_clip model "
                                                    "(random weights), e.g. ViT-B-32")
     p.add_argument("--skip-naive", action="store_true")
+    p.add_argument("--steady-batches", type=int, default=0,
+                   help="after the warm-up, also time this many batches of the plain pipeline call and of failmode's "
+                        "render alone (no encoding, no writing) on the same compiled pipeline")
+    p.add_argument("--profile", metavar="PATH", help="write a torch.profiler table of one render batch here")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)

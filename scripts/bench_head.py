@@ -85,7 +85,7 @@ def bench_features(args: argparse.Namespace, dev: torch.device) -> dict[str, Any
     from failmode.images import iter_crops, normalize
     from failmode.models.classifier import create_classifier, eval_preprocess, eval_transform
     from failmode.options import FeatureOptions
-    from failmode.testing import jpeg_folder
+    from failmode.testing import BatchClock, jpeg_folder
 
     net = create_classifier(args.model, "none").to(dev).eval()
     prep = eval_preprocess(net, args.image_size)
@@ -100,10 +100,16 @@ def bench_features(args: argparse.Namespace, dev: torch.device) -> dict[str, Any
                                      precision="auto", decode="auto" if decode == "pil" else decode)
             kw = {"model_key": args.model, "transform": transform, "options": options}
             extract_features(net, source, np.arange(min(len(source), 2 * args.batch_size)), **kw)  # warm-up
-            t0 = time.perf_counter()
-            extract_features(net, source, None, **kw)
-            _sync(dev)
-            res[f"extract_{decode}_img_s"] = args.images / (time.perf_counter() - t0)
+            with BatchClock() as clock:
+                t0 = time.perf_counter()
+                extract_features(net, source, None, **kw)
+                _sync(dev)
+                end = time.perf_counter()
+            res[f"extract_{decode}_img_s"] = args.images / (end - t0)
+            # without the loader's start-up: from the arrival of the workers' first round of batches to the end
+            steady = clock.steady_rate(end, skip=max(1, min(args.num_workers, len(clock.stamps) // 2)))
+            if steady is not None and decode != "pil":
+                res[f"extract_{decode}_steady_img_s"] = steady
         crops = next(iter_crops(source, np.arange(args.batch_size) % len(source), prep, device=dev,
                                 batch_size=args.batch_size))
         batch = normalize(crops, prep, dtype or torch.float32)
@@ -118,6 +124,8 @@ def bench_features(args: argparse.Namespace, dev: torch.device) -> dict[str, Any
     res["model_only_img_s"] = n_batches * args.batch_size / (time.perf_counter() - t0)
     for decode in args.decode.split(","):
         res[f"extract_{decode}_over_model"] = res[f"extract_{decode}_img_s"] / res["model_only_img_s"]
+        if f"extract_{decode}_steady_img_s" in res:
+            res[f"extract_{decode}_steady_over_model"] = res[f"extract_{decode}_steady_img_s"] / res["model_only_img_s"]
     return res
 
 

@@ -5,6 +5,12 @@
 #
 #   OUT=bench-out bash scripts/gpu_device_run.sh            # on the device (about 8.5 min on an H200)
 #   OUT=tmp-out TINY=1 bash scripts/gpu_device_run.sh       # CPU smoke run of the same path
+#
+# STEADY=1 runs the second set instead (about 4.5 min on an H200; five files: generate.log, gen_profile.txt,
+# features.log, attr_gpu.log, results.jsonl): steady-state figures after warm-up and loader start-up beside end to
+# end. Generation: the plain compiled pipeline call vs failmode's render alone vs failmode's whole path (encoding
+# and shard writing), all on one compiled pipeline (one compile), plus a profile of one render batch; features
+# (resnet50) and attribution (ViT-B-32) from JPEG files vs the model alone.
 set -u
 out=${OUT:-bench-out}
 mkdir -p "$out"
@@ -31,7 +37,23 @@ part() {  # part NAME SECONDS JSONFILE ARGS...
   echo "{\"part\": \"$name\", \"rc\": $rc, \"wall_s\": $((SECONDS - t0))}" >>"$out/results.jsonl"
 }
 tmp=$(mktemp -d)
-if [ -n "${TINY:-}" ]; then
+if [ -n "${STEADY:-}" ] && [ -n "${TINY:-}" ]; then
+  part generate 150 "$tmp/gen.json" scripts/bench_generate.py --tiny --device cpu --precision fp32 --size 64 \
+    --steps 2 --images 8 --batch-size 4 --compile none --skip-naive --steady-batches 2 \
+    --profile "$out/gen_profile.txt" --json "$tmp/gen.json"
+  part features 120 "$tmp/feat.json" scripts/bench_head.py --device cpu --skip head --model resnet18 --images 64 \
+    --batch-size 8 --image-size 64 --jpeg-size 80x60 --decode cpu,hybrid --num-workers 2 --out "$tmp/feat.json"
+  part attr_cpu 120 none scripts/bench_attribute.py --device cpu --model failmode-tiny-clip --n 128 \
+    --jpeg-size 64x48 --batch-size 16 --workers 2 --decode hybrid --model-only-batches 2
+elif [ -n "${STEADY:-}" ]; then
+  part generate 175 "$tmp/gen.json" scripts/bench_generate.py --skip-naive --precision fp16 --steps 25 \
+    --scheduler dpmsolver++ --images 64 --batch-size 16 --compile default --steady-batches 3 \
+    --profile "$out/gen_profile.txt" --json "$tmp/gen.json"
+  part features 60 "$tmp/feat.json" scripts/bench_head.py --device cuda --skip head --num-workers 14 \
+    --images 16384 --decode hybrid,gpu --out "$tmp/feat.json"
+  part attr_gpu 50 none scripts/bench_attribute.py --device cuda --n 30000 --batch-size 1024 --workers 14 \
+    --decode gpu --model-only-batches 20
+elif [ -n "${TINY:-}" ]; then
   part generate 120 "$tmp/gen.json" scripts/bench_generate.py --tiny --device cpu --precision fp32 --size 64 \
     --steps 2 --naive-steps 2 --images 8 --naive-images 1 --batch-size 4 --compile none --json "$tmp/gen.json"
   part head 120 "$tmp/head.json" scripts/bench_head.py --device cpu --n 512 --dim 64 --classes 10 --epochs 20 \
@@ -51,5 +73,9 @@ else
     --decode hybrid --decode-only
 fi
 rm -rf "$tmp" "$site"
+if [ -n "${STEADY:-}" ]; then
+  cat "$out/results.jsonl"
+  exit 0
+fi
 "$py" scripts/gpu_summary.py "$out/results.jsonl" >"$out/summary.json"
 cat "$out/summary.json"

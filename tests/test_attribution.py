@@ -304,6 +304,37 @@ def test_cli_attribute_and_missing_class(cli, capsys, mined, clip_checkpoint, tm
     assert rc == 1 and len(err.splitlines()) == 1 and "no contexts for class 4 ('deer')" in err, err
 
 
+def test_loader_workers_hand_over_one_block_per_batch_with_the_same_pixels(tmp_path):
+    """Hybrid and nvJPEG batches cross from the loader workers as one flat shared-memory tensor plus shapes (not one
+    shared-memory file per image): the images unpacked are the per-image tensors, and hybrid crops through two
+    workers equal the per-image path's."""
+    import numpy as np
+    import torch
+
+    from failmode.data.sources import open_source
+    from failmode.images import Preprocess, _Bytes, _Decoded, decode_full, device_crops, iter_crops, pack, unpack
+    from failmode.testing import jpeg_folder
+
+    src = open_source(str(jpeg_folder(tmp_path / "j", 9, unique=3, size=(60, 45), classes=2)))
+    idx = np.arange(9)
+    for dataset in (_Decoded, _Bytes):
+        loader = torch.utils.data.DataLoader(dataset(src, idx, None), batch_size=4, num_workers=2, collate_fn=pack)
+        got = []
+        for flat, shapes in loader:
+            assert flat.dim() == 1 and flat.dtype == torch.uint8 and flat.is_shared()
+            assert flat.numel() == sum(int(np.prod(s)) for s in shapes)
+            got += unpack(flat, shapes)
+        want = [dataset(src, idx, None)[j] for j in idx]
+        assert [tuple(t.shape) for t in got] == [tuple(t.shape) for t in want]
+        assert all(torch.equal(a, b) for a, b in zip(got, want))
+    prep = Preprocess(size=16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bicubic", draft=False,
+                      resize=20)
+    cpu = torch.device("cpu")
+    ref = device_crops([decode_full(src, int(i)) for i in idx], prep, cpu)
+    got = torch.cat(list(iter_crops(src, idx, prep, device=cpu, batch_size=4, num_workers=2, decode="hybrid")))
+    assert torch.equal(got, ref)
+
+
 def test_hybrid_and_gpu_decoders_match_cpu_decoder(mined, tiny_clip):
     """Device-side resizing (hybrid) stays within a few grey levels of PIL's; gpu off CUDA is refused."""
     import torch
