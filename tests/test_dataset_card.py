@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -212,3 +213,22 @@ def test_a_card_with_a_repo_has_local_and_hub_forms_and_its_local_blocks_run(tin
     assert len(blocks) == 6 and len(hub) == 3
     assert all('revision="v1.0.0"' in b for b in hub)
     check_card_states_the_manifest(tiny_ds)
+
+
+def test_the_cards_streaming_recipe_exits_cleanly_every_time(tiny_ds: Path) -> None:
+    """A half-read `datasets` stream of parquet can abort the interpreter at exit ("terminate called without an active
+    exception", apache/arrow#45214): with the old recipe (a for-loop with break) half of the runs aborted. The card's
+    recipe joins the reader threads before exit; run it several times, as a user would."""
+    import subprocess
+    import sys
+
+    from failmode.testing import card_python_blocks
+
+    code = next(b for b in card_python_blocks((tiny_ds / "README.md").read_text())
+                if "streaming=True" in b and "snapshot_download" not in b and '"failmode/tiny-debug"' not in b)
+    assert "gc.collect()" in code
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env.pop("PYTHONPATH", None)
+    codes = [subprocess.run([sys.executable, "-c", code], cwd=tiny_ds, env=env, capture_output=True,
+                            timeout=300).returncode for _ in range(4)]
+    assert codes == [0, 0, 0, 0]

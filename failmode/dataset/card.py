@@ -111,9 +111,9 @@ def _recipe_values(manifest: Manifest, summaries: dict[str, ConfigSummary], conf
                 f'    ds = load_dataset({source}, config, split="{split}"{revision})\n'
                 '    print(config, ds.num_rows, ds.features["label"].names[ds[0]["label"]], ds[0]["context"])\n'
                 f'stream = load_dataset({source}, "{config}", split="{split}"{revision}, streaming=True)\n'
-                'for row in stream:  # the stream is closed when the loop ends (a half-read one may abort at exit)\n'
-                '    print(row["prompt"])\n'
-                '    break')
+                'print(next(iter(stream))["prompt"])\n'
+                'del stream\n'
+                "gc.collect()  # joins the half-read stream's reader threads now, not at exit (apache/arrow#45214)")
 
     timm_body = (f'ds = timm.data.create_dataset(f"hfds/{{local}}/data/{config}", root=None, split="{split}")\n'
                  f'train = timm.data.create_dataset("wds/{name}", root=f"{{local}}/wds/{config}", split="{split}",\n'
@@ -131,8 +131,8 @@ def _recipe_values(manifest: Manifest, summaries: dict[str, ConfigSummary], conf
               if repo else "")
     return {
         "datasets_code": _two_forms(
-            datasets_code("local", "", f"import os\n\nfrom datasets import load_dataset\n\n{folder}\n"),
-            datasets_code(f'"{repo}"', f', revision="{tag}"', "from datasets import load_dataset\n") if repo else "",
+            datasets_code("local", "", f"import gc\nimport os\n\nfrom datasets import load_dataset\n\n{folder}\n"),
+            datasets_code(f'"{repo}"', f', revision="{tag}"', "import gc\n\nfrom datasets import load_dataset\n") if repo else "",
             tag),
         "timm_code": _two_forms(f"import os\n\nimport timm.data\n\n{folder}\n{timm_body}",
                                 f"import timm.data\n{snapshot}\n{hub}\n{timm_body}" if repo else "", tag),
