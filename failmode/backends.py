@@ -132,11 +132,14 @@ class BackendContext:
 def construct(registry: Registry[Any], name: str, options: dict[str, Any] | None = None,
               context: BackendContext | None = None) -> Any:
     """Build backend `name` of `registry` through its `from_context(context, **options)` (the one contract every
-    registered backend class follows: options set in `options` win over what it takes from `context`); bad options
-    are one line."""
+    registered backend class follows: options set in `options` win over what it takes from `context`), or a plain
+    factory with `options` alone; bad options are one line."""
     backend = registry.get(name)
     opts = dict(options or {})
+    make = getattr(backend, "from_context", None)
     try:
-        return backend.from_context(context or BackendContext(), **opts)
+        if make is None:  # a plain factory registered as `name -> factory(**options)` takes no context
+            return backend(**opts)
+        return make(context or BackendContext(), **opts)
     except TypeError as e:
         raise UsageError(f"{registry.kind} {name!r}: bad options {sorted(opts)} ({e})") from None

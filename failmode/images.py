@@ -178,7 +178,7 @@ def device_crops(images: list[torch.Tensor], prep: Preprocess, device: torch.dev
     for j, img in enumerate(images):
         groups.setdefault(tuple(img.shape[-2:]), []).append(j)
     for (h, w), members in groups.items():
-        # each image travels on its own (pinned by the loader: asynchronous), then is stacked on the device
+        # the images of one size (views of the batch's one block, `unpack`) are stacked on the device
         x = torch.stack([images[j].to(device, non_blocking=True) for j in members]).float()
         nw, nh = resized_size(w, h, prep.short_side)
         if (nh, nw) != (h, w):

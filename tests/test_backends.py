@@ -51,3 +51,22 @@ def test_bad_backend_names_and_options_are_one_line(name, options, message):
     with pytest.raises(UsageError, match=message) as e:
         construct(GENERATORS, name, options, BackendContext(device="cpu"))
     assert "\n" not in str(e.value)
+
+
+def test_a_plain_factory_registered_by_name_gets_its_options_and_bad_ones_are_one_line():
+    registry: Registry[Any] = Registry("generator")
+    registry.register("plain")(lambda size=8: ("plain", size))
+    assert construct(registry, "plain", {"size": 16}, BackendContext(device="cpu")) == ("plain", 16)
+    with pytest.raises(UsageError, match=r"^generator 'plain': bad options \['colour'\]"):
+        construct(registry, "plain", {"colour": 1})
+
+
+def test_slices_and_discover_resolve_a_registered_generator_as_build_and_generate_do():
+    """The real-data debug config of slices / discover renders with the generator `--generator` names: a registered
+    name is that backend (never looked up on the Hub as a diffusers id)."""
+    from failmode.discovery.outputs import diffusers_render
+    from failmode.generation.plan import GenerationSettings
+    from failmode.options import RenderOptions
+
+    settings = GenerationSettings(generator=SEED_COLOR, size=8, steps=1, guidance=0.0, scheduler="none")
+    assert isinstance(diffusers_render(settings, RenderOptions(device="cpu")).make_generator(), SeedColorGenerator)

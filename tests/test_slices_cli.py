@@ -257,18 +257,18 @@ def _parsed(argv: list[str], caplog) -> tuple[object, list[str]]:
 
 def test_precision_is_the_render_dtype_and_tag_precision_the_calibration_target(caplog):
     """`precision` means a dtype: slices and discover take the render dtype as --precision like every other
-    command (--render-precision is kept as an alias, with a line naming --precision); slices' calibration target
-    is --tag-precision, its method --calibration tag-precision."""
+    command (slices' old name --render-precision is kept as an alias, with a line naming --precision); slices'
+    calibration target is --tag-precision, its method --calibration tag-precision."""
     base = ["--world", "concentrated", "--out", "o"]
     args, lines = _parsed(["slices", *base, "--precision", "fp16", "--tag-precision", "0.8",
                            "--calibration", "tag-precision"], caplog)
     assert (args.render_precision, args.tag_precision, args.calibration, lines) == ("fp16", 0.8, "tag-precision", [])
     args, lines = _parsed(["slices", *base], caplog)
     assert (args.render_precision, args.tag_precision, args.calibration, lines) == (None, 0.9, "robust-z", [])
+    args, lines = _parsed(["slices", *base, "--render-precision", "bf16"], caplog)
+    assert args.render_precision == "bf16"
+    assert lines == ["--render-precision is renamed --precision; the old name is accepted for one more release"]
     for command in ("slices", "discover"):
-        args, lines = _parsed([command, *base, "--render-precision", "bf16"], caplog)
-        assert args.render_precision == "bf16"
-        assert lines == ["--render-precision is renamed --precision; the old name is accepted for one more release"]
         args, lines = _parsed([command, *base, "--precision", "fp32"], caplog)
         assert (args.render_precision, lines) == ("fp32", [])
 
@@ -301,3 +301,28 @@ def test_tag_precision_calibration_needs_the_world_under_both_spellings(mined, t
         assert err[-1] == ("failmode slices: error: --calibration tag-precision needs images with known contexts: "
                            "only with --world")
     assert not (tmp_path / "o").exists()
+
+
+def test_the_mined_classifier_is_rebuilt_with_the_crop_mining_recorded(mined):
+    """A run mined with --crop-pct is checked on the test split with that crop, not the model's default."""
+    from failmode.discovery.mined import live_classifier, load_mined_run
+    from failmode.models.classifier import eval_preprocess
+
+    run = load_mined_run(mined / "run")
+    default, why = live_classifier(run, FeatureOptions(device="cpu"))
+    assert default is not None, why
+    run.meta["crop_pct"] = 1.0
+    cropped, _ = live_classifier(run, FeatureOptions(device="cpu"))
+    assert cropped.extractor.transform == eval_preprocess(cropped.extractor.model, None, 1.0)
+    assert cropped.extractor.transform != default.extractor.transform
+
+
+def test_discover_has_no_render_precision_alias(capsys):
+    """--render-precision was slices' name of the render dtype only: discover always called it --precision."""
+    from failmode.cli import build_parser
+
+    args = build_parser().parse_args(["slices", "--out", "x", "--render-precision", "fp16"])
+    assert args.render_precision == "fp16"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["discover", "--out", "x", "--render-precision", "fp16"])
+    assert "unrecognized arguments: --render-precision" in capsys.readouterr().err

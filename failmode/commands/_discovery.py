@@ -10,9 +10,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from failmode.commands._common import add_renamed
 from failmode.errors import UsageError
-from failmode.options import PRECISION_CHOICES, AttributionOptions, RenderOptions, device_type
+from failmode.options import AttributionOptions, RenderOptions, device_type
 from failmode.typed import arg_type
 
 _PLAN = "failmode.generation.plan:GenerationSettings"  # ranges of the flags (docs/settings.md)
@@ -47,9 +46,8 @@ def add_real_arguments(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
 
 def add_render_arguments(g: argparse._ArgumentGroup, **precision: Any) -> None:
     """The diffusers generator, its generation settings and its render options (`RenderOptions.add_arguments`:
-    --precision, the render dtype; `precision`: argparse settings of that flag); --render-precision, slices' name
-    of the flag, is kept for one release."""
-    g.add_argument("--generator", help="diffusers model id or local pipeline folder (default SD 1.5)")
+    --precision, the render dtype; `precision`: argparse settings of that flag)."""
+    g.add_argument("--generator", help="diffusers model id, local pipeline folder or registered generator name (default SD 1.5)")
     g.add_argument("--revision", help="generator revision on the Hub")
     g.add_argument("--scheduler", default="dpmsolver++",
                    help="dpmsolver++ (default), dpmsolver++-karras, ddim, pndm, euler, unipc, or 'pipeline'")
@@ -58,7 +56,6 @@ def add_render_arguments(g: argparse._ArgumentGroup, **precision: Any) -> None:
                    help="classifier-free guidance scale (default 7.5)")
     g.add_argument("--size", type=arg_type(_PLAN, "size"), default=512, help="generated image size in pixels (default 512)")
     RenderOptions.add_arguments(g, **precision)
-    add_renamed(g, "--render-precision", "--precision", dest="render_precision", choices=PRECISION_CHOICES)
 
 
 def check_mode(args: argparse.Namespace, real_flag: str) -> bool:

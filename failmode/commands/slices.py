@@ -21,13 +21,16 @@ DESCRIPTION = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `failmode slices`."""
+    from failmode.commands._common import add_renamed
     from failmode.commands._discovery import add_real_arguments, add_render_arguments, add_world_arguments
+    from failmode.options import PRECISION_CHOICES
 
     add_world_arguments(p)
     g = add_real_arguments(p)
     g.add_argument("--mined", metavar="DIR", help="a 'failmode mine' output folder (failures.parquet, splits.json, "
                                                  "predictions.npz): find slices on its debug split")
     add_render_arguments(g, type=_precision, choices=None, metavar="{auto,fp32,fp16,bf16}")
+    add_renamed(g, "--render-precision", "--precision", dest="render_precision", choices=PRECISION_CHOICES)
     p.add_argument("--find", default="debug", help="world: split the slices are searched on (default debug)")
     p.add_argument("--check", help="world: split they are checked on, or none (default test); mined run: auto "
                                    "(default: test if predictable, else debug-half), test, debug-half, none")

@@ -118,7 +118,8 @@ def live_classifier(run: MinedRun, extraction: FeatureOptions | None = None) -> 
     model, weights = run.meta["model"], run.meta.get("weights")
     if model_key(model, weights) != run.meta.get("model_key"):
         return None, f"its weights {weights} changed since mining"
-    return TimmClassifier(ModelSpec(model, weights, head_file, run.meta.get("image_size")), extraction=extraction), ""
+    spec = ModelSpec(model, weights, head_file, run.meta.get("image_size"), run.meta.get("crop_pct"))
+    return TimmClassifier(spec, extraction=extraction), ""
 
 
 def split_debug(run: MinedRun, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -64,14 +64,18 @@ def world_render(setup: Any, preset: str, seed: int) -> DebugRender:
 
 
 def diffusers_render(settings: GenerationSettings, options: RenderOptions) -> DebugRender:
-    """The diffusers pipeline `settings.generator` names (Hub id or local folder) rendering with `options`, loaded on
-    the first `make_generator()` call and shared by later ones."""
+    """The generator `settings.generator` names: a registered backend (`generation.build.registered_generator`, as
+    build and generate resolve it), else the diffusers pipeline (Hub id or local folder) rendering with `options`;
+    loaded on the first `make_generator()` call and shared by later ones."""
 
     @functools.cache
     def make() -> ImageGenerator:
+        from failmode.backends import BackendContext
+        from failmode.generation.build import registered_generator
         from failmode.generation.render import DiffusersGenerator
 
-        return DiffusersGenerator(settings.generator, revision=settings.revision, options=options)
+        registered = registered_generator(settings.generator, BackendContext(device=options.device))
+        return registered or DiffusersGenerator(settings.generator, revision=settings.revision, options=options)
 
     return DebugRender(settings.check(), make)
 

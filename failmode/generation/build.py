@@ -80,15 +80,24 @@ class GeneratorChoice:
         return GENERATORS.get("diffusers")(g.generator, revision=g.revision, options=self.options, ident=self.ident)
 
 
+def registered_generator(name: str, context: BackendContext,
+                         options: dict[str, Any] | None = None) -> ImageGenerator | None:
+    """The registered backend `name` names (any registered name but "diffusers": the demo's composite stand-in, a
+    user's own), built from `context`; None when `name` is a diffusers model id or pipeline folder."""
+    if name == "diffusers" or name not in GENERATORS:
+        return None
+    return construct(GENERATORS, name, options, context)
+
+
 def resolve_generator(settings: GenerationSettings, render: RenderOptions, context: BackendContext) -> GeneratorChoice:
     """The generator `settings.generator` names: a registered backend (not "diffusers"), built from the run's
     `context`; else a diffusers model rendering with `render` on the context's device and the settings' scheduler
     (checked here, before anything runs)."""
-    name = settings.generator
-    if name != "diffusers" and name in GENERATORS:
+    registered = registered_generator(settings.generator, context)
+    if registered is not None:
         log.info("generator %r is a registered backend: the render options and the scheduler, steps and guidance "
-                 "are for diffusers and do not apply", name)
-        return GeneratorChoice(settings, registered=construct(GENERATORS, name, None, context))
+                 "are for diffusers and do not apply", settings.generator)
+        return GeneratorChoice(settings, registered=registered)
     options = dataclasses.replace(render, device=context.device, scheduler=settings.scheduler)
     return GeneratorChoice(settings, options=options)
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from failmode.backends import GENERATORS, BackendContext, construct
+from failmode.backends import BackendContext
 from failmode.dataset import Manifest, layout
 from failmode.dataset.validate import check_listed, load_finalized
 from failmode.errors import UsageError
@@ -55,6 +55,7 @@ def regenerate_shards(root: str | os.PathLike[str], shards: Sequence[str], out: 
                       generator: str | None = None, device: str | None = None) -> dict[str, bool]:
     """Render the named shards of dataset `root` again into `out`; per shard, True if its parquet and tar bytes
     equal the manifest's hashes. `generator` points at a local copy of the manifest's generator."""
+    from failmode.generation.build import registered_generator
     from failmode.generation.render import DiffusersGenerator
 
     root, out = Path(root), Path(out)
@@ -64,9 +65,9 @@ def regenerate_shards(root: str | os.PathLike[str], shards: Sequence[str], out: 
     g = manifest.generation
     fields = {f.name for f in dataclasses.fields(RenderOptions)} - {"device"}
     gen_id = generator or manifest.generator["id"]
-    if gen_id != "diffusers" and gen_id in GENERATORS:  # a registered backend (the demo's composite stand-in)
-        gen = construct(GENERATORS, gen_id, manifest.generator.get("options"),
-                        BackendContext(device=device, dataset=manifest.mining.get("id")))
+    gen = registered_generator(gen_id, BackendContext(device=device, dataset=manifest.mining.get("id")),
+                               manifest.generator.get("options"))
+    if gen is not None:  # a registered backend (the demo's composite stand-in)
         options = RenderOptions(device=device, batch_size=int(g.get("batch_size", 16)))
     else:
         options = RenderOptions(device=device, **{k: v for k, v in g.items() if k in fields})
