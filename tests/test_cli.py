@@ -65,9 +65,9 @@ def test_build_help_names_every_shipped_preset_and_the_mode():
 
 def test_attribute_runs_and_models_name_the_folders_mine_writes():
     """`failmode attribute --runs DIR --models M ...` reads the folder `failmode mine --models` writes for each M
-    (one name rule, shared through commands/_common.py)."""
+    (one name rule: the model's config name, `config_slug`, as build names its folders and configs)."""
     from failmode.cli import build_parser
     from failmode.commands import attribute
 
     argv = ["attribute", "--runs", "runs", "--models", "hf-hub:timm/vit_b.augreg", "test_vit", "--vocabulary", "x"]
-    assert attribute.tables(build_parser().parse_args(argv)) == ["runs/hf-hub-timm-vit_b.augreg", "runs/test_vit"]
+    assert attribute.tables(build_parser().parse_args(argv)) == ["runs/hf-hub-timm-vit_b-augreg", "runs/test_vit"]

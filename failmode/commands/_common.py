@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import re
 
 
 def add_bad_image_argument(p: argparse.ArgumentParser) -> None:
@@ -86,8 +85,3 @@ def add_labels_argument(p: argparse.ArgumentParser | argparse._ArgumentGroup) ->
     p.add_argument("--labels", metavar="FILE",
                    help="labels file of a flat image folder: a file,label CSV (class names or WordNet ids) or Kaggle's "
                         "LOC_val_solution.csv (default: labels.csv in the folder, or LOC_<split>_solution.csv beside it)")
-
-
-def folder_name(model: str) -> str:
-    """A model name as the folder of its outputs under `--out` / `--runs` ('hf-hub:timm/x' -> 'hf-hub-timm-x')."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", model).strip("-")

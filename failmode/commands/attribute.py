@@ -39,12 +39,12 @@ def tables(args: argparse.Namespace) -> list[str]:
     """The failures tables named on the command line."""
     from pathlib import Path
 
-    from failmode.commands._common import folder_name
+    from failmode.dataset.layout import config_slug
     from failmode.errors import UsageError
 
     if bool(args.runs) != bool(args.models):
         raise UsageError("--runs and --models go together")
-    paths = list(args.failures) + [str(Path(args.runs) / folder_name(m)) for m in args.models or []]
+    paths = list(args.failures) + [str(Path(args.runs) / config_slug(m)) for m in args.models or []]
     if not paths:
         raise UsageError("name failures tables, or --runs DIR --models M1 M2 ...")
     if args.out and len(paths) > 1:

@@ -9,7 +9,8 @@ DESCRIPTION = (
     "Predict the debug split of a dataset with a timm model (its own classifier, or a linear head for datasets "
     "it was not trained on), and write failures.parquet (misclassified images, seed/heldout halves), splits.json, "
     "predictions.npz and mining.json. Features are cached: reruns and other stages do no forward pass again. "
-    "With --models, each model goes to OUT/<model>/ and all share one cache."
+    "With --models, each model goes to OUT/<config name>/ (its name with each run of characters other than letters, "
+    "digits, _ and - made one -, as build names its configs) and all share one cache."
 )
 
 
@@ -35,8 +36,8 @@ def run(args: argparse.Namespace) -> int:
     """Mine each model in turn."""
     from pathlib import Path
 
-    from failmode.commands._common import folder_name
     from failmode.data.spec import with_labels
+    from failmode.dataset.layout import config_slug
     from failmode.mining import mine_failures
     from failmode.models.classifier import known_model
     from failmode.options import FeatureOptions, ModelSpec, SplitSpec
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     for model in models:  # every name checked before the first model is mined
         known_model(model)
     for model in models:
-        out = Path(args.out) if args.model else Path(args.out) / folder_name(model)
+        out = Path(args.out) if args.model else Path(args.out) / config_slug(model)
         path = mine_failures(ModelSpec.from_args(args, model),
                              SplitSpec.from_args(args, with_labels(args.dataset, args.labels)), out_dir=out,
                              extraction=FeatureOptions.from_args(args), on_bad_image=args.on_bad_image)
