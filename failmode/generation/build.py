@@ -182,19 +182,18 @@ def _analyse(preset: Preset, stages: list[ModelStages], recipe: dict[str, float]
     from failmode.mining.mine import mine_failures
 
     d, a = preset.dataset, preset.attribution
+    data = SplitSpec(d.spec, d.split, d.train_split, split_seed=d.split_seed, **recipe)
+    extraction = FeatureOptions(device=device, cache_dir=None if cache_dir is None else str(cache_dir))
     for st in stages:
         done = st.done()
         if not done["mine"]:
             log.info("%s: mining (%s)", st.model.id, "settings changed" if st.failures.exists() else "new")
-            mine_failures(st.model, SplitSpec(d.spec, d.split, d.train_split, split_seed=d.split_seed, **recipe),
-                          out_dir=st.folder,
-                          extraction=FeatureOptions(device=device, cache_dir=None if cache_dir is None else str(cache_dir)))
+            mine_failures(st.model, data, out_dir=st.folder, extraction=extraction)
             st.stamp(mine=st.mine)
         if not done["attribute"]:
             log.info("%s: attributing (%s)", st.model.id, "settings changed" if st.modes.exists() else "new")
             attribute_failures(st.failures, vocabulary=preset.vocabulary.dataset, kind=preset.vocabulary.kind,
-                               attributor=a, k=preset.generation.k, out_dir=st.folder,
-                               features=FeatureOptions(device=device, cache_dir=None if cache_dir is None else str(cache_dir)))
+                               attributor=a, k=preset.generation.k, out_dir=st.folder, features=extraction)
             st.stamp(attribute=st.attribute)
         if done["mine"] and done["attribute"]:
             log.info("%s: mining and attribution up to date (%s)", st.model.id, st.folder)
