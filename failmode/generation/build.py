@@ -46,7 +46,7 @@ from failmode.generation.quality import ClipQuality, QualityScorer
 from failmode.generation.render import pipeline_ident
 from failmode.generation.run import DatasetInfo, RunOptions, all_shards_done, generate_dataset, save_plan
 from failmode.io import read_json, sha256_file, stable_hash, write_json
-from failmode.options import FeatureOptions, ModelSpec, RenderOptions, SplitSpec
+from failmode.options import FeatureOptions, ModelSpec, RenderOptions
 from failmode.runtime import fixed_threads
 from failmode.typed import to_json
 
@@ -181,8 +181,7 @@ def _analyse(preset: Preset, stages: list[ModelStages], recipe: dict[str, float]
     from failmode.mining.attribution import attribute_failures
     from failmode.mining.mine import mine_failures
 
-    d, a = preset.dataset, preset.attribution
-    data = SplitSpec(d.spec, d.split, d.train_split, split_seed=d.split_seed, **recipe)
+    a, data = preset.attribution, preset.dataset.splits(recipe)
     extraction = FeatureOptions(device=device, cache_dir=None if cache_dir is None else str(cache_dir))
     for st in stages:
         done = st.done()

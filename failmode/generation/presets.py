@@ -17,7 +17,7 @@ import failmode
 from failmode.errors import UsageError, ValidationError
 from failmode.generation.plan import GenerationSettings
 from failmode.io import read_json
-from failmode.options import AttributionOptions, ModelSpec, RenderOptions
+from failmode.options import AttributionOptions, ModelSpec, RenderOptions, SplitSpec
 from failmode.typed import bounded, from_mapping, to_json
 
 PRESET_FORMAT = "failmode-preset/1"
@@ -44,6 +44,11 @@ class DatasetSection:
         from failmode.data.spec import with_labels
 
         return with_labels(self.id, self.labels)
+
+    def splits(self, recipe: dict[str, float]) -> SplitSpec:
+        """The dataset and its splits as the one classifier setup (`failmode.models.setup`) takes them, with the
+        per-class `recipe` resolved for it (`failmode.data.splits.resolve_recipe`)."""
+        return SplitSpec(self.spec, self.split, self.train_split, split_seed=self.split_seed, **recipe)
 
 
 @dataclass(frozen=True)
